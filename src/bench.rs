@@ -1,0 +1,42 @@
+//! `amg bench`: measured inference throughput.
+
+use crate::engine::{Engine, Want, Workspace};
+use crate::error::Result;
+use crate::rng::Rng;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub batch_size: usize,
+    pub iters: usize,
+    pub threads: usize,
+    /// Median wall time of one batch.
+    pub ms_per_batch: f64,
+    pub img_per_s: f64,
+}
+
+/// Times `iters` forward passes of `batch` random images (after two warm-up passes) and reports
+/// the median.
+pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bool) -> Result<BenchResult> {
+    let mut rng = Rng::new(0);
+    let input: Vec<f32> = (0..batch * engine.image_len()).map(|_| rng.normal() as f32).collect();
+    let mut ws = Workspace::default();
+    for _ in 0..2 {
+        engine.forward(&input, batch, &mut ws, Want::default())?;
+    }
+    let pb = crate::progress::bar(iters as u64, "bench", "batches");
+    if !progress {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = std::time::Instant::now();
+        engine.forward(&input, batch, &mut ws, Want::default())?;
+        times.push(t.elapsed().as_secs_f64());
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let med = times[times.len() / 2];
+    Ok(BenchResult { batch_size: batch, iters: times.len(), threads: rayon::current_num_threads(), ms_per_batch: med * 1e3, img_per_s: batch as f64 / med })
+}

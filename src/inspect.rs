@@ -1,0 +1,82 @@
+//! `amg inspect`: what a model keeps and what it costs.
+
+use crate::model::cost::{model_cost, ModelCost};
+use crate::model::{HeadKind, ModelConfig};
+use serde::Serialize;
+use std::fmt::Write;
+
+#[derive(Serialize)]
+pub struct Inspection<'a> {
+    pub config: &'a ModelConfig,
+    pub cost: ModelCost,
+}
+
+pub fn inspection(cfg: &ModelConfig) -> Inspection<'_> {
+    Inspection { config: cfg, cost: model_cost(cfg) }
+}
+
+pub fn human(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2}G", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1}K", n / 1e3)
+    } else {
+        format!("{n}")
+    }
+}
+
+pub fn render(cfg: &ModelConfig) -> String {
+    let c = model_cost(cfg);
+    let a = &cfg.arch;
+    let mut s = String::new();
+    let arch = a.preset.clone().map(|p| format!("ViT-{p}")).unwrap_or_else(|| "ViT".into());
+    let _ = writeln!(
+        s,
+        "{arch}/{}: D={} depth={} heads={}×{} MLP={} · input {}x{} ({}x{} patches, N={}) · head: {}",
+        a.patch_size,
+        a.embed_dim,
+        a.depth,
+        a.num_heads,
+        a.head_dim,
+        a.mlp_dim,
+        cfg.input.height,
+        cfg.input.width,
+        cfg.grid().0,
+        cfg.grid().1,
+        cfg.num_tokens(),
+        match cfg.head.kind {
+            HeadKind::None => "none (retrieval only)".to_string(),
+            HeadKind::La => format!("LA, {} parts, {} classes", cfg.num_parts(), cfg.head.num_classes),
+        }
+    );
+    let _ = writeln!(s, "source: {} {}", cfg.source.format, cfg.source.path);
+    for n in &cfg.source.notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "{:>5} {:>7} {:>10} {:>9} {:>9} {:>11} {:>12}", "layer", "heads", "key tokens", "params", "MSA", "MACs", "paper FLOPs");
+    let n = cfg.num_tokens();
+    for (l, plan) in c.layers.iter().zip(&cfg.layers) {
+        let heads = if plan.heads.len() == a.num_heads { format!("{}", plan.heads.len()) } else { format!("{}/{}", plan.heads.len(), a.num_heads) };
+        let _ = writeln!(
+            s,
+            "{:>5} {:>7} {:>10} {:>9} {:>9} {:>11} {:>12}",
+            l.layer,
+            heads,
+            format!("{}/{}", l.key_tokens, n),
+            human(l.params),
+            human(l.msa_params),
+            human(l.macs),
+            human(l.paper_flops)
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "params        {:>10}  (backbone; LA classifiers add {})", human(c.params), human(c.head_params));
+    let _ = writeln!(s, "MSA params    {:>10}", human(c.msa_params));
+    let _ = writeln!(s, "MACs (honest) {:>10}  per image, patch embedding ({}) included — what amg computes", human(c.macs), human(c.patch_embed_macs));
+    let _ = writeln!(s, "FLOPs (paper) {:>10}  the reference code's counter: projections and attention at N_k, no patch embedding", human(c.paper_flops));
+    s
+}

@@ -1,0 +1,154 @@
+//! Matrix products through the `gemm` crate (the kernels candle itself uses), called directly so
+//! that strided operands, accumulation into the destination and the thread count are ours to set.
+
+/// A row-major matrix view: `rows`×`cols`, consecutive rows `ld` elements apart.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+impl<'a> Mat<'a> {
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
+        assert!(cols <= ld || rows <= 1);
+        assert!(rows == 0 || (rows - 1) * ld + cols <= data.len(), "matrix view out of bounds");
+        Mat { data, rows, cols, ld }
+    }
+    pub fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat::new(data, rows, cols, cols)
+    }
+}
+
+/// How the product is combined with the destination.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Acc {
+    /// `c = scale·a·b`
+    Overwrite,
+    /// `c += scale·a·b`
+    Add,
+}
+
+/// `c (m×n, row stride ldc) ⟵ scale·a·b` (or `+=`), with `a` m×k and `b` k×n, using `threads`
+/// rayon threads (1 = the calling thread only).
+pub fn matmul(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f32, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "destination out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the bounds of all three operands were checked above; `gemm` reads `a` and `b` and
+    // writes `c` only inside them.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            acc == Acc::Add,
+            a.data.as_ptr(),
+            1,
+            a.ld as isize,
+            b.data.as_ptr(),
+            1,
+            b.ld as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// The raw product for callers that write disjoint parts of one buffer from several threads.
+///
+/// # Safety
+/// `c` must be valid for writes of an m×n matrix with row stride `ldc`, and no other thread may
+/// access those elements during the call.
+pub unsafe fn matmul_into_raw(a: Mat, b: Mat, c: *mut f32, ldc: usize, scale: f32) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm::gemm(m, n, k, c, 1, ldc as isize, false, a.data.as_ptr(), 1, a.ld as isize, b.data.as_ptr(), 1, b.ld as isize, 1.0, scale, false, false, false, gemm::Parallelism::None);
+}
+
+/// `a·bᵀ` where `b` is n×k row-major (so `bᵀ` is read with swapped strides).
+pub fn matmul_bt(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f32, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.rows);
+    assert_eq!(b.cols, k, "inner dimensions differ");
+    assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "destination out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: as in `matmul`; rhs element (i, j) is b[j·ld + i], inside `b` for i < k, j < n.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            acc == Acc::Add,
+            a.data.as_ptr(),
+            1,
+            a.ld as isize,
+            b.data.as_ptr(),
+            b.ld as isize,
+            1,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Row-major transpose of an r×c matrix.
+pub fn transpose(src: &[f32], r: usize, c: usize) -> Vec<f32> {
+    assert_eq!(src.len(), r * c);
+    let mut out = vec![0f32; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = src[i * c + j];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_products_match_loops() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * 9).map(|i| i as f32 * 0.1).collect(); // ld 9
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32).cos()).collect();
+        let bt = transpose(&b, k, n);
+        let mut c1 = vec![1.0f32; m * 4];
+        let mut c2 = c1.clone();
+        matmul(Mat::new(&a, m, k, 9), Mat::dense(&b, k, n), &mut c1, 4, Acc::Add, 0.5, 2);
+        matmul_bt(Mat::new(&a, m, k, 9), Mat::dense(&bt, n, k), &mut c2, 4, Acc::Add, 0.5, 1);
+        for i in 0..m {
+            for j in 0..n {
+                let e: f32 = 1.0 + 0.5 * (0..k).map(|t| a[i * 9 + t] * b[t * n + j]).sum::<f32>();
+                assert!((c1[i * 4 + j] - e).abs() < 1e-4);
+                assert!((c2[i * 4 + j] - e).abs() < 1e-4);
+            }
+            assert_eq!(c1[i * 4 + 3], 1.0, "padding column untouched");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! CPU kernels for the inference path: gemm (the `gemm` crate's AVX-512 kernels), and fused,
+//! vectorised, multi-threaded element-wise work (layer norm, bias + GELU, softmax, attention).
+//!
+//! Element-wise kernels are written as plain loops over fixed-width lanes and compiled three
+//! times — for AVX-512, for AVX2+FMA and portable — with the widest the CPU supports picked at run
+//! time (`simd_fn!`), so one binary is fast on this project's AVX-512 machines and still runs
+//! anywhere.
+
+pub mod attention;
+pub mod gemm;
+pub mod math;
+pub mod rows;
+
+use std::sync::OnceLock;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("AMG_NO_AVX512").is_none()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx512bw")
+            {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// Defines `pub fn $name(args)` whose body is compiled for AVX-512, AVX2+FMA and portable code,
+/// dispatching on `isa()`.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                match $crate::kernels::isa() {
+                    // SAFETY: `isa()` verified the CPU supports these features.
+                    $crate::kernels::Isa::Avx512 => return unsafe { v4($($arg),*) },
+                    $crate::kernels::Isa::Avx2 => return unsafe { v3($($arg),*) },
+                    $crate::kernels::Isa::Portable => {}
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_fn;
+
+/// A raw pointer that may cross threads; users guarantee disjoint access.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Rows per parallel task for row-wise kernels: a few tasks per thread, not too small.
+pub(crate) fn rows_per_task(rows: usize, row_len: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let min_rows = (4096 / row_len.max(1)).max(1);
+    rows.div_ceil(4 * threads).max(min_rows)
+}

@@ -1,0 +1,24 @@
+//! amg: attention-map-guided pruning of ViT person re-identification models (Mao et al.,
+//! arXiv 2304.01452), and a fast CPU runtime for the pruned models.
+//!
+//! The pipeline, one module each: checkpoints (`pth`, `tensor`, `import`) → model (`model`) →
+//! inference (`kernels`, `engine`, `preprocess`, `embed`) → cost and speed (`model::cost`,
+//! `inspect`, `bench`).
+
+pub mod bench;
+pub mod embed;
+pub mod engine;
+pub mod error;
+pub mod fsutil;
+pub mod import;
+pub mod inspect;
+pub mod kernels;
+pub mod model;
+pub mod preprocess;
+pub mod progress;
+pub mod pth;
+pub mod resample;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};

@@ -1,0 +1,232 @@
+//! The `amg` command line: argument parsing and error reporting; the work is in the library.
+
+use amg::engine::Engine;
+use amg::import::{import, ImportOptions, SourceFormat};
+use amg::model::config::parse_size;
+use amg::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "amg", version, about = "Attention-map-guided pruning and fast CPU inference for ViT person re-identification")]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a timm / LA-Transformer / AMG-reference checkpoint into an amg model directory.
+    Import(ImportArgs),
+    /// Compute retrieval features of images.
+    Embed(EmbedArgs),
+    /// Show what a model keeps per layer and what it costs (params, MACs, paper FLOPs).
+    Inspect(InspectArgs),
+    /// Measure inference throughput.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// Checkpoint format.
+    #[arg(long = "from", value_enum)]
+    from: SourceFormat,
+    /// The checkpoint: .safetensors or a torch.save .pth (state dict bare or under state_dict/model).
+    checkpoint: PathBuf,
+    /// Output model directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Model input size HxW (multiples of 16); default: the checkpoint's. Position embeddings are
+    /// resampled bicubically when the patch grid changes.
+    #[arg(long, value_parser = parse_size_arg)]
+    img_size: Option<(usize, usize)>,
+    /// Heads per layer of the unpruned model (default: embed_dim / 64).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// The input size the checkpoint was trained at, if its patch grid is not square.
+    #[arg(long, value_parser = parse_size_arg)]
+    checkpoint_img_size: Option<(usize, usize)>,
+    /// Replace --out if it exists and is not empty.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Image files and/or directories of images (JPEG, PNG).
+    #[arg(long, num_args = 1.., required = true)]
+    images: Vec<PathBuf>,
+    /// Output .safetensors file: tensor `features` [N, F], metadata `names` (JSON list).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Skip images that cannot be decoded (and list them) instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model directory to measure.
+    #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
+    model: Option<PathBuf>,
+    /// Or an unpruned architecture with random weights: tiny, small, base.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Input size HxW for --arch (default 224x224).
+    #[arg(long, value_parser = parse_size_arg, requires = "arch")]
+    img_size: Option<(usize, usize)>,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Timed iterations (after 2 warm-up ones).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size_arg(s: &str) -> Result<(usize, usize), String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn load_model(dir: &PathBuf) -> Result<ModelFiles> {
+    Ok(ModelFiles::load(dir)?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting up the thread pool")?;
+    }
+    match cli.cmd {
+        Cmd::Import(a) => {
+            let files = import(&ImportOptions {
+                format: a.from,
+                checkpoint: a.checkpoint.clone(),
+                img_size: a.img_size,
+                heads: a.heads,
+                checkpoint_img_size: a.checkpoint_img_size,
+            })?;
+            files.save(&a.out, a.force)?;
+            let c = &files.config;
+            eprintln!(
+                "imported {} ({}): {}x{} input, {} layers, {} heads kept of {}, {} key tokens kept of {} → {}",
+                a.checkpoint.display(),
+                a.from.name(),
+                c.input.height,
+                c.input.width,
+                c.arch.depth,
+                c.layers.iter().map(|l| l.heads.len()).sum::<usize>(),
+                c.arch.depth * c.arch.num_heads,
+                c.layers.iter().map(|l| l.tokens.len()).sum::<usize>(),
+                c.arch.depth * c.num_tokens(),
+                a.out.display()
+            );
+            for n in &c.source.notes {
+                eprintln!("note: {n}");
+            }
+        }
+        Cmd::Embed(a) => {
+            let (files, non_images) = amg::preprocess::collect_images(&a.images)?;
+            if files.is_empty() {
+                bail!("no images found in {}", a.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+            }
+            if non_images > 0 {
+                eprintln!("warning: skipped {non_images} non-image files");
+            }
+            if let Some(f) = files.iter().find(|f| std::fs::canonicalize(f).ok() == std::fs::canonicalize(&a.out).ok()) {
+                bail!("--out {} is one of the input images; refusing to overwrite an input", f.display());
+            }
+            let engine = Engine::new(load_model(&a.model)?)?;
+            let r = amg::embed::embed_files(&engine, &files, a.batch_size, a.skip_bad, true)?;
+            for (p, why) in &r.skipped {
+                eprintln!("skipped {}: {why}", p.display());
+            }
+            if r.names.is_empty() {
+                bail!("no image could be read");
+            }
+            let meta = HashMap::from([("model".to_string(), a.model.display().to_string())]);
+            amg::embed::write_features(&a.out, &r.names, &r.features, r.feature_dim, meta)?;
+            eprintln!(
+                "embedded {} images → {} [{} × {}] in {:.2}s ({:.1} img/s){}",
+                r.names.len(),
+                a.out.display(),
+                r.names.len(),
+                r.feature_dim,
+                r.seconds,
+                r.names.len() as f64 / r.seconds,
+                if r.skipped.is_empty() { String::new() } else { format!(", {} skipped", r.skipped.len()) }
+            );
+        }
+        Cmd::Inspect(a) => {
+            let cfg = ModelConfig::load(&a.model.join(amg::model::dir::CONFIG_FILE))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&amg::inspect::inspection(&cfg))?);
+            } else {
+                print!("{}", amg::inspect::render(&cfg));
+            }
+        }
+        Cmd::Bench(a) => {
+            let (files, label) = match (&a.model, &a.arch) {
+                (Some(dir), _) => (load_model(dir)?, dir.display().to_string()),
+                (None, Some(arch)) => {
+                    let (h, w) = a.img_size.unwrap_or((224, 224));
+                    let cfg = ModelConfig::new(Arch::preset(arch)?, h, w, HeadConfig::none(), Source { format: "random".into(), ..Default::default() })?;
+                    let tensors = amg::model::weights::init_random(&cfg, 0);
+                    (ModelFiles { config: cfg, tensors }, format!("ViT-{arch} (random weights)"))
+                }
+                _ => unreachable!("clap requires --model or --arch"),
+            };
+            let (h, w) = (files.config.input.height, files.config.input.width);
+            let macs = amg::model::cost::model_cost(&files.config).macs;
+            let engine = Engine::new(files)?;
+            let r = amg::bench::bench_inference(&engine, a.batch_size, a.iters, !a.json)?;
+            if a.json {
+                let mut v = serde_json::to_value(&r)?;
+                v["model"] = label.into();
+                v["input"] = format!("{h}x{w}").into();
+                v["gmacs_per_image"] = (macs as f64 / 1e9).into();
+                println!("{v}");
+            } else {
+                println!(
+                    "{label} {h}x{w} batch {}: {:.1} ms/batch, {:.2} img/s ({:.0} GFLOP/s, {} threads, median of {})",
+                    r.batch_size,
+                    r.ms_per_batch,
+                    r.img_per_s,
+                    2.0 * macs as f64 * r.img_per_s / 1e9,
+                    r.threads,
+                    r.iters
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,45 @@
+//! A model directory: `config.json` + `model.safetensors`.
+
+use super::config::ModelConfig;
+use super::weights::check_tensors;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::tensor::{write_safetensors, SafetensorsFile, TensorMap};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// A model in memory: its configuration and its float32 tensors.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config: ModelConfig,
+    pub tensors: TensorMap,
+}
+
+impl ModelFiles {
+    /// Loads and checks a model directory; every disagreement between the config and the tensors is
+    /// an error that names the tensor and both shapes.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::file(dir, "is not a model directory (expected a directory with config.json and model.safetensors)"));
+        }
+        let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
+        let wpath = dir.join(WEIGHTS_FILE);
+        let tensors = SafetensorsFile::open(&wpath)?.all_f32()?;
+        check_tensors(&config, &tensors, &wpath)?;
+        Ok(ModelFiles { config, tensors })
+    }
+
+    /// Writes the directory atomically (see `fsutil::write_dir_atomic`).
+    pub fn save(&self, dir: &Path, force: bool) -> Result<()> {
+        self.config.validate()?;
+        check_tensors(&self.config, &self.tensors, &dir.join(WEIGHTS_FILE))?;
+        fsutil::write_dir_atomic(dir, force, |tmp| {
+            let meta = HashMap::from([("format".to_string(), "amg-model".to_string())]);
+            write_safetensors(&tmp.join(WEIGHTS_FILE), &self.tensors, Some(meta))?;
+            fsutil::write_bytes_atomic(&tmp.join(CONFIG_FILE), self.config.to_json().as_bytes())
+        })
+    }
+}

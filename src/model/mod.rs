@@ -1,0 +1,10 @@
+//! The ViT Re-ID model: configuration, tensors, directory format, cost.
+
+pub mod config;
+pub mod cost;
+pub mod dir;
+pub mod surgery;
+pub mod weights;
+
+pub use config::{Arch, HeadConfig, HeadKind, LayerPlan, ModelConfig, Source};
+pub use dir::ModelFiles;

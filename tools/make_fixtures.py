@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Reference fixtures for amg's tests, computed with timm / PyTorch / Pillow / torchvision.
+
+Usage (once; the outputs are committed under tests/fixtures/):
+    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm torchvision pillow safetensors numpy
+    /tmp/peers/bin/python tools/make_fixtures.py [OUT_DIR]
+
+Everything the Rust tests compare against comes from here; no expected number is typed by hand.
+Models are small random-weight ViTs (patch 16, the real block structure) so the files stay small.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import timm
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from PIL import Image
+from safetensors.torch import save_file
+from torchvision import transforms
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+os.makedirs(os.path.join(OUT, "images"), exist_ok=True)
+torch.manual_seed(0)
+np.random.seed(0)
+import PIL
+meta = {"torch": torch.__version__, "timm": timm.__version__, "pillow": PIL.__version__}
+
+
+def vit(img_size, embed_dim, depth, heads):
+    return VisionTransformer(img_size=img_size, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=heads,
+                             mlp_ratio=4.0, qkv_bias=True, num_classes=0).eval()
+
+
+def randomise(module, scale=0.08):
+    """Weights well away from timm's tiny init, so every term of the forward pass matters."""
+    g = torch.Generator().manual_seed(1234 + sum(p.numel() for p in module.parameters()))
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight" or name.endswith(".weight") and p.dim() == 1:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(scale * torch.randn(p.shape, generator=g))
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+
+
+def la_features(tokens, grid_w):
+    """AMG_SPEC §1 retrieval feature: row-averaged patch tokens, each / (||p_i|| sqrt(P)), concatenated."""
+    B, N, D = tokens.shape
+    patches = tokens[:, 1:].reshape(B, -1, grid_w, D)
+    parts = patches.mean(dim=2)  # [B, P, D]
+    P = parts.shape[1]
+    parts = parts / (parts.norm(dim=2, keepdim=True) * P ** 0.5)
+    return parts.reshape(B, P * D)
+
+
+# ---------------------------------------------------------------- LA-Transformer (as its model.py)
+class ClassBlock(nn.Module):
+    def __init__(self, input_dim, class_num, num_bottleneck):
+        super().__init__()
+        self.add_block = nn.Sequential(nn.Linear(input_dim, num_bottleneck), nn.BatchNorm1d(num_bottleneck), nn.Dropout(p=0.5))
+        self.classifier = nn.Sequential(nn.Linear(num_bottleneck, class_num))
+
+    def forward(self, x):
+        return self.classifier(self.add_block(x))
+
+
+class LATransformer(nn.Module):
+    def __init__(self, model, parts, class_num, bottleneck, lmbd=8):
+        super().__init__()
+        self.model = model
+        self.part = parts
+        self.cls_token = self.model.cls_token  # registered twice, as LA-Transformer does
+        self.pos_embed = self.model.pos_embed
+        self.lmbd = lmbd
+        for i in range(parts):
+            setattr(self, "classifier" + str(i), ClassBlock(model.embed_dim, class_num, bottleneck))
+
+    def tokens(self, x):
+        return self.model.forward_features(x)
+
+    def forward(self, x):
+        x = self.tokens(x)
+        cls = x[:, 0]
+        B, N, D = x.shape
+        parts = x[:, 1:].reshape(B, self.part, -1, D).mean(dim=2)
+        return [getattr(self, "classifier" + str(i))((cls + self.lmbd * parts[:, i]) / (1 + self.lmbd)) for i in range(self.part)]
+
+
+def save_ref(name, **tensors):
+    save_file({k: v.detach().contiguous().float() for k, v in tensors.items()}, os.path.join(OUT, name))
+
+
+with torch.no_grad():
+    # ------------------------------------------------ timm A: square 64x64, safetensors checkpoint
+    a = vit(64, 128, 2, 2)
+    randomise(a)
+    save_file({k: v.contiguous() for k, v in a.state_dict().items()}, os.path.join(OUT, "ckpt_timm_a.safetensors"))
+    x = torch.randn(2, 3, 64, 64)
+    t = a.forward_features(x)
+    save_ref("ref_timm_a.safetensors", input=x, tokens=t, features=la_features(t, 4))
+
+    # ------------------------------------------------ timm A resampled to 80x48 by timm itself
+    a2 = vit((80, 48), 128, 2, 2)
+    a2.load_state_dict(checkpoint_filter_fn(a.state_dict(), a2))
+    x = torch.randn(2, 3, 80, 48)
+    t = a2.forward_features(x)
+    save_ref("ref_timm_a_80x48.safetensors", input=x, tokens=t, features=la_features(t, 3), pos_embed=a2.pos_embed)
+
+    # ------------------------------------------------ timm B: non-square 64x32, 2 heads of 32, .pth under "model"
+    b = vit((64, 32), 64, 1, 2)
+    randomise(b)
+    torch.save({"model": b.state_dict(), "epoch": 3, "arch": "tiny-test"}, os.path.join(OUT, "ckpt_timm_b.pth"))
+    x = torch.randn(3, 3, 64, 32)
+    t = b.forward_features(x)
+    save_ref("ref_timm_b.safetensors", input=x, tokens=t, features=la_features(t, 2))
+
+    # ------------------------------------------------ LA-Transformer .pth (bare state dict, float16 storage)
+    la = LATransformer(vit(64, 128, 2, 2), parts=4, class_num=5, bottleneck=32).eval()
+    randomise(la)
+    la_sd = {k: (v.half() if v.is_floating_point() else v) for k, v in la.state_dict().items()}
+    torch.save(la_sd, os.path.join(OUT, "ckpt_la.pth"))
+    la.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in la_sd.items()})
+    x = torch.randn(2, 3, 64, 64)
+    t = la.tokens(x)
+    logits = la(x)
+    save_ref("ref_la.safetensors", input=x, tokens=t, features=la_features(t, 4), **{f"logits.{i}": l for i, l in enumerate(logits)})
+
+    # ------------------------------------------------ AMG reference checkpoint: heads and tokens pruned the reference way
+    # Heads kept per layer (positional in the pruned tensors) and token_index masks over CLS + 16 patches.
+    amg_heads = [[1], [0, 1]]
+    amg_tokens = [list(range(17)), [0, 2, 3, 5, 8, 9, 13, 16]]
+    sd = {k: v.float().clone() for k, v in la_sd.items()}
+    hd = 64
+    for l, keep in enumerate(amg_heads):
+        p = f"model.blocks.{l}.attn."
+        w = sd[p + "qkv.weight"].reshape(3, 2, hd, 128)[:, keep].reshape(-1, 128)
+        bq = sd[p + "qkv.bias"].reshape(3, 2, hd)[:, keep].reshape(-1)
+        pw = sd[p + "proj.weight"].reshape(128, 2, hd)[:, keep].reshape(128, -1)
+        sd[p + "qkv.weight"], sd[p + "qkv.bias"], sd[p + "proj.weight"] = w.contiguous(), bq.contiguous(), pw.contiguous()
+        mask = torch.zeros(17, dtype=torch.bool)
+        mask[amg_tokens[l]] = True
+        sd[p + "token_index"] = mask
+    amg_sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    torch.save({"state_dict": amg_sd, "channels": [torch.tensor(len(tk)) for tk in amg_tokens],
+                "heads": [np.int64(len(h)) for h in amg_heads]}, os.path.join(OUT, "ckpt_amg.pth"))
+
+    def reference_pruned_forward(sdf, x, heads_kept, masks, prefix, grid_w):
+        """The reference code's Attention: K and V for all tokens, then x[:, :, token_index]."""
+        g = lambda k: sdf[prefix + k].float()
+        B = x.shape[0]
+        z = F.conv2d(x, g("patch_embed.proj.weight"), g("patch_embed.proj.bias"), stride=16).flatten(2).transpose(1, 2)
+        z = torch.cat([g("cls_token").expand(B, -1, -1), z], 1) + g("pos_embed")
+        for l, (h, m) in enumerate(zip(heads_kept, masks)):
+            p = f"blocks.{l}."
+            y = F.layer_norm(z, (128,), g(p + "norm1.weight"), g(p + "norm1.bias"), 1e-6)
+            N = y.shape[1]
+            qkv = F.linear(y, g(p + "attn.qkv.weight"), g(p + "attn.qkv.bias")).reshape(B, N, 3, h, hd).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            k, v = k[:, :, m, :], v[:, :, m, :]
+            att = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1)
+            o = (att @ v).transpose(1, 2).reshape(B, N, h * hd)
+            z = z + F.linear(o, g(p + "attn.proj.weight"), g(p + "attn.proj.bias"))
+            y = F.layer_norm(z, (128,), g(p + "norm2.weight"), g(p + "norm2.bias"), 1e-6)
+            z = z + F.linear(F.gelu(F.linear(y, g(p + "mlp.fc1.weight"), g(p + "mlp.fc1.bias"))), g(p + "mlp.fc2.weight"), g(p + "mlp.fc2.bias"))
+        z = F.layer_norm(z, (128,), g("norm.weight"), g("norm.bias"), 1e-6)
+        return z
+
+    x = torch.randn(2, 3, 64, 64)
+    masks = [amg_sd[f"model.blocks.{l}.attn.token_index"] for l in range(2)]
+    t = reference_pruned_forward(amg_sd, x, [len(h) for h in amg_heads], masks, "model.", 4)
+    amg_model = LATransformer(vit(64, 128, 2, 2), parts=4, class_num=5, bottleneck=32).eval()
+    cls = t[:, 0]
+    parts = t[:, 1:].reshape(2, 4, -1, 128).mean(dim=2)
+    logits = []
+    for i in range(4):
+        fc_w, fc_b = amg_sd[f"classifier{i}.add_block.0.weight"].float(), amg_sd[f"classifier{i}.add_block.0.bias"].float()
+        bn = [amg_sd[f"classifier{i}.add_block.1.{s}"].float() for s in ("weight", "bias", "running_mean", "running_var")]
+        c_w, c_b = amg_sd[f"classifier{i}.classifier.0.weight"].float(), amg_sd[f"classifier{i}.classifier.0.bias"].float()
+        zz = F.linear((cls + 8 * parts[:, i]) / 9, fc_w, fc_b)
+        zz = F.batch_norm(zz, bn[2], bn[3], bn[0], bn[1], training=False, eps=1e-5)
+        logits.append(F.linear(zz, c_w, c_b))
+    save_ref("ref_amg.safetensors", input=x, tokens=t, features=la_features(t, 4), **{f"logits.{i}": l for i, l in enumerate(logits)})
+    meta["amg_heads_kept"] = [len(h) for h in amg_heads]
+    meta["amg_tokens"] = amg_tokens
+
+    # ------------------------------------------------ a plan with original head indices, applied to timm A
+    # The pruned computation written directly (AMG_SPEC §3.4: K, V from kept tokens only).
+    plan = {"heads": [[1], [0, 1]], "tokens": [list(range(17)), [0, 1, 4, 6, 7, 10, 15]]}
+    asd = a.state_dict()
+    x = torch.randn(2, 3, 64, 64)
+    B = 2
+    z = F.conv2d(x, asd["patch_embed.proj.weight"], asd["patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
+    z = torch.cat([asd["cls_token"].expand(B, -1, -1), z], 1) + asd["pos_embed"]
+    for l in range(2):
+        p = f"blocks.{l}."
+        y = F.layer_norm(z, (128,), asd[p + "norm1.weight"], asd[p + "norm1.bias"], 1e-6)
+        W, bias = asd[p + "attn.qkv.weight"].reshape(3, 2, hd, 128), asd[p + "attn.qkv.bias"].reshape(3, 2, hd)
+        outs = []
+        yk = y[:, plan["tokens"][l]]
+        for h in plan["heads"][l]:
+            q = y @ W[0, h].T + bias[0, h]
+            k = yk @ W[1, h].T + bias[1, h]
+            v = yk @ W[2, h].T + bias[2, h]
+            outs.append(((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1) @ v)
+        o = torch.cat(outs, dim=-1)
+        pw = asd[p + "attn.proj.weight"].reshape(128, 2, hd)[:, plan["heads"][l]].reshape(128, -1)
+        z = z + o @ pw.T + asd[p + "attn.proj.bias"]
+        y = F.layer_norm(z, (128,), asd[p + "norm2.weight"], asd[p + "norm2.bias"], 1e-6)
+        z = z + F.linear(F.gelu(F.linear(y, asd[p + "mlp.fc1.weight"], asd[p + "mlp.fc1.bias"])), asd[p + "mlp.fc2.weight"], asd[p + "mlp.fc2.bias"])
+    t = F.layer_norm(z, (128,), asd["norm.weight"], asd["norm.bias"], 1e-6)
+    save_ref("ref_timm_a_plan.safetensors", input=x, tokens=t, features=la_features(t, 4))
+    meta["plan_timm_a"] = plan
+
+    # ------------------------------------------------ a checkpoint whose pickle holds an object amg must not build
+    class NotData:
+        pass
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "heads": [NotData()], "channels": [torch.tensor(3)]}, os.path.join(OUT, "ckpt_opaque.pth"))
+
+    # ------------------------------------------------ resampling: timm's pos-embed interpolation, Pillow's bicubic
+    rs = {}
+    grid = torch.randn(1, 6, 5, 7)
+    for (oh, ow) in [(9, 4), (3, 8), (6, 5), (2, 2)]:
+        rs[f"float_{oh}x{ow}"] = F.interpolate(grid, size=(oh, ow), mode="bicubic", antialias=True).permute(0, 2, 3, 1)[0]
+    rs["float_src"] = grid.permute(0, 2, 3, 1)[0]
+    rng = np.random.RandomState(5)
+    src = (rng.rand(37, 23, 3) * 255).astype(np.uint8)
+    src[5:20, 4:15] = [250, 10, 128]  # edges, to exercise clipping
+    rs8 = {"u8_src": torch.from_numpy(src.astype(np.float32))}
+    # Pillow 13 runs the vertical pass first when the height shrinks by > 2x the width's shrink: cover both orders.
+    for (oh, ow) in [(64, 32), (16, 11), (37, 50), (20, 23), (80, 23), (16, 20), (20, 40), (30, 5)]:
+        out = np.asarray(Image.fromarray(src).resize((ow, oh), Image.BICUBIC))
+        rs8[f"u8_{oh}x{ow}"] = torch.from_numpy(out.astype(np.float32))
+    save_ref("ref_resample.safetensors", **rs, **rs8)
+
+    # ------------------------------------------------ images: torchvision's pipeline, then timm A end to end
+    tf = transforms.Compose([transforms.Resize((64, 64), interpolation=transforms.InterpolationMode.BICUBIC), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    names = []
+    inputs = []
+    for i, (h, w) in enumerate([(128, 64), (64, 64), (45, 70), (100, 37)]):
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx * 7 + yy * 13 + i * 50) % 256)], axis=-1).astype(np.uint8)
+        img[h // 4:h // 2, w // 3:w // 2] = [20 + 40 * i, 200, 90]
+        noise = rng.randint(0, 40, size=img.shape).astype(np.uint8)
+        img = np.clip(img.astype(np.int32) + noise - 20, 0, 255).astype(np.uint8)
+        name = f"img{i}_{h}x{w}.png"
+        Image.fromarray(img).save(os.path.join(OUT, "images", name))
+        names.append(name)
+        inputs.append(tf(Image.open(os.path.join(OUT, "images", name)).convert("RGB")))
+    x = torch.stack(inputs)
+    t = a.forward_features(x)
+    save_ref("ref_images.safetensors", input=x, features=la_features(t, 4))
+    meta["images"] = names
+
+    # ------------------------------------------------ parameter counts of the presets, as timm counts them
+    meta["timm_params"] = {p: sum(q.numel() for q in timm.create_model(f"vit_{p}_patch16_224", pretrained=False, num_classes=0).parameters())
+                           for p in ("tiny", "small", "base")}
+
+with open(os.path.join(OUT, "fixtures.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+print("fixtures written to", os.path.abspath(OUT))
