@@ -24,6 +24,7 @@ pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bo
     for _ in 0..2 {
         engine.forward(&input, batch, &mut ws, Want::default())?;
     }
+    crate::kernels::prof::reset();
     let pb = crate::progress::bar(iters as u64, "bench", "batches");
     if !progress {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -36,6 +37,7 @@ pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bo
         pb.inc(1);
     }
     pb.finish_and_clear();
+    eprint!("{}", crate::kernels::prof::report());
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let med = times[times.len() / 2];
     Ok(BenchResult { batch_size: batch, iters: times.len(), threads: rayon::current_num_threads(), ms_per_batch: med * 1e3, img_per_s: batch as f64 / med })

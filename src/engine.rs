@@ -11,6 +11,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::attention::{attention, AttnLayout, AttnShape, ProbsSink};
 use crate::kernels::gemm::{matmul, transpose, Acc, Mat};
+use crate::kernels::prof::phase;
 use crate::kernels::rows::{add_bias, bias_gelu, layer_norm};
 use crate::model::{HeadKind, ModelConfig, ModelFiles};
 use crate::tensor::TensorMap;
@@ -229,7 +230,7 @@ impl Engine {
             }
         });
         let embed = ensure(&mut ws.embed, batch * np * d);
-        matmul(Mat::dense(patches, batch * np, pp3), Mat::dense(&self.patch_w_t, pp3, d), embed, d, Acc::Overwrite, 1.0, threads);
+        phase("patch_embed", || matmul(Mat::dense(patches, batch * np, pp3), Mat::dense(&self.patch_w_t, pp3, d), embed, d, Acc::Overwrite, 1.0, threads));
         let x = ensure(&mut ws.x, rows * d);
         x.par_chunks_mut(n * d).zip(embed.par_chunks(np * d)).for_each(|(xi, ei)| {
             for t in 0..n {
@@ -252,15 +253,15 @@ impl Engine {
         let mut pending_bias: Option<&[f32]> = None;
         for (li, layer) in self.layers.iter().enumerate() {
             let inner = layer.heads * hd;
-            layer_norm(x, pending_bias, &layer.ln1_w, &layer.ln1_b, eps, xn);
+            phase("layer_norm", || layer_norm(x, pending_bias, &layer.ln1_w, &layer.ln1_b, eps, xn));
             let wqkv = &layer.wqkv_t;
             let (q_buf, q_ld, kv_buf, kv_ld, k_off, v_off, nk);
             match &layer.tokens {
                 None => {
                     // All tokens kept: one product gives q, k and v.
                     let qkv = ensure(&mut ws.qkv, rows * 3 * inner);
-                    matmul(Mat::dense(xn, rows, d), Mat::dense(wqkv, d, 3 * inner), qkv, 3 * inner, Acc::Overwrite, 1.0, threads);
-                    add_bias(qkv, &layer.bqkv);
+                    phase("qkv", || matmul(Mat::dense(xn, rows, d), Mat::dense(wqkv, d, 3 * inner), qkv, 3 * inner, Acc::Overwrite, 1.0, threads));
+                    phase("bias", || add_bias(qkv, &layer.bqkv));
                     (q_buf, q_ld, kv_ld, k_off, v_off, nk) = (&ws.qkv[..rows * 3 * inner], 3 * inner, 3 * inner, inner, 2 * inner, n);
                     kv_buf = q_buf;
                 }
@@ -287,14 +288,14 @@ impl Engine {
             let layout = AttnLayout { q_ld, kv_ld, k_off, v_off, out_ld: inner };
             let sink = observe.map(|f| move |b: usize, h: usize, probs: &[f32]| f(li, b, h, probs));
             let sink_ref = sink.as_ref().map(|s| s as ProbsSink);
-            attention(q_buf, kv_buf, attn_out, shape, layout, (hd as f32).powf(-0.5), sink_ref);
+            phase("attention", || attention(q_buf, kv_buf, attn_out, shape, layout, (hd as f32).powf(-0.5), sink_ref));
             // Residual: x += attn·Wprojᵀ; the bias is folded into the next layer norm.
-            matmul(Mat::dense(attn_out, rows, inner), Mat::dense(&layer.wproj_t, inner, d), x, d, Acc::Add, 1.0, threads);
-            layer_norm(x, Some(&layer.bproj), &layer.ln2_w, &layer.ln2_b, eps, xn);
+            phase("proj", || matmul(Mat::dense(attn_out, rows, inner), Mat::dense(&layer.wproj_t, inner, d), x, d, Acc::Add, 1.0, threads));
+            phase("layer_norm", || layer_norm(x, Some(&layer.bproj), &layer.ln2_w, &layer.ln2_b, eps, xn));
             let hidden = ensure(&mut ws.hidden, rows * m);
-            matmul(Mat::dense(xn, rows, d), Mat::dense(&layer.w1_t, d, m), hidden, m, Acc::Overwrite, 1.0, threads);
-            bias_gelu(hidden, &layer.b1);
-            matmul(Mat::dense(hidden, rows, m), Mat::dense(&layer.w2_t, m, d), x, d, Acc::Add, 1.0, threads);
+            phase("fc1", || matmul(Mat::dense(xn, rows, d), Mat::dense(&layer.w1_t, d, m), hidden, m, Acc::Overwrite, 1.0, threads));
+            phase("gelu", || bias_gelu(hidden, &layer.b1));
+            phase("fc2", || matmul(Mat::dense(hidden, rows, m), Mat::dense(&layer.w2_t, m, d), x, d, Acc::Add, 1.0, threads));
             pending_bias = Some(&layer.b2);
         }
         layer_norm(x, pending_bias, &self.norm_w, &self.norm_b, eps, xn);

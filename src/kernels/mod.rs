@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod gemm;
 pub mod math;
+pub mod prof;
 pub mod rows;
 
 use std::sync::OnceLock;

@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""amg vs PyTorch vs ONNX Runtime inference throughput, measured in one run on this machine.
+
+Usage:
+    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm onnxruntime onnx
+    cargo build --release
+    /tmp/peers/bin/python tools/bench_peers.py [--peer ../shared/peers/peer_infer.py] [--archs tiny,small,base] [--batches 1,16]
+
+For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` and the peer script
+(timm ViT at 224x224, PyTorch eager and ONNX Runtime), alternating them, and prints img/s and
+amg's ratio to the faster peer as a Markdown table.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--peer", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peers", "peer_infer.py"))
+ap.add_argument("--amg", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "amg"))
+ap.add_argument("--archs", default="tiny,small,base")
+ap.add_argument("--batches", default="1,16")
+ap.add_argument("--iters", type=int, default=0, help="amg timed iterations (default: scaled to the model)")
+args = ap.parse_args()
+
+rows = []
+for arch in args.archs.split(","):
+    for b in [int(x) for x in args.batches.split(",")]:
+        iters = args.iters or max(5, {"tiny": 60, "small": 30, "base": 10}[arch] // max(1, b // 4))
+        amg = json.loads(subprocess.run([args.amg, "bench", "--arch", arch, "--batch-size", str(b), "--iters", str(iters), "--json"],
+                                        check=True, capture_output=True, text=True).stdout)
+        out = subprocess.run([sys.executable, args.peer, f"vit_{arch}_patch16_224", str(b)], check=True, capture_output=True, text=True).stdout
+        torch_ips = float(re.search(r"torch .*?([\d.]+) img/s", out).group(1))
+        m = re.search(r"onnxruntime .*?([\d.]+) img/s", out)
+        ort_ips = float(m.group(1)) if m else float("nan")
+        best = max(torch_ips, ort_ips)
+        rows.append((arch, b, amg["img_per_s"], torch_ips, ort_ips, amg["img_per_s"] / best, amg["img_per_s"] / ort_ips))
+        print(f"{arch} b={b}: amg {amg['img_per_s']:.2f}  torch {torch_ips:.2f}  ort {ort_ips:.2f} img/s", file=sys.stderr, flush=True)
+
+print("| model | batch | amg img/s | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | amg / ORT |")
+print("|---|---|---|---|---|---|---|")
+for arch, b, a, t, o, r, ro in rows:
+    print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {t:.2f} | {o:.2f} | {r:.2f}× | {ro:.2f}× |")
