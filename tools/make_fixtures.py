@@ -135,6 +135,19 @@ with torch.no_grad():
     logits = la(x)
     save_ref("ref_la.safetensors", input=x, tokens=t, features=la_features(t, 4), **{f"logits.{i}": l for i, l in enumerate(logits)})
 
+    # ------------------------------------------------ LA training mode: BatchNorm on batch statistics
+    # (dropout set to 0 so the logits are deterministic); running statistics are updated once.
+    import copy
+    la_t = copy.deepcopy(la)
+    for i in range(4):
+        getattr(la_t, f"classifier{i}").add_block[2].p = 0.0
+    la_t.train()
+    x = torch.randn(4, 3, 64, 64)
+    logits = la_t(x)
+    bn = [getattr(la_t, f"classifier{i}").add_block[1] for i in range(4)]
+    save_ref("ref_la_train.safetensors", input=x, **{f"logits.{i}": l for i, l in enumerate(logits)},
+             **{f"running_mean.{i}": b.running_mean for i, b in enumerate(bn)}, **{f"running_var.{i}": b.running_var for i, b in enumerate(bn)})
+
     # ------------------------------------------------ AMG reference checkpoint: heads and tokens pruned the reference way
     # Heads kept per layer (positional in the pruned tensors) and token_index masks over CLS + 16 patches.
     amg_heads = [[1], [0, 1]]

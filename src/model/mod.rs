@@ -4,6 +4,7 @@ pub mod config;
 pub mod cost;
 pub mod dir;
 pub mod surgery;
+pub mod vit;
 pub mod weights;
 
 pub use config::{Arch, HeadConfig, HeadKind, LayerPlan, ModelConfig, Source};
