@@ -1,13 +1,11 @@
 //! `amg embed`: images in, retrieval features out.
 
+use crate::data::loader::{for_each_batch, LoaderOptions};
 use crate::engine::{Engine, Want, Workspace};
-use crate::error::{Error, Result};
-use crate::preprocess::{load_rgb, to_input};
+use crate::error::Result;
 use crate::tensor::{write_safetensors, HostTensor, TensorMap};
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 pub struct EmbedResult {
     pub names: Vec<String>,
@@ -30,72 +28,26 @@ pub fn display_names(files: &[PathBuf]) -> Vec<String> {
     }
 }
 
-/// Embeds `files` in batches. Decoding of the next batch runs on a loader thread while the model
-/// runs the current one. A file that cannot be decoded is an error naming it, unless `skip_bad`.
+/// Embeds `files` in batches; decoding runs ahead of the model on a loader thread. A file that
+/// cannot be decoded is an error naming it, unless `skip_bad`.
 pub fn embed_files(engine: &Engine, files: &[PathBuf], batch_size: usize, skip_bad: bool, progress: bool) -> Result<EmbedResult> {
-    if batch_size == 0 {
-        return Err(Error::invalid("--batch-size must be at least 1"));
-    }
-    let spec = engine.config().input.clone();
-    let img_len = engine.image_len();
     let pb = crate::progress::bar(files.len() as u64, "embed", "img");
     if !progress {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let start = std::time::Instant::now();
-    // (indices into `files`, their inputs, files that failed to decode)
-    type Batch = (Vec<usize>, Vec<f32>, Vec<(PathBuf, String)>);
-    let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(1);
-    let mut kept = Vec::new();
-    let mut features = Vec::new();
-    let mut skipped = Vec::new();
+    let order: Vec<usize> = (0..files.len()).collect();
+    let opts = LoaderOptions { skip_bad, ..LoaderOptions::inference(batch_size) };
+    let (mut kept, mut features, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     let mut ws = Workspace::default();
-    std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(|| {
-            let tx = tx; // owned by the loader, so the channel closes when it is done
-            for (bi, chunk) in files.chunks(batch_size).enumerate() {
-                let decoded: Vec<Result<Vec<f32>>> = chunk
-                    .par_iter()
-                    .map(|p| {
-                        let img = load_rgb(p)?;
-                        let mut v = vec![0f32; img_len];
-                        to_input(&img, &spec, false, &mut v);
-                        Ok(v)
-                    })
-                    .collect();
-                let mut batch: Batch = (Vec::new(), Vec::with_capacity(chunk.len() * img_len), Vec::new());
-                let mut msg = None;
-                for (i, r) in decoded.into_iter().enumerate() {
-                    match r {
-                        Ok(v) => {
-                            batch.0.push(bi * batch_size + i);
-                            batch.1.extend(v);
-                        }
-                        Err(e) if skip_bad => batch.2.push((chunk[i].clone(), e.to_string())),
-                        Err(e) => {
-                            msg = Some(Err(e));
-                            break;
-                        }
-                    }
-                }
-                let msg = msg.unwrap_or(Ok(batch));
-                let stop = msg.is_err();
-                if tx.send(msg).is_err() || stop {
-                    return;
-                }
-            }
-        });
-        for msg in rx {
-            let (idx, input, bad) = msg?;
-            let n = idx.len();
-            if n > 0 {
-                let out = engine.forward(&input, n, &mut ws, Want::default())?;
-                features.extend_from_slice(&out.features);
-            }
-            pb.inc((n + bad.len()) as u64);
-            kept.extend(idx);
-            skipped.extend(bad);
+    for_each_batch(files, &order, &engine.config().input, &opts, |batch| {
+        if !batch.is_empty() {
+            let out = engine.forward(&batch.inputs, batch.len(), &mut ws, Want::default())?;
+            features.extend_from_slice(&out.features);
         }
+        pb.inc((batch.len() + batch.failed.len()) as u64);
+        kept.extend(batch.indices);
+        skipped.extend(batch.failed);
         Ok(())
     })?;
     pb.finish_and_clear();

@@ -6,9 +6,11 @@
 //! `inspect`, `bench`).
 
 pub mod bench;
+pub mod data;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod fsutil;
 pub mod import;
 pub mod inspect;
@@ -19,6 +21,7 @@ pub mod progress;
 pub mod pth;
 pub mod resample;
 pub mod rng;
+pub mod synth;
 pub mod tensor;
 
 pub use error::{Error, Result};

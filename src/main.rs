@@ -29,6 +29,10 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Measure inference throughput.
     Bench(BenchArgs),
+    /// Generate a synthetic Re-ID benchmark (Market-1501 layout), or a contact sheet of it.
+    Synth(SynthArgs),
+    /// Evaluate Re-ID accuracy (CMC, mAP, mINP) on a dataset's query/gallery, or on feature files.
+    Eval(EvalArgs),
 }
 
 #[derive(Args)]
@@ -99,6 +103,61 @@ struct BenchArgs {
     /// Timed iterations (after 2 warm-up ones).
     #[arg(long, default_value_t = 10)]
     iters: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Output dataset root (Market-1501 layout).
+    #[arg(long, required_unless_present = "preview")]
+    out: Option<PathBuf>,
+    /// Identities, half for training and half for testing.
+    #[arg(long, default_value_t = 200)]
+    ids: usize,
+    #[arg(long, default_value_t = 6)]
+    cams: usize,
+    #[arg(long, default_value_t = 10)]
+    images_per_id: usize,
+    /// Occluded-Duke style: most queries and part of the gallery 20–50 % occluded.
+    #[arg(long)]
+    occluded: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Image size HxW.
+    #[arg(long, value_parser = parse_size_arg, default_value = "128x64")]
+    size: (usize, usize),
+    /// Write a contact sheet of samples to this PNG.
+    #[arg(long)]
+    preview: Option<PathBuf>,
+    /// Replace --out if it exists and is not empty.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Model directory.
+    #[arg(long, required_unless_present_any = ["features", "baseline"])]
+    model: Option<PathBuf>,
+    /// Dataset root (Market-1501, DukeMTMC-reID, Occluded-Duke or ImageFolder layout).
+    #[arg(long, required_unless_present = "features")]
+    data: Option<PathBuf>,
+    /// Dataset layout (default: detected).
+    #[arg(long, value_enum)]
+    layout: Option<amg::data::Layout>,
+    /// Evaluate features written by `amg embed` instead: QUERY.safetensors GALLERY.safetensors.
+    #[arg(long, num_args = 2, value_names = ["QUERY", "GALLERY"], conflicts_with_all = ["model", "data", "baseline"])]
+    features: Option<Vec<PathBuf>>,
+    /// A model-free baseline instead of a model: `pixels` ranks raw 64x32 pixels by cosine similarity.
+    #[arg(long, value_parser = ["pixels"], conflicts_with = "model")]
+    baseline: Option<String>,
+    /// Average each image's feature with its mirror image's.
+    #[arg(long)]
+    flip: bool,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Print exactly one JSON object on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -217,6 +276,58 @@ fn run(cli: Cli) -> Result<()> {
                     r.threads,
                     r.iters
                 );
+            }
+        }
+        Cmd::Synth(a) => {
+            let opts = amg::synth::SynthOptions { ids: a.ids, cams: a.cams, images_per_id: a.images_per_id, occluded: a.occluded, seed: a.seed, size: a.size };
+            if let Some(p) = &a.preview {
+                amg::synth::preview(&opts, p)?;
+                eprintln!("contact sheet → {}", p.display());
+            }
+            if let Some(out) = &a.out {
+                let t = std::time::Instant::now();
+                let s = amg::synth::generate(&opts, out, a.force, true)?;
+                eprintln!(
+                    "synthetic benchmark → {} in {:.1}s: {} train images of {} ids; {} queries ({} occluded), {} gallery ({} occluded, {} distractors, {} junk) of {} ids",
+                    out.display(),
+                    t.elapsed().as_secs_f64(),
+                    s.train_images,
+                    s.train_ids,
+                    s.query_images,
+                    s.occluded_query,
+                    s.gallery_images,
+                    s.occluded_gallery,
+                    s.distractors,
+                    s.junk,
+                    s.test_ids
+                );
+                eprint!("{}", amg::data::Dataset::open(out, None)?.summary());
+            }
+        }
+        Cmd::Eval(a) => {
+            let opts = amg::eval::EvalOptions { batch_size: a.batch_size, flip: a.flip, progress: true };
+            let m = if let Some(f) = &a.features {
+                amg::eval::eval_feature_files(&f[0], &f[1])?
+            } else {
+                let root = a.data.as_ref().expect("clap requires --data");
+                let data = amg::data::Dataset::open(root, a.layout)?;
+                eprint!("{}", data.summary());
+                if data.skipped_files > 0 {
+                    eprintln!("warning: skipped {} non-image files", data.skipped_files);
+                }
+                match (&a.model, &a.baseline) {
+                    (Some(dir), _) => {
+                        let engine = Engine::new(load_model(dir)?)?;
+                        amg::eval::eval_model(&engine, &data, &opts)?
+                    }
+                    (None, Some(_)) => amg::eval::eval_pixels(&data, (64, 32), &opts)?,
+                    _ => unreachable!("clap requires --model or --baseline"),
+                }
+            };
+            if a.json {
+                println!("{}", m.summary_json());
+            } else {
+                print!("{}", m.table());
             }
         }
     }

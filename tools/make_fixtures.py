@@ -3,6 +3,8 @@
 
 Usage (once; the outputs are committed under tests/fixtures/):
     python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm torchvision pillow safetensors numpy
+    /tmp/peers/bin/pip download torchreid==0.2.5 --no-deps -d /tmp/treid
+    /tmp/peers/bin/pip install /tmp/treid/torchreid-0.2.5.tar.gz --no-deps --no-build-isolation
     /tmp/peers/bin/python tools/make_fixtures.py [OUT_DIR]
 
 Everything the Rust tests compare against comes from here; no expected number is typed by hand.
@@ -278,6 +280,148 @@ with torch.no_grad():
     # ------------------------------------------------ parameter counts of the presets, as timm counts them
     meta["timm_params"] = {p: sum(q.numel() for q in timm.create_model(f"vit_{p}_patch16_224", pretrained=False, num_classes=0).parameters())
                            for p in ("tiny", "small", "base")}
+
+# ---------------------------------------------------------------- Re-ID metrics: torchreid's evaluate_rank
+import importlib.util
+_spec = importlib.util.spec_from_file_location(
+    "torchreid_rank", os.path.join(importlib.util.find_spec("torchreid").submodule_search_locations[0], "reid", "metrics", "rank.py"))
+rank = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rank)  # the module alone: torchreid's package __init__ pulls in everything else
+
+
+def stable_argsort(a, axis=-1, kind=None, order=None):
+    # torchreid leaves the order of equal distances to numpy's (unstable) default sort; amg's rule
+    # is gallery order, so the references pin it for the cases with ties.
+    return np.argsort_orig(a, axis=axis, kind="stable")
+
+
+np.argsort_orig = np.argsort
+
+
+def minp(distmat, q_pids, g_pids, q_camids, g_camids):
+    """mINP as in Ye et al.'s AGW evaluation: per valid query, #true matches / (1 + position of the last one)."""
+    vals = []
+    for i in range(distmat.shape[0]):
+        order = np.argsort_orig(distmat[i], kind="stable")
+        keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
+        hits = (g_pids[order][keep] == q_pids[i]).astype(np.int64)
+        if not hits.any():
+            continue
+        last = np.where(hits == 1)[0].max()
+        vals.append(hits.cumsum()[last] / (last + 1.0))
+    return float(np.mean(vals)), len(vals)
+
+
+def torchreid_metrics(distmat, q_pids, g_pids, q_camids, g_camids, ties, max_rank=50):
+    # torchreid needs every query's kept gallery to hold max_rank entries (its CMC rows must align).
+    if ties:
+        rank.np.argsort = stable_argsort
+    try:
+        cmc, mAP = rank.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank, use_cython=False)
+    finally:
+        rank.np.argsort = np.argsort_orig
+    mi, valid = minp(distmat, q_pids, g_pids, q_camids, g_camids)
+    return cmc, mAP, mi, valid
+
+
+metric_cases = {}
+mr = np.random.RandomState(11)
+for case, (nq, ng, ties) in {"random": (12, 80, False), "ties": (10, 70, True)}.items():
+    q_pids = mr.randint(1, 7, size=nq)
+    g_pids = mr.randint(0, 8, size=ng)  # 0: distractors; 7: nobody's query
+    g_pids[:3] = -1                     # junk rows are just non-matches to torchreid
+    q_pids[0] = 9                       # a query whose identity is not in the gallery
+    q_camids = mr.randint(1, 4, size=nq)
+    g_camids = mr.randint(1, 4, size=ng)
+    # a query whose only matches are under its own camera: skipped
+    g_pids[g_pids == q_pids[1]] = 8
+    g_pids[-1], g_camids[-1] = q_pids[1], q_camids[1]
+    d = mr.rand(nq, ng).astype(np.float32)
+    if ties:
+        d = np.round(d * 4) / 4
+    cmc, mAP, mi, valid = torchreid_metrics(d, q_pids, g_pids, q_camids, g_camids, ties)
+    save_ref(f"ref_metrics_{case}.safetensors", distmat=torch.from_numpy(d), q_pids=torch.from_numpy(q_pids.astype(np.float32)),
+             g_pids=torch.from_numpy(g_pids.astype(np.float32)), q_camids=torch.from_numpy(q_camids.astype(np.float32)),
+             g_camids=torch.from_numpy(g_camids.astype(np.float32)))
+    metric_cases[case] = {"cmc": [float(v) for v in cmc], "mAP": float(mAP), "mINP": mi, "valid_queries": valid}
+meta["metrics"] = metric_cases
+
+# ---------------------------------------------------------------- a tiny dataset through the PyTorch pipeline
+# Market-1501 layout, PNG (lossless, so both sides see the same pixels), timm B (64x32 input).
+reid = os.path.join(OUT, "reid_tiny")
+for d in ("bounding_box_train", "query", "bounding_box_test"):
+    os.makedirs(os.path.join(reid, d), exist_ok=True)
+ir = np.random.RandomState(21)
+# Look-alike identities (shared colours) and heavy noise, so the ranking is far from perfect.
+shared = ir.randint(0, 256, size=(2, 3))
+id_colours = {pid: np.stack([shared[pid % 2], ir.randint(0, 256, size=3), shared[(pid // 2) % 2]]) for pid in range(1, 9)}
+
+
+def person_png(path, pid, cam, k):
+    h, w = [(80, 40), (64, 32), (96, 48), (70, 30)][(pid + cam + k) % 4]
+    img = (ir.rand(h, w, 3) * 90 + ir.randint(0, 150, size=3)).astype(np.uint8)  # background
+    if pid >= 0:
+        c = id_colours.get(pid, ir.randint(0, 256, size=(3, 3)))
+        t = ir.randint(0, 6)
+        img[h // 8 + t: h // 2, w // 4 + t // 2: 3 * w // 4] = c[0]
+        img[h // 2: 7 * h // 8, w // 3: 2 * w // 3] = c[2]
+        img[h // 4 + t: h // 3 + t, w // 3: 2 * w // 3] = c[1]
+    img = np.clip(img.astype(np.int32) + ir.randint(-70, 70, size=img.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+
+
+def name(pid, cam, k):
+    return f"{pid:04d}_c{cam}s1_{k * 37 + cam:06d}_0{k % 10}.png" if pid >= 0 else f"-1_c{cam}s1_{k:06d}_00.png"
+
+
+for pid in (1, 2, 3):
+    for k in range(2):
+        person_png(os.path.join(reid, "bounding_box_train", name(pid, 1 + k, k)), pid, 1 + k, k)
+q_list, g_list = [], []
+for pid in range(4, 9):
+    for k in range(4):
+        cam = 1 + (k + pid) % 3
+        split = "query" if k == 0 else "bounding_box_test"
+        n = name(pid, cam, k)
+        person_png(os.path.join(reid, split, n), pid, cam, k)
+        (q_list if split == "query" else g_list).append((n, pid, cam))
+for k in range(3):  # distractors
+    n = name(0, 1 + k, 50 + k)
+    person_png(os.path.join(reid, "bounding_box_test", n), 0, 1 + k, 50 + k)
+    g_list.append((n, 0, 1 + k))
+n = name(-1, 2, 60)  # junk, ignored
+person_png(os.path.join(reid, "bounding_box_test", n), -1, 2, 60)
+with open(os.path.join(reid, "bounding_box_test", "Thumbs.db"), "w") as f:
+    f.write("not an image")
+q_list.sort()
+g_list.sort()
+b = vit((64, 32), 64, 1, 2)
+b.load_state_dict(torch.load(os.path.join(OUT, "ckpt_timm_b.pth"))["model"])
+tf_b = transforms.Compose([transforms.Resize((64, 32), interpolation=transforms.InterpolationMode.BICUBIC), transforms.ToTensor(),
+                           transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+
+def feats(split, items, flip):
+    x = torch.stack([tf_b(Image.open(os.path.join(reid, split, n)).convert("RGB")) for n, _, _ in items])
+    with torch.no_grad():
+        f = la_features(b.forward_features(x), 2)
+        if flip:
+            g = la_features(b.forward_features(torch.flip(x, dims=[3])), 2)
+            f = (f + g) / 2
+            parts = f.reshape(f.shape[0], 2, -1)
+            f = (parts / (parts.norm(dim=2, keepdim=True) * 2 ** 0.5)).reshape(f.shape[0], -1)
+    return f.numpy()
+
+
+e2e = {}
+for flip in (False, True):
+    qf, gf = feats("query", q_list, flip), feats("bounding_box_test", g_list, flip)
+    dist = -(qf @ gf.T)
+    arr = lambda items, i: np.array([it[i] for it in items])
+    cmc, mAP, mi, _ = torchreid_metrics(dist, arr(q_list, 1), arr(g_list, 1), arr(q_list, 2), arr(g_list, 2), ties=False, max_rank=10)
+    e2e["flip" if flip else "plain"] = {"rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9]), "mAP": float(mAP), "mINP": mi,
+                                        "queries": len(q_list), "gallery": len(g_list)}
+meta["reid_tiny"] = e2e
 
 with open(os.path.join(OUT, "fixtures.json"), "w") as f:
     json.dump(meta, f, indent=1)

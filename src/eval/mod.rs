@@ -1,0 +1,150 @@
+//! `amg eval`: query and gallery features, ranked by cosine similarity under the standard
+//! protocol (`metrics`).
+
+pub mod metrics;
+
+use crate::data::loader::{for_each_batch, LoaderOptions, Views};
+use crate::data::{dataset::parse_name, Dataset, Sample};
+use crate::engine::{Engine, Want, Workspace};
+use crate::error::{Error, Result};
+use crate::tensor::SafetensorsFile;
+use metrics::{evaluate_features, Labels, Metrics};
+use std::path::Path;
+
+/// torchreid's default CMC length.
+pub const MAX_RANK: usize = 50;
+
+#[derive(Debug, Clone, Copy)]
+pub struct EvalOptions {
+    pub batch_size: usize,
+    /// Average each image's feature with its mirror image's.
+    pub flip: bool,
+    pub progress: bool,
+}
+
+/// The feature of an image and its mirror: their mean, each part renormalised to norm 1/√P so the
+/// result has the same form as a single view's feature.
+pub fn average_views(a: &[f32], b: &[f32], parts: usize) -> Vec<f32> {
+    let d = a.len() / parts;
+    let mut out: Vec<f32> = a.iter().zip(b).map(|(x, y)| 0.5 * (x + y)).collect();
+    let sqrt_p = (parts as f32).sqrt();
+    for part in out.chunks_exact_mut(d) {
+        let n = part.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        for v in part.iter_mut() {
+            *v /= n * sqrt_p;
+        }
+    }
+    out
+}
+
+/// Features `[n, F]` of `samples`, in order.
+pub fn extract(engine: &Engine, samples: &[Sample], opts: &EvalOptions, what: &str) -> Result<Vec<f32>> {
+    let paths: Vec<_> = samples.iter().map(|s| s.path.clone()).collect();
+    let order: Vec<usize> = (0..paths.len()).collect();
+    let fdim = engine.config().feature_dim();
+    let parts = engine.config().num_parts();
+    let pb = crate::progress::bar(paths.len() as u64, what, "img");
+    if !opts.progress {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let lopts = LoaderOptions { views: if opts.flip { Views::WithMirror } else { Views::Plain }, ..LoaderOptions::inference(opts.batch_size) };
+    let mut feats = Vec::with_capacity(paths.len() * fdim);
+    let mut ws = Workspace::default();
+    for_each_batch(&paths, &order, &engine.config().input, &lopts, |batch| {
+        let n = batch.len();
+        let views = if opts.flip { 2 } else { 1 };
+        let out = engine.forward(&batch.inputs, views * n, &mut ws, Want::default())?;
+        if opts.flip {
+            for i in 0..n {
+                feats.extend(average_views(&out.features[i * fdim..(i + 1) * fdim], &out.features[(n + i) * fdim..(n + i + 1) * fdim], parts));
+            }
+        } else {
+            feats.extend_from_slice(&out.features);
+        }
+        pb.inc(n as u64);
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    Ok(feats)
+}
+
+fn labels(s: &[Sample]) -> (Vec<i64>, Vec<i64>) {
+    (s.iter().map(|x| x.pid).collect(), s.iter().map(|x| x.camid).collect())
+}
+
+/// Evaluates a model on a dataset's query and gallery splits.
+pub fn eval_model(engine: &Engine, data: &Dataset, opts: &EvalOptions) -> Result<Metrics> {
+    let q = extract(engine, &data.query, opts, "query")?;
+    let g = extract(engine, &data.gallery, opts, "gallery")?;
+    let (qp, qc) = labels(&data.query);
+    let (gp, gc) = labels(&data.gallery);
+    let l = Labels { q_pids: &qp, q_cams: &qc, g_pids: &gp, g_cams: &gc };
+    evaluate_features(&q, &g, engine.config().feature_dim(), &l, MAX_RANK).map_err(Error::invalid)
+}
+
+/// The raw-pixel baseline: each image bicubic-resized to `h`×`w`, normalised, flattened and scaled
+/// to unit length; ranked by cosine similarity like a model's features.
+pub fn eval_pixels(data: &Dataset, (h, w): (usize, usize), opts: &EvalOptions) -> Result<Metrics> {
+    let spec = crate::model::config::InputSpec { height: h, width: w, mean: crate::model::config::IMAGENET_MEAN, std: crate::model::config::IMAGENET_STD };
+    let dim = 3 * h * w;
+    let pixels = |samples: &[Sample], what: &str| -> Result<Vec<f32>> {
+        let paths: Vec<_> = samples.iter().map(|s| s.path.clone()).collect();
+        let order: Vec<usize> = (0..paths.len()).collect();
+        let pb = crate::progress::bar(paths.len() as u64, what, "img");
+        if !opts.progress {
+            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let mut out = Vec::with_capacity(paths.len() * dim);
+        for_each_batch(&paths, &order, &spec, &LoaderOptions::inference(opts.batch_size.max(64)), |batch| {
+            for v in batch.inputs.chunks_exact(dim) {
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                out.extend(v.iter().map(|x| x / n));
+            }
+            pb.inc(batch.len() as u64);
+            Ok(())
+        })?;
+        pb.finish_and_clear();
+        Ok(out)
+    };
+    let q = pixels(&data.query, "query")?;
+    let g = pixels(&data.gallery, "gallery")?;
+    let (qp, qc) = labels(&data.query);
+    let (gp, gc) = labels(&data.gallery);
+    evaluate_features(&q, &g, dim, &Labels { q_pids: &qp, q_cams: &qc, g_pids: &gp, g_cams: &gc }, MAX_RANK).map_err(Error::invalid)
+}
+
+/// Reads a features file written by `amg embed`: features `[N, F]` and identities and cameras
+/// parsed from the names in its metadata. Junk images (identity −1) are dropped.
+pub fn read_feature_file(path: &Path) -> Result<(Vec<f32>, usize, Vec<i64>, Vec<i64>)> {
+    let st = SafetensorsFile::open(path)?;
+    let names: Vec<String> = serde_json::from_str(st.metadata().get("names").ok_or_else(|| Error::file(path, "no `names` metadata (expected a file written by `amg embed`)"))?)
+        .map_err(|e| Error::file(path, format!("`names` metadata is not a JSON list of strings: {e}")))?;
+    let t = st.all_f32()?.remove("features").ok_or_else(|| Error::tensor(path, "features", "missing"))?;
+    if t.shape.len() != 2 || t.shape[0] != names.len() {
+        return Err(Error::tensor(path, "features", format!("shape {:?} does not match {} names", t.shape, names.len())));
+    }
+    let dim = t.shape[1];
+    let (mut feats, mut pids, mut cams) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, name) in names.iter().enumerate() {
+        let base = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (pid, cam) = parse_name(&base).ok_or_else(|| Error::file(path, format!("name `{name}` does not parse as `<id>_c<camera>…`")))?;
+        if pid == -1 {
+            continue;
+        }
+        feats.extend_from_slice(&t.data[i * dim..(i + 1) * dim]);
+        pids.push(pid);
+        cams.push(cam);
+    }
+    Ok((feats, dim, pids, cams))
+}
+
+/// Evaluates two feature files (query, gallery) written by `amg embed`.
+pub fn eval_feature_files(query: &Path, gallery: &Path) -> Result<Metrics> {
+    let (q, qd, qp, qc) = read_feature_file(query)?;
+    let (g, gd, gp, gc) = read_feature_file(gallery)?;
+    if qd != gd {
+        return Err(Error::invalid(format!("query features have {qd} dimensions, gallery features {gd}: not from the same model")));
+    }
+    let l = Labels { q_pids: &qp, q_cams: &qc, g_pids: &gp, g_cams: &gc };
+    evaluate_features(&q, &g, qd, &l, MAX_RANK).map_err(Error::invalid)
+}
