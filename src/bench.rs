@@ -42,3 +42,19 @@ pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bo
     let med = times[times.len() / 2];
     Ok(BenchResult { batch_size: batch, iters: times.len(), threads: rayon::current_num_threads(), ms_per_batch: med * 1e3, img_per_s: batch as f64 / med })
 }
+
+/// Loader throughput: decodes (and augments) up to `limit` images of `paths` in batches, with
+/// nothing consuming them, and reports images per second.
+pub fn bench_loader(paths: &[std::path::PathBuf], spec: &crate::model::config::InputSpec, augment: Option<crate::data::loader::Augment>, batch: usize, limit: usize) -> Result<f64> {
+    use crate::data::loader::{for_each_batch, LoaderOptions};
+    let n = paths.len().min(limit);
+    let order: Vec<usize> = (0..n).collect();
+    let opts = LoaderOptions { augment, ..LoaderOptions::inference(batch) };
+    let t = std::time::Instant::now();
+    let mut count = 0;
+    for_each_batch(paths, &order, spec, &opts, |b| {
+        count += b.len();
+        Ok(())
+    })?;
+    Ok(count as f64 / t.elapsed().as_secs_f64())
+}

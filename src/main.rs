@@ -105,6 +105,10 @@ struct BenchArgs {
     iters: usize,
     #[arg(long)]
     json: bool,
+    /// Also measure the image loader on this dataset's training split (with augmentation) and
+    /// gallery (without), at the model's input size.
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -258,6 +262,17 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (h, w) = (files.config.input.height, files.config.input.width);
             let macs = amg::model::cost::model_cost(&files.config).macs;
+            let loader = match &a.data {
+                Some(root) => {
+                    let data = amg::data::Dataset::open(root, None)?;
+                    let spec = files.config.input.clone();
+                    let paths = |s: &[amg::data::Sample]| s.iter().map(|x| x.path.clone()).collect::<Vec<_>>();
+                    let train = amg::bench::bench_loader(&paths(&data.train), &spec, Some(amg::data::loader::Augment::reid_default()), a.batch_size, 2000)?;
+                    let test = amg::bench::bench_loader(&paths(&data.gallery), &spec, None, a.batch_size, 2000)?;
+                    Some((train, test))
+                }
+                None => None,
+            };
             let engine = Engine::new(files)?;
             let r = amg::bench::bench_inference(&engine, a.batch_size, a.iters, !a.json)?;
             if a.json {
@@ -265,8 +280,15 @@ fn run(cli: Cli) -> Result<()> {
                 v["model"] = label.into();
                 v["input"] = format!("{h}x{w}").into();
                 v["gmacs_per_image"] = (macs as f64 / 1e9).into();
+                if let Some((train, test)) = loader {
+                    v["loader_train_img_per_s"] = train.into();
+                    v["loader_test_img_per_s"] = test.into();
+                }
                 println!("{v}");
             } else {
+                if let Some((train, test)) = loader {
+                    println!("loader: {train:.0} img/s with training augmentation, {test:.0} img/s without (decode + resize + normalise, {} threads)", rayon::current_num_threads());
+                }
                 println!(
                     "{label} {h}x{w} batch {}: {:.1} ms/batch, {:.2} img/s ({:.0} GFLOP/s, {} threads, median of {})",
                     r.batch_size,

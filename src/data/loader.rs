@@ -185,3 +185,91 @@ pub fn for_each_batch(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{IMAGENET_MEAN, IMAGENET_STD};
+
+    fn spec() -> InputSpec {
+        InputSpec { height: 32, width: 16, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    }
+
+    fn image() -> Rgb8 {
+        let (h, w) = (32, 16);
+        Rgb8 { width: w, height: h, data: (0..h * w * 3).map(|i| (i * 37 % 251) as u8).collect() }
+    }
+
+    #[test]
+    fn flip_alone_gives_the_plain_or_the_mirrored_image() {
+        let (img, s) = (image(), spec());
+        let mut plain = vec![0f32; 3 * 32 * 16];
+        let mut mirror = plain.clone();
+        to_input(&img, &s, false, &mut plain);
+        to_input(&img, &s, true, &mut mirror);
+        let aug = Augment { flip: true, pad: 0, erase: 0.0 };
+        let mut seen = (false, false);
+        for seed in 0..40 {
+            let mut out = vec![0f32; plain.len()];
+            augmented_input(&img, &s, &aug, &mut Rng::new(seed), &mut out);
+            if out == plain {
+                seen.0 = true;
+            } else {
+                assert_eq!(out, mirror);
+                seen.1 = true;
+            }
+        }
+        assert!(seen.0 && seen.1);
+    }
+
+    #[test]
+    fn pad_and_crop_shift_the_image_and_fill_black() {
+        let (img, s) = (image(), spec());
+        let mut plain = vec![0f32; 3 * 32 * 16];
+        to_input(&img, &s, false, &mut plain);
+        let aug = Augment { flip: false, pad: 4, erase: 0.0 };
+        let black0 = -s.mean[0] / s.std[0];
+        let mut shifted = 0;
+        for seed in 0..20 {
+            let mut out = vec![0f32; plain.len()];
+            augmented_input(&img, &s, &aug, &mut Rng::new(seed), &mut out);
+            // Some shift (dy, dx) in -4..=4 explains every pixel.
+            let ok = (-4i32..=4).any(|dy| {
+                (-4i32..=4).any(|dx| {
+                    (0..32).all(|y| {
+                        (0..16).all(|x| {
+                            let (sy, sx) = (y + dy, x + dx);
+                            let v = out[(y * 16 + x) as usize];
+                            if (0..32).contains(&sy) && (0..16).contains(&sx) {
+                                v == plain[(sy * 16 + sx) as usize]
+                            } else {
+                                v == black0
+                            }
+                        })
+                    })
+                })
+            });
+            assert!(ok, "seed {seed}");
+            shifted += (out != plain) as usize;
+        }
+        assert!(shifted > 10);
+    }
+
+    #[test]
+    fn erasing_zeroes_one_rectangle() {
+        let (img, s) = (image(), spec());
+        let mut plain = vec![0f32; 3 * 32 * 16];
+        to_input(&img, &s, false, &mut plain);
+        let aug = Augment { flip: false, pad: 0, erase: 1.0 };
+        for seed in 0..20 {
+            let mut out = vec![0f32; plain.len()];
+            augmented_input(&img, &s, &aug, &mut Rng::new(seed), &mut out);
+            let changed: Vec<usize> = (0..out.len()).filter(|&i| out[i] != plain[i]).collect();
+            assert!(!changed.is_empty(), "seed {seed}: nothing erased");
+            assert!(changed.iter().all(|&i| out[i] == 0.0));
+            let (ys, xs): (Vec<usize>, Vec<usize>) = changed.iter().map(|&i| ((i % 512) / 16, i % 16)).unzip();
+            let area = (ys.iter().max().unwrap() - ys.iter().min().unwrap() + 1) * (xs.iter().max().unwrap() - xs.iter().min().unwrap() + 1);
+            assert!(area as f64 >= 0.02 * 512.0 * 0.5 && area as f64 <= 0.4 * 512.0 * 1.5, "area {area}");
+        }
+    }
+}
