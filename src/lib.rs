@@ -23,5 +23,6 @@ pub mod resample;
 pub mod rng;
 pub mod synth;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -423,6 +423,138 @@ for flip in (False, True):
                                         "queries": len(q_list), "gallery": len(g_list)}
 meta["reid_tiny"] = e2e
 
+# ---------------------------------------------------------------- one training step: loss and every gradient
+# A small LA model in amg's own model-directory format (2 heads of 32, so a head can be pruned), a
+# head- and token-pruned student, the unpruned model as a frozen teacher; BatchNorm in training
+# mode, dropout off; loss = sum over parts of CE (label smoothing) + alpha tau^2 KL / numel.
+torch.manual_seed(5)
+G = dict(D=64, heads=2, hd=32, depth=2, M=256, parts=4, C=5, nb=32, H=64, W=64)
+N = 1 + (G["H"] // 16) * (G["W"] // 16)
+
+
+def amg_config(heads, tokens):
+    return {"format": "amg-model", "format_version": 1,
+            "arch": {"embed_dim": G["D"], "depth": G["depth"], "num_heads": G["heads"], "head_dim": G["hd"], "mlp_dim": G["M"],
+                     "patch_size": 16, "ln_eps": 1e-6, "qkv_bias": True},
+            "input": {"height": G["H"], "width": G["W"], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "layers": [{"heads": h, "tokens": t} for h, t in zip(heads, tokens)],
+            "head": {"type": "la", "num_classes": G["C"], "bottleneck": G["nb"], "lambda": 8.0},
+            "source": {"format": "fixture", "path": "tools/make_fixtures.py", "amg_version": ""}}
+
+
+def init_params(heads):
+    D, hd, M = G["D"], G["hd"], G["M"]
+    p = {"patch_embed.proj.weight": 0.05 * torch.randn(D, 3, 16, 16), "patch_embed.proj.bias": 0.1 * torch.randn(D),
+         "cls_token": 0.5 * torch.randn(1, 1, D), "pos_embed": 0.3 * torch.randn(1, N, D),
+         "norm.weight": 1 + 0.2 * torch.randn(D), "norm.bias": 0.1 * torch.randn(D)}
+    for l, h in enumerate(heads):
+        b = f"blocks.{l}."
+        I = len(h) * hd
+        p.update({b + "norm1.weight": 1 + 0.2 * torch.randn(D), b + "norm1.bias": 0.1 * torch.randn(D),
+                  b + "attn.qkv.weight": 0.15 * torch.randn(3 * I, D), b + "attn.qkv.bias": 0.1 * torch.randn(3 * I),
+                  b + "attn.proj.weight": 0.15 * torch.randn(D, I), b + "attn.proj.bias": 0.1 * torch.randn(D),
+                  b + "norm2.weight": 1 + 0.2 * torch.randn(D), b + "norm2.bias": 0.1 * torch.randn(D),
+                  b + "mlp.fc1.weight": 0.12 * torch.randn(M, D), b + "mlp.fc1.bias": 0.1 * torch.randn(M),
+                  b + "mlp.fc2.weight": 0.08 * torch.randn(D, M), b + "mlp.fc2.bias": 0.1 * torch.randn(D)})
+    for i in range(G["parts"]):
+        b = f"parts.{i}."
+        p.update({b + "bottleneck.weight": 0.2 * torch.randn(G["nb"], D), b + "bottleneck.bias": 0.1 * torch.randn(G["nb"]),
+                  b + "bn.weight": 1 + 0.1 * torch.randn(G["nb"]), b + "bn.bias": 0.1 * torch.randn(G["nb"]),
+                  b + "bn.running_mean": 0.1 * torch.randn(G["nb"]), b + "bn.running_var": 0.5 + torch.rand(G["nb"]),
+                  b + "classifier.weight": 0.3 * torch.randn(G["C"], G["nb"]), b + "classifier.bias": 0.1 * torch.randn(G["C"])})
+    return p
+
+
+def la_forward(p, x, heads, tokens, train):
+    """The LA model written out (AMG_SPEC §1, §3.4): K, V from kept tokens only."""
+    D, hd = G["D"], G["hd"]
+    B = x.shape[0]
+    z = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
+    z = torch.cat([p["cls_token"].expand(B, -1, -1), z], 1) + p["pos_embed"]
+    for l in range(G["depth"]):
+        b = f"blocks.{l}."
+        h = len(heads[l])
+        I = h * hd
+        y = F.layer_norm(z, (D,), p[b + "norm1.weight"], p[b + "norm1.bias"], 1e-6)
+        W, bb = p[b + "attn.qkv.weight"], p[b + "attn.qkv.bias"]
+        q = (y @ W[:I].T + bb[:I]).reshape(B, N, h, hd).transpose(1, 2)
+        yk = y[:, tokens[l]]
+        nk = yk.shape[1]
+        k = (yk @ W[I:2 * I].T + bb[I:2 * I]).reshape(B, nk, h, hd).transpose(1, 2)
+        v = (yk @ W[2 * I:].T + bb[2 * I:]).reshape(B, nk, h, hd).transpose(1, 2)
+        a = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1)
+        o = (a @ v).transpose(1, 2).reshape(B, N, I)
+        z = z + o @ p[b + "attn.proj.weight"].T + p[b + "attn.proj.bias"]
+        y = F.layer_norm(z, (D,), p[b + "norm2.weight"], p[b + "norm2.bias"], 1e-6)
+        z = z + F.linear(F.gelu(F.linear(y, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])), p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
+    t = F.layer_norm(z, (D,), p["norm.weight"], p["norm.bias"], 1e-6)
+    cls = t[:, 0]
+    parts = t[:, 1:].reshape(B, G["parts"], -1, D).mean(dim=2)
+    logits = []
+    for i in range(G["parts"]):
+        b = f"parts.{i}."
+        zz = F.linear((cls + 8 * parts[:, i]) / 9, p[b + "bottleneck.weight"], p[b + "bottleneck.bias"])
+        zz = F.batch_norm(zz, p[b + "bn.running_mean"].clone(), p[b + "bn.running_var"].clone(), p[b + "bn.weight"], p[b + "bn.bias"], training=train, eps=1e-5)
+        logits.append(F.linear(zz, p[b + "classifier.weight"], p[b + "classifier.bias"]))
+    return logits
+
+
+full_heads = [[0, 1], [0, 1]]
+all_tokens = [list(range(N)), list(range(N))]
+teacher = init_params(full_heads)
+# The student: the teacher with head 0 of layer 0 removed and some key tokens of layer 1, perturbed.
+st_heads, st_tokens = [[1], [0, 1]], [list(range(N)), [0, 2, 3, 5, 8, 11, 12, 16]]
+student = {k: v.clone() for k, v in teacher.items()}
+W0 = student["blocks.0.attn.qkv.weight"].reshape(3, 2, 32, 64)[:, [1]].reshape(-1, 64)
+B0 = student["blocks.0.attn.qkv.bias"].reshape(3, 2, 32)[:, [1]].reshape(-1)
+P0 = student["blocks.0.attn.proj.weight"].reshape(64, 2, 32)[:, [1]].reshape(64, -1)
+student["blocks.0.attn.qkv.weight"], student["blocks.0.attn.qkv.bias"], student["blocks.0.attn.proj.weight"] = W0, B0, P0
+for k in student:
+    if not k.endswith("running_mean") and not k.endswith("running_var"):
+        student[k] = (student[k] + 0.02 * torch.randn(student[k].shape)).contiguous()
+for name, params, heads, toks in [("grad_teacher", teacher, full_heads, all_tokens), ("grad_student", student, st_heads, st_tokens)]:
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(amg_config(heads, toks), f, indent=1)
+    save_file({k: v.contiguous() for k, v in params.items()}, os.path.join(d, "model.safetensors"))
+
+x = torch.randn(6, 3, 64, 64)
+labels = torch.tensor([0, 3, 1, 4, 3, 2])
+alpha, tau, smoothing = 0.2, 2.0, 0.1
+with torch.no_grad():
+    t_logits = la_forward(teacher, x, full_heads, all_tokens, train=False)
+leaves = {k: v.clone().requires_grad_(not (k.endswith("running_mean") or k.endswith("running_var"))) for k, v in student.items()}
+s_logits = la_forward(leaves, x, st_heads, st_tokens, train=True)
+ce = sum(F.cross_entropy(l, labels, label_smoothing=smoothing) for l in s_logits)
+kd = sum(F.kl_div(F.log_softmax(s / tau, dim=1), F.log_softmax(t / tau, dim=1), reduction="sum", log_target=True) * tau * tau / s.numel()
+         for s, t in zip(s_logits, t_logits))
+hard = sum(F.cross_entropy(s, t.argmax(dim=1)) for s, t in zip(s_logits, t_logits))
+loss = ce + alpha * kd
+loss.backward()
+grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
+save_ref("ref_grad_step.safetensors", input=x, labels=labels.float(), **{f"grad.{k}": g for k, g in grads.items()})
+meta["grad_step"] = {"alpha": alpha, "tau": tau, "label_smoothing": smoothing, "loss": float(loss), "ce": float(ce), "kd": float(kd),
+                     "hard": float(hard), "teacher_logits_0": [float(v) for v in t_logits[0].flatten()]}
+
+# One optimiser step from those gradients, as torch.optim does it (a few tensors suffice: the
+# update is element-wise).
+opt_check = ["blocks.0.attn.qkv.weight", "parts.1.bn.weight", "cls_token"]
+opt_refs = {}
+for name, make in [("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)),
+                   ("adam", lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3)),
+                   ("sgd", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True))]:
+    ps = [student[k].clone().requires_grad_(True) for k in opt_check]
+    opt = make(ps)
+    for step in range(2):  # two steps, so momentum / moment estimates matter
+        for p_, k in zip(ps, opt_check):
+            p_.grad = grads[k].clone() * (1.0 + step)
+        opt.step()
+    for p_, k in zip(ps, opt_check):
+        opt_refs[f"{name}.{k}"] = p_.detach()
+save_ref("ref_optim.safetensors", **opt_refs)
+meta["optim_tensors"] = opt_check
+
 with open(os.path.join(OUT, "fixtures.json"), "w") as f:
     json.dump(meta, f, indent=1)
 print("fixtures written to", os.path.abspath(OUT))

@@ -1,0 +1,3 @@
+//! Training and fine-tuning (with distillation).
+
+pub mod loss;
