@@ -5,6 +5,7 @@
 //! inference (`kernels`, `engine`, `preprocess`, `embed`) → cost and speed (`model::cost`,
 //! `inspect`, `bench`).
 
+pub mod alloc;
 pub mod bench;
 pub mod data;
 pub mod embed;

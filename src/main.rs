@@ -90,7 +90,7 @@ struct InspectArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// Model directory to measure.
-    #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
+    #[arg(long, conflicts_with = "arch", required_unless_present_any = ["arch", "toy"])]
     model: Option<PathBuf>,
     /// Or an unpruned architecture with random weights: tiny, small, base.
     #[arg(long)]
@@ -105,6 +105,15 @@ struct BenchArgs {
     iters: usize,
     #[arg(long)]
     json: bool,
+    /// Measure training steps instead of inference (LA head with --classes identities).
+    #[arg(long)]
+    train: bool,
+    /// With --train: the 6-block toy step of ../shared/peers/peer_train_toy.py.
+    #[arg(long, requires = "train")]
+    toy: bool,
+    /// Identities of the LA head for --train.
+    #[arg(long, default_value_t = 751)]
+    classes: usize,
     /// Also measure the image loader on this dataset's training split (with augmentation) and
     /// gallery (without), at the model's input size.
     #[arg(long)]
@@ -175,6 +184,7 @@ fn load_model(dir: &PathBuf) -> Result<ModelFiles> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    amg::alloc::tune();
     if let Some(t) = cli.threads {
         if t == 0 {
             bail!("--threads must be at least 1");
@@ -247,6 +257,22 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&amg::inspect::inspection(&cfg))?);
             } else {
                 print!("{}", amg::inspect::render(&cfg));
+            }
+        }
+        Cmd::Bench(a) if a.train => {
+            let r = if a.toy {
+                amg::train::bench::bench_toy_step(a.iters, !a.json)?
+            } else {
+                let arch = Arch::preset(a.arch.as_deref().ok_or_else(|| anyhow::anyhow!("--train needs --arch tiny|small|base"))?)?;
+                amg::train::bench::bench_la_step(arch, a.img_size.unwrap_or((224, 224)), a.batch_size, a.classes, a.iters, !a.json)?
+            };
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "train step, {} batch {}: {:.1} ms/step ({:.1} ms forward), {:.2} steps/s, {:.1} img/s (median of {})",
+                    r.what, r.batch_size, r.ms_per_step, r.forward_ms, r.steps_per_s, r.img_per_s, r.iters
+                );
             }
         }
         Cmd::Bench(a) => {

@@ -30,9 +30,17 @@ fn check_eval(mut m: Vit, reference: &str) {
 
 #[test]
 fn inference_mode_matches_pytorch() {
-    check_eval(load(SourceFormat::LaTransformer, "ckpt_la.pth"), "ref_la.safetensors");
-    check_eval(load(SourceFormat::Amg, "ckpt_amg.pth"), "ref_amg.safetensors");
-    check_eval(load(SourceFormat::Timm, "ckpt_timm_a.safetensors"), "ref_timm_a.safetensors");
+    for fused in [true, false] {
+        for (format, ckpt, reference) in [
+            (SourceFormat::LaTransformer, "ckpt_la.pth", "ref_la.safetensors"),
+            (SourceFormat::Amg, "ckpt_amg.pth", "ref_amg.safetensors"),
+            (SourceFormat::Timm, "ckpt_timm_a.safetensors", "ref_timm_a.safetensors"),
+        ] {
+            let mut m = load(format, ckpt);
+            m.fused = fused;
+            check_eval(m, reference);
+        }
+    }
 }
 
 #[test]

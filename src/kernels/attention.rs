@@ -1,7 +1,7 @@
 //! Multi-head attention over packed projection buffers, one (image, head) pair per task.
 
-use super::gemm::{matmul_bt, matmul_into_raw, Acc, Mat};
-use super::rows::softmax_rows;
+use super::gemm::{gemm_raw, matmul_bt, matmul_into_raw, Acc, Mat, Strides};
+use super::rows::{softmax_backward_rows, softmax_rows};
 use super::SendPtr;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -31,6 +31,7 @@ pub struct AttnLayout {
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static DSCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Receives the softmax probabilities of one (image, head) pair, `[n, nk]` row-major.
@@ -58,6 +59,47 @@ pub fn attention(q: &[f32], kv: &[f32], out: &mut [f32], s: AttnShape, l: AttnLa
             // SAFETY: the bounds were checked above; task (b, h) writes only rows b·n..(b+1)·n,
             // columns h·hd..(h+1)·hd, which no other task touches.
             unsafe { matmul_into_raw(Mat::dense(&scores, n, nk), vm, out_ptr.0.add(b * n * l.out_ld + h * hd), l.out_ld, 1.0) };
+        });
+    });
+}
+
+/// Gradients of `attention` with respect to q, k and v, given the output gradient `dout` (laid out
+/// as the output was). The probabilities are recomputed rather than stored. `dq` is laid out as
+/// `q` and `dkv` as `kv` (same strides and column offsets); they may be one buffer (packed qkv),
+/// since the columns they write are disjoint.
+///
+/// # Safety
+/// `dq` and `dkv` must be valid for writes over the ranges the shape and layout describe, and not
+/// accessed by anyone else during the call.
+pub unsafe fn attention_backward(q: &[f32], kv: &[f32], dout: &[f32], dq: *mut f32, dkv: *mut f32, s: AttnShape, l: AttnLayout, scale: f32) {
+    let AttnShape { batch, n, nk, heads, head_dim: hd } = s;
+    let (dq, dkv) = (SendPtr(dq), SendPtr(dkv));
+    (0..batch * heads).into_par_iter().for_each(|t| {
+        let (b, h) = (t / heads, t % heads);
+        let (dq, dkv) = (dq, dkv);
+        SCORES.with(|pc| {
+            DSCORES.with(|dc| {
+                let (mut p, mut dp) = (pc.borrow_mut(), dc.borrow_mut());
+                p.resize(n * nk, 0.0);
+                dp.resize(n * nk, 0.0);
+                let q0 = b * n * l.q_ld + h * hd;
+                let k0 = b * nk * l.kv_ld + l.k_off + h * hd;
+                let v0 = b * nk * l.kv_ld + l.v_off + h * hd;
+                let o0 = b * n * l.out_ld + h * hd;
+                let qm = Mat::new(&q[q0..], n, hd, l.q_ld);
+                let km = Mat::new(&kv[k0..], nk, hd, l.kv_ld);
+                matmul_bt(qm, km, &mut p, nk, Acc::Overwrite, scale, 1);
+                softmax_rows(&mut p, nk);
+                let (row, col) = (Strides::row_major, Strides::transposed);
+                // dP = dO·Vᵀ
+                gemm_raw((n, nk, hd), dout[o0..].as_ptr(), row(l.out_ld), kv[v0..].as_ptr(), col(l.kv_ld), dp.as_mut_ptr(), nk, Acc::Overwrite, 1.0, 1);
+                // dV = Pᵀ·dO
+                gemm_raw((nk, hd, n), p.as_ptr(), col(nk), dout[o0..].as_ptr(), row(l.out_ld), dkv.0.add(v0), l.kv_ld, Acc::Overwrite, 1.0, 1);
+                // dS = P ⊙ (dP − rowsum(P ⊙ dP)), then dQ = scale·dS·K and dK = scale·dSᵀ·Q.
+                softmax_backward_rows(&p, &mut dp, nk);
+                gemm_raw((n, hd, nk), dp.as_ptr(), row(nk), kv[k0..].as_ptr(), row(l.kv_ld), dq.0.add(q0), l.q_ld, Acc::Overwrite, scale, 1);
+                gemm_raw((nk, hd, n), dp.as_ptr(), col(nk), q[q0..].as_ptr(), row(l.q_ld), dkv.0.add(k0), l.kv_ld, Acc::Overwrite, scale, 1);
+            })
         });
     });
 }

@@ -116,6 +116,61 @@ pub fn matmul_bt(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f32
     }
 }
 
+/// Strides of a matrix operand: element (i, j) is at `i·rs + j·cs`. Transposing swaps them.
+#[derive(Clone, Copy, Debug)]
+pub struct Strides {
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Strides {
+    pub fn row_major(ld: usize) -> Self {
+        Strides { rs: ld, cs: 1 }
+    }
+    /// The transpose of a row-major matrix with leading dimension `ld`.
+    pub fn transposed(ld: usize) -> Self {
+        Strides { rs: 1, cs: ld }
+    }
+    fn last(self, rows: usize, cols: usize) -> usize {
+        (rows - 1) * self.rs + (cols - 1) * self.cs
+    }
+}
+
+/// The raw strided product: `c (m×n, row stride ldc) ⟵ scale·a·b` (or `+=`).
+///
+/// # Safety
+/// `a`, `b` must be valid for reads and `c` for writes over the index ranges the dimensions and
+/// strides describe, and no other thread may write the elements of `c` meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_raw((m, n, k): (usize, usize, usize), a: *const f32, sa: Strides, b: *const f32, sb: Strides, c: *mut f32, ldc: usize, acc: Acc, scale: f32, threads: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if acc == Acc::Overwrite {
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
+            }
+        }
+        return;
+    }
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    gemm::gemm(m, n, k, c, 1, ldc as isize, acc == Acc::Add, a, sa.cs as isize, sa.rs as isize, b, sb.cs as isize, sb.rs as isize, 1.0, scale, false, false, false, par);
+}
+
+/// The general product with explicit strides, bounds-checked.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided(dims: (usize, usize, usize), a: &[f32], sa: Strides, b: &[f32], sb: Strides, c: &mut [f32], ldc: usize, acc: Acc, scale: f32, threads: usize) {
+    let (m, n, k) = dims;
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || (sa.last(m, k) < a.len() && sb.last(k, n) < b.len()), "operand out of bounds");
+    assert!((m - 1) * ldc + n <= c.len(), "destination out of bounds");
+    // SAFETY: every index the product touches was bounds-checked above; `c` is borrowed mutably.
+    unsafe { gemm_raw(dims, a.as_ptr(), sa, b.as_ptr(), sb, c.as_mut_ptr(), ldc, acc, scale, threads) }
+}
+
 /// Row-major transpose of an r×c matrix.
 pub fn transpose(src: &[f32], r: usize, c: usize) -> Vec<f32> {
     assert_eq!(src.len(), r * c);

@@ -139,6 +139,29 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// Softmax backward in place, row by row: `dp ⟵ p ⊙ (dp − Σ_j p_j·dp_j)`.
+    pub fn softmax_backward_rows(p: &[f32], dp: &mut [f32], n: usize) {
+        for (pr, dr) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
+            let mut acc = [0f32; LANES];
+            let mut it = pr.chunks_exact(LANES).zip(dr.chunks_exact(LANES));
+            for (a, b) in &mut it {
+                for i in 0..LANES {
+                    acc[i] += a[i] * b[i];
+                }
+            }
+            let tail = (n / LANES) * LANES;
+            let mut dot = acc.iter().sum::<f32>();
+            for i in tail..n {
+                dot += pr[i] * dr[i];
+            }
+            for (d, &pv) in dr.iter_mut().zip(pr) {
+                *d = pv * (*d - dot);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

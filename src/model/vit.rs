@@ -9,6 +9,7 @@ use super::ModelFiles;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{HostTensor, TensorMap};
+use crate::train::ops;
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::BTreeMap;
 
@@ -47,6 +48,9 @@ pub struct Vit {
     pub cfg: ModelConfig,
     pub params: BTreeMap<String, Var>,
     pub running: BTreeMap<String, Tensor>,
+    /// Use the fused custom ops of `train::ops` (fast); otherwise candle's composite ops (the
+    /// straightforward formulation, kept as a cross-check).
+    pub fused: bool,
     device: Device,
 }
 
@@ -66,7 +70,7 @@ impl Vit {
                 params.insert(name.clone(), Var::from_tensor(&tensor)?);
             }
         }
-        Ok(Vit { cfg: files.config.clone(), params, running, device: device.clone() })
+        Ok(Vit { cfg: files.config.clone(), params, running, fused: true, device: device.clone() })
     }
 
     /// The current weights as a model (for saving).
@@ -102,6 +106,10 @@ impl Vit {
 
     fn layer_norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
         let eps = self.cfg.arch.ln_eps;
+        if self.fused {
+            let (w, b) = (self.p(&format!("{prefix}.weight"))?, self.p(&format!("{prefix}.bias"))?);
+            return Ok(x.contiguous()?.apply_op3(w, b, ops::LayerNorm { eps: eps as f32 })?);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let c = x.broadcast_sub(&mean)?;
         let var = c.sqr()?.mean_keepdim(D::Minus1)?;
@@ -113,9 +121,8 @@ impl Vit {
     pub fn forward(&mut self, x: &Tensor, mut mode: Mode) -> Result<Output> {
         let cfg = self.cfg.clone();
         let a = &cfg.arch;
-        let (d, hd, p) = (a.embed_dim, a.head_dim, a.patch_size);
+        let (d, p) = (a.embed_dim, a.patch_size);
         let (gh, gw) = cfg.grid();
-        let n = cfg.num_tokens();
         let (b, c, h, w) = x.dims4()?;
         if (c, h, w) != (3, cfg.input.height, cfg.input.width) {
             return Err(Error::invalid(format!("input is [{b}, {c}, {h}, {w}], the model takes [B, 3, {}, {}]", cfg.input.height, cfg.input.width)));
@@ -123,10 +130,53 @@ impl Vit {
         // Patch embedding as im2col + product (the conv weight flattened in (c, ky, kx) order).
         let patches = x.reshape((b, 3, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * gh * gw, 3 * p * p))?;
         let pw = self.p("patch_embed.proj.weight")?.reshape((d, 3 * p * p))?;
-        let emb = patches.matmul(&pw.t()?)?.broadcast_add(self.p("patch_embed.proj.bias")?)?.reshape((b, gh * gw, d))?;
+        let emb = if self.fused {
+            patches.apply_op3(&pw, self.p("patch_embed.proj.bias")?, ops::Linear)?
+        } else {
+            patches.matmul(&pw.t()?)?.broadcast_add(self.p("patch_embed.proj.bias")?)?
+        };
+        let emb = emb.reshape((b, gh * gw, d))?;
         let cls = self.p("cls_token")?.broadcast_as((b, 1, d))?;
-        let mut z = Tensor::cat(&[&cls, &emb], 1)?.broadcast_add(self.p("pos_embed")?)?;
+        let z = Tensor::cat(&[&cls, &emb], 1)?.broadcast_add(self.p("pos_embed")?)?;
 
+        let z = self.forward_blocks(z, &mode)?;
+        let tokens = self.layer_norm(&z, "norm")?;
+        let parts = tokens.narrow(1, 1, gh * gw)?.reshape((b, gh, gw, d))?.mean(2)?;
+        let norms = parts.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        let features = parts.broadcast_div(&(norms * (gh as f64).sqrt())?)?.reshape((b, gh * d))?;
+        let mut logits = Vec::new();
+        if cfg.head.kind == HeadKind::La {
+            let lambda = cfg.head.lambda as f64;
+            let cls = tokens.narrow(1, 0, 1)?.squeeze(1)?;
+            for i in 0..gh {
+                let pre = format!("parts.{i}");
+                let g = ((&cls + (parts.narrow(1, i, 1)?.squeeze(1)? * lambda)?)? / (1.0 + lambda))?;
+                let zb = self.linear(&g, &format!("{pre}.bottleneck"))?;
+                let zb = self.batch_norm(&zb, &pre, mode.train)?;
+                let zb = if mode.train && mode.dropout > 0.0 {
+                    let rng = mode.rng.as_deref_mut().ok_or_else(|| Error::invalid("training-mode dropout needs a random generator"))?;
+                    dropout(&zb, mode.dropout, rng)?
+                } else {
+                    zb
+                };
+                logits.push(self.linear(&zb, &format!("{pre}.classifier"))?);
+            }
+        }
+        Ok(Output { tokens, parts, features, logits })
+    }
+
+
+    /// The transformer blocks on a token sequence `[B, N, D]`.
+    pub fn forward_blocks(&self, mut z: Tensor, mode: &Mode) -> Result<Tensor> {
+        if self.fused {
+            for l in 0..self.cfg.layers.len() {
+                z = self.block_fused(z, l, mode)?;
+            }
+            return Ok(z);
+        }
+        let cfg = &self.cfg;
+        let (hd, d) = (cfg.arch.head_dim, cfg.arch.embed_dim);
+        let (b, n, _) = z.dims3()?;
         for (l, plan) in cfg.layers.iter().enumerate() {
             let pre = format!("blocks.{l}");
             let heads = plan.heads.len();
@@ -164,29 +214,52 @@ impl Vit {
             let hidden = self.linear(&y, &format!("{pre}.mlp.fc1"))?.gelu_erf()?;
             z = (z + self.linear(&hidden, &format!("{pre}.mlp.fc2"))?)?;
         }
-        let tokens = self.layer_norm(&z, "norm")?;
-        let parts = tokens.narrow(1, 1, gh * gw)?.reshape((b, gh, gw, d))?.mean(2)?;
-        let norms = parts.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-        let features = parts.broadcast_div(&(norms * (gh as f64).sqrt())?)?.reshape((b, gh * d))?;
-        let mut logits = Vec::new();
-        if cfg.head.kind == HeadKind::La {
-            let lambda = cfg.head.lambda as f64;
-            let cls = tokens.narrow(1, 0, 1)?.squeeze(1)?;
-            for i in 0..gh {
-                let pre = format!("parts.{i}");
-                let g = ((&cls + (parts.narrow(1, i, 1)?.squeeze(1)? * lambda)?)? / (1.0 + lambda))?;
-                let zb = self.linear(&g, &format!("{pre}.bottleneck"))?;
-                let zb = self.batch_norm(&zb, &pre, mode.train)?;
-                let zb = if mode.train && mode.dropout > 0.0 {
-                    let rng = mode.rng.as_deref_mut().ok_or_else(|| Error::invalid("training-mode dropout needs a random generator"))?;
-                    dropout(&zb, mode.dropout, rng)?
-                } else {
-                    zb
-                };
-                logits.push(self.linear(&zb, &format!("{pre}.classifier"))?);
+        Ok(z)
+    }
+
+    /// One block with the fused ops. Attention gates, when given, scale the value rows of the kept
+    /// keys: (A·diag g)·V = A·(diag g·V), so ∂L/∂g is the same Σ A·∂L/∂A as gating A itself.
+    fn block_fused(&self, z: Tensor, l: usize, mode: &Mode) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let plan = &cfg.layers[l];
+        let (hd, d) = (cfg.arch.head_dim, cfg.arch.embed_dim);
+        let (b, n, _) = z.dims3()?;
+        let pre = format!("blocks.{l}");
+        let heads = plan.heads.len();
+        let inner = heads * hd;
+        let p = |s: &str| self.p(&format!("{pre}.{s}"));
+        let y = self.layer_norm(&z.reshape((b * n, d))?, &format!("{pre}.norm1"))?;
+        let wqkv = p("attn.qkv.weight")?;
+        let bqkv = match self.params.get(&format!("{pre}.attn.qkv.bias")) {
+            Some(v) => v.as_tensor().clone(),
+            None => Tensor::zeros(3 * inner, DType::F32, &self.device)?,
+        };
+        let gate = mode.gates.map(|g| &g[l]);
+        let o = if plan.tokens.len() == n && gate.is_none() {
+            let qkv = y.apply_op3(wqkv, &bqkv, ops::Linear)?;
+            qkv.apply_op1(ops::AttentionPacked { batch: b, n, heads, head_dim: hd })?
+        } else {
+            let nk = plan.tokens.len();
+            let q = y.apply_op3(&wqkv.narrow(0, 0, inner)?, &bqkv.narrow(0, 0, inner)?, ops::Linear)?;
+            let yk = if nk == n {
+                y.clone()
+            } else {
+                let idx = Tensor::from_vec(plan.tokens.iter().map(|&t| t as u32).collect::<Vec<_>>(), nk, &self.device)?;
+                y.reshape((b, n, d))?.index_select(&idx, 1)?.reshape((b * nk, d))?
+            };
+            let mut kv = yk.apply_op3(&wqkv.narrow(0, inner, 2 * inner)?, &bqkv.narrow(0, inner, 2 * inner)?, ops::Linear)?;
+            if let Some(g) = gate {
+                let ones = Tensor::ones((nk, inner), DType::F32, &self.device)?;
+                let gv = g.reshape((nk, 1))?.broadcast_as((nk, inner))?;
+                let gm = Tensor::cat(&[&ones, &gv], 1)?;
+                kv = kv.reshape((b, nk, 2 * inner))?.broadcast_mul(&gm)?.reshape((b * nk, 2 * inner))?;
             }
-        }
-        Ok(Output { tokens, parts, features, logits })
+            q.apply_op2(&kv, ops::AttentionSplit { batch: b, n, nk, heads, head_dim: hd })?
+        };
+        let z = (z + o.apply_op3(p("attn.proj.weight")?, p("attn.proj.bias")?, ops::Linear)?.reshape((b, n, d))?)?;
+        let y = self.layer_norm(&z.reshape((b * n, d))?, &format!("{pre}.norm2"))?;
+        let h = y.apply_op3(p("mlp.fc1.weight")?, p("mlp.fc1.bias")?, ops::Linear)?.apply_op1(ops::Gelu)?;
+        Ok((z + h.apply_op3(p("mlp.fc2.weight")?, p("mlp.fc2.bias")?, ops::Linear)?.reshape((b, n, d))?)?)
     }
 
     /// BatchNorm1d (eps 1e-5, momentum 0.1, as torch's defaults): batch statistics in training

@@ -1,0 +1,335 @@
+//! Fused candle custom ops with hand-written backward passes for training: linear (+bias),
+//! layer norm, GELU and multi-head attention (packed or split q/kv, K/V from kept tokens).
+//!
+//! Why: candle's composite layer norm, softmax and GELU run as chains of single-threaded,
+//! allocating element-wise ops forward and (worse) backward, and its matmuls on transposed or
+//! batched views copy. Measured on the 6-block toy step of ../shared/peers/peer_train_toy.py these
+//! made a step 5× slower than PyTorch's. Each op here is one node in candle's graph, runs on the
+//! `kernels` (gemm with strides, vectorised parallel row kernels) and recomputes what it needs in
+//! the backward pass (attention probabilities, layer-norm statistics) instead of storing it.
+
+use crate::alloc::uninit;
+use crate::kernels::attention::{attention, attention_backward, AttnLayout, AttnShape};
+use crate::kernels::gemm::{matmul_bt, matmul_strided, Acc, Mat, Strides};
+use crate::kernels::prof::phase;
+use crate::kernels::rows::{add_bias, layer_norm};
+use crate::kernels::{math, rows_per_task, simd_fn};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        (CpuStorage::F32(_), None) => candle_core::bail!("{what}: input must be contiguous"),
+        _ => candle_core::bail!("{what}: input must be float32"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a tensor.
+fn with<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        Storage::Cpu(s) => Ok(f(slice(s, l, what)?)),
+        _ => candle_core::bail!("{what}: only the CPU is supported"),
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Column sums of a `[rows, n]` matrix, in parallel.
+fn column_sums(x: &[f32], n: usize) -> Vec<f32> {
+    let rows = x.len() / n;
+    let per = rows_per_task(rows, n);
+    x.par_chunks(per * n)
+        .map(|c| {
+            let mut s = vec![0f32; n];
+            for r in c.chunks_exact(n) {
+                for (a, b) in s.iter_mut().zip(r) {
+                    *a += b;
+                }
+            }
+            s
+        })
+        .reduce(|| vec![0f32; n], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+}
+
+fn leading(shape: &Shape) -> (Vec<usize>, usize) {
+    let d = shape.dims();
+    (d[..d.len() - 1].to_vec(), *d.last().unwrap_or(&1))
+}
+
+/// `y = x·Wᵀ + b` over the last dimension of `x`; `w` is `[out, in]`.
+pub struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "amg-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice(s1, l1, "linear x")?, slice(s2, l2, "linear w")?, slice(s3, l3, "linear b")?);
+        let (lead, k) = leading(l1.shape());
+        let (n, wk) = l2.shape().dims2()?;
+        if wk != k || b.len() != n {
+            candle_core::bail!("linear: x [.., {k}], w [{n}, {wk}], b [{}]", b.len());
+        }
+        let m: usize = lead.iter().product();
+        let mut y = uninit(m * n);
+        phase("t:linear", || {
+            matmul_bt(Mat::dense(x, m, k), Mat::dense(w, n, k), &mut y, n, Acc::Overwrite, 1.0, threads());
+            add_bias(&mut y, b);
+        });
+        let mut dims = lead;
+        dims.push(n);
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = w.dims2()?;
+        let m = x.elem_count() / k;
+        let (dx, dw, db) = with(x, "linear x", |x| {
+            with(w, "linear w", |w| {
+                with(dy, "linear dy", |dy| {
+                    phase("t:linear-bwd", || {
+                        let mut dx = uninit(m * k);
+                        // dx = dy·W
+                        matmul_strided((m, k, n), dy, Strides::row_major(n), w, Strides::row_major(k), &mut dx, k, Acc::Overwrite, 1.0, threads());
+                        // dW = dyᵀ·x
+                        let mut dw = uninit(n * k);
+                        matmul_strided((n, k, m), dy, Strides::transposed(n), x, Strides::row_major(k), &mut dw, k, Acc::Overwrite, 1.0, threads());
+                        (dx, dw, column_sums(dy, n))
+                    })
+                })
+            })
+        })???;
+        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(Tensor::from_vec(dw, (n, k), w.device())?), Some(Tensor::from_vec(db, n, w.device())?)))
+    }
+}
+
+/// Layer norm over the last dimension with weight and bias.
+pub struct LayerNorm {
+    pub eps: f32,
+}
+
+simd_fn! {
+    /// One row of the layer-norm backward: `dx` from `x`, `dy` and `w`; accumulates `dw`, `db`.
+    fn ln_backward_row(x: &[f32], dy: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
+        let d = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / d;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let (mut s1, mut s2) = (0f32, 0f32);
+        for i in 0..x.len() {
+            let xh = (x[i] - mean) * rstd;
+            let g = dy[i] * w[i];
+            s1 += g;
+            s2 += g * xh;
+            dw[i] += dy[i] * xh;
+            db[i] += dy[i];
+        }
+        let (s1, s2) = (s1 / d, s2 / d);
+        for i in 0..x.len() {
+            let xh = (x[i] - mean) * rstd;
+            dx[i] = rstd * (dy[i] * w[i] - s1 - xh * s2);
+        }
+    }
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "amg-layer-norm"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice(s1, l1, "layer norm x")?, slice(s2, l2, "layer norm w")?, slice(s3, l3, "layer norm b")?);
+        let mut xc = x.to_vec();
+        let mut y = uninit(x.len());
+        phase("t:layer-norm", || layer_norm(&mut xc, None, w, b, self.eps, &mut y));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let (dx, dw, db) = with(x, "layer norm x", |x| {
+            with(w, "layer norm w", |w| {
+                with(dy, "layer norm dy", |dy| {
+                    phase("t:layer-norm-bwd", || {
+                        let mut dx = uninit(x.len());
+                        let per = rows_per_task(x.len() / d, d);
+                        let (dw, db) = dx
+                            .par_chunks_mut(per * d)
+                            .zip(x.par_chunks(per * d))
+                            .zip(dy.par_chunks(per * d))
+                            .map(|((dxc, xc), dyc)| {
+                                let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+                                for ((dxr, xr), dyr) in dxc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).zip(dyc.chunks_exact(d)) {
+                                    ln_backward_row(xr, dyr, w, self.eps, dxr, &mut dw, &mut db);
+                                }
+                                (dw, db)
+                            })
+                            .reduce(
+                                || (vec![0f32; d], vec![0f32; d]),
+                                |(mut a, mut b), (c, e)| {
+                                    a.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
+                                    b.iter_mut().zip(&e).for_each(|(x, y)| *x += y);
+                                    (a, b)
+                                },
+                            );
+                        (dx, dw, db)
+                    })
+                })
+            })
+        })???;
+        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(Tensor::from_vec(dw, d, w.device())?), Some(Tensor::from_vec(db, d, w.device())?)))
+    }
+}
+
+/// The exact (erf) GELU.
+pub struct Gelu;
+
+simd_fn! {
+    fn gelu_slice(x: &[f32], y: &mut [f32]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = math::gelu(v);
+        }
+    }
+}
+
+simd_fn! {
+    fn gelu_backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for i in 0..x.len() {
+            dx[i] = dy[i] * math::gelu_grad(x[i]);
+        }
+    }
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "amg-gelu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "gelu x")?;
+        let mut y = uninit(x.len());
+        phase("t:gelu", || y.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(o, i)| gelu_slice(i, o)));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with(x, "gelu x", |x| {
+            with(dy, "gelu dy", |dy| {
+                phase("t:gelu-bwd", || {
+                    let mut dx = uninit(x.len());
+                    dx.par_chunks_mut(16384).zip(x.par_chunks(16384)).zip(dy.par_chunks(16384)).for_each(|((o, i), g)| gelu_backward_slice(i, g, o));
+                    dx
+                })
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// Multi-head attention on a packed `[B·N, 3·I]` qkv tensor (every token kept).
+pub struct AttentionPacked {
+    pub batch: usize,
+    pub n: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionPacked {
+    fn parts(&self) -> (AttnShape, AttnLayout, f32) {
+        let inner = self.heads * self.head_dim;
+        (
+            AttnShape { batch: self.batch, n: self.n, nk: self.n, heads: self.heads, head_dim: self.head_dim },
+            AttnLayout { q_ld: 3 * inner, kv_ld: 3 * inner, k_off: inner, v_off: 2 * inner, out_ld: inner },
+            (self.head_dim as f32).powf(-0.5),
+        )
+    }
+}
+
+impl CustomOp1 for AttentionPacked {
+    fn name(&self) -> &'static str {
+        "amg-attention"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = slice(s, l, "attention qkv")?;
+        let (shape, layout, scale) = self.parts();
+        let inner = self.heads * self.head_dim;
+        if qkv.len() != self.batch * self.n * 3 * inner {
+            candle_core::bail!("attention: qkv has {} values, expected {}", qkv.len(), self.batch * self.n * 3 * inner);
+        }
+        let mut out = uninit(self.batch * self.n * inner);
+        phase("t:attention", || attention(qkv, qkv, &mut out, shape, layout, scale, None));
+        Ok((CpuStorage::F32(out), Shape::from((self.batch * self.n, inner))))
+    }
+    fn bwd(&self, qkv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
+        let (shape, layout, scale) = self.parts();
+        let d = with(qkv, "attention qkv", |q| {
+            with(dout, "attention dout", |g| {
+                phase("t:attention-bwd", || {
+                    let mut d = uninit(q.len());
+                    let p = d.as_mut_ptr();
+                    // SAFETY: `d` is exclusively ours and sized like qkv; q/k/v columns are disjoint.
+                    unsafe { attention_backward(q, q, g, p, p, shape, layout, scale) };
+                    d
+                })
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(d, qkv.shape(), qkv.device())?))
+    }
+}
+
+/// Multi-head attention with queries from every token (`q`: `[B·N, I]`) and keys/values from the
+/// kept tokens only (`kv`: `[B·N_k, 2·I]`, keys then values).
+pub struct AttentionSplit {
+    pub batch: usize,
+    pub n: usize,
+    pub nk: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionSplit {
+    fn parts(&self) -> (AttnShape, AttnLayout, f32) {
+        let inner = self.heads * self.head_dim;
+        (
+            AttnShape { batch: self.batch, n: self.n, nk: self.nk, heads: self.heads, head_dim: self.head_dim },
+            AttnLayout { q_ld: inner, kv_ld: 2 * inner, k_off: 0, v_off: inner, out_ld: inner },
+            (self.head_dim as f32).powf(-0.5),
+        )
+    }
+}
+
+impl CustomOp2 for AttentionSplit {
+    fn name(&self) -> &'static str {
+        "amg-attention-split"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (q, kv) = (slice(s1, l1, "attention q")?, slice(s2, l2, "attention kv")?);
+        let (shape, layout, scale) = self.parts();
+        let inner = self.heads * self.head_dim;
+        if q.len() != self.batch * self.n * inner || kv.len() != self.batch * self.nk * 2 * inner {
+            candle_core::bail!("attention: q has {} values, kv {}, expected {} and {}", q.len(), kv.len(), self.batch * self.n * inner, self.batch * self.nk * 2 * inner);
+        }
+        let mut out = uninit(self.batch * self.n * inner);
+        phase("t:attention", || attention(q, kv, &mut out, shape, layout, scale, None));
+        Ok((CpuStorage::F32(out), Shape::from((self.batch * self.n, inner))))
+    }
+    fn bwd(&self, q: &Tensor, kv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (shape, layout, scale) = self.parts();
+        let (dq, dkv) = with(q, "attention q", |qs| {
+            with(kv, "attention kv", |kvs| {
+                with(dout, "attention dout", |g| {
+                    phase("t:attention-bwd", || {
+                        let (mut dq, mut dkv) = (uninit(qs.len()), uninit(kvs.len()));
+                        // SAFETY: both buffers are exclusively ours and sized like q and kv.
+                        unsafe { attention_backward(qs, kvs, g, dq.as_mut_ptr(), dkv.as_mut_ptr(), shape, layout, scale) };
+                        (dq, dkv)
+                    })
+                })
+            })
+        })???;
+        Ok((Some(Tensor::from_vec(dq, q.shape(), q.device())?), Some(Tensor::from_vec(dkv, kv.shape(), kv.device())?)))
+    }
+}
