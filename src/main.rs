@@ -31,6 +31,8 @@ enum Cmd {
     Bench(BenchArgs),
     /// Generate a synthetic Re-ID benchmark (Market-1501 layout), or a contact sheet of it.
     Synth(SynthArgs),
+    /// Train or fine-tune an LA-Transformer (optionally distilling from a teacher).
+    Train(TrainArgs),
     /// Evaluate Re-ID accuracy (CMC, mAP, mINP) on a dataset's query/gallery, or on feature files.
     Eval(EvalArgs),
 }
@@ -118,6 +120,81 @@ struct BenchArgs {
     /// gallery (without), at the model's input size.
     #[arg(long)]
     data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Dataset root (its training split is used; query/gallery for --eval-every).
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory: last/, best/, metrics.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Start from this model directory.
+    #[arg(long, conflicts_with = "arch")]
+    init: Option<PathBuf>,
+    /// Or from random weights: tiny, small, base.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Input size HxW for --arch (default 224x224).
+    #[arg(long, value_parser = parse_size_arg, requires = "arch")]
+    img_size: Option<(usize, usize)>,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Learning rate (default 5e-4). On --resume it keeps the run's unless given.
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, value_enum, default_value = "adamw")]
+    optimizer: amg::train::optim::OptimKind,
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    #[arg(long, value_enum, default_value = "cosine")]
+    scheduler: amg::train::run::Scheduler,
+    /// StepLR: epochs between decays.
+    #[arg(long, default_value_t = 3)]
+    step_size: usize,
+    /// StepLR: decay factor.
+    #[arg(long, default_value_t = 0.7)]
+    gamma: f64,
+    #[arg(long, default_value_t = 1.0)]
+    warmup_epochs: f64,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Dropout in the LA classifiers.
+    #[arg(long, default_value_t = 0.5)]
+    dropout: f32,
+    /// Train without flip / pad-crop / random erasing.
+    #[arg(long)]
+    no_augment: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate Rank-1/mAP on query/gallery every N epochs (0: never).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Continue the run in --out from last/.
+    #[arg(long, conflicts_with_all = ["init", "arch"])]
+    resume: bool,
+    /// Frozen teacher model directory for distillation.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "none")]
+    distill: DistillKind,
+    #[arg(long, default_value_t = 0.2)]
+    alpha: f64,
+    #[arg(long, default_value_t = 1.0)]
+    tau: f64,
+    /// Start over even if --out already holds a run.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DistillKind {
+    None,
+    Soft,
+    Hard,
 }
 
 #[derive(Args)]
@@ -324,6 +401,56 @@ fn run(cli: Cli) -> Result<()> {
                     r.threads,
                     r.iters
                 );
+            }
+        }
+        Cmd::Train(a) => {
+            use amg::train::run::{train, Init, TrainOptions};
+            let data = amg::data::Dataset::open(&a.data, None)?;
+            eprint!("{}", data.summary());
+            let distill = match a.distill {
+                DistillKind::None => amg::train::loss::Distill::None,
+                DistillKind::Soft => amg::train::loss::Distill::Soft { alpha: a.alpha, tau: a.tau },
+                DistillKind::Hard => amg::train::loss::Distill::Hard { alpha: a.alpha },
+            };
+            if distill != amg::train::loss::Distill::None && a.teacher.is_none() && !a.resume {
+                bail!("--distill {} needs --teacher MODEL_DIR", if a.distill == DistillKind::Soft { "soft" } else { "hard" });
+            }
+            let options = TrainOptions {
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                lr: a.lr.unwrap_or(5e-4),
+                optim: amg::train::optim::OptimConfig::new(a.optimizer, a.weight_decay),
+                scheduler: a.scheduler,
+                step_size: a.step_size,
+                gamma: a.gamma,
+                warmup_epochs: a.warmup_epochs,
+                label_smoothing: a.label_smoothing,
+                distill,
+                dropout: a.dropout,
+                augment: if a.no_augment { None } else { Some(amg::data::loader::Augment::reid_default()) },
+                seed: a.seed,
+                eval_every: a.eval_every,
+            };
+            let init = if a.resume {
+                Init::Resume
+            } else if let Some(dir) = &a.init {
+                Init::Model(load_model(dir)?)
+            } else if let Some(arch) = &a.arch {
+                let (h, w) = a.img_size.unwrap_or((224, 224));
+                Init::Random(ModelConfig::new(Arch::preset(arch)?, h, w, HeadConfig::la(data.num_classes), Source { format: "init".into(), ..Default::default() })?)
+            } else {
+                bail!("give --init MODEL_DIR, --arch tiny|small|base, or --resume");
+            };
+            let teacher = match &a.teacher {
+                Some(t) => Some((load_model(t)?, t.display().to_string())),
+                None if a.resume => None,
+                None => None,
+            };
+            let mut log = |m: &str| eprintln!("{m}");
+            let overrides = amg::train::run::ResumeOverrides { epochs: Some(a.epochs), lr: a.lr };
+            let s = train(&data, &a.out, init, Some(options), overrides, teacher, a.force, true, &mut log)?;
+            if let Some((score, epoch)) = s.best {
+                eprintln!("done: {} epochs; best {:.4} at epoch {epoch} → {}", s.epochs_done, score, a.out.join("best").display());
             }
         }
         Cmd::Synth(a) => {

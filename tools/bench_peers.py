@@ -9,6 +9,10 @@ Usage:
 For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` and the peer script
 (timm ViT at 224x224, PyTorch eager and ONNX Runtime), alternating them, and prints img/s and
 amg's ratio to the faster peer as a Markdown table.
+
+With --train it compares training steps instead: the toy step of ../shared/peers/peer_train_toy.py
+against `amg bench --train --toy`, and an LA-Transformer step (tools/peer_train_la.py) against
+`amg bench --train --arch tiny --img-size 128x64 --batch-size 32`.
 """
 import argparse
 import json
@@ -23,7 +27,29 @@ ap.add_argument("--amg", default=os.path.join(os.path.dirname(__file__), "..", "
 ap.add_argument("--archs", default="tiny,small,base")
 ap.add_argument("--batches", default="1,16")
 ap.add_argument("--iters", type=int, default=0, help="amg timed iterations (default: scaled to the model)")
+ap.add_argument("--train", action="store_true", help="compare training steps instead of inference")
 args = ap.parse_args()
+
+if args.train:
+    here = os.path.dirname(__file__)
+    toy_peer = os.path.join(os.path.dirname(args.peer), "peer_train_toy.py")
+    rows = []
+    amg_toy = json.loads(subprocess.run([args.amg, "bench", "--train", "--toy", "--iters", "10", "--json"], check=True, capture_output=True, text=True).stdout)
+    out = subprocess.run([sys.executable, toy_peer], check=True, capture_output=True, text=True).stdout
+    totals = sorted(float(m) for m in re.findall(r"total ([\d.]+)s", out)[2:])
+    torch_toy = totals[len(totals) // 2]
+    rows.append(("toy 6-block step (B=32, N=33, D=192)", amg_toy["ms_per_step"], torch_toy * 1e3))
+    for arch, size, b in [("tiny", "128x64", 32)]:
+        a = json.loads(subprocess.run([args.amg, "bench", "--train", "--arch", arch, "--img-size", size, "--batch-size", str(b), "--iters", "6", "--json"],
+                                      check=True, capture_output=True, text=True).stdout)
+        out = subprocess.run([sys.executable, os.path.join(here, "peer_train_la.py"), arch, size, str(b)], check=True, capture_output=True, text=True).stdout
+        t = float(re.search(r": ([\d.]+) ms/step", out).group(1))
+        rows.append((f"LA ViT-{arch} {size} step, batch {b}", a["ms_per_step"], t))
+    print("| training step | amg ms/step | PyTorch ms/step | amg / PyTorch throughput |")
+    print("|---|---|---|---|")
+    for name, a, t in rows:
+        print(f"| {name} | {a:.1f} | {t:.1f} | {t / a:.2f}× |")
+    sys.exit(0)
 
 rows = []
 for arch in args.archs.split(","):

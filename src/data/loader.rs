@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Augment {
     /// Random horizontal flip with probability 0.5.
     pub flip: bool,

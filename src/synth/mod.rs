@@ -95,6 +95,15 @@ impl World {
         let c = &self.cams[cam];
         let mut canvas = Canvas::new(h, w, 2);
         scene::background(&mut canvas, c, rng);
+        // Scenery is out of focus and muted, as behind a pedestrian in a surveillance crop: the
+        // person, not the camera's scene, carries the identity.
+        let (blur, mute) = (rng.range(2.0, 3.5) as f32, rng.range(0.6, 0.8) as f32);
+        canvas.blur(blur);
+        canvas.map(|_, _, p| {
+            let g = (p[0] + p[1] + p[2]) / 3.0;
+            let grey = 0.5 + 0.6 * (g - 0.5);
+            [p[0] + (grey - p[0]) * mute, p[1] + (grey - p[1]) * mute, p[2] + (grey - p[2]) * mute]
+        });
         let (hf, wf) = (h as f32, w as f32);
         if let Some(p) = person {
             let height = hf * rng.range(c.scale.0 as f64, c.scale.1 as f64) as f32;
@@ -191,10 +200,11 @@ fn plan(world: &World) -> Vec<Job> {
     for (i, person) in world.people.iter().enumerate() {
         let pid = i as i64 + 1;
         let train = i < first_test;
-        // Each identity is seen by 2–4 cameras, at least once by each.
+        // Each identity is seen by at least 3 cameras (all of them at most), at least once by each,
+        // so that no camera (hence no scenery) is a cue to who someone is.
         let mut cams: Vec<usize> = (0..o.cams).collect();
         rng.shuffle(&mut cams);
-        cams.truncate((2 + rng.below(3)).min(o.cams));
+        cams.truncate((3 + rng.below(o.cams.saturating_sub(2).max(1))).min(o.cams));
         let mut per: Vec<usize> = cams.clone();
         while per.len() < o.images_per_id {
             per.push(cams[rng.below(cams.len())]);

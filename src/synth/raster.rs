@@ -136,6 +136,49 @@ impl Canvas {
         }
     }
 
+    /// Box blur of radius `r` output pixels (separable, two passes), for out-of-focus scenery.
+    pub fn blur(&mut self, r: f32) {
+        let rad = (r * self.ss as f32).round() as usize;
+        if rad == 0 {
+            return;
+        }
+        let (w, h) = (self.w(), self.h());
+        let norm = 1.0 / (2 * rad + 1) as f32;
+        let mut tmp = vec![0f32; self.px.len()];
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = [0f32; 3];
+                for dx in 0..=2 * rad {
+                    let sx = (x + dx).saturating_sub(rad).min(w - 1);
+                    let i = (y * w + sx) * 3;
+                    for k in 0..3 {
+                        acc[k] += self.px[i + k];
+                    }
+                }
+                let o = (y * w + x) * 3;
+                for k in 0..3 {
+                    tmp[o + k] = acc[k] * norm;
+                }
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = [0f32; 3];
+                for dy in 0..=2 * rad {
+                    let sy = (y + dy).saturating_sub(rad).min(h - 1);
+                    let i = (sy * w + x) * 3;
+                    for k in 0..3 {
+                        acc[k] += tmp[i + k];
+                    }
+                }
+                let o = (y * w + x) * 3;
+                for k in 0..3 {
+                    self.px[o + k] = acc[k] * norm;
+                }
+            }
+        }
+    }
+
     /// Box-filters the supersampled canvas to the output size: `[height, width, 3]` in 0..1.
     pub fn resolve(&self) -> Vec<f32> {
         let (ss, w) = (self.ss, self.w());

@@ -3,7 +3,8 @@
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor, D};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Distill {
     None,
     /// Adds α·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)) / numel per part (summed KL over the batch

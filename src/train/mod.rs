@@ -4,3 +4,4 @@ pub mod bench;
 pub mod loss;
 pub mod ops;
 pub mod optim;
+pub mod run;

@@ -39,11 +39,13 @@ fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Column sums of a `[rows, n]` matrix, in parallel.
+/// Column sums of a `[rows, n]` matrix: partial sums of fixed row blocks in parallel, combined in
+/// block order, so the result is the same whatever the thread scheduling (runs are reproducible).
 fn column_sums(x: &[f32], n: usize) -> Vec<f32> {
     let rows = x.len() / n;
     let per = rows_per_task(rows, n);
-    x.par_chunks(per * n)
+    let partial: Vec<Vec<f32>> = x
+        .par_chunks(per * n)
         .map(|c| {
             let mut s = vec![0f32; n];
             for r in c.chunks_exact(n) {
@@ -53,10 +55,12 @@ fn column_sums(x: &[f32], n: usize) -> Vec<f32> {
             }
             s
         })
-        .reduce(|| vec![0f32; n], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
+        .collect();
+    let mut out = vec![0f32; n];
+    for p in partial {
+        out.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    out
 }
 
 fn leading(shape: &Shape) -> (Vec<usize>, usize) {
@@ -158,7 +162,7 @@ impl CustomOp3 for LayerNorm {
                     phase("t:layer-norm-bwd", || {
                         let mut dx = uninit(x.len());
                         let per = rows_per_task(x.len() / d, d);
-                        let (dw, db) = dx
+                        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
                             .par_chunks_mut(per * d)
                             .zip(x.par_chunks(per * d))
                             .zip(dy.par_chunks(per * d))
@@ -169,14 +173,13 @@ impl CustomOp3 for LayerNorm {
                                 }
                                 (dw, db)
                             })
-                            .reduce(
-                                || (vec![0f32; d], vec![0f32; d]),
-                                |(mut a, mut b), (c, e)| {
-                                    a.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
-                                    b.iter_mut().zip(&e).for_each(|(x, y)| *x += y);
-                                    (a, b)
-                                },
-                            );
+                            .collect();
+                        // Combined in block order: reproducible whatever the scheduling.
+                        let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+                        for (pw, pb) in partial {
+                            dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+                            db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+                        }
                         (dx, dw, db)
                     })
                 })

@@ -1,0 +1,455 @@
+//! `amg train`: LA-Transformer training and fine-tuning, with distillation, evaluation, and
+//! checkpoints that survive being killed at any moment.
+//!
+//! A run directory holds `last/` and `best/` (model directories; `last/` also carries the optimiser
+//! moments and `train_state.json`) and `metrics.jsonl` (one line per finished epoch). Each of them
+//! is written under a temporary name, fsynced and renamed, so whatever instant the process dies,
+//! the previous checkpoint is intact; `--resume` continues from `last/` with the optimiser, the
+//! schedule and the data order of the next epoch exactly as an uninterrupted run would have had.
+
+use super::loss::{la_loss, Distill, LossConfig};
+use super::optim::{OptimConfig, Optimizer, Slot};
+use crate::data::loader::{for_each_batch, Augment, LoaderOptions};
+use crate::data::Dataset;
+use crate::engine::{Engine, Want, Workspace};
+use crate::error::{Error, Result};
+use crate::eval::{eval_model, EvalOptions};
+use crate::fsutil;
+use crate::model::vit::{Mode, Vit};
+use crate::model::weights::init_random;
+use crate::model::{HeadConfig, HeadKind, ModelFiles};
+use crate::rng::Rng;
+use crate::tensor::{write_safetensors, HostTensor, SafetensorsFile, TensorMap};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Multiply the learning rate by `gamma` every `step_size` epochs (StepLR).
+    Step,
+    /// Cosine decay to zero over the run.
+    Cosine,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub optim: OptimConfig,
+    pub scheduler: Scheduler,
+    pub step_size: usize,
+    pub gamma: f64,
+    pub warmup_epochs: f64,
+    pub label_smoothing: f64,
+    pub distill: Distill,
+    pub dropout: f32,
+    pub augment: Option<Augment>,
+    pub seed: u64,
+    /// Evaluate on query/gallery every N epochs (0: never; the last epoch is always evaluated if N > 0).
+    pub eval_every: usize,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f64,
+    pub ce: f64,
+    pub distill: f64,
+    pub accuracy: f64,
+    pub img_per_s: f64,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank1: Option<f64>,
+    #[serde(rename = "mAP", skip_serializing_if = "Option::is_none")]
+    pub map: Option<f64>,
+    #[serde(rename = "mINP", skip_serializing_if = "Option::is_none")]
+    pub minp: Option<f64>,
+}
+
+/// What `last/train_state.json` holds besides the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub options: TrainOptions,
+    pub epochs_done: usize,
+    pub optimizer_step: u64,
+    /// The best score so far (mAP when evaluated, else training accuracy) and its epoch.
+    pub best: Option<(f64, usize)>,
+    pub history: Vec<EpochRecord>,
+    pub data_root: String,
+    pub teacher: Option<String>,
+}
+
+pub const STATE_FILE: &str = "train_state.json";
+pub const OPTIM_FILE: &str = "optimizer.safetensors";
+
+/// The learning rate at a fractional epoch position `t` (epochs done + fraction of this one).
+pub fn learning_rate(o: &TrainOptions, epoch: usize, frac: f64) -> f64 {
+    let t = epoch as f64 + frac;
+    if o.warmup_epochs > 0.0 && t < o.warmup_epochs {
+        return o.lr * (t + 1e-3).min(o.warmup_epochs) / o.warmup_epochs;
+    }
+    match o.scheduler {
+        Scheduler::Step => o.lr * o.gamma.powi((epoch / o.step_size.max(1)) as i32),
+        Scheduler::Cosine => {
+            let span = (o.epochs as f64 - o.warmup_epochs).max(1e-9);
+            let p = ((t - o.warmup_epochs) / span).clamp(0.0, 1.0);
+            0.5 * o.lr * (1.0 + (std::f64::consts::PI * p).cos())
+        }
+    }
+}
+
+/// The order in which epoch `epoch` visits the training set: a shuffle seeded by (seed, epoch), so
+/// an interrupted run resumes with the same data order as an uninterrupted one.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed ^ 0xDA7A).fork(epoch as u64).shuffle(&mut order);
+    order
+}
+
+fn save_optimizer(path: &Path, opt: &Optimizer, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+    let mut t = TensorMap::new();
+    for (name, slot) in &opt.slots {
+        let shape = shapes.get(name).cloned().unwrap_or_else(|| vec![slot.m.len()]);
+        if !slot.m.is_empty() {
+            t.insert(format!("m.{name}"), HostTensor::new(shape.clone(), slot.m.clone()));
+        }
+        if !slot.v.is_empty() {
+            t.insert(format!("v.{name}"), HostTensor::new(shape, slot.v.clone()));
+        }
+    }
+    write_safetensors(path, &t, None)
+}
+
+fn load_optimizer(path: &Path, cfg: OptimConfig, step: u64) -> Result<Optimizer> {
+    let mut opt = Optimizer::new(cfg);
+    opt.step = step;
+    for (name, t) in SafetensorsFile::open(path)?.all_f32()? {
+        let (which, pname) = name.split_once('.').ok_or_else(|| Error::tensor(path, &name, "expected m.<param> or v.<param>"))?;
+        let slot: &mut Slot = opt.slots.entry(pname.to_string()).or_default();
+        match which {
+            "m" => slot.m = t.data,
+            "v" => slot.v = t.data,
+            _ => return Err(Error::tensor(path, &name, "expected m.<param> or v.<param>")),
+        }
+    }
+    Ok(opt)
+}
+
+/// Writes `dir` (a checkpoint) atomically: the model, and optionally the optimiser and state.
+fn write_checkpoint(dir: &Path, model: &ModelFiles, extra: Option<(&Optimizer, &TrainState)>) -> Result<()> {
+    model.config.validate()?;
+    fsutil::write_dir_atomic(dir, true, |tmp| {
+        let meta = std::collections::HashMap::from([("format".to_string(), "amg-model".to_string())]);
+        write_safetensors(&tmp.join(crate::model::dir::WEIGHTS_FILE), &model.tensors, Some(meta))?;
+        fsutil::write_bytes_atomic(&tmp.join(crate::model::dir::CONFIG_FILE), model.config.to_json().as_bytes())?;
+        if let Some((opt, state)) = extra {
+            let shapes = model.tensors.iter().map(|(k, v)| (k.clone(), v.shape.clone())).collect();
+            save_optimizer(&tmp.join(OPTIM_FILE), opt, &shapes)?;
+            fsutil::write_bytes_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state).expect("state serialises").as_bytes())?;
+        }
+        Ok(())
+    })
+}
+
+fn write_metrics(run: &Path, history: &[EpochRecord]) -> Result<()> {
+    let text: String = history.iter().map(|r| serde_json::to_string(r).expect("record serialises") + "\n").collect();
+    fsutil::write_bytes_atomic(&run.join("metrics.jsonl"), text.as_bytes())
+}
+
+/// Puts back a `last/` that a kill left half-renamed, and removes temporary leftovers.
+fn recover(run: &Path) -> Result<()> {
+    let entries: Vec<PathBuf> = match std::fs::read_dir(run) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => return Ok(()),
+    };
+    for p in entries {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        for ckpt in ["last", "best"] {
+            if name.starts_with(&format!(".{ckpt}.old-")) {
+                if run.join(ckpt).exists() {
+                    let _ = std::fs::remove_dir_all(&p);
+                } else {
+                    std::fs::rename(&p, run.join(ckpt)).map_err(|e| Error::io(&p, e))?;
+                }
+            } else if name.starts_with(&format!(".{ckpt}.tmp-")) {
+                let _ = std::fs::remove_dir_all(&p);
+            }
+        }
+        if name.starts_with(".metrics.jsonl.tmp-") {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    Ok(())
+}
+
+/// Where the weights to start from come from.
+pub enum Init {
+    /// A model directory (its classifiers are replaced when the identity count differs).
+    Model(ModelFiles),
+    /// Random weights for a configuration (timm-style initialisation).
+    Random(crate::model::ModelConfig),
+    /// Continue the run in the output directory.
+    Resume,
+}
+
+/// What a resumed run may change: its length, and its learning rate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResumeOverrides {
+    pub epochs: Option<usize>,
+    pub lr: Option<f64>,
+}
+
+pub struct TrainSummary {
+    pub epochs_done: usize,
+    pub history: Vec<EpochRecord>,
+    pub best: Option<(f64, usize)>,
+}
+
+/// Replaces the LA classifiers with freshly initialised ones for `classes` identities.
+fn with_new_classifiers(mut files: ModelFiles, classes: usize, seed: u64) -> Result<ModelFiles> {
+    let bottleneck = if files.config.head.kind == HeadKind::La { files.config.head.bottleneck } else { 256 };
+    files.tensors.retain(|k, _| !k.starts_with("parts."));
+    files.config.head = HeadConfig { bottleneck, ..HeadConfig::la(classes) };
+    let fresh = init_random(&files.config, seed);
+    for (k, v) in fresh {
+        if k.starts_with("parts.") {
+            files.tensors.insert(k, v);
+        }
+    }
+    files.config.source.notes.push(format!("new LA classifiers for {classes} identities"));
+    Ok(files)
+}
+
+/// Trains on `data`'s training split, writing checkpoints under `run`.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    data: &Dataset,
+    run: &Path,
+    init: Init,
+    options: Option<TrainOptions>,
+    overrides: ResumeOverrides,
+    teacher: Option<(ModelFiles, String)>,
+    force: bool,
+    progress: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<TrainSummary> {
+    let dev = Device::Cpu;
+    let (files, mut opt, mut state) = match init {
+        Init::Resume => {
+            recover(run)?;
+            let last = run.join("last");
+            let state_path = last.join(STATE_FILE);
+            if !state_path.is_file() {
+                return Err(Error::file(run, "nothing to resume: no last/train_state.json (start a run without --resume first)"));
+            }
+            let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+            let mut state: TrainState = serde_json::from_str(&text).map_err(|e| Error::file(&state_path, format!("invalid training state: {e}")))?;
+            if let Some(e) = overrides.epochs {
+                state.options.epochs = e;
+            }
+            if let Some(lr) = overrides.lr {
+                state.options.lr = lr;
+            }
+            let files = ModelFiles::load(&last)?;
+            let opt = load_optimizer(&last.join(OPTIM_FILE), state.options.optim, state.optimizer_step)?;
+            log(&format!("resuming {} after epoch {}", run.display(), state.epochs_done));
+            (files, opt, state)
+        }
+        Init::Model(_) | Init::Random(_) => {
+            let o = options.ok_or_else(|| Error::invalid("training options are required for a new run"))?;
+            if run.join("last").exists() && !force {
+                return Err(Error::file(run, "already holds a run (last/): pass --resume to continue it or --force to start over"));
+            }
+            let files = match init {
+                Init::Model(f) => f,
+                Init::Random(cfg) => {
+                    let t = init_random(&cfg, o.seed);
+                    ModelFiles { config: cfg, tensors: t }
+                }
+                Init::Resume => unreachable!(),
+            };
+            let files = if files.config.head.kind != HeadKind::La || files.config.head.num_classes != data.num_classes {
+                with_new_classifiers(files, data.num_classes, o.seed ^ 0xC1A5)?
+            } else {
+                files
+            };
+            std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+            let state = TrainState {
+                options: o.clone(),
+                epochs_done: 0,
+                optimizer_step: 0,
+                best: None,
+                history: Vec::new(),
+                data_root: data.root.display().to_string(),
+                teacher: teacher.as_ref().map(|t| t.1.clone()),
+            };
+            (files, Optimizer::new(o.optim), state)
+        }
+    };
+    let o = state.options.clone();
+    // A resumed run distils from the teacher it started with, unless another is given.
+    let teacher = match (teacher, &state.teacher) {
+        (Some(t), _) => Some(t),
+        (None, Some(path)) if o.distill != Distill::None => Some((ModelFiles::load(Path::new(path))?, path.clone())),
+        _ => None,
+    };
+    if files.config.head.num_classes != data.num_classes {
+        return Err(Error::invalid(format!(
+            "the model classifies {} identities but the training split has {}",
+            files.config.head.num_classes, data.num_classes
+        )));
+    }
+    if o.batch_size < 2 {
+        return Err(Error::invalid("--batch-size must be at least 2 (BatchNorm in training mode needs a batch)"));
+    }
+    let teacher_engine = match (&o.distill, teacher) {
+        (Distill::None, _) => None,
+        (_, None) => return Err(Error::invalid("distillation needs --teacher MODEL_DIR")),
+        (_, Some((t, name))) => {
+            if t.config.head.kind != HeadKind::La || t.config.head.num_classes != data.num_classes || t.config.input != files.config.input {
+                return Err(Error::invalid(format!(
+                    "teacher {name}: needs an LA head over the same {} identities and the same input as the student",
+                    data.num_classes
+                )));
+            }
+            Some(Engine::new(t)?)
+        }
+    };
+    let mut model = Vit::new(&files, &dev)?;
+    let spec = files.config.input.clone();
+    let paths: Vec<PathBuf> = data.train.iter().map(|s| s.path.clone()).collect();
+    let labels: Vec<u32> = data.train.iter().map(|s| s.label as u32).collect();
+    let loss_cfg = LossConfig { label_smoothing: o.label_smoothing, distill: o.distill };
+    let mut tws = Workspace::default();
+    let steps_per_epoch = (paths.len() / o.batch_size + usize::from(paths.len() % o.batch_size >= 2)).max(1);
+
+    for epoch in state.epochs_done..o.epochs {
+        let t0 = std::time::Instant::now();
+        let order = epoch_order(paths.len(), o.seed, epoch);
+        let lopts = LoaderOptions { batch_size: o.batch_size, augment: o.augment, seed: o.seed, epoch: epoch as u64, ..LoaderOptions::inference(o.batch_size) };
+        let pb = crate::progress::bar(paths.len() as u64, &format!("epoch {}/{}", epoch + 1, o.epochs), "img");
+        if !progress {
+            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let mut dropout_rng = Rng::new(o.seed ^ 0xD50).fork(epoch as u64);
+        let (mut seen, mut correct, mut loss_sum, mut ce_sum, mut kd_sum, mut batches) = (0usize, 0usize, 0.0, 0.0, 0.0, 0usize);
+        let mut lr = o.lr;
+        for_each_batch(&paths, &order, &spec, &lopts, |batch| {
+            let b = batch.len();
+            if b < 2 {
+                return Ok(()); // a last batch of one cannot be batch-normalised
+            }
+            lr = learning_rate(&o, epoch, batches as f64 / steps_per_epoch as f64);
+            let (h, w) = (spec.height, spec.width);
+            let x = Tensor::from_slice(&batch.inputs, (b, 3, h, w), &dev)?;
+            let y: Vec<u32> = batch.indices.iter().map(|&i| labels[i]).collect();
+            let yt = Tensor::from_vec(y.clone(), b, &dev)?;
+            let teacher_logits = match &teacher_engine {
+                Some(e) => {
+                    let out = e.forward(&batch.inputs, b, &mut tws, Want { tokens: false, logits: true })?;
+                    let c = data.num_classes;
+                    Some(out.logits.unwrap().into_iter().map(|l| Tensor::from_vec(l, (b, c), &dev)).collect::<candle_core::Result<Vec<_>>>()?)
+                }
+                None => None,
+            };
+            let out = model.forward(&x, Mode { train: true, dropout: o.dropout, rng: Some(&mut dropout_rng), gates: None })?;
+            let loss = la_loss(&out.logits, &yt, teacher_logits.as_deref(), &loss_cfg)?;
+            let value = loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !value.is_finite() {
+                return Err(Error::invalid(format!(
+                    "the loss became {value} at epoch {}, batch {}: training stopped; the last good checkpoint is {} (try a lower --lr)",
+                    epoch + 1,
+                    batches + 1,
+                    run.join("last").display()
+                )));
+            }
+            let grads = loss.total.backward()?;
+            opt.step(&model.params, &grads, lr)?;
+            // Accuracy as LA-Transformer reports it: argmax of the summed part softmaxes.
+            let mut score = candle_nn::ops::softmax_last_dim(&out.logits[0].detach())?;
+            for l in &out.logits[1..] {
+                score = (score + candle_nn::ops::softmax_last_dim(&l.detach())?)?;
+            }
+            let pred = score.argmax(1)?.to_vec1::<u32>()?;
+            correct += pred.iter().zip(&y).filter(|(a, b)| a == b).count();
+            seen += b;
+            loss_sum += value;
+            ce_sum += loss.ce;
+            kd_sum += loss.distill;
+            batches += 1;
+            pb.inc(b as u64 + batch.failed.len() as u64);
+            pb.set_message(format!("epoch {}/{} loss {:.3} acc {:.3}", epoch + 1, o.epochs, loss_sum / batches as f64, correct as f64 / seen as f64));
+            Ok(())
+        })?;
+        pb.finish_and_clear();
+        let secs = t0.elapsed().as_secs_f64();
+        let mut rec = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / batches.max(1) as f64,
+            ce: ce_sum / batches.max(1) as f64,
+            distill: kd_sum / batches.max(1) as f64,
+            accuracy: correct as f64 / seen.max(1) as f64,
+            img_per_s: seen as f64 / secs,
+            seconds: secs,
+            rank1: None,
+            map: None,
+            minp: None,
+        };
+        let current = model.to_files()?;
+        let evaluate = o.eval_every > 0 && ((epoch + 1) % o.eval_every == 0 || epoch + 1 == o.epochs);
+        if evaluate {
+            let engine = Engine::new(current.clone())?;
+            let m = eval_model(&engine, data, &EvalOptions { batch_size: 64, flip: false, progress })?;
+            rec.rank1 = Some(m.rank(1));
+            rec.map = Some(m.map);
+            rec.minp = Some(m.minp);
+        }
+        // Best by mAP when the run evaluates, else (as LA-Transformer does) by training accuracy.
+        let score = if o.eval_every > 0 { rec.map } else { Some(rec.accuracy) };
+        log(&format!(
+            "epoch {}/{}: loss {:.4} (ce {:.4}, distill {:.4}) acc {:.4} lr {:.2e} · {:.0} img/s{}",
+            epoch + 1,
+            o.epochs,
+            rec.loss,
+            rec.ce,
+            rec.distill,
+            rec.accuracy,
+            rec.lr,
+            rec.img_per_s,
+            match (rec.rank1, rec.map) {
+                (Some(r), Some(m)) => format!(" · Rank-1 {:.2} % mAP {:.2} %", 100.0 * r, 100.0 * m),
+                _ => String::new(),
+            }
+        ));
+        state.history.push(rec);
+        state.epochs_done = epoch + 1;
+        state.optimizer_step = opt.step;
+        let improved = match (score, state.best) {
+            (Some(s), Some((b, _))) => s > b,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if let (true, Some(s)) = (improved, score) {
+            state.best = Some((s, epoch + 1));
+        }
+        // Order: best (if improved), then last (the resume point), then metrics. A kill between any
+        // two leaves a consistent run: resume rewrites metrics.jsonl from last/'s history.
+        if improved {
+            write_checkpoint(&run.join("best"), &current, None)?;
+        }
+        write_checkpoint(&run.join("last"), &current, Some((&opt, &state)))?;
+        write_metrics(run, &state.history)?;
+    }
+    if state.epochs_done >= o.epochs {
+        write_metrics(run, &state.history)?;
+    }
+    Ok(TrainSummary { epochs_done: state.epochs_done, history: state.history, best: state.best })
+}
+
