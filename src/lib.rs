@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod model;
 pub mod preprocess;
 pub mod progress;
+pub mod prune;
 pub mod pth;
 pub mod resample;
 pub mod rng;

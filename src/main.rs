@@ -33,6 +33,12 @@ enum Cmd {
     Synth(SynthArgs),
     /// Train or fine-tune an LA-Transformer (optionally distilling from a teacher).
     Train(TrainArgs),
+    /// Score heads (attention entropy) and key tokens (first-order importance) on a calibration set.
+    Analyze(AnalyzeArgs),
+    /// Prune heads and key tokens (AMG), fine-tune with distillation, iterate; or apply a plan.
+    Prune(PruneArgs),
+    /// Pictures: head entropy, token importance, kept tokens, attention maps over an image.
+    Viz(VizArgs),
     /// Evaluate Re-ID accuracy (CMC, mAP, mINP) on a dataset's query/gallery, or on feature files.
     Eval(EvalArgs),
 }
@@ -198,16 +204,101 @@ enum DistillKind {
 }
 
 #[derive(Args)]
+struct AnalyzeArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset root; its training split (sorted by file name) is the calibration set.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output scores JSON.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Use only the first N calibration images.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset root (calibration, fine-tuning, evaluation). Not needed with --plan.
+    #[arg(long, required_unless_present = "plan")]
+    data: Option<PathBuf>,
+    /// Output model directory (with plan.json, scores/, report.md, report.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Apply this plan ({"heads": [[…]…], "tokens": [[…]…]}) without fine-tuning.
+    #[arg(long, conflicts_with_all = ["heads", "tokens", "criterion"])]
+    plan: Option<PathBuf>,
+    /// Fraction of all heads to remove.
+    #[arg(long, default_value_t = 0.0)]
+    heads: f64,
+    /// Fraction of all key tokens to remove.
+    #[arg(long, default_value_t = 0.0)]
+    tokens: f64,
+    #[arg(long, default_value_t = 1)]
+    iters: usize,
+    /// Fine-tuning epochs after each pruning iteration.
+    #[arg(long, default_value_t = 0)]
+    finetune_epochs: usize,
+    /// Fine-tuning epochs at the end (StepLR: 3 epochs, γ 0.7).
+    #[arg(long, default_value_t = 10)]
+    final_epochs: usize,
+    #[arg(long, value_enum)]
+    criterion: Option<amg::prune::select::Criterion>,
+    /// Frozen teacher for distillation (default with --distill: the unpruned --model).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "none")]
+    distill: DistillKind,
+    #[arg(long, default_value_t = 0.2)]
+    alpha: f64,
+    #[arg(long, default_value_t = 1.0)]
+    tau: f64,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-3)]
+    weight_decay: f64,
+    /// Calibration images (default: the whole training split).
+    #[arg(long)]
+    calib_limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct VizArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Scores from `amg analyze` (for the entropy and importance maps).
+    #[arg(long)]
+    scores: Option<PathBuf>,
+    /// Output directory for the PNGs.
+    #[arg(long)]
+    out: PathBuf,
+    /// An image to draw attention maps over.
+    #[arg(long)]
+    image: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct SynthArgs {
     /// Output dataset root (Market-1501 layout).
     #[arg(long, required_unless_present = "preview")]
     out: Option<PathBuf>,
     /// Identities, half for training and half for testing.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 300)]
     ids: usize,
     #[arg(long, default_value_t = 6)]
     cams: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 16)]
     images_per_id: usize,
     /// Occluded-Duke style: most queries and part of the gallery 20–50 % occluded.
     #[arg(long)]
@@ -451,6 +542,77 @@ fn run(cli: Cli) -> Result<()> {
             let s = train(&data, &a.out, init, Some(options), overrides, teacher, a.force, true, &mut log)?;
             if let Some((score, epoch)) = s.best {
                 eprintln!("done: {} epochs; best {:.4} at epoch {epoch} → {}", s.epochs_done, score, a.out.join("best").display());
+            }
+        }
+        Cmd::Analyze(a) => {
+            let files = load_model(&a.model)?;
+            let data = amg::data::Dataset::open(&a.data, None)?;
+            eprint!("{}", data.summary());
+            let s = amg::prune::analyze::analyze(&files, &data, &amg::prune::analyze::AnalyzeOptions { batch_size: a.batch_size, limit: a.limit, progress: true })?;
+            amg::fsutil::write_bytes_atomic(&a.out, serde_json::to_string_pretty(&s)?.as_bytes())?;
+            eprintln!("scores of {} heads and {} key tokens over {} images → {}", s.head_entropy.iter().map(|l| l.len()).sum::<usize>(), s.token_importance.iter().flatten().flatten().count(), s.images, a.out.display());
+        }
+        Cmd::Prune(a) => {
+            let files = load_model(&a.model)?;
+            if let Some(plan) = &a.plan {
+                let plan = amg::model::surgery::Plan::load(plan)?;
+                let pruned = amg::prune::prune_with_plan(&files, &plan, &a.out, a.force)?;
+                let (b, p) = (amg::model::cost::model_cost(&files.config), amg::model::cost::model_cost(&pruned.config));
+                eprintln!(
+                    "applied the plan → {}: MACs {} → {} ({:+.1} %), params {} → {}",
+                    a.out.display(),
+                    amg::inspect::human(b.macs),
+                    amg::inspect::human(p.macs),
+                    100.0 * (p.macs as f64 / b.macs as f64 - 1.0),
+                    amg::inspect::human(b.params),
+                    amg::inspect::human(p.params)
+                );
+                return Ok(());
+            }
+            let data = amg::data::Dataset::open(a.data.as_ref().expect("clap requires --data"), None)?;
+            eprint!("{}", data.summary());
+            let distill = match a.distill {
+                DistillKind::None => amg::train::loss::Distill::None,
+                DistillKind::Soft => amg::train::loss::Distill::Soft { alpha: a.alpha, tau: a.tau },
+                DistillKind::Hard => amg::train::loss::Distill::Hard { alpha: a.alpha },
+            };
+            if a.teacher.is_some() && a.distill == DistillKind::None {
+                bail!("--teacher is used for distillation: add --distill soft (or hard)");
+            }
+            let o = amg::prune::PruneOptions {
+                heads: a.heads,
+                tokens: a.tokens,
+                iters: a.iters,
+                finetune_epochs: a.finetune_epochs,
+                final_epochs: a.final_epochs,
+                criterion: a.criterion.unwrap_or(amg::prune::select::Criterion::Amg),
+                seed: a.seed,
+                distill,
+                batch_size: a.batch_size,
+                lr: a.lr,
+                weight_decay: a.weight_decay,
+                calib_limit: a.calib_limit,
+                quick_report: false,
+            };
+            let teacher = match &a.teacher {
+                Some(t) => Some(load_model(t)?),
+                None => None,
+            };
+            let mut log = |m: &str| eprintln!("{m}");
+            let s = amg::prune::prune_with_teacher(files, teacher, &data, &o, &a.out, a.force, &mut log)?;
+            if let Some(r) = &s.report {
+                eprint!("{}", amg::prune::report::markdown(r, &o));
+            }
+        }
+        Cmd::Viz(a) => {
+            let files = load_model(&a.model)?;
+            let scores = match &a.scores {
+                Some(p) => Some(amg::prune::analyze::Scores::load(p)?),
+                None => None,
+            };
+            let out = amg::prune::viz::render(&files, scores.as_ref(), a.image.as_deref(), &a.out)?;
+            for f in out.files {
+                eprintln!("wrote {}", f.display());
             }
         }
         Cmd::Synth(a) => {

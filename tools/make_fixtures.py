@@ -555,6 +555,98 @@ for name, make in [("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-2, betas=(0.
 save_ref("ref_optim.safetensors", **opt_refs)
 meta["optim_tensors"] = opt_check
 
+# ---------------------------------------------------------------- AMG_SPEC §2 and §3 computed with PyTorch hooks
+# A small LA model (head-pruned and token-pruned in layer 1) on reid_tiny's training split, in
+# sorted file-name order, batches of 4 (the last one smaller), inference mode.
+G = dict(D=64, heads=2, hd=32, depth=2, M=256, parts=4, C=3, nb=32, H=64, W=32)
+N = 1 + (G["H"] // 16) * (G["W"] // 16)
+torch.manual_seed(9)
+an_heads, an_tokens = [[0, 1], [1]], [list(range(N)), [0, 1, 3, 4, 6, 8]]
+an = init_params([[0, 1], [0, 1]])
+W1 = an["blocks.1.attn.qkv.weight"].reshape(3, 2, 32, 64)[:, [1]].reshape(-1, 64)
+B1 = an["blocks.1.attn.qkv.bias"].reshape(3, 2, 32)[:, [1]].reshape(-1)
+P1 = an["blocks.1.attn.proj.weight"].reshape(64, 2, 32)[:, [1]].reshape(64, -1)
+an["blocks.1.attn.qkv.weight"], an["blocks.1.attn.qkv.bias"], an["blocks.1.attn.proj.weight"] = W1.contiguous(), B1.contiguous(), P1.contiguous()
+d = os.path.join(OUT, "analyze_model")
+os.makedirs(d, exist_ok=True)
+with open(os.path.join(d, "config.json"), "w") as f:
+    json.dump(amg_config(an_heads, an_tokens), f, indent=1)
+save_file({k: v.contiguous() for k, v in an.items()}, os.path.join(d, "model.safetensors"))
+
+train_dir = os.path.join(reid, "bounding_box_train")
+files = sorted(f for f in os.listdir(train_dir) if f.endswith(".png"))
+pids = sorted({int(f.split("_")[0]) for f in files})
+labels = torch.tensor([pids.index(int(f.split("_")[0])) for f in files])
+tf_a = transforms.Compose([transforms.Resize((G["H"], G["W"]), interpolation=transforms.InterpolationMode.BICUBIC), transforms.ToTensor(),
+                           transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+xs = torch.stack([tf_a(Image.open(os.path.join(train_dir, f)).convert("RGB")) for f in files])
+
+
+def attn_forward(p, x, heads, tokens, store):
+    """la_forward in inference mode, keeping each layer's attention probabilities (retain_grad)."""
+    D, hd = G["D"], G["hd"]
+    B = x.shape[0]
+    z = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
+    z = torch.cat([p["cls_token"].expand(B, -1, -1), z], 1) + p["pos_embed"]
+    for l in range(G["depth"]):
+        b = f"blocks.{l}."
+        h = len(heads[l])
+        I = h * hd
+        y = F.layer_norm(z, (D,), p[b + "norm1.weight"], p[b + "norm1.bias"], 1e-6)
+        W, bb = p[b + "attn.qkv.weight"], p[b + "attn.qkv.bias"]
+        q = (y @ W[:I].T + bb[:I]).reshape(B, N, h, hd).transpose(1, 2)
+        yk = y[:, tokens[l]]
+        nk = yk.shape[1]
+        k = (yk @ W[I:2 * I].T + bb[I:2 * I]).reshape(B, nk, h, hd).transpose(1, 2)
+        v = (yk @ W[2 * I:].T + bb[2 * I:]).reshape(B, nk, h, hd).transpose(1, 2)
+        a = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1)
+        a.retain_grad()
+        store.append(a)
+        o = (a @ v).transpose(1, 2).reshape(B, N, I)
+        z = z + o @ p[b + "attn.proj.weight"].T + p[b + "attn.proj.bias"]
+        y = F.layer_norm(z, (D,), p[b + "norm2.weight"], p[b + "norm2.bias"], 1e-6)
+        z = z + F.linear(F.gelu(F.linear(y, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])), p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
+    t = F.layer_norm(z, (D,), p["norm.weight"], p["norm.bias"], 1e-6)
+    cls = t[:, 0]
+    parts = t[:, 1:].reshape(B, G["parts"], -1, D).mean(dim=2)
+    logits = []
+    for i in range(G["parts"]):
+        b = f"parts.{i}."
+        zz = F.linear((cls + 8 * parts[:, i]) / 9, p[b + "bottleneck.weight"], p[b + "bottleneck.bias"])
+        zz = F.batch_norm(zz, p[b + "bn.running_mean"], p[b + "bn.running_var"], p[b + "bn.weight"], p[b + "bn.bias"], training=False, eps=1e-5)
+        logits.append(F.linear(zz, p[b + "classifier.weight"], p[b + "classifier.bias"]))
+    return logits
+
+
+an_batch = 4
+attn_sum = None
+importance = [torch.zeros(len(t), dtype=torch.float64) for t in an_tokens]
+params = {k: v.clone().requires_grad_(not (k.endswith("running_mean") or k.endswith("running_var"))) for k, v in an.items()}
+for s0 in range(0, len(files), an_batch):
+    x, y = xs[s0:s0 + an_batch], labels[s0:s0 + an_batch]
+    store = []
+    logits = attn_forward(params, x, an_heads, an_tokens, store)
+    loss = sum(F.cross_entropy(l, y) for l in logits)
+    loss.backward()
+    sums = [a.detach().double().sum(0) for a in store]  # [H, N, Nk], every image counts once
+    attn_sum = sums if attn_sum is None else [u + v for u, v in zip(attn_sum, sums)]
+    for l, a in enumerate(store):
+        B, Hh, Nq, _ = a.shape
+        v = (a.grad.double() * a.detach().double()).sum(dim=(0, 1, 2)) / (B * Hh * Nq)
+        importance[l] += v.abs()
+entropy = []
+for s_ in attn_sum:
+    m = s_ / len(files)
+    entropy.append([float(v) for v in (-(m * torch.log2(m)).sum(-1).mean(-1))])
+imp_full = []
+for l, t in enumerate(an_tokens):
+    row = [None] * (N - 1)
+    for pos, v in zip(t, importance[l]):
+        if pos > 0:
+            row[pos - 1] = float(v)
+    imp_full.append(row)
+meta["analyze"] = {"batch_size": an_batch, "images": len(files), "head_entropy": entropy, "token_importance": imp_full}
+
 with open(os.path.join(OUT, "fixtures.json"), "w") as f:
     json.dump(meta, f, indent=1)
 print("fixtures written to", os.path.abspath(OUT))

@@ -34,12 +34,24 @@ impl ModelFiles {
 
     /// Writes the directory atomically (see `fsutil::write_dir_atomic`).
     pub fn save(&self, dir: &Path, force: bool) -> Result<()> {
+        self.save_with(dir, force, |_| Ok(()))
+    }
+
+    /// As `save`, with `extra` writing further files into the directory before it is renamed into
+    /// place.
+    pub fn save_with(&self, dir: &Path, force: bool, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         self.config.validate()?;
         check_tensors(&self.config, &self.tensors, &dir.join(WEIGHTS_FILE))?;
         fsutil::write_dir_atomic(dir, force, |tmp| {
-            let meta = HashMap::from([("format".to_string(), "amg-model".to_string())]);
-            write_safetensors(&tmp.join(WEIGHTS_FILE), &self.tensors, Some(meta))?;
-            fsutil::write_bytes_atomic(&tmp.join(CONFIG_FILE), self.config.to_json().as_bytes())
+            self.write_into(tmp)?;
+            extra(tmp)
         })
+    }
+
+    /// Writes `config.json` and `model.safetensors` into an existing directory.
+    pub fn write_into(&self, dir: &Path) -> Result<()> {
+        let meta = HashMap::from([("format".to_string(), "amg-model".to_string())]);
+        write_safetensors(&dir.join(WEIGHTS_FILE), &self.tensors, Some(meta))?;
+        fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), self.config.to_json().as_bytes())
     }
 }

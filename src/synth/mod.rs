@@ -33,7 +33,7 @@ pub struct SynthOptions {
 
 impl Default for SynthOptions {
     fn default() -> Self {
-        SynthOptions { ids: 200, cams: 6, images_per_id: 10, occluded: false, seed: 0, size: (128, 64) }
+        SynthOptions { ids: 300, cams: 6, images_per_id: 16, occluded: false, seed: 0, size: (128, 64) }
     }
 }
 

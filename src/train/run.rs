@@ -145,9 +145,7 @@ fn load_optimizer(path: &Path, cfg: OptimConfig, step: u64) -> Result<Optimizer>
 fn write_checkpoint(dir: &Path, model: &ModelFiles, extra: Option<(&Optimizer, &TrainState)>) -> Result<()> {
     model.config.validate()?;
     fsutil::write_dir_atomic(dir, true, |tmp| {
-        let meta = std::collections::HashMap::from([("format".to_string(), "amg-model".to_string())]);
-        write_safetensors(&tmp.join(crate::model::dir::WEIGHTS_FILE), &model.tensors, Some(meta))?;
-        fsutil::write_bytes_atomic(&tmp.join(crate::model::dir::CONFIG_FILE), model.config.to_json().as_bytes())?;
+        model.write_into(tmp)?;
         if let Some((opt, state)) = extra {
             let shapes = model.tensors.iter().map(|(k, v)| (k.clone(), v.shape.clone())).collect();
             save_optimizer(&tmp.join(OPTIM_FILE), opt, &shapes)?;

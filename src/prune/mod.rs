@@ -1,0 +1,229 @@
+//! `amg prune`: the AMG schedule (AMG_SPEC §4) — calibrate, remove heads by entropy and key tokens
+//! by first-order importance, fine-tune with distillation, iterate — and its honest report.
+
+pub mod analyze;
+pub mod report;
+pub mod select;
+pub mod viz;
+
+use crate::data::loader::Augment;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::surgery::{apply_plan, Plan};
+use crate::model::ModelFiles;
+use crate::rng::Rng;
+use crate::train::loss::Distill;
+use crate::train::optim::{OptimConfig, OptimKind};
+use crate::train::run::{train, Init, ResumeOverrides, Scheduler, TrainOptions};
+use analyze::{AnalyzeOptions, Scores};
+use select::{head_scores, random_scores, remove_heads, remove_tokens, token_scores, Criterion};
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Fraction of all heads to remove (n = ⌊rate · depth · heads⌋).
+    pub heads: f64,
+    /// Fraction of all key tokens to remove (n = ⌊rate · depth · patches⌋).
+    pub tokens: f64,
+    pub iters: usize,
+    pub finetune_epochs: usize,
+    pub final_epochs: usize,
+    pub criterion: Criterion,
+    pub seed: u64,
+    pub distill: Distill,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Calibration images (default: the whole training split).
+    pub calib_limit: Option<usize>,
+    /// Skip the report's accuracy and speed measurements.
+    pub quick_report: bool,
+}
+
+impl PruneOptions {
+    /// The reference settings (AMG_SPEC §4) with the given budgets.
+    pub fn reference(heads: f64, tokens: f64) -> Self {
+        PruneOptions {
+            heads,
+            tokens,
+            iters: 1,
+            finetune_epochs: 0,
+            final_epochs: 10,
+            criterion: Criterion::Amg,
+            seed: 0,
+            distill: Distill::None,
+            batch_size: 32,
+            lr: 1e-4,
+            weight_decay: 1e-3,
+            calib_limit: None,
+            quick_report: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IterationRecord {
+    pub phase: String,
+    pub iteration: usize,
+    pub removed: usize,
+    pub heads_left: usize,
+    pub key_tokens_left: usize,
+    pub scores_file: String,
+}
+
+pub struct PruneSummary {
+    pub plan: Plan,
+    pub iterations: Vec<IterationRecord>,
+    pub report: Option<report::Report>,
+}
+
+/// How many to remove at iteration `i` of `iters` so that the total is exactly `n`.
+pub fn per_iteration(n: usize, iters: usize, i: usize) -> usize {
+    n * (i + 1) / iters - n * i / iters
+}
+
+fn fine_tune(model: ModelFiles, data: &Dataset, o: &PruneOptions, teacher: Option<&ModelFiles>, run: &Path, epochs: usize, final_stage: bool, log: &mut dyn FnMut(&str)) -> Result<ModelFiles> {
+    if epochs == 0 {
+        return Ok(model);
+    }
+    let opts = TrainOptions {
+        epochs,
+        batch_size: o.batch_size,
+        lr: o.lr,
+        // The reference: Adam with L2 weight decay; StepLR (3 epochs, γ 0.7) for the final fine-tune.
+        optim: OptimConfig::new(OptimKind::Adam, o.weight_decay),
+        scheduler: Scheduler::Step,
+        step_size: if final_stage { 3 } else { usize::MAX },
+        gamma: 0.7,
+        warmup_epochs: 0.0,
+        label_smoothing: 0.0,
+        distill: o.distill,
+        dropout: 0.5,
+        augment: Some(Augment::reid_default()),
+        seed: o.seed,
+        eval_every: 0,
+    };
+    let teacher = teacher.map(|t| (t.clone(), "the unpruned model".to_string()));
+    train(data, run, Init::Model(model), Some(opts), ResumeOverrides::default(), teacher, true, true, log)?;
+    ModelFiles::load(&run.join("last"))
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    crate::fsutil::write_bytes_atomic(path, serde_json::to_string_pretty(value).expect("serialisable").as_bytes())
+}
+
+/// Runs the whole schedule on `model`, writing the pruned model directory (plus `plan.json`,
+/// `scores/`, `stages/`, `report.md`, `report.json`) to `out`, atomically.
+pub fn prune(model: ModelFiles, data: &Dataset, o: &PruneOptions, out: &Path, force: bool, log: &mut dyn FnMut(&str)) -> Result<PruneSummary> {
+    prune_with_teacher(model, None, data, o, out, force, log)
+}
+
+/// As `prune`, distilling from `teacher` (default: the unpruned model itself).
+pub fn prune_with_teacher(model: ModelFiles, teacher: Option<ModelFiles>, data: &Dataset, o: &PruneOptions, out: &Path, force: bool, log: &mut dyn FnMut(&str)) -> Result<PruneSummary> {
+    for (flag, r) in [("--heads", o.heads), ("--tokens", o.tokens)] {
+        if !(0.0..1.0).contains(&r) {
+            return Err(Error::invalid(format!("{flag} {r}: expected a fraction in [0, 1)")));
+        }
+    }
+    if o.iters == 0 {
+        return Err(Error::invalid("--iters must be at least 1"));
+    }
+    let cfg = model.config.clone();
+    let depth = cfg.arch.depth;
+    let n_heads = (o.heads * (depth * cfg.arch.num_heads) as f64).floor() as usize;
+    let n_tokens = (o.tokens * (depth * cfg.num_patches()) as f64).floor() as usize;
+    if n_heads == 0 && n_tokens == 0 {
+        return Err(Error::invalid("nothing to prune: give --heads and/or --tokens budgets large enough to remove something"));
+    }
+    let teacher = if o.distill != Distill::None { Some(teacher.unwrap_or_else(|| model.clone())) } else { None };
+    let original = model.clone();
+    let mut rng = Rng::new(o.seed ^ 0x5C0E);
+    let mut iterations = Vec::new();
+    let mut result = None;
+    crate::fsutil::write_dir_atomic(out, force, |tmp| {
+        std::fs::create_dir_all(tmp.join("scores")).map_err(|e| Error::io(tmp.join("scores"), e))?;
+        let mut current = model;
+        let aopts = AnalyzeOptions { batch_size: o.batch_size, limit: o.calib_limit, progress: true };
+        for (phase, n) in [("heads", n_heads), ("tokens", n_tokens)] {
+            if n == 0 {
+                continue;
+            }
+            for it in 0..o.iters {
+                let k = per_iteration(n, o.iters, it);
+                let plan = Plan::of(&current.config);
+                // Calibrate: only the criterion this phase uses.
+                let mut scores = Scores {
+                    batch_size: o.batch_size,
+                    images: o.calib_limit.unwrap_or(usize::MAX).min(data.train.len()),
+                    head_entropy: current.config.layers.iter().map(|l| vec![0.0; l.heads.len()]).collect(),
+                    token_importance: current.config.layers.iter().map(|l| (1..current.config.num_tokens()).map(|p| l.tokens.binary_search(&p).ok().map(|_| 0.0)).collect()).collect(),
+                    heads: plan.heads.clone(),
+                };
+                match (o.criterion, phase) {
+                    (Criterion::Random, _) => scores = random_scores(&scores, &mut rng),
+                    (Criterion::Amg, "heads") => scores.head_entropy = analyze::head_entropy(&current, data, &aopts)?,
+                    (Criterion::Amg, _) => scores.token_importance = analyze::token_importance(&current, data, &aopts)?,
+                }
+                let file = format!("scores/{phase}-{:02}.json", it + 1);
+                write_json(&tmp.join(&file), &scores)?;
+                let next = if phase == "heads" {
+                    remove_heads(&plan, &head_scores(&scores.head_entropy), k)?
+                } else {
+                    remove_tokens(&plan, &token_scores(&scores.token_importance), k)?
+                };
+                current = apply_plan(&current, &next)?;
+                let rec = IterationRecord {
+                    phase: phase.into(),
+                    iteration: it + 1,
+                    removed: k,
+                    heads_left: next.heads.iter().map(|h| h.len()).sum(),
+                    key_tokens_left: next.tokens.iter().map(|t| t.len()).sum(),
+                    scores_file: file,
+                };
+                log(&format!(
+                    "{phase} {}/{}: removed {k} ({} heads, {} key tokens left; {:?} criterion)",
+                    it + 1,
+                    o.iters,
+                    rec.heads_left,
+                    rec.key_tokens_left,
+                    o.criterion
+                ));
+                iterations.push(rec);
+                let stage = tmp.join("stages").join(format!("{phase}-{:02}", it + 1));
+                current = fine_tune(current, data, o, teacher.as_ref(), &stage, o.finetune_epochs, false, log)?;
+            }
+        }
+        current = fine_tune(current, data, o, teacher.as_ref(), &tmp.join("stages").join("final"), o.final_epochs, true, log)?;
+        current.config.source.notes.push(format!(
+            "AMG-pruned ({:?} criterion): heads {:.0} %, key tokens {:.0} %, {} iteration(s), {} + {} fine-tune epochs",
+            o.criterion,
+            100.0 * o.heads,
+            100.0 * o.tokens,
+            o.iters,
+            o.finetune_epochs,
+            o.final_epochs
+        ));
+        current.config.source.format = "amg-prune".into();
+        current.write_into(tmp)?;
+        let plan = Plan::of(&current.config);
+        write_json(&tmp.join("plan.json"), &plan)?;
+        write_json(&tmp.join("iterations.json"), &iterations)?;
+        let rep = report::build(&original, &current, data, o.quick_report, log)?;
+        write_json(&tmp.join("report.json"), &rep)?;
+        crate::fsutil::write_bytes_atomic(&tmp.join("report.md"), report::markdown(&rep, o).as_bytes())?;
+        result = Some((plan, rep));
+        Ok(())
+    })?;
+    let (plan, rep) = result.expect("set on success");
+    Ok(PruneSummary { plan, iterations, report: Some(rep) })
+}
+
+/// Applies an explicit plan (no fine-tuning) and writes the model with its `plan.json`.
+pub fn prune_with_plan(model: &ModelFiles, plan: &Plan, out: &Path, force: bool) -> Result<ModelFiles> {
+    let checked = plan.checked(&model.config)?;
+    let mut pruned = apply_plan(model, &checked)?;
+    pruned.config.source.notes.push("pruned with an explicit plan (no fine-tuning)".into());
+    pruned.save_with(out, force, |dir| write_json(&dir.join("plan.json"), &checked))?;
+    Ok(pruned)
+}
