@@ -69,3 +69,32 @@ pub fn write_features(path: &Path, names: &[String], features: &[f32], dim: usiz
     meta.insert("names".into(), serde_json::to_string(names).expect("names serialise"));
     write_safetensors(path, &t, Some(meta))
 }
+
+/// One match of `amg search`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Match {
+    pub rank: usize,
+    pub name: String,
+    pub score: f32,
+}
+
+/// The `top` gallery entries most similar (cosine) to `query` `[F]`.
+pub fn search(query: &[f32], gallery: &[f32], names: &[String], top: usize) -> Vec<Match> {
+    let dim = query.len();
+    let mut scored: Vec<(f32, usize)> = gallery.chunks_exact(dim).enumerate().map(|(i, g)| (g.iter().zip(query).map(|(a, b)| a * b).sum::<f32>(), i)).collect();
+    scored.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+    scored.into_iter().take(top).enumerate().map(|(r, (s, i))| Match { rank: r + 1, name: names[i].clone(), score: s }).collect()
+}
+
+/// Reads features written by `amg embed` (all entries, names as written).
+pub fn read_features(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
+    use crate::error::Error;
+    let st = crate::tensor::SafetensorsFile::open(path)?;
+    let names: Vec<String> = serde_json::from_str(st.metadata().get("names").ok_or_else(|| Error::file(path, "no `names` metadata (expected a file written by `amg embed`)"))?)
+        .map_err(|e| Error::file(path, format!("`names` metadata is not a JSON list of strings: {e}")))?;
+    let t = st.all_f32()?.remove("features").ok_or_else(|| Error::tensor(path, "features", "missing"))?;
+    if t.shape.len() != 2 || t.shape[0] != names.len() {
+        return Err(Error::tensor(path, "features", format!("shape {:?} does not match {} names", t.shape, names.len())));
+    }
+    Ok((names, t.data, t.shape[1]))
+}

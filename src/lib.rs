@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod bench;
 pub mod data;
+pub mod demo;
 pub mod embed;
 pub mod engine;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod import;
 pub mod inspect;
 pub mod kernels;
 pub mod model;
+pub mod plot;
 pub mod preprocess;
 pub mod progress;
 pub mod prune;

@@ -21,10 +21,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The whole pipeline on built-in synthetic data: benchmark, training, AMG and random pruning,
+    /// one comparison table and a plot (≈ 6 minutes on 2 cores; --quick ≈ 1 minute).
+    Demo(DemoArgs),
     /// Convert a timm / LA-Transformer / AMG-reference checkpoint into an amg model directory.
     Import(ImportArgs),
     /// Compute retrieval features of images.
     Embed(EmbedArgs),
+    /// Find the gallery images most similar to a query image (features from `amg embed`).
+    Search(SearchArgs),
     /// Show what a model keeps per layer and what it costs (params, MACs, paper FLOPs).
     Inspect(InspectArgs),
     /// Measure inference throughput.
@@ -41,6 +46,18 @@ enum Cmd {
     Viz(VizArgs),
     /// Evaluate Re-ID accuracy (CMC, mAP, mINP) on a dataset's query/gallery, or on feature files.
     Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Output directory (replaced if it holds an earlier demo).
+    #[arg(long, default_value = "amg-demo")]
+    out: PathBuf,
+    /// A much smaller run (for CI and a first look).
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -84,6 +101,23 @@ struct EmbedArgs {
     /// Skip images that cannot be decoded (and list them) instead of stopping.
     #[arg(long)]
     skip_bad: bool,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Gallery features written by `amg embed` with the same model.
+    #[arg(long)]
+    gallery: PathBuf,
+    /// The query image.
+    #[arg(long)]
+    query: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Print the matches as one JSON list.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -185,12 +219,8 @@ struct TrainArgs {
     /// Frozen teacher model directory for distillation.
     #[arg(long)]
     teacher: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "none")]
-    distill: DistillKind,
-    #[arg(long, default_value_t = 0.2)]
-    alpha: f64,
-    #[arg(long, default_value_t = 1.0)]
-    tau: f64,
+    #[command(flatten)]
+    distill: DistillArgs,
     /// Start over even if --out already holds a run.
     #[arg(long)]
     force: bool,
@@ -201,6 +231,29 @@ enum DistillKind {
     None,
     Soft,
     Hard,
+}
+
+#[derive(Args)]
+struct DistillArgs {
+    /// Distillation from the teacher: soft (KL at temperature τ) or hard (CE on its argmax).
+    #[arg(long = "distill", value_enum, default_value = "none")]
+    kind: DistillKind,
+    /// Weight of the distillation term.
+    #[arg(long, default_value_t = 0.2)]
+    alpha: f64,
+    /// Softmax temperature of soft distillation.
+    #[arg(long, default_value_t = 1.0)]
+    tau: f64,
+}
+
+impl DistillArgs {
+    fn get(&self) -> amg::train::loss::Distill {
+        match self.kind {
+            DistillKind::None => amg::train::loss::Distill::None,
+            DistillKind::Soft => amg::train::loss::Distill::Soft { alpha: self.alpha, tau: self.tau },
+            DistillKind::Hard => amg::train::loss::Distill::Hard { alpha: self.alpha },
+        }
+    }
 }
 
 #[derive(Args)]
@@ -252,12 +305,8 @@ struct PruneArgs {
     /// Frozen teacher for distillation (default with --distill: the unpruned --model).
     #[arg(long)]
     teacher: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "none")]
-    distill: DistillKind,
-    #[arg(long, default_value_t = 0.2)]
-    alpha: f64,
-    #[arg(long, default_value_t = 1.0)]
-    tau: f64,
+    #[command(flatten)]
+    distill: DistillArgs,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     #[arg(long, default_value_t = 1e-4)]
@@ -360,6 +409,13 @@ fn run(cli: Cli) -> Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting up the thread pool")?;
     }
     match cli.cmd {
+        Cmd::Demo(a) => {
+            let settings = amg::demo::DemoSettings::new(a.quick, a.seed);
+            let mut log = |m: &str| eprintln!("{m}");
+            let r = amg::demo::run(&a.out, &settings, &mut log)?;
+            println!("{}", amg::demo::table(&r.rows));
+            println!("report: {} (with accuracy_vs_macs.png) · took {:.0} s", a.out.join("report.md").display(), r.seconds);
+        }
         Cmd::Import(a) => {
             let files = import(&ImportOptions {
                 format: a.from,
@@ -418,6 +474,25 @@ fn run(cli: Cli) -> Result<()> {
                 r.names.len() as f64 / r.seconds,
                 if r.skipped.is_empty() { String::new() } else { format!(", {} skipped", r.skipped.len()) }
             );
+        }
+        Cmd::Search(a) => {
+            let (names, gallery, dim) = amg::embed::read_features(&a.gallery)?;
+            let engine = Engine::new(load_model(&a.model)?)?;
+            if dim != engine.config().feature_dim() {
+                bail!("{}: features have {dim} dimensions but the model gives {}: embed the gallery with this model", a.gallery.display(), engine.config().feature_dim());
+            }
+            let t = std::time::Instant::now();
+            let input = amg::preprocess::load_input(&a.query, &engine.config().input, false)?;
+            let out = engine.forward(&input, 1, &mut amg::engine::Workspace::default(), amg::engine::Want::default())?;
+            let matches = amg::embed::search(&out.features, &gallery, &names, a.top);
+            if a.json {
+                println!("{}", serde_json::to_string(&matches)?);
+            } else {
+                for m in &matches {
+                    println!("{:>3}  {:.4}  {}", m.rank, m.score, m.name);
+                }
+                eprintln!("{} gallery entries searched in {:.1} ms", names.len(), t.elapsed().as_secs_f64() * 1e3);
+            }
         }
         Cmd::Inspect(a) => {
             let cfg = ModelConfig::load(&a.model.join(amg::model::dir::CONFIG_FILE))?;
@@ -498,13 +573,9 @@ fn run(cli: Cli) -> Result<()> {
             use amg::train::run::{train, Init, TrainOptions};
             let data = amg::data::Dataset::open(&a.data, None)?;
             eprint!("{}", data.summary());
-            let distill = match a.distill {
-                DistillKind::None => amg::train::loss::Distill::None,
-                DistillKind::Soft => amg::train::loss::Distill::Soft { alpha: a.alpha, tau: a.tau },
-                DistillKind::Hard => amg::train::loss::Distill::Hard { alpha: a.alpha },
-            };
+            let distill = a.distill.get();
             if distill != amg::train::loss::Distill::None && a.teacher.is_none() && !a.resume {
-                bail!("--distill {} needs --teacher MODEL_DIR", if a.distill == DistillKind::Soft { "soft" } else { "hard" });
+                bail!("--distill {} needs --teacher MODEL_DIR", if a.distill.kind == DistillKind::Soft { "soft" } else { "hard" });
             }
             let options = TrainOptions {
                 epochs: a.epochs,
@@ -571,12 +642,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let data = amg::data::Dataset::open(a.data.as_ref().expect("clap requires --data"), None)?;
             eprint!("{}", data.summary());
-            let distill = match a.distill {
-                DistillKind::None => amg::train::loss::Distill::None,
-                DistillKind::Soft => amg::train::loss::Distill::Soft { alpha: a.alpha, tau: a.tau },
-                DistillKind::Hard => amg::train::loss::Distill::Hard { alpha: a.alpha },
-            };
-            if a.teacher.is_some() && a.distill == DistillKind::None {
+            let distill = a.distill.get();
+            if a.teacher.is_some() && a.distill.kind == DistillKind::None {
                 bail!("--teacher is used for distillation: add --distill soft (or hard)");
             }
             let o = amg::prune::PruneOptions {

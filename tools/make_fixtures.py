@@ -465,8 +465,9 @@ def init_params(heads):
     return p
 
 
-def la_forward(p, x, heads, tokens, train):
-    """The LA model written out (AMG_SPEC §1, §3.4): K, V from kept tokens only."""
+def la_forward(p, x, heads, tokens, train, store=None):
+    """The LA model written out (AMG_SPEC §1, §3.4): K, V from kept tokens only. With `store`, each
+    layer's attention probabilities are appended to it, with their gradient retained."""
     D, hd = G["D"], G["hd"]
     B = x.shape[0]
     z = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
@@ -483,6 +484,9 @@ def la_forward(p, x, heads, tokens, train):
         k = (yk @ W[I:2 * I].T + bb[I:2 * I]).reshape(B, nk, h, hd).transpose(1, 2)
         v = (yk @ W[2 * I:].T + bb[2 * I:]).reshape(B, nk, h, hd).transpose(1, 2)
         a = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1)
+        if store is not None:
+            a.retain_grad()
+            store.append(a)
         o = (a @ v).transpose(1, 2).reshape(B, N, I)
         z = z + o @ p[b + "attn.proj.weight"].T + p[b + "attn.proj.bias"]
         y = F.layer_norm(z, (D,), p[b + "norm2.weight"], p[b + "norm2.bias"], 1e-6)
@@ -582,42 +586,6 @@ tf_a = transforms.Compose([transforms.Resize((G["H"], G["W"]), interpolation=tra
 xs = torch.stack([tf_a(Image.open(os.path.join(train_dir, f)).convert("RGB")) for f in files])
 
 
-def attn_forward(p, x, heads, tokens, store):
-    """la_forward in inference mode, keeping each layer's attention probabilities (retain_grad)."""
-    D, hd = G["D"], G["hd"]
-    B = x.shape[0]
-    z = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
-    z = torch.cat([p["cls_token"].expand(B, -1, -1), z], 1) + p["pos_embed"]
-    for l in range(G["depth"]):
-        b = f"blocks.{l}."
-        h = len(heads[l])
-        I = h * hd
-        y = F.layer_norm(z, (D,), p[b + "norm1.weight"], p[b + "norm1.bias"], 1e-6)
-        W, bb = p[b + "attn.qkv.weight"], p[b + "attn.qkv.bias"]
-        q = (y @ W[:I].T + bb[:I]).reshape(B, N, h, hd).transpose(1, 2)
-        yk = y[:, tokens[l]]
-        nk = yk.shape[1]
-        k = (yk @ W[I:2 * I].T + bb[I:2 * I]).reshape(B, nk, h, hd).transpose(1, 2)
-        v = (yk @ W[2 * I:].T + bb[2 * I:]).reshape(B, nk, h, hd).transpose(1, 2)
-        a = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1)
-        a.retain_grad()
-        store.append(a)
-        o = (a @ v).transpose(1, 2).reshape(B, N, I)
-        z = z + o @ p[b + "attn.proj.weight"].T + p[b + "attn.proj.bias"]
-        y = F.layer_norm(z, (D,), p[b + "norm2.weight"], p[b + "norm2.bias"], 1e-6)
-        z = z + F.linear(F.gelu(F.linear(y, p[b + "mlp.fc1.weight"], p[b + "mlp.fc1.bias"])), p[b + "mlp.fc2.weight"], p[b + "mlp.fc2.bias"])
-    t = F.layer_norm(z, (D,), p["norm.weight"], p["norm.bias"], 1e-6)
-    cls = t[:, 0]
-    parts = t[:, 1:].reshape(B, G["parts"], -1, D).mean(dim=2)
-    logits = []
-    for i in range(G["parts"]):
-        b = f"parts.{i}."
-        zz = F.linear((cls + 8 * parts[:, i]) / 9, p[b + "bottleneck.weight"], p[b + "bottleneck.bias"])
-        zz = F.batch_norm(zz, p[b + "bn.running_mean"], p[b + "bn.running_var"], p[b + "bn.weight"], p[b + "bn.bias"], training=False, eps=1e-5)
-        logits.append(F.linear(zz, p[b + "classifier.weight"], p[b + "classifier.bias"]))
-    return logits
-
-
 an_batch = 4
 attn_sum = None
 importance = [torch.zeros(len(t), dtype=torch.float64) for t in an_tokens]
@@ -625,7 +593,7 @@ params = {k: v.clone().requires_grad_(not (k.endswith("running_mean") or k.endsw
 for s0 in range(0, len(files), an_batch):
     x, y = xs[s0:s0 + an_batch], labels[s0:s0 + an_batch]
     store = []
-    logits = attn_forward(params, x, an_heads, an_tokens, store)
+    logits = la_forward(params, x, an_heads, an_tokens, train=False, store=store)
     loss = sum(F.cross_entropy(l, y) for l in logits)
     loss.backward()
     sums = [a.detach().double().sum(0) for a in store]  # [H, N, Nk], every image counts once

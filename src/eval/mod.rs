@@ -7,7 +7,6 @@ use crate::data::loader::{for_each_batch, LoaderOptions, Views};
 use crate::data::{dataset::parse_name, Dataset, Sample};
 use crate::engine::{Engine, Want, Workspace};
 use crate::error::{Error, Result};
-use crate::tensor::SafetensorsFile;
 use metrics::{evaluate_features, Labels, Metrics};
 use std::path::Path;
 
@@ -116,14 +115,7 @@ pub fn eval_pixels(data: &Dataset, (h, w): (usize, usize), opts: &EvalOptions) -
 /// Reads a features file written by `amg embed`: features `[N, F]` and identities and cameras
 /// parsed from the names in its metadata. Junk images (identity −1) are dropped.
 pub fn read_feature_file(path: &Path) -> Result<(Vec<f32>, usize, Vec<i64>, Vec<i64>)> {
-    let st = SafetensorsFile::open(path)?;
-    let names: Vec<String> = serde_json::from_str(st.metadata().get("names").ok_or_else(|| Error::file(path, "no `names` metadata (expected a file written by `amg embed`)"))?)
-        .map_err(|e| Error::file(path, format!("`names` metadata is not a JSON list of strings: {e}")))?;
-    let t = st.all_f32()?.remove("features").ok_or_else(|| Error::tensor(path, "features", "missing"))?;
-    if t.shape.len() != 2 || t.shape[0] != names.len() {
-        return Err(Error::tensor(path, "features", format!("shape {:?} does not match {} names", t.shape, names.len())));
-    }
-    let dim = t.shape[1];
+    let (names, data, dim) = crate::embed::read_features(path)?;
     let (mut feats, mut pids, mut cams) = (Vec::new(), Vec::new(), Vec::new());
     for (i, name) in names.iter().enumerate() {
         let base = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -131,7 +123,7 @@ pub fn read_feature_file(path: &Path) -> Result<(Vec<f32>, usize, Vec<i64>, Vec<
         if pid == -1 {
             continue;
         }
-        feats.extend_from_slice(&t.data[i * dim..(i + 1) * dim]);
+        feats.extend_from_slice(&data[i * dim..(i + 1) * dim]);
         pids.push(pid);
         cams.push(cam);
     }
