@@ -58,6 +58,17 @@ fn import_inspect_embed() {
         let n: f32 = row.iter().map(|v| v * v).sum();
         assert!((n - 1.0).abs() < 1e-4, "norm² {n}");
     }
+    // Search: an image of the gallery finds itself first, with cosine similarity 1.
+    let q = fixture("images/img2_45x70.png");
+    let out = amg(&["search", "--model", s(&model), "--gallery", s(&feats), "--query", s(&q), "--top", "3", "--json"]);
+    let matches: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(matches.as_array().unwrap().len(), 3);
+    assert_eq!(matches[0]["name"], "img2_45x70.png");
+    assert!((matches[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+    assert!(matches[1]["score"].as_f64().unwrap() <= matches[0]["score"].as_f64().unwrap());
+    let other = dir.join("other");
+    ok(&amg(&["import", "--from", "timm", s(&fixture("ckpt_timm_b.pth")), "--checkpoint-img-size", "64x32", "--heads", "2", "--out", s(&other)]));
+    fails_with(&amg(&["search", "--model", s(&other), "--gallery", s(&feats), "--query", s(&q)]), &["dimensions", "embed the gallery with this model"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -37,17 +37,29 @@ thread_local! {
 /// Receives the softmax probabilities of one (image, head) pair, `[n, nk]` row-major.
 pub type ProbsSink<'a> = &'a (dyn Fn(usize, usize, &[f32]) + Sync);
 
-/// softmax(scale·q·kᵀ)·v for every image and head.
+/// softmax(scale·q·kᵀ)·v for every image and head. Work is split into (image, head, block of
+/// query rows) tasks, so that a single image with few heads still keeps every core busy.
 pub fn attention(q: &[f32], kv: &[f32], out: &mut [f32], s: AttnShape, l: AttnLayout, scale: f32, sink: Option<ProbsSink>) {
     let AttnShape { batch, n, nk, heads, head_dim: hd } = s;
     assert!(batch == 0 || (batch * n - 1) * l.out_ld + heads * hd <= out.len(), "attention output out of bounds");
+    // Query blocks per (image, head): enough tasks for ~4 per thread, blocks of at least 32 rows.
+    // With a probability sink, whole heads (the sink receives complete maps).
+    let threads = rayon::current_num_threads();
+    let blocks = if sink.is_some() { 1 } else { (4 * threads).div_ceil(batch * heads).clamp(1, n.div_ceil(32).max(1)) };
+    let rows = n.div_ceil(blocks);
     let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..batch * heads).into_par_iter().for_each(|t| {
-        let (b, h) = (t / heads, t % heads);
+    (0..batch * heads * blocks).into_par_iter().for_each(|t| {
+        let (bh, blk) = (t / blocks, t % blocks);
+        let (b, h) = (bh / heads, bh % heads);
+        let (r0, r1) = (blk * rows, ((blk + 1) * rows).min(n));
+        if r0 >= r1 {
+            return;
+        }
+        let m = r1 - r0;
         SCORES.with(|cell| {
             let mut scores = cell.borrow_mut();
-            scores.resize(n * nk, 0.0);
-            let qm = Mat::new(&q[b * n * l.q_ld + h * hd..], n, hd, l.q_ld);
+            scores.resize(m * nk, 0.0);
+            let qm = Mat::new(&q[(b * n + r0) * l.q_ld + h * hd..], m, hd, l.q_ld);
             let km = Mat::new(&kv[b * nk * l.kv_ld + l.k_off + h * hd..], nk, hd, l.kv_ld);
             let vm = Mat::new(&kv[b * nk * l.kv_ld + l.v_off + h * hd..], nk, hd, l.kv_ld);
             matmul_bt(qm, km, &mut scores, nk, Acc::Overwrite, scale, 1);
@@ -56,9 +68,9 @@ pub fn attention(q: &[f32], kv: &[f32], out: &mut [f32], s: AttnShape, l: AttnLa
                 sink(b, h, &scores);
             }
             let out_ptr = out_ptr;
-            // SAFETY: the bounds were checked above; task (b, h) writes only rows b·n..(b+1)·n,
+            // SAFETY: the bounds were checked above; this task writes only rows b·n+r0..b·n+r1,
             // columns h·hd..(h+1)·hd, which no other task touches.
-            unsafe { matmul_into_raw(Mat::dense(&scores, n, nk), vm, out_ptr.0.add(b * n * l.out_ld + h * hd), l.out_ld, 1.0) };
+            unsafe { matmul_into_raw(Mat::dense(&scores, m, nk), vm, out_ptr.0.add((b * n + r0) * l.out_ld + h * hd), l.out_ld, 1.0) };
         });
     });
 }
@@ -110,7 +122,13 @@ mod tests {
 
     #[test]
     fn matches_a_direct_computation() {
-        let (batch, n, nk, heads, hd) = (2, 5, 3, 2, 4);
+        // Small, and one image with one head and many queries (split into query blocks).
+        for shape in [(2, 5, 3, 2, 4), (1, 70, 9, 1, 8)] {
+            check(shape);
+        }
+    }
+
+    fn check((batch, n, nk, heads, hd): (usize, usize, usize, usize, usize)) {
         let q: Vec<f32> = (0..batch * n * heads * hd).map(|i| (i as f32 * 0.37).sin()).collect();
         let kv_ld = 2 * heads * hd + 1;
         let kv: Vec<f32> = (0..batch * nk * kv_ld).map(|i| (i as f32 * 0.11).cos()).collect();
