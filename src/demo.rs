@@ -39,7 +39,7 @@ impl DemoSettings {
         if quick {
             DemoSettings { quick, ids: 40, images_per_id: 8, image_size: (64, 32), model_input: (64, 32), train_epochs: 2, heads: 0.34, tokens: 0.25, final_epochs: 1, seed }
         } else {
-            DemoSettings { quick, ids: 300, images_per_id: 16, image_size: (128, 64), model_input: (128, 64), train_epochs: 6, heads: 0.34, tokens: 0.25, final_epochs: 2, seed }
+            DemoSettings { quick, ids: 300, images_per_id: 16, image_size: (128, 64), model_input: (128, 64), train_epochs: 8, heads: 0.34, tokens: 0.25, final_epochs: 2, seed }
         }
     }
 }

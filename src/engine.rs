@@ -10,9 +10,9 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::attention::{attention, AttnLayout, AttnShape, ProbsSink};
-use crate::kernels::gemm::{matmul, transpose, Acc, Mat};
+use crate::kernels::gemm::{matmul, matmul_then, transpose, Acc, Epilogue, Mat};
 use crate::kernels::prof::phase;
-use crate::kernels::rows::{add_bias, bias_gelu, layer_norm};
+use crate::kernels::rows::layer_norm;
 use crate::model::{HeadKind, ModelConfig, ModelFiles};
 use crate::tensor::TensorMap;
 use rayon::prelude::*;
@@ -260,16 +260,14 @@ impl Engine {
                 None => {
                     // All tokens kept: one product gives q, k and v.
                     let qkv = ensure(&mut ws.qkv, rows * 3 * inner);
-                    phase("qkv", || matmul(Mat::dense(xn, rows, d), Mat::dense(wqkv, d, 3 * inner), qkv, 3 * inner, Acc::Overwrite, 1.0, threads));
-                    phase("bias", || add_bias(qkv, &layer.bqkv));
+                    phase("qkv", || matmul_then(Mat::dense(xn, rows, d), Mat::dense(wqkv, d, 3 * inner), qkv, 3 * inner, Acc::Overwrite, 1.0, threads, Epilogue::Bias(&layer.bqkv)));
                     (q_buf, q_ld, kv_ld, k_off, v_off, nk) = (&ws.qkv[..rows * 3 * inner], 3 * inner, 3 * inner, inner, 2 * inner, n);
                     kv_buf = q_buf;
                 }
                 Some(keep) => {
                     // Queries from every token; keys and values only from the kept ones.
                     let q = ensure(&mut ws.qkv, rows * inner);
-                    matmul(Mat::dense(xn, rows, d), Mat::new(wqkv, d, inner, 3 * inner), q, inner, Acc::Overwrite, 1.0, threads);
-                    add_bias(q, &layer.bqkv[..inner]);
+                    matmul_then(Mat::dense(xn, rows, d), Mat::new(wqkv, d, inner, 3 * inner), q, inner, Acc::Overwrite, 1.0, threads, Epilogue::Bias(&layer.bqkv[..inner]));
                     let kn = keep.len();
                     let xk = ensure(&mut ws.xk, batch * kn * d);
                     xk.par_chunks_mut(kn * d).enumerate().for_each(|(b, dst)| {
@@ -278,8 +276,7 @@ impl Engine {
                         }
                     });
                     let kv = ensure(&mut ws.kv, batch * kn * 2 * inner);
-                    matmul(Mat::dense(xk, batch * kn, d), Mat::new(&wqkv[inner..], d, 2 * inner, 3 * inner), kv, 2 * inner, Acc::Overwrite, 1.0, threads);
-                    add_bias(kv, &layer.bqkv[inner..]);
+                    matmul_then(Mat::dense(xk, batch * kn, d), Mat::new(&wqkv[inner..], d, 2 * inner, 3 * inner), kv, 2 * inner, Acc::Overwrite, 1.0, threads, Epilogue::Bias(&layer.bqkv[inner..]));
                     (q_buf, q_ld, kv_buf, kv_ld, k_off, v_off, nk) = (&ws.qkv[..rows * inner], inner, &ws.kv[..batch * kn * 2 * inner], 2 * inner, 0, inner, kn);
                 }
             }
@@ -293,8 +290,7 @@ impl Engine {
             phase("proj", || matmul(Mat::dense(attn_out, rows, inner), Mat::dense(&layer.wproj_t, inner, d), x, d, Acc::Add, 1.0, threads));
             phase("layer_norm", || layer_norm(x, Some(&layer.bproj), &layer.ln2_w, &layer.ln2_b, eps, xn));
             let hidden = ensure(&mut ws.hidden, rows * m);
-            phase("fc1", || matmul(Mat::dense(xn, rows, d), Mat::dense(&layer.w1_t, d, m), hidden, m, Acc::Overwrite, 1.0, threads));
-            phase("gelu", || bias_gelu(hidden, &layer.b1));
+            phase("fc1+gelu", || matmul_then(Mat::dense(xn, rows, d), Mat::dense(&layer.w1_t, d, m), hidden, m, Acc::Overwrite, 1.0, threads, Epilogue::BiasGelu(&layer.b1)));
             phase("fc2", || matmul(Mat::dense(hidden, rows, m), Mat::dense(&layer.w2_t, m, d), x, d, Acc::Add, 1.0, threads));
             pending_bias = Some(&layer.b2);
         }

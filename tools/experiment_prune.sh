@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The issue-5 experiment: a tiny ViT trained from scratch on the occluded synthetic benchmark,
 # then AMG heads / tokens / heads+tokens against random pruning at the same budgets.
-# Usage: tools/experiment_prune.sh [WORK_DIR=/tmp/amg-exp]   (about 30 minutes on 2 cores)
+# Usage: tools/experiment_prune.sh [WORK_DIR=/tmp/amg-exp] [BASE_EPOCHS=12]   (30–45 minutes on 2 cores)
 set -euo pipefail
 AMG=${AMG:-$(dirname "$0")/../target/release/amg}
 W=${1:-/tmp/amg-exp}
+EPOCHS=${2:-12}
 mkdir -p "$W"
 [ -d "$W/data" ] || "$AMG" synth --out "$W/data" --occluded --seed 0
 [ -f "$W/base/last/model.safetensors" ] || "$AMG" train --data "$W/data" --out "$W/base" --arch tiny --img-size 128x64 \
-    --epochs 12 --batch-size 64 --lr 1e-3 --eval-every 6 --force
+    --epochs "$EPOCHS" --batch-size 64 --lr 1e-3 --eval-every 6 --force
 FT="--distill soft --alpha 0.2 --tau 1 --batch-size 64 --lr 1e-4 --weight-decay 1e-3"
 run() { # name, criterion, extra args...
   local name=$1 crit=$2; shift 2

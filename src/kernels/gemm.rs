@@ -32,9 +32,25 @@ pub enum Acc {
     Add,
 }
 
+/// What to do to the product's elements once computed, while they are still in cache.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    None,
+    /// `+ bias[j]`
+    Bias(&'a [f32]),
+    /// `GELU(· + bias[j])`
+    BiasGelu(&'a [f32]),
+}
+
 /// `c (m×n, row stride ldc) ⟵ scale·a·b` (or `+=`), with `a` m×k and `b` k×n, using `threads`
 /// rayon threads (1 = the calling thread only).
 pub fn matmul(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f32, threads: usize) {
+    matmul_then(a, b, c, ldc, acc, scale, threads, Epilogue::None)
+}
+
+/// `matmul` followed by an epilogue (bias, bias + GELU) on every element of the `m×n` result.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_then(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f32, threads: usize, epi: Epilogue) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ");
     assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "destination out of bounds");
@@ -54,13 +70,31 @@ pub fn matmul(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f32, t
             // SAFETY: bounds checked above; block t writes only columns j0..j0+nb of `c`.
             unsafe {
                 gemm_raw((m, nb, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data[j0..].as_ptr(), Strides::row_major(b.ld), cp.0.add(j0), ldc, acc, scale, 1);
+                // The epilogue on this block only, right after computing it.
+                if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = epi {
+                    let gelu = matches!(epi, Epilogue::BiasGelu(_));
+                    for r in 0..m {
+                        // Row r's columns j0..j0+nb: written by this task alone.
+                        let row = std::slice::from_raw_parts_mut(cp.0.add(r * ldc + j0), nb);
+                        super::rows::bias_act_row(row, &bias[j0..j0 + nb], gelu);
+                    }
+                }
             }
         });
         return;
     }
     // SAFETY: the bounds of all three operands were checked above; `gemm` reads `a` and `b` and
     // writes `c` only inside them.
-    unsafe { gemm_raw((m, n, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data.as_ptr(), Strides::row_major(b.ld), c.as_mut_ptr(), ldc, acc, scale, threads) }
+    unsafe { gemm_raw((m, n, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data.as_ptr(), Strides::row_major(b.ld), c.as_mut_ptr(), ldc, acc, scale, threads) };
+    match epi {
+        Epilogue::None => {}
+        Epilogue::Bias(bias) if ldc == n => super::rows::add_bias(&mut c[..m * n], bias),
+        Epilogue::BiasGelu(bias) if ldc == n => super::rows::bias_gelu(&mut c[..m * n], bias),
+        Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) => {
+            let gelu = matches!(epi, Epilogue::BiasGelu(_));
+            c.par_chunks_mut(ldc).take(m).for_each(|row| super::rows::bias_act_row(&mut row[..n], bias, gelu));
+        }
+    }
 }
 
 /// The raw product for callers that write disjoint parts of one buffer from several threads.

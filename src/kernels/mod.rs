@@ -76,8 +76,9 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// Rows per parallel task for row-wise kernels: a few tasks per thread, not too small.
+/// Below ~16k elements a task costs more to hand to another thread than to run.
 pub(crate) fn rows_per_task(rows: usize, row_len: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    let min_rows = (4096 / row_len.max(1)).max(1);
+    let min_rows = (16384 / row_len.max(1)).max(1);
     rows.div_ceil(4 * threads).max(min_rows)
 }

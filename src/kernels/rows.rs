@@ -109,6 +109,21 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// `row = act(row + bias)`, act = GELU or identity; `row` and `bias` have the same length.
+    pub fn bias_act_row(row: &mut [f32], bias: &[f32], gelu: bool) {
+        if gelu {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = math::gelu(*v + b);
+            }
+        } else {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+}
+
 /// `x[r, :] += bias` for every row, in parallel.
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     let d = bias.len();

@@ -64,8 +64,8 @@ pub fn model_report(files: &ModelFiles, data: Option<&Dataset>, measure: bool, l
     };
     if measure {
         let engine = Engine::new(files.clone())?;
-        r.img_per_s_b1 = Some(bench_inference(&engine, 1, 20, false)?.img_per_s);
-        r.img_per_s_b16 = Some(bench_inference(&engine, 16, 5, false)?.img_per_s);
+        r.img_per_s_b1 = Some(bench_inference(&engine, 1, 30, false)?.img_per_s);
+        r.img_per_s_b16 = Some(bench_inference(&engine, 16, 10, false)?.img_per_s);
         if let Some(d) = data {
             let m = eval_model(&engine, d, &EvalOptions { batch_size: 64, flip: false, progress: true })?;
             r.rank1 = Some(m.rank(1));

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Measured speed-up of pruned models over their unpruned original, against the honest MAC ratio,
+# at batch 1 and 16, alternating the models in one run.
+# Usage: tools/bench_pruned.sh ORIGINAL_DIR PRUNED_DIR [PRUNED_DIR ...]
+set -euo pipefail
+AMG=${AMG:-$(dirname "$0")/../target/release/amg}
+orig=$1; shift
+ips() { "$AMG" bench --model "$1" --batch-size "$2" --iters "$3" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["img_per_s"])'; }
+macs() { "$AMG" inspect --model "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["cost"]["macs"])'; }
+m0=$(macs "$orig")
+echo "| pruned model | MAC ratio | speed-up b1 | speed-up b16 | b1 ≥ 0.9×ratio | b16 ≥ 0.9×ratio |"
+echo "|---|---|---|---|---|---|"
+for p in "$@"; do
+  m1=$(macs "$p")
+  # Alternate original and pruned, three rounds, and keep the best of each (least disturbed).
+  best() { python3 -c 'import sys; print(max(float(x) for x in sys.argv[1:]))' "$@"; }
+  o1=(); p1=(); o16=(); p16=()
+  for r in 1 2 3; do
+    o1+=($(ips "$orig" 1 30)); p1+=($(ips "$p" 1 30)); o16+=($(ips "$orig" 16 6)); p16+=($(ips "$p" 16 6))
+  done
+  python3 - "$p" "$m0" "$m1" "$(best "${o1[@]}")" "$(best "${p1[@]}")" "$(best "${o16[@]}")" "$(best "${p16[@]}")" <<'PY'
+import sys
+name, m0, m1, o1, p1, o16, p16 = sys.argv[1], *map(float, sys.argv[2:])
+r = m0 / m1
+s1, s16 = p1 / o1, p16 / o16
+ok = lambda s: "yes" if s >= 0.9 * r else "no"
+print(f"| {name} | {r:.2f} | {s1:.2f}× | {s16:.2f}× | {ok(s1)} | {ok(s16)} |")
+PY
+done
