@@ -153,7 +153,8 @@ pub fn scatter(path: &Path, title: &str, xlabel: &str, ylabel: &str, points: &[P
         c.line((px(fx), top), (px(fx), top + ph), grid);
         c.line((left, py(fy)), (left + pw, py(fy)), grid);
         let lx = format!("{fx:.dx$}");
-        c.text(px(fx) - Canvas::text_width(&lx, 2) / 2, top + ph + 8, &lx, 2, axis);
+        let tw = Canvas::text_width(&lx, 2);
+        c.text((px(fx) - tw / 2).min(w as i64 - 2 - tw), top + ph + 8, &lx, 2, axis);
         let ly = format!("{fy:.dy$}");
         c.text(left - 8 - Canvas::text_width(&ly, 2), py(fy) - 7, &ly, 2, axis);
     }
@@ -162,15 +163,37 @@ pub fn scatter(path: &Path, title: &str, xlabel: &str, ylabel: &str, points: &[P
     c.text((w as i64 - Canvas::text_width(title, 2)) / 2, 14, title, 2, axis);
     c.text(left + (pw - Canvas::text_width(xlabel, 2)) / 2, h as i64 - 28, xlabel, 2, axis);
     // The y label, horizontal, above the axis.
-    c.text(8, top - 24, ylabel, 2, axis);
-    for p in points {
-        let (x, y) = (px(p.x), py(p.y));
+    c.text(8, top - 30, ylabel, 2, axis);
+    let marks: Vec<(i64, i64)> = points.iter().map(|p| (px(p.x), py(p.y))).collect();
+    for (p, &(x, y)) in points.iter().zip(&marks) {
         c.rect(x - 5, y - 5, 11, 11, p.color);
-        let lw = Canvas::text_width(&p.label, 2);
-        let lx = if x + 10 + lw < w as i64 { x + 10 } else { x - 10 - lw };
-        c.text(lx, y - 7, &p.label, 2, p.color);
+    }
+    let widths: Vec<i64> = points.iter().map(|p| Canvas::text_width(&p.label, 2)).collect();
+    for (p, (lx, ly)) in points.iter().zip(place_labels(&marks, &widths, [left, top, w as i64, top + ph])) {
+        c.text(lx, ly, &p.label, 2, p.color);
     }
     c.save_png(path)
+}
+
+/// Where to draw each marker's label (14 px high, `widths[i]` wide): the first place — right,
+/// left, then below or above either side — that stays inside `bounds` (x0, y0, x1, y1) and clear
+/// of every marker and earlier label; the right (or left, at the edge) when none is clear.
+fn place_labels(marks: &[(i64, i64)], widths: &[i64], bounds: [i64; 4]) -> Vec<(i64, i64)> {
+    let boxed = |lx: i64, ly: i64, lw: i64| [lx - 2, ly - 2, lx + lw + 2, ly + 16];
+    let mut taken: Vec<[i64; 4]> = marks.iter().map(|&(x, y)| [x - 6, y - 6, x + 6, y + 6]).collect();
+    let mut out = Vec::with_capacity(marks.len());
+    for (&(x, y), &lw) in marks.iter().zip(widths) {
+        let candidates = [(x + 10, y - 7), (x - 10 - lw, y - 7), (x + 4, y + 10), (x + 4, y - 24), (x - 4 - lw, y + 10), (x - 4 - lw, y - 24)];
+        let clear = |&(lx, ly): &(i64, i64)| {
+            let r = boxed(lx, ly, lw);
+            r[0] >= bounds[0] && r[1] >= bounds[1] && r[2] <= bounds[2] && r[3] <= bounds[3] && taken.iter().all(|t| r[2] <= t[0] || t[2] <= r[0] || r[3] <= t[1] || t[3] <= r[1])
+        };
+        let fallback = candidates[if x + 10 + lw < bounds[2] { 0 } else { 1 }];
+        let (lx, ly) = candidates.iter().copied().find(clear).unwrap_or(fallback);
+        taken.push(boxed(lx, ly, lw));
+        out.push((lx, ly));
+    }
+    out
 }
 
 fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -180,4 +203,33 @@ fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
     }
     let pad = ((hi - lo) * 0.15).max(1e-6 + hi.abs() * 0.05);
     (lo - pad, hi + pad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlap(a: [i64; 4], b: [i64; 4]) -> bool {
+        !(a[2] <= b[0] || b[2] <= a[0] || a[3] <= b[1] || b[3] <= a[1])
+    }
+
+    #[test]
+    fn labels_stay_clear_of_each_other_and_of_markers() {
+        // The demo's layout that once printed two labels over each other: the unpruned point at
+        // the right edge (its label goes left) and the AMG point just left of it at the same height.
+        let marks = [(568, 130), (233, 123), (213, 337)];
+        let widths: Vec<i64> = ["UNPRUNED VIT-TI", "AMG HEADS+TOKENS", "RANDOM HEADS+TOKENS"].iter().map(|s| Canvas::text_width(s, 2)).collect();
+        let bounds = [90, 50, 720, 410];
+        let places = place_labels(&marks, &widths, bounds);
+        let boxes: Vec<[i64; 4]> = places.iter().zip(&widths).map(|(&(x, y), &w)| [x, y, x + w, y + 14]).collect();
+        for (i, a) in boxes.iter().enumerate() {
+            assert!(a[0] >= bounds[0] && a[2] <= bounds[2] && a[1] >= bounds[1] && a[3] <= bounds[3], "label {i} leaves the plot: {a:?}");
+            for (j, b) in boxes.iter().enumerate().skip(i + 1) {
+                assert!(!overlap(*a, *b), "labels {i} and {j} overlap: {a:?} {b:?}");
+            }
+            for &(x, y) in &marks {
+                assert!(!overlap(*a, [x - 5, y - 5, x + 6, y + 6]), "label {i} covers the marker at ({x}, {y})");
+            }
+        }
+    }
 }
