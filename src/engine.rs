@@ -10,7 +10,8 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::attention::{attention, AttnLayout, AttnShape, ProbsSink};
-use crate::kernels::gemm::{matmul, matmul_then, transpose, Acc, Epilogue, Mat};
+use crate::kernels::gemm::{matmul, transpose, Acc, Epilogue, Mat};
+use crate::kernels::packed::{matmul_packed, PackedB};
 use crate::kernels::prof::phase;
 use crate::kernels::rows::layer_norm;
 use crate::model::{HeadKind, ModelConfig, ModelFiles};
@@ -23,19 +24,19 @@ struct Layer {
     tokens: Option<Vec<usize>>,
     ln1_w: Vec<f32>,
     ln1_b: Vec<f32>,
-    /// `[D, 3·I]`: the transposed qkv weight, columns q | k | v.
-    wqkv_t: Vec<f32>,
+    /// `[D, 3·I]`: the transposed qkv weight, columns q | k | v (panels split at I and 2·I).
+    wqkv: PackedB,
     bqkv: Vec<f32>,
     /// `[I, D]`
-    wproj_t: Vec<f32>,
+    wproj: PackedB,
     bproj: Vec<f32>,
     ln2_w: Vec<f32>,
     ln2_b: Vec<f32>,
     /// `[D, M]`
-    w1_t: Vec<f32>,
+    w1: PackedB,
     b1: Vec<f32>,
     /// `[M, D]`
-    w2_t: Vec<f32>,
+    w2: PackedB,
     b2: Vec<f32>,
 }
 
@@ -125,15 +126,15 @@ impl Engine {
                 tokens: if plan.tokens.len() == n { None } else { Some(plan.tokens.clone()) },
                 ln1_w: take(&mut tensors, &format!("{b}.norm1.weight")),
                 ln1_b: take(&mut tensors, &format!("{b}.norm1.bias")),
-                wqkv_t: transpose(&wqkv, 3 * inner, d),
+                wqkv: PackedB::new(&transpose(&wqkv, 3 * inner, d), d, 3 * inner, &[inner, 2 * inner]),
                 bqkv,
-                wproj_t: transpose(&take(&mut tensors, &format!("{b}.attn.proj.weight")), d, inner),
+                wproj: PackedB::new(&transpose(&take(&mut tensors, &format!("{b}.attn.proj.weight")), d, inner), inner, d, &[]),
                 bproj: take(&mut tensors, &format!("{b}.attn.proj.bias")),
                 ln2_w: take(&mut tensors, &format!("{b}.norm2.weight")),
                 ln2_b: take(&mut tensors, &format!("{b}.norm2.bias")),
-                w1_t: transpose(&take(&mut tensors, &format!("{b}.mlp.fc1.weight")), m, d),
+                w1: PackedB::new(&transpose(&take(&mut tensors, &format!("{b}.mlp.fc1.weight")), m, d), d, m, &[]),
                 b1: take(&mut tensors, &format!("{b}.mlp.fc1.bias")),
-                w2_t: transpose(&take(&mut tensors, &format!("{b}.mlp.fc2.weight")), d, m),
+                w2: PackedB::new(&transpose(&take(&mut tensors, &format!("{b}.mlp.fc2.weight")), d, m), m, d, &[]),
                 b2: take(&mut tensors, &format!("{b}.mlp.fc2.bias")),
             });
         }
@@ -254,20 +255,19 @@ impl Engine {
         for (li, layer) in self.layers.iter().enumerate() {
             let inner = layer.heads * hd;
             phase("layer_norm", || layer_norm(x, pending_bias, &layer.ln1_w, &layer.ln1_b, eps, xn));
-            let wqkv = &layer.wqkv_t;
             let (q_buf, q_ld, kv_buf, kv_ld, k_off, v_off, nk);
             match &layer.tokens {
                 None => {
                     // All tokens kept: one product gives q, k and v.
                     let qkv = ensure(&mut ws.qkv, rows * 3 * inner);
-                    phase("qkv", || matmul_then(Mat::dense(xn, rows, d), Mat::dense(wqkv, d, 3 * inner), qkv, 3 * inner, Acc::Overwrite, 1.0, threads, Epilogue::Bias(&layer.bqkv)));
+                    phase("qkv", || matmul_packed(Mat::dense(xn, rows, d), &layer.wqkv, 0..3 * inner, qkv, 3 * inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv)));
                     (q_buf, q_ld, kv_ld, k_off, v_off, nk) = (&ws.qkv[..rows * 3 * inner], 3 * inner, 3 * inner, inner, 2 * inner, n);
                     kv_buf = q_buf;
                 }
                 Some(keep) => {
                     // Queries from every token; keys and values only from the kept ones.
                     let q = ensure(&mut ws.qkv, rows * inner);
-                    matmul_then(Mat::dense(xn, rows, d), Mat::new(wqkv, d, inner, 3 * inner), q, inner, Acc::Overwrite, 1.0, threads, Epilogue::Bias(&layer.bqkv[..inner]));
+                    matmul_packed(Mat::dense(xn, rows, d), &layer.wqkv, 0..inner, q, inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv[..inner]));
                     let kn = keep.len();
                     let xk = ensure(&mut ws.xk, batch * kn * d);
                     xk.par_chunks_mut(kn * d).enumerate().for_each(|(b, dst)| {
@@ -276,7 +276,7 @@ impl Engine {
                         }
                     });
                     let kv = ensure(&mut ws.kv, batch * kn * 2 * inner);
-                    matmul_then(Mat::dense(xk, batch * kn, d), Mat::new(&wqkv[inner..], d, 2 * inner, 3 * inner), kv, 2 * inner, Acc::Overwrite, 1.0, threads, Epilogue::Bias(&layer.bqkv[inner..]));
+                    matmul_packed(Mat::dense(xk, batch * kn, d), &layer.wqkv, inner..3 * inner, kv, 2 * inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv[inner..]));
                     (q_buf, q_ld, kv_buf, kv_ld, k_off, v_off, nk) = (&ws.qkv[..rows * inner], inner, &ws.kv[..batch * kn * 2 * inner], 2 * inner, 0, inner, kn);
                 }
             }
@@ -287,11 +287,11 @@ impl Engine {
             let sink_ref = sink.as_ref().map(|s| s as ProbsSink);
             phase("attention", || attention(q_buf, kv_buf, attn_out, shape, layout, (hd as f32).powf(-0.5), sink_ref));
             // Residual: x += attn·Wprojᵀ; the bias is folded into the next layer norm.
-            phase("proj", || matmul(Mat::dense(attn_out, rows, inner), Mat::dense(&layer.wproj_t, inner, d), x, d, Acc::Add, 1.0, threads));
+            phase("proj", || matmul_packed(Mat::dense(attn_out, rows, inner), &layer.wproj, 0..d, x, d, Acc::Add, threads, Epilogue::None));
             phase("layer_norm", || layer_norm(x, Some(&layer.bproj), &layer.ln2_w, &layer.ln2_b, eps, xn));
             let hidden = ensure(&mut ws.hidden, rows * m);
-            phase("fc1+gelu", || matmul_then(Mat::dense(xn, rows, d), Mat::dense(&layer.w1_t, d, m), hidden, m, Acc::Overwrite, 1.0, threads, Epilogue::BiasGelu(&layer.b1)));
-            phase("fc2", || matmul(Mat::dense(hidden, rows, m), Mat::dense(&layer.w2_t, m, d), x, d, Acc::Add, 1.0, threads));
+            phase("fc1+gelu", || matmul_packed(Mat::dense(xn, rows, d), &layer.w1, 0..m, hidden, m, Acc::Overwrite, threads, Epilogue::BiasGelu(&layer.b1)));
+            phase("fc2", || matmul_packed(Mat::dense(hidden, rows, m), &layer.w2, 0..d, x, d, Acc::Add, threads, Epilogue::None));
             pending_bias = Some(&layer.b2);
         }
         layer_norm(x, pending_bias, &self.norm_w, &self.norm_b, eps, xn);

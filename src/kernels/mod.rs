@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod gemm;
 pub mod math;
+pub mod packed;
 pub mod prof;
 pub mod rows;
 
