@@ -123,34 +123,47 @@ pub fn matmul_packed(a: Mat, b: &PackedB, cols: Range<usize>, c: &mut [f32], ldc
         UNPACKED.with(|cell| cell.replace(w));
         return;
     }
-    // Each task: a contiguous run of panels, all rows.
-    let per_task = panels.len().div_ceil(threads.max(1));
+    // Each task: a contiguous run of panels × all rows; or, when the panels do not divide evenly
+    // between the threads and are few (e.g. 3 for a ViT-Ti's 192 columns), one panel × a block of
+    // rows, so that no thread idles while another finishes.
+    let threads = threads.max(1);
+    let row_blocks = if threads > 1 && panels.len() % threads != 0 && panels.len() < 4 * threads { threads } else { 1 };
+    let per_task = if row_blocks > 1 { 1 } else { panels.len().div_ceil(threads) };
+    let rows_per = m.div_ceil(row_blocks);
+    let panel_tasks = panels.len().div_ceil(per_task);
     let cp = SendPtr(c.as_mut_ptr());
-    let task = |ps: &[Panel]| {
+    let task = |t: usize| {
         let cp = cp;
+        let (rb, pt) = (t / panel_tasks, t % panel_tasks);
+        let (r0, r1) = (rb * rows_per, ((rb + 1) * rows_per).min(m));
+        let ps = &panels[pt * per_task..((pt + 1) * per_task).min(panels.len())];
+        if r0 >= r1 {
+            return;
+        }
         for pn in ps {
             // SAFETY: reads stay inside `a` (asserted above) and the panel (k×NR from pn.offset,
-            // allocated so at packing); this task alone writes columns of its own panels, rows
-            // 0..m, inside `c` (asserted above).
+            // allocated so at packing); this task alone writes rows r0..r1 × its panels' columns,
+            // inside `c` (asserted above).
             unsafe {
                 let bp = b.data.as_ptr().add(pn.offset);
-                gemm_raw((m, pn.width, k), a.data.as_ptr(), Strides::row_major(a.ld), bp, Strides::row_major(NR), cp.0.add(pn.col - cols.start), ldc, acc, 1.0, 1);
+                gemm_raw((r1 - r0, pn.width, k), a.data.as_ptr().add(r0 * a.ld), Strides::row_major(a.ld), bp, Strides::row_major(NR), cp.0.add(r0 * ldc + pn.col - cols.start), ldc, acc, 1.0, 1);
             }
         }
         if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = epi {
             let gelu = matches!(epi, Epilogue::BiasGelu(_));
             let (j0, j1) = (ps[0].col - cols.start, ps[ps.len() - 1].col + ps[ps.len() - 1].width - cols.start);
-            for r in 0..m {
+            for r in r0..r1 {
                 // SAFETY: as above: row r, columns j0..j1 belong to this task alone.
                 let row = unsafe { std::slice::from_raw_parts_mut(cp.0.add(r * ldc + j0), j1 - j0) };
                 super::rows::bias_act_row(row, &bias[j0..j1], gelu);
             }
         }
     };
-    if threads <= 1 || panels.len() == 1 {
-        task(panels);
+    let tasks = row_blocks * panel_tasks;
+    if threads == 1 || tasks == 1 {
+        (0..tasks).for_each(task);
     } else {
-        panels.par_chunks(per_task).for_each(task);
+        (0..tasks).into_par_iter().for_each(task);
     }
 }
 
@@ -172,7 +185,7 @@ mod tests {
     #[test]
     fn equals_the_general_product_on_every_shape_edge() {
         // Rows not a multiple of 12 and beyond MC, columns not a multiple of 32, parts, accumulate.
-        for &(m, k, n, parts) in &[(1usize, 7usize, 5usize, &[][..]), (13, 64, 70, &[32][..]), (197, 96, 200, &[40, 120][..]), (400, 33, 64, &[][..]), (600, 40, 130, &[64][..])] {
+        for &(m, k, n, parts) in &[(1usize, 7usize, 5usize, &[][..]), (13, 64, 70, &[32][..]), (197, 96, 200, &[40, 120][..]), (400, 33, 64, &[][..]), (600, 40, 130, &[64][..]), (197, 48, 192, &[][..]), (50, 16, 96, &[][..])] {
             let a = rand(m * k, 1);
             let w = rand(k * n, 2);
             let bias = rand(n, 3);
