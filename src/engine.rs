@@ -11,7 +11,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::attention::{attention, AttnLayout, AttnShape, ProbsSink};
 use crate::kernels::gemm::{matmul, transpose, Acc, Epilogue, Mat};
-use crate::kernels::packed::{matmul_packed, PackedB};
+use crate::kernels::packed::{matmul_packed, matmul_packed_many, PackedB, Product};
 use crate::kernels::prof::phase;
 use crate::kernels::rows::layer_norm;
 use crate::model::{HeadKind, ModelConfig, ModelFiles};
@@ -266,8 +266,6 @@ impl Engine {
                 }
                 Some(keep) => {
                     // Queries from every token; keys and values only from the kept ones.
-                    let q = ensure(&mut ws.qkv, rows * inner);
-                    matmul_packed(Mat::dense(xn, rows, d), &layer.wqkv, 0..inner, q, inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv[..inner]));
                     let kn = keep.len();
                     let xk = ensure(&mut ws.xk, batch * kn * d);
                     xk.par_chunks_mut(kn * d).enumerate().for_each(|(b, dst)| {
@@ -275,8 +273,18 @@ impl Engine {
                             dst[r * d..(r + 1) * d].copy_from_slice(&xn[(b * n + t) * d..(b * n + t + 1) * d]);
                         }
                     });
+                    // Both products in one parallel region.
+                    let q = ensure(&mut ws.qkv, rows * inner);
                     let kv = ensure(&mut ws.kv, batch * kn * 2 * inner);
-                    matmul_packed(Mat::dense(xk, batch * kn, d), &layer.wqkv, inner..3 * inner, kv, 2 * inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv[inner..]));
+                    phase("q+kv", || {
+                        matmul_packed_many(
+                            vec![
+                                Product { a: Mat::dense(xn, rows, d), b: &layer.wqkv, cols: 0..inner, c: q, ldc: inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&layer.bqkv[..inner]) },
+                                Product { a: Mat::dense(xk, batch * kn, d), b: &layer.wqkv, cols: inner..3 * inner, c: kv, ldc: 2 * inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&layer.bqkv[inner..]) },
+                            ],
+                            threads,
+                        )
+                    });
                     (q_buf, q_ld, kv_buf, kv_ld, k_off, v_off, nk) = (&ws.qkv[..rows * inner], inner, &ws.kv[..batch * kn * 2 * inner], 2 * inner, 0, inner, kn);
                 }
             }

@@ -97,10 +97,58 @@ impl PackedB {
     }
 }
 
-/// `c[:, 0..cols.len()] (row stride ldc) ⟵ a·B[:, cols]` (or `+=`), then the epilogue, whose bias
-/// is indexed from `cols.start`'s column as 0. `a` is m×k.
+/// One product for `matmul_packed_many`: `c[:, 0..cols.len()] (row stride ldc) ⟵ a·B[:, cols]` (or
+/// `+=`), then the epilogue, whose bias is indexed from `cols.start`'s column as 0. `a` is m×k.
+pub struct Product<'a> {
+    pub a: Mat<'a>,
+    pub b: &'a PackedB,
+    pub cols: Range<usize>,
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+    pub acc: Acc,
+    pub epi: Epilogue<'a>,
+}
+
+/// `c ⟵ a·B[:, cols]` (see `Product`), using `threads` threads.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_packed(a: Mat, b: &PackedB, cols: Range<usize>, c: &mut [f32], ldc: usize, acc: Acc, threads: usize, epi: Epilogue) {
+    matmul_packed_many(vec![Product { a, b, cols, c, ldc, acc, epi }], threads);
+}
+
+/// A checked product's share: rows r0..r1 × panels `panels`.
+struct Task<'a> {
+    a: Mat<'a>,
+    b: &'a PackedB,
+    col0: usize,
+    c: SendPtr,
+    ldc: usize,
+    acc: Acc,
+    epi: Epilogue<'a>,
+    rows: Range<usize>,
+    panels: &'a [Panel],
+}
+
+/// Several independent products in one parallel region (one fork/join instead of one each: what
+/// a token-pruned layer's query and key/value products need at batch 1).
+pub fn matmul_packed_many(products: Vec<Product>, threads: usize) {
+    let threads = threads.max(1);
+    let mut tasks = Vec::new();
+    for p in products {
+        split(p, threads, &mut tasks);
+    }
+    if threads == 1 || tasks.len() <= 1 {
+        tasks.iter().for_each(run);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+}
+
+/// Checks a product and cuts it into tasks: a contiguous run of panels × all rows; or, when the
+/// panels do not divide evenly between the threads and are few (e.g. 3 for a ViT-Ti's 192
+/// columns), one panel × a block of rows, so that no thread idles while another finishes. Products
+/// with many rows run at once, on the row-major weight (see the module notes).
+fn split<'a>(p: Product<'a>, threads: usize, tasks: &mut Vec<Task<'a>>) {
+    let Product { a, b, cols, c, ldc, acc, epi } = p;
     let (m, k) = (a.rows, a.cols);
     assert_eq!(k, b.k, "inner dimensions differ");
     assert!(b.parts.contains(&cols.start) && b.parts.contains(&cols.end) && cols.start <= cols.end, "column range {cols:?} not on a part boundary");
@@ -123,47 +171,41 @@ pub fn matmul_packed(a: Mat, b: &PackedB, cols: Range<usize>, c: &mut [f32], ldc
         UNPACKED.with(|cell| cell.replace(w));
         return;
     }
-    // Each task: a contiguous run of panels × all rows; or, when the panels do not divide evenly
-    // between the threads and are few (e.g. 3 for a ViT-Ti's 192 columns), one panel × a block of
-    // rows, so that no thread idles while another finishes.
-    let threads = threads.max(1);
     let row_blocks = if threads > 1 && panels.len() % threads != 0 && panels.len() < 4 * threads { threads } else { 1 };
     let per_task = if row_blocks > 1 { 1 } else { panels.len().div_ceil(threads) };
     let rows_per = m.div_ceil(row_blocks);
-    let panel_tasks = panels.len().div_ceil(per_task);
     let cp = SendPtr(c.as_mut_ptr());
-    let task = |t: usize| {
-        let cp = cp;
-        let (rb, pt) = (t / panel_tasks, t % panel_tasks);
-        let (r0, r1) = (rb * rows_per, ((rb + 1) * rows_per).min(m));
-        let ps = &panels[pt * per_task..((pt + 1) * per_task).min(panels.len())];
-        if r0 >= r1 {
-            return;
+    for rb in 0..row_blocks {
+        let rows = rb * rows_per..((rb + 1) * rows_per).min(m);
+        if rows.is_empty() {
+            continue;
         }
-        for pn in ps {
-            // SAFETY: reads stay inside `a` (asserted above) and the panel (k×NR from pn.offset,
-            // allocated so at packing); this task alone writes rows r0..r1 × its panels' columns,
-            // inside `c` (asserted above).
-            unsafe {
-                let bp = b.data.as_ptr().add(pn.offset);
-                gemm_raw((r1 - r0, pn.width, k), a.data.as_ptr().add(r0 * a.ld), Strides::row_major(a.ld), bp, Strides::row_major(NR), cp.0.add(r0 * ldc + pn.col - cols.start), ldc, acc, 1.0, 1);
-            }
+        for ps in panels.chunks(per_task) {
+            tasks.push(Task { a, b, col0: cols.start, c: cp, ldc, acc, epi, rows: rows.clone(), panels: ps });
         }
-        if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = epi {
-            let gelu = matches!(epi, Epilogue::BiasGelu(_));
-            let (j0, j1) = (ps[0].col - cols.start, ps[ps.len() - 1].col + ps[ps.len() - 1].width - cols.start);
-            for r in r0..r1 {
-                // SAFETY: as above: row r, columns j0..j1 belong to this task alone.
-                let row = unsafe { std::slice::from_raw_parts_mut(cp.0.add(r * ldc + j0), j1 - j0) };
-                super::rows::bias_act_row(row, &bias[j0..j1], gelu);
-            }
+    }
+}
+
+fn run(t: &Task) {
+    let (r0, r1, k) = (t.rows.start, t.rows.end, t.a.cols);
+    for pn in t.panels {
+        // SAFETY: `split` checked that reads stay inside `a` and writes inside `c`; the panel is
+        // k×NR from pn.offset (allocated so at packing); this task alone writes rows r0..r1 × its
+        // panels' columns.
+        unsafe {
+            let bp = t.b.data.as_ptr().add(pn.offset);
+            gemm_raw((r1 - r0, pn.width, k), t.a.data.as_ptr().add(r0 * t.a.ld), Strides::row_major(t.a.ld), bp, Strides::row_major(NR), t.c.0.add(r0 * t.ldc + pn.col - t.col0), t.ldc, t.acc, 1.0, 1);
         }
-    };
-    let tasks = row_blocks * panel_tasks;
-    if threads == 1 || tasks == 1 {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
+    }
+    if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = t.epi {
+        let gelu = matches!(t.epi, Epilogue::BiasGelu(_));
+        let last = t.panels[t.panels.len() - 1];
+        let (j0, j1) = (t.panels[0].col - t.col0, last.col + last.width - t.col0);
+        for r in r0..r1 {
+            // SAFETY: as above: row r, columns j0..j1 belong to this task alone.
+            let row = unsafe { std::slice::from_raw_parts_mut(t.c.0.add(r * t.ldc + j0), j1 - j0) };
+            super::rows::bias_act_row(row, &bias[j0..j1], gelu);
+        }
     }
 }
 
@@ -217,5 +259,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn products_run_together_equal_products_run_alone() {
+        // A token-pruned layer: queries from every row, keys and values from some rows.
+        let (m, mk, k, inner) = (33, 20, 48, 64);
+        let x = rand(m * k, 5);
+        let xk = rand(mk * k, 6);
+        let w = rand(k * 3 * inner, 7);
+        let bias = rand(3 * inner, 8);
+        let pb = PackedB::new(&w, k, 3 * inner, &[inner, 2 * inner]);
+        let (mut q1, mut kv1) = (vec![0f32; m * inner], vec![0f32; mk * 2 * inner]);
+        matmul_packed(Mat::dense(&x, m, k), &pb, 0..inner, &mut q1, inner, Acc::Overwrite, 1, Epilogue::Bias(&bias[..inner]));
+        matmul_packed(Mat::dense(&xk, mk, k), &pb, inner..3 * inner, &mut kv1, 2 * inner, Acc::Overwrite, 1, Epilogue::BiasGelu(&bias[inner..]));
+        let (mut q2, mut kv2) = (vec![1f32; m * inner], vec![1f32; mk * 2 * inner]);
+        matmul_packed_many(
+            vec![
+                Product { a: Mat::dense(&x, m, k), b: &pb, cols: 0..inner, c: &mut q2, ldc: inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&bias[..inner]) },
+                Product { a: Mat::dense(&xk, mk, k), b: &pb, cols: inner..3 * inner, c: &mut kv2, ldc: 2 * inner, acc: Acc::Overwrite, epi: Epilogue::BiasGelu(&bias[inner..]) },
+            ],
+            2,
+        );
+        assert_eq!(q1, q2);
+        assert_eq!(kv1, kv2);
     }
 }
