@@ -133,8 +133,10 @@ struct Task<'a> {
 pub fn matmul_packed_many(products: Vec<Product>, threads: usize) {
     let threads = threads.max(1);
     let mut tasks = Vec::new();
+    // Several products: their panel runs already give the threads enough to share.
+    let row_split = products.len() == 1;
     for p in products {
-        split(p, threads, &mut tasks);
+        split(p, threads, row_split, &mut tasks);
     }
     if threads == 1 || tasks.len() <= 1 {
         tasks.iter().for_each(run);
@@ -147,7 +149,7 @@ pub fn matmul_packed_many(products: Vec<Product>, threads: usize) {
 /// panels do not divide evenly between the threads and are few (e.g. 3 for a ViT-Ti's 192
 /// columns), one panel × a block of rows, so that no thread idles while another finishes. Products
 /// with many rows run at once, on the row-major weight (see the module notes).
-fn split<'a>(p: Product<'a>, threads: usize, tasks: &mut Vec<Task<'a>>) {
+fn split<'a>(p: Product<'a>, threads: usize, row_split: bool, tasks: &mut Vec<Task<'a>>) {
     let Product { a, b, cols, c, ldc, acc, epi } = p;
     let (m, k) = (a.rows, a.cols);
     assert_eq!(k, b.k, "inner dimensions differ");
@@ -171,7 +173,7 @@ fn split<'a>(p: Product<'a>, threads: usize, tasks: &mut Vec<Task<'a>>) {
         UNPACKED.with(|cell| cell.replace(w));
         return;
     }
-    let row_blocks = if threads > 1 && panels.len() % threads != 0 && panels.len() < 4 * threads { threads } else { 1 };
+    let row_blocks = if row_split && threads > 1 && panels.len() % threads != 0 && panels.len() < 4 * threads { threads } else { 1 };
     let per_task = if row_blocks > 1 { 1 } else { panels.len().div_ceil(threads) };
     let rows_per = m.div_ceil(row_blocks);
     let cp = SendPtr(c.as_mut_ptr());
