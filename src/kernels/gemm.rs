@@ -68,24 +68,13 @@ pub fn matmul_then(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f
             let nb = block.min(n - j0);
             let cp = cp;
             // SAFETY: bounds checked above; block t writes only columns j0..j0+nb of `c`.
-            unsafe {
-                gemm_raw((m, nb, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data[j0..].as_ptr(), Strides::row_major(b.ld), cp.0.add(j0), ldc, acc, scale, 1);
-                // The epilogue on this block only, right after computing it.
-                if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = epi {
-                    let gelu = matches!(epi, Epilogue::BiasGelu(_));
-                    for r in 0..m {
-                        // Row r's columns j0..j0+nb: written by this task alone.
-                        let row = std::slice::from_raw_parts_mut(cp.0.add(r * ldc + j0), nb);
-                        super::rows::bias_act_row(row, &bias[j0..j0 + nb], gelu);
-                    }
-                }
-            }
+            unsafe { gemm_raw((m, nb, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data[j0..].as_ptr(), Strides::row_major(b.ld), cp.0.add(j0), ldc, acc, scale, 1) };
         });
-        return;
+    } else {
+        // SAFETY: the bounds of all three operands were checked above; `gemm` reads `a` and `b` and
+        // writes `c` only inside them.
+        unsafe { gemm_raw((m, n, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data.as_ptr(), Strides::row_major(b.ld), c.as_mut_ptr(), ldc, acc, scale, threads) };
     }
-    // SAFETY: the bounds of all three operands were checked above; `gemm` reads `a` and `b` and
-    // writes `c` only inside them.
-    unsafe { gemm_raw((m, n, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data.as_ptr(), Strides::row_major(b.ld), c.as_mut_ptr(), ldc, acc, scale, threads) };
     match epi {
         Epilogue::None => {}
         Epilogue::Bias(bias) if ldc == n => super::rows::add_bias(&mut c[..m * n], bias),

@@ -70,14 +70,6 @@ impl PackedB {
         PackedB { k, n, parts: bounds, data, panels }
     }
 
-    pub fn rows(&self) -> usize {
-        self.k
-    }
-
-    pub fn cols(&self) -> usize {
-        self.n
-    }
-
     /// Columns `cols` of the weight as a row-major k×cols.len() matrix, written into `out`.
     fn unpack_into(&self, panels: &[Panel], col0: usize, ncols: usize, out: &mut Vec<f32>) {
         out.resize(self.k * ncols, 0.0);

@@ -143,40 +143,9 @@ impl Canvas {
             return;
         }
         let (w, h) = (self.w(), self.h());
-        let norm = 1.0 / (2 * rad + 1) as f32;
         let mut tmp = vec![0f32; self.px.len()];
-        for y in 0..h {
-            for x in 0..w {
-                let mut acc = [0f32; 3];
-                for dx in 0..=2 * rad {
-                    let sx = (x + dx).saturating_sub(rad).min(w - 1);
-                    let i = (y * w + sx) * 3;
-                    for k in 0..3 {
-                        acc[k] += self.px[i + k];
-                    }
-                }
-                let o = (y * w + x) * 3;
-                for k in 0..3 {
-                    tmp[o + k] = acc[k] * norm;
-                }
-            }
-        }
-        for y in 0..h {
-            for x in 0..w {
-                let mut acc = [0f32; 3];
-                for dy in 0..=2 * rad {
-                    let sy = (y + dy).saturating_sub(rad).min(h - 1);
-                    let i = (sy * w + x) * 3;
-                    for k in 0..3 {
-                        acc[k] += tmp[i + k];
-                    }
-                }
-                let o = (y * w + x) * 3;
-                for k in 0..3 {
-                    self.px[o + k] = acc[k] * norm;
-                }
-            }
-        }
+        box_pass(&self.px, &mut tmp, (w, h), rad, true);
+        box_pass(&tmp, &mut self.px, (w, h), rad, false);
     }
 
     /// Box-filters the supersampled canvas to the output size: `[height, width, 3]` in 0..1.
@@ -225,4 +194,25 @@ pub fn mix(a: Rgb, b: Rgb, t: f32) -> Rgb {
 
 pub fn scale(a: Rgb, k: f32) -> Rgb {
     [a[0] * k, a[1] * k, a[2] * k]
+}
+
+/// One pass of a separable box blur of radius `rad` over an RGB float image (`w`×`h`), along x
+/// (`horizontal`) or y, with edge pixels repeated.
+fn box_pass(src: &[f32], dst: &mut [f32], (w, h): (usize, usize), rad: usize, horizontal: bool) {
+    let norm = 1.0 / (2 * rad + 1) as f32;
+    for y in 0..h {
+        for x in 0..w {
+            let mut acc = [0f32; 3];
+            for d in 0..=2 * rad {
+                let i = if horizontal { (y * w + (x + d).saturating_sub(rad).min(w - 1)) * 3 } else { ((y + d).saturating_sub(rad).min(h - 1) * w + x) * 3 };
+                for k in 0..3 {
+                    acc[k] += src[i + k];
+                }
+            }
+            let o = (y * w + x) * 3;
+            for k in 0..3 {
+                dst[o + k] = acc[k] * norm;
+            }
+        }
+    }
 }
