@@ -7,9 +7,9 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
 use crate::plot::{scatter, Point};
-use crate::prune::report::{model_report, ModelReport};
+use crate::report::prune::{model_report, prune_and_report, ModelReport};
 use crate::prune::select::Criterion;
-use crate::prune::{prune, PruneOptions};
+use crate::prune::PruneOptions;
 use crate::synth::{generate, SynthOptions};
 use crate::train::loss::Distill;
 use crate::train::optim::{OptimConfig, OptimKind};
@@ -60,7 +60,7 @@ pub struct DemoResult {
 }
 
 fn g(v: u64) -> String {
-    crate::inspect::human(v)
+    crate::report::human(v)
 }
 
 /// The one table the demo prints.
@@ -146,7 +146,7 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
             settings.final_epochs
         ));
         let dir = out.join(format!("pruned-{name}"));
-        prune(base.clone(), &data, &PruneOptions { criterion, ..po.clone() }, &dir, true, log)?;
+        prune_and_report(base.clone(), None, &data, &PruneOptions { criterion, ..po.clone() }, &dir, true, log)?;
         pruned_dirs.push((name, dir));
     }
 

@@ -3,9 +3,7 @@
 use crate::data::loader::{for_each_batch, LoaderOptions};
 use crate::engine::{Engine, Want, Workspace};
 use crate::error::Result;
-use crate::tensor::{write_safetensors, HostTensor, TensorMap};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub struct EmbedResult {
     pub names: Vec<String>,
@@ -61,15 +59,6 @@ pub fn embed_files(engine: &Engine, files: &[PathBuf], batch_size: usize, skip_b
     })
 }
 
-/// Writes `features` `[N, F]` with the names as a JSON list in the metadata key `names`.
-pub fn write_features(path: &Path, names: &[String], features: &[f32], dim: usize, extra: HashMap<String, String>) -> Result<()> {
-    let mut t = TensorMap::new();
-    t.insert("features".into(), HostTensor::new(vec![names.len(), dim], features.to_vec()));
-    let mut meta = extra;
-    meta.insert("names".into(), serde_json::to_string(names).expect("names serialise"));
-    write_safetensors(path, &t, Some(meta))
-}
-
 /// One match of `amg search`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Match {
@@ -84,17 +73,4 @@ pub fn search(query: &[f32], gallery: &[f32], names: &[String], top: usize) -> V
     let mut scored: Vec<(f32, usize)> = gallery.chunks_exact(dim).enumerate().map(|(i, g)| (g.iter().zip(query).map(|(a, b)| a * b).sum::<f32>(), i)).collect();
     scored.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
     scored.into_iter().take(top).enumerate().map(|(r, (s, i))| Match { rank: r + 1, name: names[i].clone(), score: s }).collect()
-}
-
-/// Reads features written by `amg embed` (all entries, names as written).
-pub fn read_features(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
-    use crate::error::Error;
-    let st = crate::tensor::SafetensorsFile::open(path)?;
-    let names: Vec<String> = serde_json::from_str(st.metadata().get("names").ok_or_else(|| Error::file(path, "no `names` metadata (expected a file written by `amg embed`)"))?)
-        .map_err(|e| Error::file(path, format!("`names` metadata is not a JSON list of strings: {e}")))?;
-    let t = st.all_f32()?.remove("features").ok_or_else(|| Error::tensor(path, "features", "missing"))?;
-    if t.shape.len() != 2 || t.shape[0] != names.len() {
-        return Err(Error::tensor(path, "features", format!("shape {:?} does not match {} names", t.shape, names.len())));
-    }
-    Ok((names, t.data, t.shape[1]))
 }

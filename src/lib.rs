@@ -6,7 +6,6 @@
 //! `inspect`, `bench`).
 
 pub mod alloc;
-pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod embed;
@@ -15,14 +14,13 @@ pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod import;
-pub mod inspect;
 pub mod kernels;
 pub mod model;
 pub mod plot;
 pub mod preprocess;
 pub mod progress;
 pub mod prune;
-pub mod pth;
+pub mod report;
 pub mod resample;
 pub mod rng;
 pub mod synth;

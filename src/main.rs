@@ -463,7 +463,7 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("no image could be read");
             }
             let meta = HashMap::from([("model".to_string(), a.model.display().to_string())]);
-            amg::embed::write_features(&a.out, &r.names, &r.features, r.feature_dim, meta)?;
+            amg::eval::features::write_features(&a.out, &r.names, &r.features, r.feature_dim, meta)?;
             eprintln!(
                 "embedded {} images → {} [{} × {}] in {:.2}s ({:.1} img/s){}",
                 r.names.len(),
@@ -476,7 +476,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Search(a) => {
-            let (names, gallery, dim) = amg::embed::read_features(&a.gallery)?;
+            let (names, gallery, dim) = amg::eval::features::read_features(&a.gallery)?;
             let engine = Engine::new(load_model(&a.model)?)?;
             if dim != engine.config().feature_dim() {
                 bail!("{}: features have {dim} dimensions but the model gives {}: embed the gallery with this model", a.gallery.display(), engine.config().feature_dim());
@@ -497,17 +497,17 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Inspect(a) => {
             let cfg = ModelConfig::load(&a.model.join(amg::model::dir::CONFIG_FILE))?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&amg::inspect::inspection(&cfg))?);
+                println!("{}", serde_json::to_string_pretty(&amg::report::inspect::inspection(&cfg))?);
             } else {
-                print!("{}", amg::inspect::render(&cfg));
+                print!("{}", amg::report::inspect::render(&cfg));
             }
         }
         Cmd::Bench(a) if a.train => {
             let r = if a.toy {
-                amg::train::bench::bench_toy_step(a.iters, !a.json)?
+                amg::report::bench::bench_toy_step(a.iters, !a.json)?
             } else {
                 let arch = Arch::preset(a.arch.as_deref().ok_or_else(|| anyhow::anyhow!("--train needs --arch tiny|small|base"))?)?;
-                amg::train::bench::bench_la_step(arch, a.img_size.unwrap_or((224, 224)), a.batch_size, a.classes, a.iters, !a.json)?
+                amg::report::bench::bench_la_step(arch, a.img_size.unwrap_or((224, 224)), a.batch_size, a.classes, a.iters, !a.json)?
             };
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -536,14 +536,14 @@ fn run(cli: Cli) -> Result<()> {
                     let data = amg::data::Dataset::open(root, None)?;
                     let spec = files.config.input.clone();
                     let paths = |s: &[amg::data::Sample]| s.iter().map(|x| x.path.clone()).collect::<Vec<_>>();
-                    let train = amg::bench::bench_loader(&paths(&data.train), &spec, Some(amg::data::loader::Augment::reid_default()), a.batch_size, 2000)?;
-                    let test = amg::bench::bench_loader(&paths(&data.gallery), &spec, None, a.batch_size, 2000)?;
+                    let train = amg::report::bench::bench_loader(&paths(&data.train), &spec, Some(amg::data::loader::Augment::reid_default()), a.batch_size, 2000)?;
+                    let test = amg::report::bench::bench_loader(&paths(&data.gallery), &spec, None, a.batch_size, 2000)?;
                     Some((train, test))
                 }
                 None => None,
             };
             let engine = Engine::new(files)?;
-            let r = amg::bench::bench_inference(&engine, a.batch_size, a.iters, !a.json)?;
+            let r = amg::report::bench::bench_inference(&engine, a.batch_size, a.iters, !a.json)?;
             if a.json {
                 let mut v = serde_json::to_value(&r)?;
                 v["model"] = label.into();
@@ -632,11 +632,11 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!(
                     "applied the plan → {}: MACs {} → {} ({:+.1} %), params {} → {}",
                     a.out.display(),
-                    amg::inspect::human(b.macs),
-                    amg::inspect::human(p.macs),
+                    amg::report::human(b.macs),
+                    amg::report::human(p.macs),
                     100.0 * (p.macs as f64 / b.macs as f64 - 1.0),
-                    amg::inspect::human(b.params),
-                    amg::inspect::human(p.params)
+                    amg::report::human(b.params),
+                    amg::report::human(p.params)
                 );
                 return Ok(());
             }
@@ -666,10 +666,8 @@ fn run(cli: Cli) -> Result<()> {
                 None => None,
             };
             let mut log = |m: &str| eprintln!("{m}");
-            let s = amg::prune::prune_with_teacher(files, teacher, &data, &o, &a.out, a.force, &mut log)?;
-            if let Some(r) = &s.report {
-                eprint!("{}", amg::prune::report::markdown(r, &o));
-            }
+            let (_, r) = amg::report::prune::prune_and_report(files, teacher, &data, &o, &a.out, a.force, &mut log)?;
+            eprint!("{}", amg::report::prune::markdown(&r, &o));
         }
         Cmd::Viz(a) => {
             let files = load_model(&a.model)?;
@@ -677,7 +675,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(p) => Some(amg::prune::analyze::Scores::load(p)?),
                 None => None,
             };
-            let out = amg::prune::viz::render(&files, scores.as_ref(), a.image.as_deref(), &a.out)?;
+            let out = amg::report::viz::render(&files, scores.as_ref(), a.image.as_deref(), &a.out)?;
             for f in out.files {
                 eprintln!("wrote {}", f.display());
             }

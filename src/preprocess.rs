@@ -2,9 +2,20 @@
 //! `Resize((H, W), BICUBIC)` on the PIL image, `ToTensor()`, `Normalize(mean, std)`.
 
 use crate::error::{Error, Result};
-use crate::model::config::InputSpec;
 use crate::resample::resize_rgb8_pil;
 use std::path::{Path, PathBuf};
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// What a model takes: the input size and the normalisation (recorded in its `config.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputSpec {
+    pub height: usize,
+    pub width: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
 
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 

@@ -64,7 +64,7 @@ fn tensors_that_disagree_with_the_config_are_named() {
 
 #[test]
 fn pickled_objects_are_never_built() {
-    let pth = amg::pth::PthFile::open(&fixture("ckpt_opaque.pth")).unwrap();
+    let pth = amg::import::pth::PthFile::open(&fixture("ckpt_opaque.pth")).unwrap();
     let e = pth.int_list("heads").unwrap_err().to_string();
     assert!(e.contains("NotData") && e.contains("cannot be read safely"), "{e}");
     assert_eq!(pth.int_list("channels").unwrap(), Some(vec![3]));
@@ -73,7 +73,7 @@ fn pickled_objects_are_never_built() {
 
 #[test]
 fn reference_lists_are_read_and_cross_checked() {
-    let pth = amg::pth::PthFile::open(&fixture("ckpt_amg.pth")).unwrap();
+    let pth = amg::import::pth::PthFile::open(&fixture("ckpt_amg.pth")).unwrap();
     let meta = fixtures_json();
     let heads: Vec<i64> = serde_json::from_value(meta["amg_heads_kept"].clone()).unwrap();
     assert_eq!(pth.int_list("heads").unwrap(), Some(heads));

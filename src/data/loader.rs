@@ -7,7 +7,7 @@
 //! thread scheduling.
 
 use crate::error::{Error, Result};
-use crate::model::config::InputSpec;
+use crate::preprocess::InputSpec;
 use crate::preprocess::{load_rgb, to_input, Rgb8};
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -189,7 +189,7 @@ pub fn for_each_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{IMAGENET_MEAN, IMAGENET_STD};
+    use crate::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 
     fn spec() -> InputSpec {
         InputSpec { height: 32, width: 16, mean: IMAGENET_MEAN, std: IMAGENET_STD }

@@ -1,6 +1,7 @@
 //! `amg eval`: query and gallery features, ranked by cosine similarity under the standard
 //! protocol (`metrics`).
 
+pub mod features;
 pub mod metrics;
 
 use crate::data::loader::{for_each_batch, LoaderOptions, Views};
@@ -84,7 +85,7 @@ pub fn eval_model(engine: &Engine, data: &Dataset, opts: &EvalOptions) -> Result
 /// The raw-pixel baseline: each image bicubic-resized to `h`×`w`, normalised, flattened and scaled
 /// to unit length; ranked by cosine similarity like a model's features.
 pub fn eval_pixels(data: &Dataset, (h, w): (usize, usize), opts: &EvalOptions) -> Result<Metrics> {
-    let spec = crate::model::config::InputSpec { height: h, width: w, mean: crate::model::config::IMAGENET_MEAN, std: crate::model::config::IMAGENET_STD };
+    let spec = crate::preprocess::InputSpec { height: h, width: w, mean: crate::preprocess::IMAGENET_MEAN, std: crate::preprocess::IMAGENET_STD };
     let dim = 3 * h * w;
     let pixels = |samples: &[Sample], what: &str| -> Result<Vec<f32>> {
         let paths: Vec<_> = samples.iter().map(|s| s.path.clone()).collect();
@@ -115,7 +116,7 @@ pub fn eval_pixels(data: &Dataset, (h, w): (usize, usize), opts: &EvalOptions) -
 /// Reads a features file written by `amg embed`: features `[N, F]` and identities and cameras
 /// parsed from the names in its metadata. Junk images (identity −1) are dropped.
 pub fn read_feature_file(path: &Path) -> Result<(Vec<f32>, usize, Vec<i64>, Vec<i64>)> {
-    let (names, data, dim) = crate::embed::read_features(path)?;
+    let (names, data, dim) = features::read_features(path)?;
     let (mut feats, mut pids, mut cams) = (Vec::new(), Vec::new(), Vec::new());
     for (i, name) in names.iter().enumerate() {
         let base = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -1,5 +1,6 @@
-//! CPU kernels for the inference path: gemm (the `gemm` crate's AVX-512 kernels), and fused,
-//! vectorised, multi-threaded element-wise work (layer norm, bias + GELU, softmax, attention).
+//! CPU kernels: gemm (the `gemm` crate's AVX-512 kernels), fused, vectorised, multi-threaded
+//! element-wise work (layer norm, bias + GELU, softmax, attention), and the same kernels as candle
+//! custom ops with hand-written backward passes (`autodiff`) for training.
 //!
 //! Element-wise kernels are written as plain loops over fixed-width lanes and compiled three
 //! times — for AVX-512, for AVX2+FMA and portable — with the widest the CPU supports picked at run
@@ -7,6 +8,7 @@
 //! anywhere.
 
 pub mod attention;
+pub mod autodiff;
 pub mod gemm;
 pub mod math;
 pub mod packed;

@@ -2,13 +2,12 @@
 //! attention heads and which key/value token positions are kept.
 
 use crate::error::{Error, Result};
+use crate::preprocess::{InputSpec, IMAGENET_MEAN, IMAGENET_STD};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const FORMAT: &str = "amg-model";
 pub const FORMAT_VERSION: u32 = 1;
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Arch {
@@ -44,14 +43,6 @@ impl Arch {
             (a.embed_dim, a.depth, a.num_heads, a.head_dim, a.mlp_dim, a.patch_size) == (self.embed_dim, self.depth, self.num_heads, self.head_dim, self.mlp_dim, self.patch_size)
         }).map(String::from)
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InputSpec {
-    pub height: usize,
-    pub width: usize,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
 }
 
 /// What one layer keeps. Both lists are sorted and refer to the unpruned model: `heads` are

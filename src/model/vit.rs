@@ -9,7 +9,7 @@ use super::ModelFiles;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{HostTensor, TensorMap};
-use crate::train::ops;
+use crate::kernels::autodiff as ops;
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::BTreeMap;
 
@@ -48,7 +48,7 @@ pub struct Vit {
     pub cfg: ModelConfig,
     pub params: BTreeMap<String, Var>,
     pub running: BTreeMap<String, Tensor>,
-    /// Use the fused custom ops of `train::ops` (fast); otherwise candle's composite ops (the
+    /// Use the fused custom ops of `kernels::autodiff` (fast); otherwise candle's composite ops (the
     /// straightforward formulation, kept as a cross-check).
     pub fused: bool,
     device: Device,

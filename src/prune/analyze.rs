@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::model::vit::{Mode, Vit};
 use crate::model::{HeadKind, ModelFiles};
 use crate::train::loss::{la_loss, Distill, LossConfig};
-use crate::train::optim::with_f32;
+use crate::kernels::autodiff::with_f32;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -2,9 +2,7 @@
 //! by first-order importance, fine-tune with distillation, iterate — and its honest report.
 
 pub mod analyze;
-pub mod report;
 pub mod select;
-pub mod viz;
 
 use crate::data::loader::Augment;
 use crate::data::Dataset;
@@ -75,8 +73,11 @@ pub struct IterationRecord {
 pub struct PruneSummary {
     pub plan: Plan,
     pub iterations: Vec<IterationRecord>,
-    pub report: Option<report::Report>,
 }
+
+/// Writes further files (a report, say) into the output directory before it is renamed into place:
+/// called with the temporary directory, the original model, the pruned one and the log.
+pub type Finish<'a> = &'a mut dyn FnMut(&Path, &ModelFiles, &ModelFiles, &mut dyn FnMut(&str)) -> Result<()>;
 
 /// How many to remove at iteration `i` of `iters` so that the total is exactly `n`.
 pub fn per_iteration(n: usize, iters: usize, i: usize) -> usize {
@@ -109,18 +110,24 @@ fn fine_tune(model: ModelFiles, data: &Dataset, o: &PruneOptions, teacher: Optio
     ModelFiles::load(&run.join("last"))
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     crate::fsutil::write_bytes_atomic(path, serde_json::to_string_pretty(value).expect("serialisable").as_bytes())
 }
 
 /// Runs the whole schedule on `model`, writing the pruned model directory (plus `plan.json`,
-/// `scores/`, `stages/`, `report.md`, `report.json`) to `out`, atomically.
-pub fn prune(model: ModelFiles, data: &Dataset, o: &PruneOptions, out: &Path, force: bool, log: &mut dyn FnMut(&str)) -> Result<PruneSummary> {
-    prune_with_teacher(model, None, data, o, out, force, log)
-}
-
-/// As `prune`, distilling from `teacher` (default: the unpruned model itself).
-pub fn prune_with_teacher(model: ModelFiles, teacher: Option<ModelFiles>, data: &Dataset, o: &PruneOptions, out: &Path, force: bool, log: &mut dyn FnMut(&str)) -> Result<PruneSummary> {
+/// `scores/`, `stages/`, `iterations.json` and whatever `finish` adds) to `out`, atomically.
+/// Distillation, when asked for, is from `teacher` (default: the unpruned model itself).
+#[allow(clippy::too_many_arguments)]
+pub fn prune(
+    model: ModelFiles,
+    teacher: Option<ModelFiles>,
+    data: &Dataset,
+    o: &PruneOptions,
+    out: &Path,
+    force: bool,
+    log: &mut dyn FnMut(&str),
+    finish: Finish,
+) -> Result<PruneSummary> {
     for (flag, r) in [("--heads", o.heads), ("--tokens", o.tokens)] {
         if !(0.0..1.0).contains(&r) {
             return Err(Error::invalid(format!("{flag} {r}: expected a fraction in [0, 1)")));
@@ -209,14 +216,12 @@ pub fn prune_with_teacher(model: ModelFiles, teacher: Option<ModelFiles>, data: 
         let plan = Plan::of(&current.config);
         write_json(&tmp.join("plan.json"), &plan)?;
         write_json(&tmp.join("iterations.json"), &iterations)?;
-        let rep = report::build(&original, &current, data, o.quick_report, log)?;
-        write_json(&tmp.join("report.json"), &rep)?;
-        crate::fsutil::write_bytes_atomic(&tmp.join("report.md"), report::markdown(&rep, o).as_bytes())?;
-        result = Some((plan, rep));
+        finish(tmp, &original, &current, log)?;
+        result = Some(plan);
         Ok(())
     })?;
-    let (plan, rep) = result.expect("set on success");
-    Ok(PruneSummary { plan, iterations, report: Some(rep) })
+    let plan = result.expect("set on success");
+    Ok(PruneSummary { plan, iterations })
 }
 
 /// Applies an explicit plan (no fine-tuning) and writes the model with its `plan.json`.

@@ -1,9 +1,10 @@
 //! Optimisers with torch.optim's exact update rules (Adam with L2 decay, AdamW with decoupled
 //! decay, SGD with Nesterov momentum), updating candle `Var`s in place, in parallel.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::kernels::autodiff::with_f32;
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, Layout, Storage, Tensor, Var};
+use candle_core::{CpuStorage, Layout, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -44,15 +45,6 @@ pub struct Optimizer {
     pub cfg: OptimConfig,
     pub step: u64,
     pub slots: BTreeMap<String, Slot>,
-}
-
-/// Reads a contiguous f32 CPU tensor.
-pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
-        _ => Err(Error::invalid("expected a contiguous float32 CPU tensor")),
-    }
 }
 
 struct Update<'a> {

@@ -8,12 +8,12 @@
 //! `kernels` (gemm with strides, vectorised parallel row kernels) and recomputes what it needs in
 //! the backward pass (attention probabilities, layer-norm statistics) instead of storing it.
 
+use super::attention::{attention, attention_backward, AttnLayout, AttnShape};
+use super::gemm::{matmul_bt, matmul_strided, Acc, Mat, Strides};
+use super::prof::phase;
+use super::rows::{add_bias, layer_norm};
+use super::{math, rows_per_task, simd_fn};
 use crate::alloc::uninit;
-use crate::kernels::attention::{attention, attention_backward, AttnLayout, AttnShape};
-use crate::kernels::gemm::{matmul_bt, matmul_strided, Acc, Mat, Strides};
-use crate::kernels::prof::phase;
-use crate::kernels::rows::{add_bias, layer_norm};
-use crate::kernels::{math, rows_per_task, simd_fn};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -22,6 +22,15 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => candle_core::bail!("{what}: input must be contiguous"),
         _ => candle_core::bail!("{what}: input must be float32"),
+    }
+}
+
+/// Reads a contiguous f32 CPU tensor (without copying).
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> crate::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
+        _ => Err(crate::Error::invalid("expected a contiguous float32 CPU tensor")),
     }
 }
 

@@ -9,7 +9,7 @@
 //! - `attention.png` (with `--image`): rows = layers, columns = kept heads; each cell the image with
 //!   the CLS query's attention over the kept keys laid over it.
 
-use super::analyze::Scores;
+use crate::prune::analyze::Scores;
 use crate::engine::{Engine, Want, Workspace};
 use crate::error::{Error, Result};
 use crate::fsutil;

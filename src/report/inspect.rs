@@ -1,6 +1,7 @@
 //! `amg inspect`: what a model keeps and what it costs.
 
 use crate::model::cost::{model_cost, ModelCost};
+use super::human;
 use crate::model::{HeadKind, ModelConfig};
 use serde::Serialize;
 use std::fmt::Write;
@@ -13,19 +14,6 @@ pub struct Inspection<'a> {
 
 pub fn inspection(cfg: &ModelConfig) -> Inspection<'_> {
     Inspection { config: cfg, cost: model_cost(cfg) }
-}
-
-pub fn human(n: u64) -> String {
-    let n = n as f64;
-    if n >= 1e9 {
-        format!("{:.2}G", n / 1e9)
-    } else if n >= 1e6 {
-        format!("{:.2}M", n / 1e6)
-    } else if n >= 1e3 {
-        format!("{:.1}K", n / 1e3)
-    } else {
-        format!("{n}")
-    }
 }
 
 pub fn render(cfg: &ModelConfig) -> String {

@@ -2,7 +2,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Arch, HeadConfig, LayerPlan, ModelConfig, ModelFiles, Source};
-use crate::pth::{read_checkpoint, PthFile};
+pub mod pth;
+
+use pth::{read_checkpoint, PthFile};
 use crate::resample::resample_pos_embed;
 use crate::tensor::{shape_str, HostTensor, RawTensor, TensorMap};
 use std::collections::BTreeMap;

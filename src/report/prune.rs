@@ -2,8 +2,8 @@
 //! speed measured on this machine, and accuracy on the dataset's query/gallery — for the original
 //! and the pruned model.
 
-use super::PruneOptions;
-use crate::bench::bench_inference;
+use super::bench::bench_inference;
+use crate::prune::{write_json, PruneOptions, PruneSummary};
 use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::error::Result;
@@ -104,7 +104,7 @@ pub fn build(original: &ModelFiles, pruned: &ModelFiles, data: &Dataset, quick: 
 }
 
 fn g(v: u64) -> String {
-    crate::inspect::human(v)
+    super::human(v)
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -153,4 +153,26 @@ pub fn markdown(r: &Report, o: &PruneOptions) -> String {
         r.mac_ratio
     );
     s
+}
+
+/// Prunes (see `prune::prune`) and writes `report.json` and `report.md` beside the pruned model:
+/// cost, speed and accuracy of the original and the pruned model.
+pub fn prune_and_report(
+    model: ModelFiles,
+    teacher: Option<ModelFiles>,
+    data: &Dataset,
+    o: &PruneOptions,
+    out: &std::path::Path,
+    force: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<(PruneSummary, Report)> {
+    let mut report = None;
+    let summary = crate::prune::prune(model, teacher, data, o, out, force, log, &mut |tmp, original, pruned, log| {
+        let rep = build(original, pruned, data, o.quick_report, log)?;
+        write_json(&tmp.join("report.json"), &rep)?;
+        crate::fsutil::write_bytes_atomic(&tmp.join("report.md"), markdown(&rep, o).as_bytes())?;
+        report = Some(rep);
+        Ok(())
+    })?;
+    Ok((summary, report.expect("written on success")))
 }

@@ -1,0 +1,29 @@
+//! Feature files: what `amg embed` writes and `amg eval --features` / `amg search` read — a
+//! safetensors file with tensor `features` `[N, F]` and the image names as a JSON list in the
+//! metadata key `names`.
+
+use crate::error::{Error, Result};
+use crate::tensor::{write_safetensors, HostTensor, TensorMap};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Writes `features` `[N, F]` with the names as a JSON list in the metadata key `names`.
+pub fn write_features(path: &Path, names: &[String], features: &[f32], dim: usize, extra: HashMap<String, String>) -> Result<()> {
+    let mut t = TensorMap::new();
+    t.insert("features".into(), HostTensor::new(vec![names.len(), dim], features.to_vec()));
+    let mut meta = extra;
+    meta.insert("names".into(), serde_json::to_string(names).expect("names serialise"));
+    write_safetensors(path, &t, Some(meta))
+}
+
+/// Reads features written by `amg embed` (all entries, names as written).
+pub fn read_features(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
+    let st = crate::tensor::SafetensorsFile::open(path)?;
+    let names: Vec<String> = serde_json::from_str(st.metadata().get("names").ok_or_else(|| Error::file(path, "no `names` metadata (expected a file written by `amg embed`)"))?)
+        .map_err(|e| Error::file(path, format!("`names` metadata is not a JSON list of strings: {e}")))?;
+    let t = st.all_f32()?.remove("features").ok_or_else(|| Error::tensor(path, "features", "missing"))?;
+    if t.shape.len() != 2 || t.shape[0] != names.len() {
+        return Err(Error::tensor(path, "features", format!("shape {:?} does not match {} names", t.shape, names.len())));
+    }
+    Ok((names, t.data, t.shape[1]))
+}
