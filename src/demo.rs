@@ -13,7 +13,7 @@ use crate::prune::PruneOptions;
 use crate::synth::{generate, SynthOptions};
 use crate::train::loss::Distill;
 use crate::train::optim::{OptimConfig, OptimKind};
-use crate::train::run::{train, Init, ResumeOverrides, Scheduler, TrainOptions};
+use crate::train::run::{train, Scheduler, Start, TrainOptions, TrainRequest};
 use serde::Serialize;
 use std::fmt::Write;
 use std::path::Path;
@@ -126,7 +126,7 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
         eval_every: 0,
     };
     let run_dir = out.join("train");
-    train(&data, &run_dir, Init::Random(cfg), Some(topts), ResumeOverrides::default(), None, true, true, log)?;
+    train(TrainRequest { data: &data, run: &run_dir, start: Start::Random(cfg, topts), teacher: None, force: true, progress: true }, log)?;
     let base_dir = run_dir.join("last");
     let base = ModelFiles::load(&base_dir)?;
 

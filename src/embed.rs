@@ -15,6 +15,22 @@ pub struct EmbedResult {
     pub seconds: f64,
 }
 
+impl EmbedResult {
+    /// One line: how many images, the output and its shape, the speed, and any skipped.
+    pub fn summary(&self, out: &std::path::Path) -> String {
+        format!(
+            "embedded {} images → {} [{} × {}] in {:.2}s ({:.1} img/s){}",
+            self.names.len(),
+            out.display(),
+            self.names.len(),
+            self.feature_dim,
+            self.seconds,
+            self.names.len() as f64 / self.seconds,
+            if self.skipped.is_empty() { String::new() } else { format!(", {} skipped", self.skipped.len()) }
+        )
+    }
+}
+
 /// Names that identify each file: the file name, or the whole path where file names repeat.
 pub fn display_names(files: &[PathBuf]) -> Vec<String> {
     let names: Vec<String> = files.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect();
@@ -29,10 +45,7 @@ pub fn display_names(files: &[PathBuf]) -> Vec<String> {
 /// Embeds `files` in batches; decoding runs ahead of the model on a loader thread. A file that
 /// cannot be decoded is an error naming it, unless `skip_bad`.
 pub fn embed_files(engine: &Engine, files: &[PathBuf], batch_size: usize, skip_bad: bool, progress: bool) -> Result<EmbedResult> {
-    let pb = crate::progress::bar(files.len() as u64, "embed", "img");
-    if !progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let pb = crate::progress::bar(files.len() as u64, "embed", "img", progress);
     let start = std::time::Instant::now();
     let order: Vec<usize> = (0..files.len()).collect();
     let opts = LoaderOptions { skip_bad, ..LoaderOptions::inference(batch_size) };

@@ -1,12 +1,13 @@
 //! The inference engine: a ViT forward pass on preallocated buffers with the kernels of
-//! `kernels`, honouring each layer's kept heads and kept key/value tokens (AMG_SPEC §3.4: queries
-//! and the residual stream keep all N tokens; K and V are computed only from the kept tokens).
+//! `kernels`, honouring each layer's kept heads and kept key/value tokens (docs/method.md §3.4:
+//! queries and the residual stream keep all N tokens; K and V are computed only from the kept
+//! tokens). Built from the model's typed parameters (`model::params`), one struct per block.
 //!
 //! Why not candle ops here: measured on this project's 2-core AVX-512 machines, a straightforward
 //! candle ViT forward reached 0.38–0.45× ONNX Runtime, its element-wise ops being single-threaded
-//! and its batched small matmuls slow (../shared/CANDLE_NOTES.md). Calling the same `gemm` crate
-//! directly with fused, parallel element-wise kernels removes that overhead. Training uses candle
-//! (autodiff); tests check both against timm.
+//! and its batched small matmuls slow. Calling the same `gemm` crate directly with fused, parallel
+//! element-wise kernels removes that overhead. Training uses candle (autodiff); tests hold both to
+//! timm and to each other.
 
 use crate::error::{Error, Result};
 use crate::kernels::attention::{attention, AttnLayout, AttnShape, ProbsSink};
@@ -14,10 +15,14 @@ use crate::kernels::gemm::{matmul, transpose, Acc, Epilogue, Mat};
 use crate::kernels::packed::{matmul_packed, matmul_packed_many, PackedB, Product};
 use crate::kernels::prof::phase;
 use crate::kernels::rows::layer_norm;
-use crate::model::{HeadKind, ModelConfig, ModelFiles};
-use crate::tensor::TensorMap;
+use crate::model::head::{la_blend, normalise_parts};
+use crate::model::params::{BlockParams, PartParams};
+use crate::model::{LayerPlan, ModelConfig, ModelFiles};
+use crate::tensor::HostTensor;
 use rayon::prelude::*;
+use std::path::Path;
 
+/// One transformer block, its weights transposed and packed for the products.
 struct Layer {
     heads: usize,
     /// Kept key/value positions, or `None` when every token is kept.
@@ -40,6 +45,36 @@ struct Layer {
     b2: Vec<f32>,
 }
 
+fn bias_or_zeros(l: &crate::model::params::Linear<HostTensor>, n: usize) -> Vec<f32> {
+    l.bias.as_ref().map(|b| b.data.clone()).unwrap_or_else(|| vec![0.0; n])
+}
+
+impl Layer {
+    fn new(p: &BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig) -> Layer {
+        let (d, m) = (cfg.arch.embed_dim, cfg.arch.mlp_dim);
+        let inner = plan.heads.len() * cfg.arch.head_dim;
+        // Weights are [out, in]; the products want [in, out].
+        let pack = |w: &HostTensor, out: usize, inp: usize, parts: &[usize]| PackedB::new(&transpose(&w.data, out, inp), inp, out, parts);
+        Layer {
+            heads: plan.heads.len(),
+            tokens: if plan.tokens.len() == cfg.num_tokens() { None } else { Some(plan.tokens.clone()) },
+            ln1_w: p.norm1.weight.data.clone(),
+            ln1_b: p.norm1.bias.data.clone(),
+            wqkv: pack(&p.qkv.weight, 3 * inner, d, &[inner, 2 * inner]),
+            bqkv: bias_or_zeros(&p.qkv, 3 * inner),
+            wproj: pack(&p.proj.weight, d, inner, &[]),
+            bproj: bias_or_zeros(&p.proj, d),
+            ln2_w: p.norm2.weight.data.clone(),
+            ln2_b: p.norm2.bias.data.clone(),
+            w1: pack(&p.fc1.weight, m, d, &[]),
+            b1: bias_or_zeros(&p.fc1, m),
+            w2: pack(&p.fc2.weight, d, m, &[]),
+            b2: bias_or_zeros(&p.fc2, d),
+        }
+    }
+}
+
+/// One LA part classifier in inference mode.
 struct Part {
     /// `[D, nb]`
     fc_t: Vec<f32>,
@@ -52,12 +87,51 @@ struct Part {
     cls_b: Vec<f32>,
 }
 
+impl Part {
+    fn new(p: &PartParams<HostTensor>, d: usize) -> Part {
+        let (nb, c) = (p.bottleneck.weight.shape[0], p.classifier.weight.shape[0]);
+        let bn = &p.bn;
+        let eps = crate::model::params::BatchNorm::<HostTensor>::EPS as f32;
+        let bn_scale: Vec<f32> = (0..nb).map(|j| bn.weight.data[j] / (bn.running_var.data[j] + eps).sqrt()).collect();
+        let bn_shift: Vec<f32> = (0..nb).map(|j| bn.bias.data[j] - bn.running_mean.data[j] * bn_scale[j]).collect();
+        Part {
+            fc_t: transpose(&p.bottleneck.weight.data, nb, d),
+            fc_b: bias_or_zeros(&p.bottleneck, nb),
+            bn_scale,
+            bn_shift,
+            cls_t: transpose(&p.classifier.weight.data, c, nb),
+            cls_b: bias_or_zeros(&p.classifier, c),
+        }
+    }
+
+    /// Logits `[B, C]` of blended tokens `g` `[B, D]`.
+    fn logits(&self, g: &[f32], batch: usize, d: usize) -> Vec<f32> {
+        let (nb, c) = (self.fc_b.len(), self.cls_b.len());
+        let mut z = vec![0f32; batch * nb];
+        matmul(Mat::dense(g, batch, d), Mat::dense(&self.fc_t, d, nb), &mut z, nb, Acc::Overwrite, 1.0, 1);
+        for row in z.chunks_exact_mut(nb) {
+            for j in 0..nb {
+                row[j] = (row[j] + self.fc_b[j]) * self.bn_scale[j] + self.bn_shift[j];
+            }
+        }
+        let mut out = vec![0f32; batch * c];
+        matmul(Mat::dense(&z, batch, nb), Mat::dense(&self.cls_t, nb, c), &mut out, c, Acc::Overwrite, 1.0, 1);
+        for row in out.chunks_exact_mut(c) {
+            for (o, bb) in row.iter_mut().zip(&self.cls_b) {
+                *o += bb;
+            }
+        }
+        out
+    }
+}
+
 pub struct Engine {
     cfg: ModelConfig,
     /// `[3·p·p, D]`
     patch_w_t: Vec<f32>,
     patch_b: Vec<f32>,
-    cls: Vec<f32>,
+    /// `[num_prefix, D]`: class token, then distillation token.
+    prefix: Vec<f32>,
     /// `[N, D]`
     pos: Vec<f32>,
     layers: Vec<Layer>,
@@ -97,74 +171,41 @@ pub struct Want {
 }
 
 pub struct Outputs {
-    /// `[B, P·D]`, each image's concatenated, normalised part features (AMG_SPEC §1).
+    /// `[B, P·D]`, each image's concatenated, normalised part features (docs/method.md §1).
     pub features: Vec<f32>,
     pub tokens: Option<Vec<f32>>,
     pub logits: Option<Vec<Vec<f32>>>,
 }
 
-fn take(t: &mut TensorMap, name: &str) -> Vec<f32> {
-    // `ModelFiles` were checked against the config, so every tensor is present with its shape.
-    t.remove(name).unwrap_or_else(|| panic!("tensor {name} missing after validation")).data
+/// Receives every layer's attention probabilities: `(layer, image, head, probs[n × nk])`, heads
+/// numbered among the kept ones.
+pub type AttnObserver<'a> = &'a (dyn Fn(usize, usize, usize, &[f32]) + Sync);
+
+/// The operands of one layer's attention: queries, keys and values, and where each sits.
+struct AttnInputs<'a> {
+    q: &'a [f32],
+    kv: &'a [f32],
+    layout: AttnLayout,
+    nk: usize,
 }
 
 impl Engine {
+    /// Prepares a model for inference. The tensors are checked against the configuration first, so
+    /// a `ModelFiles` built in memory gets an error, not a panic.
     pub fn new(files: ModelFiles) -> Result<Self> {
-        let ModelFiles { config: cfg, mut tensors } = files;
+        let ModelFiles { config: cfg, params } = files;
         cfg.validate()?;
-        let a = cfg.arch.clone();
-        let (d, m, hd, p) = (a.embed_dim, a.mlp_dim, a.head_dim, a.patch_size);
-        let n = cfg.num_tokens();
-        let mut layers = Vec::new();
-        for (l, plan) in cfg.layers.iter().enumerate() {
-            let b = format!("blocks.{l}");
-            let inner = plan.heads.len() * hd;
-            let wqkv = take(&mut tensors, &format!("{b}.attn.qkv.weight"));
-            let bqkv = if a.qkv_bias { take(&mut tensors, &format!("{b}.attn.qkv.bias")) } else { vec![0.0; 3 * inner] };
-            layers.push(Layer {
-                heads: plan.heads.len(),
-                tokens: if plan.tokens.len() == n { None } else { Some(plan.tokens.clone()) },
-                ln1_w: take(&mut tensors, &format!("{b}.norm1.weight")),
-                ln1_b: take(&mut tensors, &format!("{b}.norm1.bias")),
-                wqkv: PackedB::new(&transpose(&wqkv, 3 * inner, d), d, 3 * inner, &[inner, 2 * inner]),
-                bqkv,
-                wproj: PackedB::new(&transpose(&take(&mut tensors, &format!("{b}.attn.proj.weight")), d, inner), inner, d, &[]),
-                bproj: take(&mut tensors, &format!("{b}.attn.proj.bias")),
-                ln2_w: take(&mut tensors, &format!("{b}.norm2.weight")),
-                ln2_b: take(&mut tensors, &format!("{b}.norm2.bias")),
-                w1: PackedB::new(&transpose(&take(&mut tensors, &format!("{b}.mlp.fc1.weight")), m, d), d, m, &[]),
-                b1: take(&mut tensors, &format!("{b}.mlp.fc1.bias")),
-                w2: PackedB::new(&transpose(&take(&mut tensors, &format!("{b}.mlp.fc2.weight")), d, m), m, d, &[]),
-                b2: take(&mut tensors, &format!("{b}.mlp.fc2.bias")),
-            });
-        }
-        let mut parts = Vec::new();
-        if cfg.head.kind == HeadKind::La {
-            let (nb, c) = (cfg.head.bottleneck, cfg.head.num_classes);
-            for i in 0..cfg.num_parts() {
-                let b = format!("parts.{i}");
-                let (w, bb) = (take(&mut tensors, &format!("{b}.bn.weight")), take(&mut tensors, &format!("{b}.bn.bias")));
-                let (rm, rv) = (take(&mut tensors, &format!("{b}.bn.running_mean")), take(&mut tensors, &format!("{b}.bn.running_var")));
-                // torch.nn.BatchNorm1d's default eps.
-                let bn_scale: Vec<f32> = (0..nb).map(|j| w[j] / (rv[j] + 1e-5).sqrt()).collect();
-                let bn_shift: Vec<f32> = (0..nb).map(|j| bb[j] - rm[j] * bn_scale[j]).collect();
-                parts.push(Part {
-                    fc_t: transpose(&take(&mut tensors, &format!("{b}.bottleneck.weight")), nb, d),
-                    fc_b: take(&mut tensors, &format!("{b}.bottleneck.bias")),
-                    bn_scale,
-                    bn_shift,
-                    cls_t: transpose(&take(&mut tensors, &format!("{b}.classifier.weight")), c, nb),
-                    cls_b: take(&mut tensors, &format!("{b}.classifier.bias")),
-                });
-            }
-        }
+        params.check(&cfg, Path::new("(model in memory)"))?;
+        let (d, p) = (cfg.arch.embed_dim, cfg.arch.patch_size);
+        let layers = params.blocks.iter().zip(&cfg.layers).map(|(b, plan)| Layer::new(b, plan, &cfg)).collect();
+        let parts = params.parts.iter().map(|part| Part::new(part, d)).collect();
         Ok(Engine {
-            patch_w_t: transpose(&take(&mut tensors, "patch_embed.proj.weight"), d, 3 * p * p),
-            patch_b: take(&mut tensors, "patch_embed.proj.bias"),
-            cls: take(&mut tensors, "cls_token"),
-            pos: take(&mut tensors, "pos_embed"),
-            norm_w: take(&mut tensors, "norm.weight"),
-            norm_b: take(&mut tensors, "norm.bias"),
+            patch_w_t: transpose(&params.patch_embed.weight.data, d, 3 * p * p),
+            patch_b: bias_or_zeros(&params.patch_embed, d),
+            prefix: params.prefix_tokens().into_iter().flat_map(|t| t.data.iter().copied()).collect(),
+            pos: params.pos_embed.data.clone(),
+            norm_w: params.norm.weight.data.clone(),
+            norm_b: params.norm.bias.data.clone(),
             layers,
             parts,
             cfg,
@@ -185,16 +226,8 @@ impl Engine {
         self.forward_observed(images, batch, ws, want, None)
     }
 
-    /// As `forward`, handing every layer's attention probabilities to `observe(layer, image, head,
-    /// probs[n × nk])` (heads numbered among the kept ones).
-    pub fn forward_observed(
-        &self,
-        images: &[f32],
-        batch: usize,
-        ws: &mut Workspace,
-        want: Want,
-        observe: Option<&(dyn Fn(usize, usize, usize, &[f32]) + Sync)>,
-    ) -> Result<Outputs> {
+    /// As `forward`, handing every layer's attention probabilities to `observe`.
+    pub fn forward_observed(&self, images: &[f32], batch: usize, ws: &mut Workspace, want: Want, observe: Option<AttnObserver>) -> Result<Outputs> {
         if images.len() != batch * self.image_len() {
             return Err(Error::invalid(format!(
                 "forward: {} input values for a batch of {batch}, expected {} ({}x{} RGB per image)",
@@ -207,17 +240,33 @@ impl Engine {
         if want.logits && self.parts.is_empty() {
             return Err(Error::invalid("this model has no classifier head (retrieval only): no logits to compute"));
         }
-        let a = &self.cfg.arch;
-        let (d, m, hd, p) = (a.embed_dim, a.mlp_dim, a.head_dim, a.patch_size);
-        let eps = a.ln_eps as f32;
-        let (gh, gw) = self.cfg.grid();
-        let (np, n) = (gh * gw, self.cfg.num_tokens());
-        let (ih, iw) = (self.cfg.input.height, self.cfg.input.width);
+        let (d, n) = (self.cfg.arch.embed_dim, self.cfg.num_tokens());
         let rows = batch * n;
-        let threads = rayon::current_num_threads();
-        let pp3 = 3 * p * p;
+        self.embed(images, batch, ws);
+        let mut pending_bias: Option<&[f32]> = None;
+        for (li, layer) in self.layers.iter().enumerate() {
+            self.block(li, layer, batch, pending_bias, ws, observe);
+            // The block's last bias is folded into the next layer norm.
+            pending_bias = Some(&layer.b2);
+        }
+        let xn = ensure(&mut ws.xn, rows * d);
+        layer_norm(&mut ws.x[..rows * d], pending_bias, &self.norm_w, &self.norm_b, self.cfg.arch.ln_eps as f32, xn);
+        let tokens = &ws.xn[..rows * d];
+        let raw_parts = self.pool_parts(tokens, batch);
+        let mut features = raw_parts.clone();
+        normalise_parts(&mut features, self.cfg.num_parts(), d);
+        let logits = want.logits.then(|| self.la_logits(tokens, &raw_parts, batch));
+        Ok(Outputs { features, tokens: want.tokens.then(|| tokens.to_vec()), logits })
+    }
 
-        // Patch embedding: im2col, then one product with the conv weight.
+    /// Patch embedding (im2col, then one product with the conv weight), prefix tokens and position
+    /// embedding, into `ws.x` `[B, N, D]`.
+    fn embed(&self, images: &[f32], batch: usize, ws: &mut Workspace) {
+        let (d, p) = (self.cfg.arch.embed_dim, self.cfg.arch.patch_size);
+        let (gh, gw) = self.cfg.grid();
+        let (np, n, pre) = (gh * gw, self.cfg.num_tokens(), self.cfg.num_prefix());
+        let (ih, iw) = (self.cfg.input.height, self.cfg.input.width);
+        let pp3 = 3 * p * p;
         let patches = ensure(&mut ws.patches, batch * np * pp3);
         patches.par_chunks_mut(np * pp3).zip(images.par_chunks(3 * ih * iw)).for_each(|(dst, img)| {
             for (pi, patch) in dst.chunks_exact_mut(pp3).enumerate() {
@@ -231,143 +280,127 @@ impl Engine {
             }
         });
         let embed = ensure(&mut ws.embed, batch * np * d);
+        let threads = rayon::current_num_threads();
         phase("patch_embed", || matmul(Mat::dense(patches, batch * np, pp3), Mat::dense(&self.patch_w_t, pp3, d), embed, d, Acc::Overwrite, 1.0, threads));
-        let x = ensure(&mut ws.x, rows * d);
+        let x = ensure(&mut ws.x, batch * n * d);
         x.par_chunks_mut(n * d).zip(embed.par_chunks(np * d)).for_each(|(xi, ei)| {
             for t in 0..n {
                 let row = &mut xi[t * d..(t + 1) * d];
                 let pos = &self.pos[t * d..(t + 1) * d];
-                if t == 0 {
+                if t < pre {
+                    let tok = &self.prefix[t * d..(t + 1) * d];
                     for j in 0..d {
-                        row[j] = self.cls[j] + pos[j];
+                        row[j] = tok[j] + pos[j];
                     }
                 } else {
-                    let e = &ei[(t - 1) * d..t * d];
+                    let e = &ei[(t - pre) * d..(t - pre + 1) * d];
                     for j in 0..d {
                         row[j] = e[j] + self.patch_b[j] + pos[j];
                     }
                 }
             }
         });
+    }
 
-        let xn = ensure(&mut ws.xn, rows * d);
-        let mut pending_bias: Option<&[f32]> = None;
-        for (li, layer) in self.layers.iter().enumerate() {
-            let inner = layer.heads * hd;
-            phase("layer_norm", || layer_norm(x, pending_bias, &layer.ln1_w, &layer.ln1_b, eps, xn));
-            let (q_buf, q_ld, kv_buf, kv_ld, k_off, v_off, nk);
-            match &layer.tokens {
-                None => {
-                    // All tokens kept: one product gives q, k and v.
-                    let qkv = ensure(&mut ws.qkv, rows * 3 * inner);
-                    phase("qkv", || matmul_packed(Mat::dense(xn, rows, d), &layer.wqkv, 0..3 * inner, qkv, 3 * inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv)));
-                    (q_buf, q_ld, kv_ld, k_off, v_off, nk) = (&ws.qkv[..rows * 3 * inner], 3 * inner, 3 * inner, inner, 2 * inner, n);
-                    kv_buf = q_buf;
-                }
-                Some(keep) => {
-                    // Queries from every token; keys and values only from the kept ones.
-                    let kn = keep.len();
-                    let xk = ensure(&mut ws.xk, batch * kn * d);
-                    xk.par_chunks_mut(kn * d).enumerate().for_each(|(b, dst)| {
-                        for (r, &t) in keep.iter().enumerate() {
-                            dst[r * d..(r + 1) * d].copy_from_slice(&xn[(b * n + t) * d..(b * n + t + 1) * d]);
-                        }
-                    });
-                    // Both products in one parallel region.
-                    let q = ensure(&mut ws.qkv, rows * inner);
-                    let kv = ensure(&mut ws.kv, batch * kn * 2 * inner);
-                    phase("q+kv", || {
-                        matmul_packed_many(
-                            vec![
-                                Product { a: Mat::dense(xn, rows, d), b: &layer.wqkv, cols: 0..inner, c: q, ldc: inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&layer.bqkv[..inner]) },
-                                Product { a: Mat::dense(xk, batch * kn, d), b: &layer.wqkv, cols: inner..3 * inner, c: kv, ldc: 2 * inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&layer.bqkv[inner..]) },
-                            ],
-                            threads,
-                        )
-                    });
-                    (q_buf, q_ld, kv_buf, kv_ld, k_off, v_off, nk) = (&ws.qkv[..rows * inner], inner, &ws.kv[..batch * kn * 2 * inner], 2 * inner, 0, inner, kn);
-                }
+    /// One block on `ws.x` in place. `pending_bias` is the previous block's fc2 bias, not yet added.
+    fn block(&self, li: usize, layer: &Layer, batch: usize, pending_bias: Option<&[f32]>, ws: &mut Workspace, observe: Option<AttnObserver>) {
+        let a = &self.cfg.arch;
+        let (d, m, hd) = (a.embed_dim, a.mlp_dim, a.head_dim);
+        let (n, threads) = (self.cfg.num_tokens(), rayon::current_num_threads());
+        let rows = batch * n;
+        let inner = layer.heads * hd;
+        let eps = a.ln_eps as f32;
+        let Workspace { x, xn, qkv, xk, kv, attn, hidden, .. } = ws;
+        let (x, xn) = (&mut x[..rows * d], ensure(xn, rows * d));
+        phase("layer_norm", || layer_norm(x, pending_bias, &layer.ln1_w, &layer.ln1_b, eps, xn));
+        let inputs = self.attention_inputs(layer, xn, batch, qkv, xk, kv);
+        let attn_out = ensure(attn, rows * inner);
+        let shape = AttnShape { batch, n, nk: inputs.nk, heads: layer.heads, head_dim: hd };
+        let sink = observe.map(|f| move |b: usize, h: usize, probs: &[f32]| f(li, b, h, probs));
+        let sink_ref = sink.as_ref().map(|s| s as ProbsSink);
+        phase("attention", || attention(inputs.q, inputs.kv, attn_out, shape, inputs.layout, (hd as f32).powf(-0.5), sink_ref));
+        // Residual: x += attn·Wprojᵀ; the bias is folded into the next layer norm.
+        phase("proj", || matmul_packed(Mat::dense(attn_out, rows, inner), &layer.wproj, 0..d, x, d, Acc::Add, threads, Epilogue::None));
+        phase("layer_norm", || layer_norm(x, Some(&layer.bproj), &layer.ln2_w, &layer.ln2_b, eps, xn));
+        let hidden = ensure(hidden, rows * m);
+        phase("fc1+gelu", || matmul_packed(Mat::dense(xn, rows, d), &layer.w1, 0..m, hidden, m, Acc::Overwrite, threads, Epilogue::BiasGelu(&layer.b1)));
+        phase("fc2", || matmul_packed(Mat::dense(hidden, rows, m), &layer.w2, 0..d, x, d, Acc::Add, threads, Epilogue::None));
+    }
+
+    /// Queries from every token; keys and values from the kept ones. With every token kept one
+    /// product gives q, k and v; otherwise the kept rows of the normed input are gathered first and
+    /// both products share one parallel region.
+    fn attention_inputs<'w>(&self, layer: &Layer, xn: &[f32], batch: usize, qkv: &'w mut Vec<f32>, xk: &mut Vec<f32>, kv: &'w mut Vec<f32>) -> AttnInputs<'w> {
+        let (d, hd, n) = (self.cfg.arch.embed_dim, self.cfg.arch.head_dim, self.cfg.num_tokens());
+        let (rows, inner, threads) = (batch * n, layer.heads * hd, rayon::current_num_threads());
+        match &layer.tokens {
+            None => {
+                let qkv = ensure(qkv, rows * 3 * inner);
+                phase("qkv", || matmul_packed(Mat::dense(xn, rows, d), &layer.wqkv, 0..3 * inner, qkv, 3 * inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv)));
+                let qkv: &'w [f32] = qkv;
+                let layout = AttnLayout { q_ld: 3 * inner, kv_ld: 3 * inner, k_off: inner, v_off: 2 * inner, out_ld: inner };
+                AttnInputs { q: qkv, kv: qkv, layout, nk: n }
             }
-            let attn_out = ensure(&mut ws.attn, rows * inner);
-            let shape = AttnShape { batch, n, nk, heads: layer.heads, head_dim: hd };
-            let layout = AttnLayout { q_ld, kv_ld, k_off, v_off, out_ld: inner };
-            let sink = observe.map(|f| move |b: usize, h: usize, probs: &[f32]| f(li, b, h, probs));
-            let sink_ref = sink.as_ref().map(|s| s as ProbsSink);
-            phase("attention", || attention(q_buf, kv_buf, attn_out, shape, layout, (hd as f32).powf(-0.5), sink_ref));
-            // Residual: x += attn·Wprojᵀ; the bias is folded into the next layer norm.
-            phase("proj", || matmul_packed(Mat::dense(attn_out, rows, inner), &layer.wproj, 0..d, x, d, Acc::Add, threads, Epilogue::None));
-            phase("layer_norm", || layer_norm(x, Some(&layer.bproj), &layer.ln2_w, &layer.ln2_b, eps, xn));
-            let hidden = ensure(&mut ws.hidden, rows * m);
-            phase("fc1+gelu", || matmul_packed(Mat::dense(xn, rows, d), &layer.w1, 0..m, hidden, m, Acc::Overwrite, threads, Epilogue::BiasGelu(&layer.b1)));
-            phase("fc2", || matmul_packed(Mat::dense(hidden, rows, m), &layer.w2, 0..d, x, d, Acc::Add, threads, Epilogue::None));
-            pending_bias = Some(&layer.b2);
+            Some(keep) => {
+                let kn = keep.len();
+                let xk = ensure(xk, batch * kn * d);
+                xk.par_chunks_mut(kn * d).enumerate().for_each(|(b, dst)| {
+                    for (r, &t) in keep.iter().enumerate() {
+                        dst[r * d..(r + 1) * d].copy_from_slice(&xn[(b * n + t) * d..(b * n + t + 1) * d]);
+                    }
+                });
+                let q = ensure(qkv, rows * inner);
+                let kv = ensure(kv, batch * kn * 2 * inner);
+                phase("q+kv", || {
+                    matmul_packed_many(
+                        vec![
+                            Product { a: Mat::dense(xn, rows, d), b: &layer.wqkv, cols: 0..inner, c: q, ldc: inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&layer.bqkv[..inner]) },
+                            Product { a: Mat::dense(xk, batch * kn, d), b: &layer.wqkv, cols: inner..3 * inner, c: kv, ldc: 2 * inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&layer.bqkv[inner..]) },
+                        ],
+                        threads,
+                    )
+                });
+                let layout = AttnLayout { q_ld: inner, kv_ld: 2 * inner, k_off: 0, v_off: inner, out_ld: inner };
+                AttnInputs { q, kv, layout, nk: kn }
+            }
         }
-        layer_norm(x, pending_bias, &self.norm_w, &self.norm_b, eps, xn);
-        let tokens = &*xn;
+    }
 
-        // LA parts: row averages of the patch grid.
-        let parts_n = gh;
-        let mut raw_parts = vec![0f32; batch * parts_n * d];
-        raw_parts.par_chunks_mut(parts_n * d).enumerate().for_each(|(b, dst)| {
-            for r in 0..parts_n {
-                let out = &mut dst[r * d..(r + 1) * d];
-                for c in 0..gw {
-                    let t = 1 + r * gw + c;
-                    for (o, v) in out.iter_mut().zip(&tokens[(b * n + t) * d..(b * n + t + 1) * d]) {
+    /// The LA parts of every image `[B, P, D]`: the mean of each part's tokens (`ModelConfig::part_tokens`).
+    fn pool_parts(&self, tokens: &[f32], batch: usize) -> Vec<f32> {
+        let (d, n, parts) = (self.cfg.arch.embed_dim, self.cfg.num_tokens(), self.cfg.num_parts());
+        let mut out = vec![0f32; batch * parts * d];
+        out.par_chunks_mut(parts * d).enumerate().for_each(|(b, dst)| {
+            for (i, part) in dst.chunks_exact_mut(d).enumerate() {
+                let range = self.cfg.part_tokens(i);
+                let count = range.len() as f32;
+                for t in range {
+                    for (o, v) in part.iter_mut().zip(&tokens[(b * n + t) * d..(b * n + t + 1) * d]) {
                         *o += v;
                     }
                 }
-                for o in out.iter_mut() {
-                    *o /= gw as f32;
+                for o in part.iter_mut() {
+                    *o /= count;
                 }
             }
         });
-        let mut features = raw_parts.clone();
-        let sqrt_p = (parts_n as f32).sqrt();
-        for part in features.chunks_exact_mut(d) {
-            let norm = part.iter().map(|v| v * v).sum::<f32>().sqrt();
-            let s = 1.0 / (norm.max(1e-12) * sqrt_p);
-            for v in part.iter_mut() {
-                *v *= s;
-            }
-        }
-
-        let logits = want.logits.then(|| self.la_logits(tokens, &raw_parts, batch));
-        Ok(Outputs { features, tokens: want.tokens.then(|| tokens[..rows * d].to_vec()), logits })
+        out
     }
 
     fn la_logits(&self, tokens: &[f32], raw_parts: &[f32], batch: usize) -> Vec<Vec<f32>> {
-        let d = self.cfg.arch.embed_dim;
-        let n = self.cfg.num_tokens();
-        let (nb, c, lambda) = (self.cfg.head.bottleneck, self.cfg.head.num_classes, self.cfg.head.lambda);
+        let (d, n) = (self.cfg.arch.embed_dim, self.cfg.num_tokens());
         let np = self.parts.len();
+        let lambda = self.cfg.head.lambda;
         self.parts
             .par_iter()
             .enumerate()
             .map(|(i, part)| {
                 let mut g = vec![0f32; batch * d];
-                for b in 0..batch {
-                    let cls = &tokens[b * n * d..b * n * d + d];
-                    let p = &raw_parts[(b * np + i) * d..(b * np + i + 1) * d];
-                    for j in 0..d {
-                        g[b * d + j] = (cls[j] + lambda * p[j]) / (1.0 + lambda);
-                    }
+                for (b, gb) in g.chunks_exact_mut(d).enumerate() {
+                    // The class token is position 0 (an LA head requires one).
+                    la_blend(&tokens[b * n * d..b * n * d + d], &raw_parts[(b * np + i) * d..(b * np + i + 1) * d], lambda, gb);
                 }
-                let mut z = vec![0f32; batch * nb];
-                matmul(Mat::dense(&g, batch, d), Mat::dense(&part.fc_t, d, nb), &mut z, nb, Acc::Overwrite, 1.0, 1);
-                for row in z.chunks_exact_mut(nb) {
-                    for j in 0..nb {
-                        row[j] = (row[j] + part.fc_b[j]) * part.bn_scale[j] + part.bn_shift[j];
-                    }
-                }
-                let mut out = vec![0f32; batch * c];
-                matmul(Mat::dense(&z, batch, nb), Mat::dense(&part.cls_t, nb, c), &mut out, c, Acc::Overwrite, 1.0, 1);
-                for row in out.chunks_exact_mut(c) {
-                    for (o, bb) in row.iter_mut().zip(&part.cls_b) {
-                        *o += bb;
-                    }
-                }
-                out
+                part.logits(&g, batch, d)
             })
             .collect()
     }

@@ -6,6 +6,7 @@
 //! `inspect`, `bench`).
 
 pub mod alloc;
+pub mod choice;
 pub mod data;
 pub mod demo;
 pub mod embed;

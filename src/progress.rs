@@ -2,9 +2,10 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A bar counting `len` items of `unit` (e.g. "img"), showing items/s and the time left.
-pub fn bar(len: u64, what: &str, unit: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
+/// A bar counting `len` items of `unit` (e.g. "img"), showing items/s and the time left; drawn
+/// only when `visible` (and stderr is a terminal).
+pub fn bar(len: u64, what: &str, unit: &str, visible: bool) -> ProgressBar {
+    let pb = if visible { ProgressBar::new(len) } else { ProgressBar::hidden() };
     let template = format!("{{msg:>10}} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {unit} · {{per_sec}} · ETA {{eta}}");
     pb.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
     pb.set_message(what.to_string());

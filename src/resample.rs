@@ -171,12 +171,12 @@ fn vertical_pass(src: &[u8], w: usize, wy: &Windows, y_first: usize) -> Vec<u8> 
     out
 }
 
-/// Resamples a ViT position embedding `[1, 1 + gh*gw, d]` to a `nh`×`nw` grid as timm's
-/// `resample_abs_pos_embed` does (bicubic, antialias, prefix token untouched).
-pub fn resample_pos_embed(pos: &[f32], d: usize, (gh, gw): (usize, usize), (nh, nw): (usize, usize)) -> Vec<f32> {
-    assert_eq!(pos.len(), (1 + gh * gw) * d);
-    let mut out = pos[..d].to_vec();
-    out.extend(resize_float_hwc(&pos[d..], gh, gw, d, nh, nw));
+/// Resamples a ViT position embedding `[1, prefix + gh*gw, d]` to a `nh`×`nw` grid as timm's
+/// `resample_abs_pos_embed` does (bicubic, antialias, prefix tokens untouched).
+pub fn resample_pos_embed(pos: &[f32], d: usize, prefix: usize, (gh, gw): (usize, usize), (nh, nw): (usize, usize)) -> Vec<f32> {
+    assert_eq!(pos.len(), (prefix + gh * gw) * d);
+    let mut out = pos[..prefix * d].to_vec();
+    out.extend(resize_float_hwc(&pos[prefix * d..], gh, gw, d, nh, nw));
     out
 }
 

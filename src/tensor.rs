@@ -233,7 +233,12 @@ impl safetensors::View for F32View<'_> {
 
 /// Writes float32 tensors (and string metadata) to a safetensors file, atomically.
 pub fn write_safetensors(path: &Path, tensors: &TensorMap, metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let views = tensors.iter().map(|(k, t)| (k.as_str(), F32View { shape: &t.shape, data: &t.data }));
+    write_named_safetensors(path, tensors.iter().map(|(k, t)| (k.clone(), t)), metadata)
+}
+
+/// As `write_safetensors`, from (name, tensor) pairs.
+pub fn write_named_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (String, &'a HostTensor)>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let views = tensors.into_iter().map(|(k, t)| (k, F32View { shape: &t.shape, data: &t.data }));
     let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot serialise tensors: {e}")))?;
     fsutil::write_bytes_atomic(path, &bytes)
 }

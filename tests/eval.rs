@@ -7,7 +7,7 @@ use amg::data::Dataset;
 use amg::engine::Engine;
 use amg::eval::metrics::{evaluate_distances, evaluate_features, Labels};
 use amg::eval::{eval_model, EvalOptions};
-use amg::import::{import, ImportOptions, SourceFormat};
+use amg::import::{import, ImportRequest, SourceFormat};
 use common::*;
 use std::path::Path;
 use std::process::Command;
@@ -40,7 +40,7 @@ fn metrics_equal_torchreid() {
 }
 
 fn timm_b() -> Engine {
-    let files = import(&ImportOptions { format: SourceFormat::Timm, checkpoint: fixture("ckpt_timm_b.pth"), img_size: None, heads: Some(2), checkpoint_img_size: Some((64, 32)) }).unwrap();
+    let files = import(&ImportRequest { heads: Some(2), checkpoint_img_size: Some((64, 32)), ..ImportRequest::new(SourceFormat::Timm, fixture("ckpt_timm_b.pth")) }).unwrap();
     Engine::new(files).unwrap()
 }
 

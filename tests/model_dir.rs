@@ -2,20 +2,13 @@
 
 mod common;
 
-use amg::import::{import, ImportOptions, SourceFormat};
+use amg::import::{import, ImportRequest, SourceFormat};
 use amg::model::ModelFiles;
 use amg::tensor::{write_safetensors, HostTensor};
 use common::*;
 
 fn saved_model(tag: &str) -> (std::path::PathBuf, ModelFiles) {
-    let files = import(&ImportOptions {
-        format: SourceFormat::Timm,
-        checkpoint: fixture("ckpt_timm_a.safetensors"),
-        img_size: None,
-        heads: None,
-        checkpoint_img_size: None,
-    })
-    .unwrap();
+    let files = import(&ImportRequest::new(SourceFormat::Timm, fixture("ckpt_timm_a.safetensors"))).unwrap();
     let dir = temp_dir(tag).join("m");
     files.save(&dir, false).unwrap();
     (dir, files)
@@ -30,26 +23,26 @@ fn tensors_that_disagree_with_the_config_are_named() {
     let (dir, files) = saved_model("md-shape");
     let w = dir.join("model.safetensors");
 
-    let mut t = files.tensors.clone();
+    let mut t = files.params.to_map();
     t.insert("blocks.1.mlp.fc1.weight".into(), HostTensor::zeros(vec![500, 128]));
     write_safetensors(&w, &t, None).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("blocks.1.mlp.fc1.weight") && e.contains("[500, 128]") && e.contains("[512, 128]"), "{e}");
 
-    let mut t = files.tensors.clone();
+    let mut t = files.params.to_map();
     t.remove("norm.bias");
     write_safetensors(&w, &t, None).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("norm.bias") && e.contains("missing") && e.contains("[128]"), "{e}");
 
-    let mut t = files.tensors.clone();
+    let mut t = files.params.to_map();
     t.insert("blocks.0.ls1.gamma".into(), HostTensor::zeros(vec![128]));
     write_safetensors(&w, &t, None).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("blocks.0.ls1.gamma") && e.contains("unexpected"), "{e}");
 
     // A config that prunes heads while the tensors are unpruned.
-    write_safetensors(&w, &files.tensors, None).unwrap();
+    write_safetensors(&w, &files.params.to_map(), None).unwrap();
     let mut cfg = files.config.clone();
     cfg.layers[0].heads = vec![1];
     std::fs::write(dir.join("config.json"), cfg.to_json()).unwrap();

@@ -5,13 +5,13 @@
 mod common;
 
 use amg::engine::{Engine, Want, Workspace};
-use amg::import::{import, ImportOptions, SourceFormat};
+use amg::import::{import, ImportRequest, SourceFormat};
 use amg::model::surgery::{apply_plan, Plan};
 use amg::model::ModelFiles;
 use common::*;
 
-fn opts(format: SourceFormat, ckpt: &str) -> ImportOptions {
-    ImportOptions { format, checkpoint: fixture(ckpt), img_size: None, heads: None, checkpoint_img_size: None }
+fn opts(format: SourceFormat, ckpt: &str) -> ImportRequest {
+    ImportRequest::new(format, fixture(ckpt))
 }
 
 /// Saves to a model directory and loads it back (so every parity check also covers the format).
@@ -20,7 +20,7 @@ fn round_trip(files: &ModelFiles, tag: &str) -> ModelFiles {
     files.save(&dir, false).unwrap();
     let back = ModelFiles::load(&dir).unwrap();
     assert_eq!(back.config, files.config);
-    assert_eq!(back.tensors, files.tensors);
+    assert_eq!(back.params, files.params);
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     back
 }
@@ -57,7 +57,7 @@ fn resampled_position_embedding_matches_timm() {
     o.img_size = Some((80, 48));
     let files = import(&o).unwrap();
     let r = load_ref("ref_timm_a_80x48.safetensors");
-    assert_close("pos_embed", &files.tensors["pos_embed"].data, &r["pos_embed"].data, 1e-5);
+    assert_close("pos_embed", &files.params.pos_embed.data, &r["pos_embed"].data, 1e-5);
     assert!(files.config.source.notes.iter().any(|n| n.contains("resampled")));
     check_against(round_trip(&files, "timm-a-80x48"), "ref_timm_a_80x48.safetensors");
 }
@@ -101,8 +101,8 @@ fn a_plan_applied_to_a_model_matches_the_pruned_computation() {
     let files = import(&opts(SourceFormat::Timm, "ckpt_timm_a.safetensors")).unwrap();
     let plan: Plan = serde_json::from_value(fixtures_json()["plan_timm_a"].clone()).unwrap();
     let pruned = apply_plan(&files, &plan).unwrap();
-    assert_eq!(pruned.tensors["blocks.0.attn.qkv.weight"].shape, vec![3 * 64, 128]);
-    assert_eq!(pruned.tensors["blocks.0.attn.proj.weight"].shape, vec![128, 64]);
+    assert_eq!(pruned.params.blocks[0].qkv.weight.shape, vec![3 * 64, 128]);
+    assert_eq!(pruned.params.blocks[0].proj.weight.shape, vec![128, 64]);
     // The pruned directory is physically smaller.
     let dir = temp_dir("plan");
     files.save(&dir.join("full"), false).unwrap();

@@ -129,7 +129,7 @@ fn a_killed_run_resumes_to_the_same_result() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("resuming"));
     let (a, b) = (amg::model::ModelFiles::load(&full.join("last")).unwrap(), amg::model::ModelFiles::load(&cut.join("last")).unwrap());
-    assert_eq!(a.tensors, b.tensors, "resumed weights differ from the uninterrupted run's");
+    assert_eq!(a.params, b.params, "resumed weights differ from the uninterrupted run's");
     let (ma, mb) = (metrics(&full), metrics(&cut));
     assert_eq!(ma.len(), 4);
     for (x, y) in ma.iter().zip(&mb) {
@@ -152,7 +152,7 @@ fn a_diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("the loss became") && err.contains("last"), "{err}");
     let after = amg::model::ModelFiles::load(&run_dir.join("last")).unwrap();
-    assert_eq!(after.tensors, good.tensors);
+    assert_eq!(after.params, good.params);
     assert_eq!(metrics(&run_dir).len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,15 +13,30 @@ use crate::preprocess::is_image_file;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     Market,
     Duke,
     Imagefolder,
 }
 
+impl crate::choice::Choice for Layout {
+    const ALL: &'static [Layout] = &[Layout::Market, Layout::Duke, Layout::Imagefolder];
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Market => "market",
+            Layout::Duke => "duke",
+            Layout::Imagefolder => "imagefolder",
+        }
+    }
+    fn help(self) -> &'static str {
+        self.title()
+    }
+}
+
 impl Layout {
-    pub fn name(self) -> &'static str {
+    /// The layout as a person would name it.
+    pub fn title(self) -> &'static str {
         match self {
             Layout::Market => "Market-1501",
             Layout::Duke => "DukeMTMC-reID / Occluded-Duke",
@@ -112,7 +127,7 @@ fn list_images(dir: &Path, recursive: bool, skipped: &mut usize) -> Result<Vec<P
 fn read_split(root: &Path, layout: Layout, dir_name: &str, skipped: &mut usize) -> Result<Vec<Sample>> {
     let dir = root.join(dir_name);
     if !dir.is_dir() {
-        return Err(Error::file(&dir, format!("missing split folder `{dir_name}/` for the {} layout", layout.name())));
+        return Err(Error::file(&dir, format!("missing split folder `{dir_name}/` for the {} layout", layout.title())));
     }
     let files = list_images(&dir, layout == Layout::Imagefolder, skipped)?;
     if files.is_empty() {
@@ -197,7 +212,7 @@ impl Dataset {
         let line = "  ----------------------------------------\n";
         format!(
             "=> Loaded {} from {}\n{line}  subset   | # ids | # images | # cameras\n{line}{}{}{}{line}",
-            self.layout.name(),
+            self.layout.title(),
             self.root.display(),
             row("train", &self.train),
             row("query", &self.query),

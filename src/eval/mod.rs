@@ -25,15 +25,8 @@ pub struct EvalOptions {
 /// The feature of an image and its mirror: their mean, each part renormalised to norm 1/√P so the
 /// result has the same form as a single view's feature.
 pub fn average_views(a: &[f32], b: &[f32], parts: usize) -> Vec<f32> {
-    let d = a.len() / parts;
     let mut out: Vec<f32> = a.iter().zip(b).map(|(x, y)| 0.5 * (x + y)).collect();
-    let sqrt_p = (parts as f32).sqrt();
-    for part in out.chunks_exact_mut(d) {
-        let n = part.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-        for v in part.iter_mut() {
-            *v /= n * sqrt_p;
-        }
-    }
+    crate::model::head::normalise_parts(&mut out, parts, a.len() / parts.max(1));
     out
 }
 
@@ -43,10 +36,7 @@ pub fn extract(engine: &Engine, samples: &[Sample], opts: &EvalOptions, what: &s
     let order: Vec<usize> = (0..paths.len()).collect();
     let fdim = engine.config().feature_dim();
     let parts = engine.config().num_parts();
-    let pb = crate::progress::bar(paths.len() as u64, what, "img");
-    if !opts.progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let pb = crate::progress::bar(paths.len() as u64, what, "img", opts.progress);
     let lopts = LoaderOptions { views: if opts.flip { Views::WithMirror } else { Views::Plain }, ..LoaderOptions::inference(opts.batch_size) };
     let mut feats = Vec::with_capacity(paths.len() * fdim);
     let mut ws = Workspace::default();
@@ -90,10 +80,7 @@ pub fn eval_pixels(data: &Dataset, (h, w): (usize, usize), opts: &EvalOptions) -
     let pixels = |samples: &[Sample], what: &str| -> Result<Vec<f32>> {
         let paths: Vec<_> = samples.iter().map(|s| s.path.clone()).collect();
         let order: Vec<usize> = (0..paths.len()).collect();
-        let pb = crate::progress::bar(paths.len() as u64, what, "img");
-        if !opts.progress {
-            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
+        let pb = crate::progress::bar(paths.len() as u64, what, "img", opts.progress);
         let mut out = Vec::with_capacity(paths.len() * dim);
         for_each_batch(&paths, &order, &spec, &LoaderOptions::inference(opts.batch_size.max(64)), |batch| {
             for v in batch.inputs.chunks_exact(dim) {

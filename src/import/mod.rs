@@ -1,37 +1,29 @@
 //! `amg import`: timm, LA-Transformer and AMG-reference checkpoints into a model directory.
+//!
+//! The steps, in order: read the checkpoint's tensors (`.pth` through a restricted unpickler, or
+//! safetensors); infer the architecture from their shapes; work out the checkpoint's patch grid
+//! and the requested one; the head; the per-layer plan (kept heads from the qkv shapes, kept key
+//! tokens from `token_index` masks); then take every tensor the model definition calls for under
+//! the format's key scheme (`scheme`), resampling the position embedding when the grid changes,
+//! and refuse any tensor left over that is not known to be harmless.
 
-use crate::error::{Error, Result};
-use crate::model::{Arch, HeadConfig, LayerPlan, ModelConfig, ModelFiles, Source};
 pub mod pth;
+pub mod scheme;
 
-use pth::{read_checkpoint, PthFile};
+use crate::choice::Choice;
+use crate::error::{Error, Result};
+use crate::model::params::{Key, VitParams};
+use crate::model::{Arch, HeadConfig, LayerPlan, ModelConfig, ModelFiles, Source};
 use crate::resample::resample_pos_embed;
-use crate::tensor::{shape_str, HostTensor, RawTensor, TensorMap};
-use std::collections::BTreeMap;
+use crate::tensor::{shape_str, HostTensor, RawTensor};
+use pth::{read_checkpoint, PthFile};
+pub use scheme::{KeyScheme, SourceFormat};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SourceFormat {
-    /// A timm VisionTransformer state dict (retrieval only; any classifier is dropped).
-    Timm,
-    /// LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers.
-    LaTransformer,
-    /// The AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks.
-    Amg,
-}
-
-impl SourceFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceFormat::Timm => "timm",
-            SourceFormat::LaTransformer => "la-transformer",
-            SourceFormat::Amg => "amg",
-        }
-    }
-}
-
+/// What to import, and how.
 #[derive(Debug, Clone)]
-pub struct ImportOptions {
+pub struct ImportRequest {
     pub format: SourceFormat,
     pub checkpoint: PathBuf,
     /// The model's input size; defaults to the checkpoint's own.
@@ -42,260 +34,338 @@ pub struct ImportOptions {
     pub checkpoint_img_size: Option<(usize, usize)>,
 }
 
-struct Ckpt<'a> {
-    path: &'a Path,
-    tensors: BTreeMap<String, RawTensor>,
-    used: std::collections::BTreeSet<String>,
+impl ImportRequest {
+    pub fn new(format: SourceFormat, checkpoint: impl Into<PathBuf>) -> Self {
+        ImportRequest { format, checkpoint: checkpoint.into(), img_size: None, heads: None, checkpoint_img_size: None }
+    }
 }
 
-impl Ckpt<'_> {
-    fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+/// A checkpoint's tensors, looked up through its format's key scheme, remembering which were used.
+struct Checkpoint<'a> {
+    path: &'a Path,
+    format: SourceFormat,
+    scheme: KeyScheme,
+    tensors: BTreeMap<String, RawTensor>,
+    pth: Option<PthFile>,
+    used: BTreeSet<String>,
+    /// The keys of a model as deep as the checkpoint, for finding tensors by amg's name.
+    keys: VitParams<Key>,
+}
+
+/// Patch grids: the checkpoint's (from its position embedding) and the model's.
+#[derive(Debug, Clone, Copy)]
+struct Grids {
+    checkpoint: (usize, usize),
+    model: (usize, usize),
+}
+
+/// Reads a checkpoint and converts it into an amg model (not yet written anywhere).
+pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
+    let mut ck = Checkpoint::read(req)?;
+    let arch = ck.architecture(req)?;
+    let grids = ck.grids(req, arch.patch_size)?;
+    let head = ck.head(grids, arch.patch_size)?;
+    let (p, (gh, gw)) = (arch.patch_size, grids.model);
+    let source = Source { format: req.format.name().into(), path: display_path(ck.path), notes: vec![], amg_version: env!("CARGO_PKG_VERSION").into() };
+    let mut cfg = ModelConfig::new(arch, gh * p, gw * p, head, source)?;
+    let mut notes = Vec::new();
+    ck.plan(&mut cfg, grids, &mut notes)?;
+    let params = ck.tensors(&cfg, grids, &mut notes)?;
+    ck.check_unused()?;
+    cfg.source.notes = notes;
+    let files = ModelFiles { config: cfg, params };
+    files.params.check(&files.config, ck.path)?;
+    Ok(files)
+}
+
+/// One line saying what was imported, and the notes the import made.
+pub fn summary(files: &ModelFiles, req: &ImportRequest, out: &Path) -> String {
+    let c = &files.config;
+    let mut s = format!(
+        "imported {} ({}): {}x{} input, {} layers, {} heads kept of {}, {} key tokens kept of {} → {}",
+        req.checkpoint.display(),
+        req.format,
+        c.input.height,
+        c.input.width,
+        c.arch.depth,
+        c.layers.iter().map(|l| l.heads.len()).sum::<usize>(),
+        c.arch.depth * c.arch.num_heads,
+        c.layers.iter().map(|l| l.tokens.len()).sum::<usize>(),
+        c.arch.depth * c.num_tokens(),
+        out.display()
+    );
+    for n in &c.source.notes {
+        s.push_str(&format!("\nnote: {n}"));
+    }
+    s
+}
+
+impl<'a> Checkpoint<'a> {
+    /// Reads the tensors, strips a `module.` prefix (nn.DataParallel), and checks that the
+    /// checkpoint looks like the format asked for.
+    fn read(req: &'a ImportRequest) -> Result<Self> {
+        let path = req.checkpoint.as_path();
+        let (mut tensors, pth) = read_checkpoint(path)?;
+        if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with("module.")) {
+            tensors = tensors.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
+        }
+        let scheme = req.format.scheme();
+        let probe = VitParams::keys(1, 0);
+        let pe = scheme.key(&probe.patch_embed.weight);
+        if !tensors.contains_key(&pe) {
+            let timm = SourceFormat::Timm.scheme().key(&probe.patch_embed.weight);
+            let la = SourceFormat::LaTransformer.scheme().key(&probe.patch_embed.weight);
+            let hint = match (req.format, tensors.contains_key(&timm), tensors.contains_key(&la)) {
+                (SourceFormat::Timm, _, true) => " (its keys start with `model.`: try --from la-transformer or --from amg)",
+                (_, true, _) => " (its keys have no `model.` prefix: try --from timm)",
+                _ => "",
+            };
+            return Err(Error::tensor(path, pe, format!("missing: not a {} checkpoint{hint}", req.format)));
+        }
+        let mut ck = Checkpoint { path, format: req.format, scheme, tensors, pth, used: BTreeSet::new(), keys: probe };
+        let depth = (0..).take_while(|&l| ck.has(&VitParams::keys(l + 1, 0).blocks[l].norm1.weight)).count();
+        let parts = if req.format.has_la_head() { (0..).take_while(|&i| ck.has(&VitParams::keys(0, i + 1).parts[i].bottleneck.weight)).count() } else { 0 };
+        ck.keys = VitParams::keys(depth, parts);
+        Ok(ck)
+    }
+
+    fn name(&self, key: &Key) -> String {
+        self.scheme.key(key)
+    }
+    fn has(&self, key: &Key) -> bool {
+        self.tensors.contains_key(&self.name(key))
+    }
+    fn shape(&self, key: &Key) -> Result<Vec<usize>> {
+        let name = self.name(key);
+        self.tensors.get(&name).map(|t| t.shape.clone()).ok_or_else(|| Error::tensor(self.path, name, "missing from the checkpoint"))
     }
     fn raw(&mut self, name: &str) -> Result<RawTensor> {
         let t = self.tensors.get(name).ok_or_else(|| Error::tensor(self.path, name, "missing from the checkpoint"))?.clone();
         self.used.insert(name.to_string());
         Ok(t)
     }
-    fn f32(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let raw = self.raw(name)?;
+    /// The tensor at `key` as float32, which must have `shape`.
+    fn f32(&mut self, key: &Key, shape: &[usize]) -> Result<HostTensor> {
+        let name = self.name(key);
+        let raw = self.raw(&name)?;
         if raw.shape != shape {
-            return Err(Error::tensor(self.path, name, format!("shape {} but the model needs {}", shape_str(&raw.shape), shape_str(shape))));
+            return Err(Error::tensor(self.path, &name, format!("shape {} but the model needs {}", shape_str(&raw.shape), shape_str(shape))));
         }
-        let data = raw.to_f32().ok_or_else(|| Error::tensor(self.path, name, format!("expected a float tensor, found {}", raw.dtype.name())))?;
+        let data = raw.to_f32().ok_or_else(|| Error::tensor(self.path, &name, format!("expected a float tensor, found {}", raw.dtype.name())))?;
         Ok(HostTensor::new(raw.shape, data))
     }
-    fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        self.tensors.get(name).map(|t| t.shape.clone()).ok_or_else(|| Error::tensor(self.path, name, "missing from the checkpoint"))
-    }
-}
 
-/// Reads a checkpoint and converts it into an amg model (not yet written anywhere).
-pub fn import(opts: &ImportOptions) -> Result<ModelFiles> {
-    let path = opts.checkpoint.as_path();
-    let (mut tensors, pth) = read_checkpoint(path)?;
-    // A state dict saved from nn.DataParallel prefixes every key with `module.`.
-    if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with("module.")) {
-        tensors = tensors.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
-    }
-    let bb = match opts.format {
-        SourceFormat::Timm => "",
-        SourceFormat::LaTransformer | SourceFormat::Amg => "model.",
-    };
-    if !tensors.contains_key(&format!("{bb}patch_embed.proj.weight")) {
-        let hint = match (opts.format, tensors.contains_key("patch_embed.proj.weight"), tensors.contains_key("model.patch_embed.proj.weight")) {
-            (SourceFormat::Timm, _, true) => " (its keys start with `model.`: try --from la-transformer or --from amg)",
-            (_, true, _) => " (its keys have no `model.` prefix: try --from timm)",
-            _ => "",
+    /// Width, depth, heads, MLP width and patch size from the tensors' shapes.
+    fn architecture(&self, req: &ImportRequest) -> Result<Arch> {
+        let k = &self.keys;
+        let pe = self.shape(&k.patch_embed.weight)?;
+        if pe.len() != 4 || pe[1] != 3 || pe[2] != pe[3] {
+            return Err(Error::tensor(self.path, self.name(&k.patch_embed.weight), format!("shape {}, expected [D, 3, p, p]", shape_str(&pe))));
+        }
+        let (d, p) = (pe[0], pe[2]);
+        let Some(first) = k.blocks.first() else {
+            return Err(Error::tensor(self.path, self.name(&VitParams::keys(1, 0).blocks[0].norm1.weight), "missing: the checkpoint has no transformer blocks"));
         };
-        return Err(Error::tensor(path, format!("{bb}patch_embed.proj.weight"), format!("missing: not a {} checkpoint{hint}", opts.format.name())));
-    }
-    let mut ck = Ckpt { path, tensors, used: Default::default() };
-
-    // Architecture from the tensors.
-    let pe = ck.shape(&format!("{bb}patch_embed.proj.weight"))?;
-    if pe.len() != 4 || pe[1] != 3 || pe[2] != pe[3] {
-        return Err(Error::tensor(path, format!("{bb}patch_embed.proj.weight"), format!("shape {}, expected [D, 3, p, p]", shape_str(&pe))));
-    }
-    let (d, p) = (pe[0], pe[2]);
-    let depth = (0..).take_while(|l| ck.has(&format!("{bb}blocks.{l}.norm1.weight"))).count();
-    if depth == 0 {
-        return Err(Error::tensor(path, format!("{bb}blocks.0.norm1.weight"), "missing: the checkpoint has no transformer blocks"));
-    }
-    let mlp = ck.shape(&format!("{bb}blocks.0.mlp.fc1.weight"))?[0];
-    let qkv_bias = ck.has(&format!("{bb}blocks.0.attn.qkv.bias"));
-    let (num_heads, head_dim) = match opts.heads {
-        Some(h) if h == 0 || d % h != 0 => return Err(Error::invalid(format!("--heads {h}: embed_dim {d} is not divisible by it"))),
-        Some(h) if opts.format == SourceFormat::Amg && d / h != 64 => {
-            return Err(Error::invalid(format!("--heads {h}: the AMG reference code uses 64-dim heads, so a {d}-wide model has {} heads", d / 64)))
-        }
-        Some(h) => (h, d / h),
-        None if d % 64 == 0 => (d / 64, 64),
-        None => return Err(Error::invalid(format!("embed_dim {d} is not a multiple of 64: give the number of heads with --heads"))),
-    };
-    let arch0 = Arch { preset: None, embed_dim: d, depth, num_heads, head_dim, mlp_dim: mlp, patch_size: p, ln_eps: 1e-6, qkv_bias };
-    let arch = Arch { preset: arch0.infer_preset(), ..arch0 };
-
-    // Grids: the checkpoint's (from its position embedding) and the requested one.
-    let pos_shape = ck.shape(&format!("{bb}pos_embed"))?;
-    if pos_shape.len() != 3 || pos_shape[0] != 1 || pos_shape[2] != d || pos_shape[1] < 2 {
-        return Err(Error::tensor(path, format!("{bb}pos_embed"), format!("shape {}, expected [1, 1 + patches, {d}]", shape_str(&pos_shape))));
-    }
-    let ck_patches = pos_shape[1] - 1;
-    let ck_grid = match opts.checkpoint_img_size {
-        Some((h, w)) => {
-            if h % p != 0 || w % p != 0 || (h / p) * (w / p) != ck_patches {
-                return Err(Error::invalid(format!(
-                    "--checkpoint-img-size {h}x{w} gives a {}x{} grid, but the checkpoint's position embedding has {ck_patches} patches",
-                    h / p,
-                    w / p
-                )));
+        let mlp = self.shape(&first.fc1.weight)?[0];
+        let (num_heads, head_dim) = match req.heads {
+            Some(h) if h == 0 || d % h != 0 => return Err(Error::invalid(format!("--heads {h}: embed_dim {d} is not divisible by it"))),
+            Some(h) if req.format.may_be_pruned() && d / h != 64 => {
+                return Err(Error::invalid(format!("--heads {h}: the AMG reference code uses 64-dim heads, so a {d}-wide model has {} heads", d / 64)))
             }
-            (h / p, w / p)
-        }
-        None => {
-            let s = (ck_patches as f64).sqrt().round() as usize;
-            if s * s != ck_patches {
-                return Err(Error::invalid(format!(
-                    "the checkpoint's position embedding has {ck_patches} patches, not a square grid: give its input size with --checkpoint-img-size HxW"
-                )));
-            }
-            (s, s)
-        }
-    };
-    let (height, width) = opts.img_size.unwrap_or((ck_grid.0 * p, ck_grid.1 * p));
-    let grid = (height / p, width / p);
+            Some(h) => (h, d / h),
+            None if d % 64 == 0 => (d / 64, 64),
+            None => return Err(Error::invalid(format!("embed_dim {d} is not a multiple of 64: give the number of heads with --heads"))),
+        };
+        let arch = Arch {
+            preset: None,
+            embed_dim: d,
+            depth: k.blocks.len(),
+            num_heads,
+            head_dim,
+            mlp_dim: mlp,
+            patch_size: p,
+            ln_eps: 1e-6,
+            qkv_bias: first.qkv.bias.as_ref().is_some_and(|b| self.has(b)),
+            class_token: k.cls_token.as_ref().is_some_and(|t| self.has(t)),
+            dist_token: k.dist_token.as_ref().is_some_and(|t| self.has(t)),
+        };
+        Ok(Arch { preset: arch.infer_preset(), ..arch })
+    }
 
-    let head = match opts.format {
-        SourceFormat::Timm => HeadConfig::none(),
-        _ => {
-            let nparts = (0..).take_while(|i| ck.has(&format!("classifier{i}.add_block.0.weight"))).count();
-            if nparts == 0 {
-                return Err(Error::tensor(path, "classifier0.add_block.0.weight", "missing: an LA-Transformer checkpoint has one classifier per part"));
-            }
-            if nparts != grid.0 {
-                return Err(Error::invalid(format!(
-                    "the checkpoint has {nparts} part classifiers but a {height}x{width} input has {} patch rows: LA-Transformer needs one classifier per row, so choose an input with {nparts} rows ({} pixels high)",
-                    grid.0,
-                    nparts * p
-                )));
-            }
-            let nb = ck.shape("classifier0.add_block.0.weight")?[0];
-            let c = ck.shape("classifier0.classifier.0.weight")?[0];
-            HeadConfig { bottleneck: nb, ..HeadConfig::la(c) }
+    /// The checkpoint's patch grid (from its position embedding, or `--checkpoint-img-size`) and
+    /// the model's (`--img-size`, default the checkpoint's).
+    fn grids(&self, req: &ImportRequest, p: usize) -> Result<Grids> {
+        let pos = &self.keys.pos_embed;
+        let shape = self.shape(pos)?;
+        let d = self.shape(&self.keys.patch_embed.weight)?[0];
+        let prefix = usize::from(self.keys.cls_token.as_ref().is_some_and(|t| self.has(t))) + usize::from(self.keys.dist_token.as_ref().is_some_and(|t| self.has(t)));
+        if shape.len() != 3 || shape[0] != 1 || shape[2] != d || shape[1] <= prefix {
+            return Err(Error::tensor(self.path, self.name(pos), format!("shape {}, expected [1, {prefix} + patches, {d}]", shape_str(&shape))));
         }
-    };
+        let patches = shape[1] - prefix;
+        let checkpoint = match req.checkpoint_img_size {
+            Some((h, w)) => {
+                if h % p != 0 || w % p != 0 || (h / p) * (w / p) != patches {
+                    return Err(Error::invalid(format!(
+                        "--checkpoint-img-size {h}x{w} gives a {}x{} grid, but the checkpoint's position embedding has {patches} patches",
+                        h / p,
+                        w / p
+                    )));
+                }
+                (h / p, w / p)
+            }
+            None => {
+                let s = (patches as f64).sqrt().round() as usize;
+                if s * s != patches {
+                    return Err(Error::invalid(format!(
+                        "the checkpoint's position embedding has {patches} patches, not a square grid: give its input size with --checkpoint-img-size HxW"
+                    )));
+                }
+                (s, s)
+            }
+        };
+        let model = match req.img_size {
+            Some((h, w)) => (h / p, w / p),
+            None => checkpoint,
+        };
+        if let Some((h, w)) = req.img_size {
+            if h == 0 || w == 0 || h % p != 0 || w % p != 0 {
+                return Err(Error::invalid(format!("--img-size {h}x{w} must be a positive multiple of the patch size {p} in both dimensions")));
+            }
+        }
+        Ok(Grids { checkpoint, model })
+    }
 
-    let mut notes = Vec::new();
-    let mut cfg = ModelConfig::new(
-        arch,
-        height,
-        width,
-        head,
-        Source { format: opts.format.name().into(), path: display_path(path), notes: vec![], amg_version: env!("CARGO_PKG_VERSION").into() },
-    )?;
-
-    // Per-layer plan: heads from the qkv shapes, tokens from `token_index` masks.
-    let ck_n = ck_patches + 1;
-    for l in 0..depth {
-        let rows = ck.shape(&format!("{bb}blocks.{l}.attn.qkv.weight"))?[0];
-        if rows % (3 * head_dim) != 0 || rows / (3 * head_dim) > num_heads || rows == 0 {
+    /// The LA head (one classifier per row of the model's patch grid), or none for timm.
+    fn head(&self, grids: Grids, p: usize) -> Result<HeadConfig> {
+        if !self.format.has_la_head() {
+            return Ok(HeadConfig::none());
+        }
+        let Some(first) = self.keys.parts.first() else {
             return Err(Error::tensor(
-                path,
-                format!("{bb}blocks.{l}.attn.qkv.weight"),
-                format!("has {rows} rows, expected 3 × (heads kept ≤ {num_heads}) × {head_dim}"),
+                self.path,
+                self.name(&VitParams::keys(0, 1).parts[0].bottleneck.weight),
+                "missing: an LA-Transformer checkpoint has one classifier per part",
             ));
+        };
+        let nparts = self.keys.parts.len();
+        if nparts != grids.model.0 {
+            return Err(Error::invalid(format!(
+                "the checkpoint has {nparts} part classifiers but a {}x{} input has {} patch rows: LA-Transformer needs one classifier per row, so choose an input with {nparts} rows ({} pixels high)",
+                grids.model.0 * p,
+                grids.model.1 * p,
+                grids.model.0,
+                nparts * p
+            )));
         }
-        let kept_heads = rows / (3 * head_dim);
-        if kept_heads != num_heads && opts.format != SourceFormat::Amg {
-            return Err(Error::tensor(
-                path,
-                format!("{bb}blocks.{l}.attn.qkv.weight"),
-                format!("has {kept_heads} heads of {head_dim}, not {num_heads}: a head-pruned checkpoint is imported with --from amg (or give --heads)"),
-            ));
-        }
-        cfg.layers[l].heads = (0..kept_heads).collect();
-        let ti = format!("{bb}blocks.{l}.attn.token_index");
-        if ck.has(&ti) {
-            let mask = ck.raw(&ti)?;
-            let m = mask.to_i64().ok_or_else(|| Error::tensor(path, &ti, format!("expected a bool mask, found {}", mask.dtype.name())))?;
+        let nb = self.shape(&first.bottleneck.weight)?[0];
+        let c = self.shape(&first.classifier.weight)?[0];
+        Ok(HeadConfig { bottleneck: nb, ..HeadConfig::la(c) })
+    }
+
+    /// Kept heads from each layer's qkv rows, kept key tokens from `token_index` masks (AMG
+    /// reference checkpoints), cross-checked against the reference code's pickled counts.
+    fn plan(&mut self, cfg: &mut ModelConfig, grids: Grids, notes: &mut Vec<String>) -> Result<()> {
+        let (num_heads, head_dim) = (cfg.arch.num_heads, cfg.arch.head_dim);
+        let ck_n = cfg.num_prefix() + grids.checkpoint.0 * grids.checkpoint.1;
+        let pruned_ok = self.format.may_be_pruned();
+        for l in 0..cfg.arch.depth {
+            let qkv = self.keys.blocks[l].qkv.weight.clone();
+            let rows = self.shape(&qkv)?[0];
+            if rows % (3 * head_dim) != 0 || rows / (3 * head_dim) > num_heads || rows == 0 {
+                return Err(Error::tensor(self.path, self.name(&qkv), format!("has {rows} rows, expected 3 × (heads kept ≤ {num_heads}) × {head_dim}")));
+            }
+            let kept_heads = rows / (3 * head_dim);
+            if kept_heads != num_heads && !pruned_ok {
+                return Err(Error::tensor(
+                    self.path,
+                    self.name(&qkv),
+                    format!("has {kept_heads} heads of {head_dim}, not {num_heads}: a head-pruned checkpoint is imported with --from amg (or give --heads)"),
+                ));
+            }
+            cfg.layers[l].heads = (0..kept_heads).collect();
+            let ti = self.scheme.token_index(&qkv);
+            if !self.tensors.contains_key(&ti) {
+                continue;
+            }
+            let mask = self.raw(&ti)?;
+            let m = mask.to_i64().ok_or_else(|| Error::tensor(self.path, &ti, format!("expected a bool mask, found {}", mask.dtype.name())))?;
             if m.len() != ck_n {
-                return Err(Error::tensor(path, &ti, format!("has {} entries, expected {ck_n} (CLS + patches)", m.len())));
+                return Err(Error::tensor(self.path, &ti, format!("has {} entries, expected {ck_n} (prefix tokens + patches)", m.len())));
             }
             let kept: Vec<usize> = m.iter().enumerate().filter(|(_, &v)| v != 0).map(|(i, _)| i).collect();
-            if kept.first() != Some(&0) {
-                return Err(Error::tensor(path, &ti, "drops the CLS token (position 0), which is always kept"));
+            if (0..cfg.num_prefix()).any(|p| kept.get(p) != Some(&p)) {
+                return Err(Error::tensor(self.path, &ti, "drops a prefix token (the class token, position 0), which is always kept"));
             }
             if kept.len() != ck_n {
-                if opts.format != SourceFormat::Amg {
-                    return Err(Error::tensor(path, &ti, "prunes tokens: import token-pruned checkpoints with --from amg"));
+                if !pruned_ok {
+                    return Err(Error::tensor(self.path, &ti, "prunes tokens: import token-pruned checkpoints with --from amg"));
                 }
-                if grid != ck_grid {
+                if grids.model != grids.checkpoint {
+                    let p = cfg.arch.patch_size;
                     return Err(Error::invalid(format!(
-                        "layer {l} keeps only some token positions of the checkpoint's {}x{} grid; a token-pruned model cannot be resized to {height}x{width}",
-                        ck_grid.0 * p,
-                        ck_grid.1 * p
+                        "layer {l} keeps only some token positions of the checkpoint's {}x{} grid; a token-pruned model cannot be resized to {}x{}",
+                        grids.checkpoint.0 * p,
+                        grids.checkpoint.1 * p,
+                        cfg.input.height,
+                        cfg.input.width
                     )));
                 }
                 cfg.layers[l].tokens = kept;
             }
         }
+        if pruned_ok {
+            if cfg.layers.iter().any(|l| l.heads.len() != num_heads) {
+                notes.push(format!(
+                    "the reference checkpoint does not record which original heads were removed; kept heads are numbered 0..h' of the original {num_heads}"
+                ));
+            }
+            if let Some(pth) = &self.pth {
+                cross_check_reference_lists(pth, &cfg.layers)?;
+            }
+        }
+        cfg.validate()
     }
-    if opts.format == SourceFormat::Amg {
-        if cfg.layers.iter().any(|l| l.heads.len() != num_heads) {
+
+    /// Every tensor the configuration calls for, by the format's keys; the position embedding is
+    /// resampled when the patch grid changes.
+    fn tensors(&mut self, cfg: &ModelConfig, grids: Grids, notes: &mut Vec<String>) -> Result<VitParams<HostTensor>> {
+        let mut layout = VitParams::layout(cfg);
+        let d = cfg.arch.embed_dim;
+        let (prefix, (gh, gw)) = (cfg.num_prefix(), grids.checkpoint);
+        layout.pos_embed = vec![1, prefix + gh * gw, d];
+        let mut params = layout.try_map(&mut |key, shape| self.f32(key, shape))?;
+        if grids.model != grids.checkpoint {
             notes.push(format!(
-                "the reference checkpoint does not record which original heads were removed; kept heads are numbered 0..h' of the original {num_heads}"
+                "position embedding resampled bicubically from a {}x{} to a {}x{} patch grid",
+                grids.checkpoint.0, grids.checkpoint.1, grids.model.0, grids.model.1
             ));
+            let data = resample_pos_embed(&params.pos_embed.data, d, prefix, grids.checkpoint, grids.model);
+            params.pos_embed = HostTensor::new(vec![1, cfg.num_tokens(), d], data);
         }
-        if let Some(pth) = &pth {
-            cross_check_reference_lists(pth, &cfg.layers)?;
-        }
+        Ok(params)
     }
 
-    // Tensors.
-    let mut out = TensorMap::new();
-    for (name, shape) in crate::model::weights::expected_tensors(&cfg) {
-        let src = source_name(&name, bb);
-        let t = if name == "pos_embed" {
-            let t = ck.f32(&src, &[1, ck_n, d])?;
-            if grid != ck_grid {
-                notes.push(format!("position embedding resampled bicubically from a {}x{} to a {}x{} patch grid", ck_grid.0, ck_grid.1, grid.0, grid.1));
-                HostTensor::new(shape, resample_pos_embed(&t.data, d, ck_grid, grid))
-            } else {
-                t
+    /// Tensors the model does not use must be known to be harmless.
+    fn check_unused(&self) -> Result<()> {
+        for (name, t) in self.tensors.iter().filter(|(k, _)| !self.used.contains(*k)) {
+            if let Some(orig) = self.scheme.alias_of(name) {
+                if self.tensors.get(&orig).and_then(|o| o.to_f32()) != t.to_f32() {
+                    return Err(Error::tensor(self.path, name, format!("differs from `{orig}`, which it should alias in an LA-Transformer checkpoint")));
+                }
             }
-        } else {
-            ck.f32(&src, &shape)?
-        };
-        out.insert(name, t);
-    }
-    // Tensors the model does not use must be known to be harmless.
-    let unused: Vec<String> = ck.tensors.keys().filter(|k| !ck.used.contains(*k)).cloned().collect();
-    for k in unused {
-        let ignorable = k.ends_with("num_batches_tracked")
-            || k.ends_with(".token_index")
-            || k == format!("{bb}head.weight")
-            || k == format!("{bb}head.bias")
-            || (!bb.is_empty() && (k == "cls_token" || k == "pos_embed"));
-        if k == "cls_token" || k == "pos_embed" {
-            // LA-Transformer registers the backbone's cls_token/pos_embed a second time at the top.
-            let alias = ck.tensors[&k].to_f32();
-            let orig = ck.tensors.get(&format!("{bb}{k}")).and_then(|t| t.to_f32());
-            if !bb.is_empty() && alias != orig {
-                return Err(Error::tensor(path, &k, format!("differs from `{bb}{k}`, which it should alias in an LA-Transformer checkpoint")));
+            if !self.scheme.ignorable(name) {
+                return Err(Error::tensor(
+                    self.path,
+                    name,
+                    format!(
+                        "not part of a plain ViT{} (layer scale, register tokens, q/k norms and other variants are not supported)",
+                        if self.scheme.is_prefixed() { " + LA head" } else { "" }
+                    ),
+                ));
             }
         }
-        if !ignorable {
-            return Err(Error::tensor(
-                path,
-                &k,
-                format!(
-                    "not part of a plain ViT{} (layer scale, register tokens, q/k norms and other variants are not supported)",
-                    if bb.is_empty() { "" } else { " + LA head" }
-                ),
-            ));
-        }
-    }
-    cfg.source.notes = notes;
-    let files = ModelFiles { config: cfg, tensors: out };
-    crate::model::weights::check_tensors(&files.config, &files.tensors, path)?;
-    Ok(files)
-}
-
-/// The checkpoint key for one of our tensor names.
-fn source_name(name: &str, bb: &str) -> String {
-    if let Some(rest) = name.strip_prefix("parts.") {
-        let (i, tail) = rest.split_once('.').expect("parts.{i}.x");
-        let t = match tail {
-            "bottleneck.weight" => "add_block.0.weight",
-            "bottleneck.bias" => "add_block.0.bias",
-            "classifier.weight" => "classifier.0.weight",
-            "classifier.bias" => "classifier.0.bias",
-            bn => return format!("classifier{i}.add_block.1.{}", bn.trim_start_matches("bn.")),
-        };
-        format!("classifier{i}.{t}")
-    } else {
-        format!("{bb}{name}")
+        Ok(())
     }
 }
 
@@ -308,10 +378,7 @@ fn cross_check_reference_lists(pth: &PthFile, layers: &[LayerPlan]) -> Result<()
     ] {
         if let Some(list) = pth.int_list(key)? {
             if list.len() != counts.len() || list.iter().zip(&counts).any(|(a, b)| *a != *b as i64) {
-                return Err(Error::file(
-                    pth.path(),
-                    format!("`{key}` lists {what} per layer as {list:?}, but the tensors give {counts:?}"),
-                ));
+                return Err(Error::file(pth.path(), format!("`{key}` lists {what} per layer as {list:?}, but the tensors give {counts:?}")));
             }
         }
     }

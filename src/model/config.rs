@@ -23,6 +23,17 @@ pub struct Arch {
     pub patch_size: usize,
     pub ln_eps: f64,
     pub qkv_bias: bool,
+    /// A learned class token before the patches (timm's default; LA-Transformer blends it into
+    /// every part).
+    #[serde(default = "yes")]
+    pub class_token: bool,
+    /// DeiT's distillation token, after the class token.
+    #[serde(default)]
+    pub dist_token: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Arch {
@@ -33,7 +44,19 @@ impl Arch {
             "base" => (768, 12),
             other => return Err(Error::invalid(format!("unknown architecture `{other}`: expected tiny, small or base"))),
         };
-        Ok(Arch { preset: Some(name.into()), embed_dim: d, depth: 12, num_heads: h, head_dim: 64, mlp_dim: 4 * d, patch_size: 16, ln_eps: 1e-6, qkv_bias: true })
+        Ok(Arch {
+            preset: Some(name.into()),
+            embed_dim: d,
+            depth: 12,
+            num_heads: h,
+            head_dim: 64,
+            mlp_dim: 4 * d,
+            patch_size: 16,
+            ln_eps: 1e-6,
+            qkv_bias: true,
+            class_token: true,
+            dist_token: false,
+        })
     }
 
     /// The preset name matching these dimensions, if any.
@@ -46,7 +69,8 @@ impl Arch {
 }
 
 /// What one layer keeps. Both lists are sorted and refer to the unpruned model: `heads` are
-/// original head indices, `tokens` are key/value positions (0 = CLS, always kept).
+/// original head indices, `tokens` are key/value positions (the prefix tokens, first in the
+/// sequence, are always kept).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerPlan {
     pub heads: Vec<usize>,
@@ -133,13 +157,26 @@ impl ModelConfig {
         let (h, w) = self.grid();
         h * w
     }
-    /// Tokens in the residual stream: CLS + patches.
-    pub fn num_tokens(&self) -> usize {
-        self.num_patches() + 1
+    /// Learned tokens before the patches (class token, distillation token): the first positions of
+    /// the sequence, never pruned as keys, not part of the patch grid.
+    pub fn num_prefix(&self) -> usize {
+        usize::from(self.arch.class_token) + usize::from(self.arch.dist_token)
     }
-    /// LA parts: one per row of the patch grid.
+    /// Tokens in the residual stream: prefix tokens + patches.
+    pub fn num_tokens(&self) -> usize {
+        self.num_prefix() + self.num_patches()
+    }
+    /// The sequence position of patch (row, column).
+    pub fn patch_position(&self, row: usize, col: usize) -> usize {
+        self.num_prefix() + row * self.grid().1 + col
+    }
+    /// LA parts: one per row of the patch grid (docs/method.md §1).
     pub fn num_parts(&self) -> usize {
         self.grid().0
+    }
+    /// The token positions LA part `i` averages: row `i` of the patch grid.
+    pub fn part_tokens(&self, i: usize) -> std::ops::Range<usize> {
+        self.patch_position(i, 0)..self.patch_position(i, 0) + self.grid().1
     }
     /// Length of the retrieval feature.
     pub fn feature_dim(&self) -> usize {
@@ -182,14 +219,28 @@ impl ModelConfig {
             }
             check_sorted_unique(&plan.heads, a.num_heads, &format!("layer {l}: `heads`"))?;
             check_sorted_unique(&plan.tokens, n, &format!("layer {l}: `tokens`"))?;
-            if plan.tokens.first() != Some(&0) {
-                return Err(Error::invalid(format!("layer {l}: `tokens` must keep position 0 (the CLS token)")));
+            if plan.tokens.is_empty() {
+                return Err(Error::invalid(format!("layer {l}: `tokens` keeps no key/value position")));
+            }
+            if let Some(p) = (0..self.num_prefix()).find(|p| plan.tokens.get(*p) != Some(p)) {
+                return Err(Error::invalid(format!("layer {l}: `tokens` must keep position {p} (a prefix token: {})", self.prefix_name(p))));
             }
         }
         if self.head.kind == HeadKind::La && (self.head.num_classes == 0 || self.head.bottleneck == 0) {
             return Err(Error::invalid("`head`: an LA head needs num_classes and bottleneck > 0"));
         }
+        if self.head.kind == HeadKind::La && !a.class_token {
+            return Err(Error::invalid("`head`: an LA head blends the class token into every part, but `arch.class_token` is false"));
+        }
         Ok(())
+    }
+
+    /// What prefix position `p` holds.
+    pub fn prefix_name(&self, p: usize) -> &'static str {
+        match (p, self.arch.class_token) {
+            (0, true) => "the class token",
+            _ => "the distillation token",
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -239,7 +290,7 @@ mod tests {
         let mut cfg = ModelConfig::new(Arch::preset("tiny").unwrap(), 224, 224, HeadConfig::none(), Source::default()).unwrap();
         assert_eq!(cfg.num_tokens(), 197);
         cfg.layers[3].tokens.remove(0);
-        assert!(cfg.validate().unwrap_err().to_string().contains("layer 3: `tokens` must keep position 0"));
+        assert!(cfg.validate().unwrap_err().to_string().contains("layer 3: `tokens` must keep position 0 (a prefix token: the class token)"));
         cfg.layers[3].tokens.insert(0, 0);
         cfg.layers[2].heads = vec![];
         assert!(cfg.validate().unwrap_err().to_string().contains("layer 2: no attention head"));

@@ -1,4 +1,4 @@
-//! Cost accounting (AMG_SPEC §5): parameters, honest MACs (what this implementation computes), and
+//! Cost accounting (docs/method.md §5): parameters, honest MACs (what this implementation computes), and
 //! the paper's FLOP convention, side by side and never mixed.
 
 use super::config::{HeadKind, ModelConfig};
@@ -51,7 +51,8 @@ pub fn model_cost(cfg: &ModelConfig) -> ModelCost {
         layers.push(LayerCost { layer: l, heads: h as usize, key_tokens: nk as usize, params: msa + mlp + norms, msa_params: msa, macs, paper_flops: paper });
     }
     let patch_embed_macs = np * 3 * p2 * d;
-    let embed_params = d * 3 * p2 + d + d + n * d;
+    // Patch embedding (weight and bias), prefix tokens, position embedding.
+    let embed_params = d * 3 * p2 + d + cfg.num_prefix() as u64 * d + n * d;
     let head_params = match cfg.head.kind {
         HeadKind::None => 0,
         HeadKind::La => {
@@ -73,7 +74,8 @@ pub fn model_cost(cfg: &ModelConfig) -> ModelCost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::weights::{init_random, num_params};
+    use crate::model::params::Seg;
+    use crate::model::weights::init_random;
     use crate::model::{Arch, HeadConfig, Source};
 
     fn cfg(preset: &str) -> ModelConfig {
@@ -82,7 +84,7 @@ mod tests {
 
     #[test]
     fn vit_base_is_17_56_gmacs() {
-        // fvcore and timm report 17.56 GMACs for ViT-B/16 at 224 (AMG_SPEC §5).
+        // fvcore and timm report 17.56 GMACs for ViT-B/16 at 224 (docs/method.md §5).
         let c = model_cost(&cfg("base"));
         assert_eq!((c.macs as f64 / 1e7).round() / 100.0, 17.56);
     }
@@ -94,15 +96,16 @@ mod tests {
         c.layers[4].tokens = vec![0, 5, 9];
         let t = init_random(&c, 0);
         let cost = model_cost(&c);
-        assert_eq!(cost.params as usize, num_params(&t, |n| !n.starts_with("parts.")));
-        assert_eq!(cost.head_params as usize, num_params(&t, |n| n.starts_with("parts.")));
-        assert_eq!(cost.msa_params as usize, num_params(&t, |n| n.contains(".attn.")));
+        let in_head = |k: &crate::model::params::Key| k.segs()[0] == Seg::Name("parts");
+        assert_eq!(cost.params as usize, t.num_params(|k| !in_head(k)));
+        assert_eq!(cost.head_params as usize, t.num_params(in_head));
+        assert_eq!(cost.msa_params as usize, t.num_params(|k| k.segs().contains(&Seg::Name("attn"))));
     }
 
     #[test]
     fn savings_the_issue_quotes_for_vit_tiny() {
         // Removing 2 of 3 heads in every layer of ViT-Ti saves ~29 % of the honest MACs; the paper's
-        // counter gives 0.87 GFLOPs for that model (AMG_SPEC §6).
+        // counter gives 0.87 GFLOPs for that model (docs/method.md §6).
         let base = cfg("tiny");
         let mut heads = base.clone();
         for l in &mut heads.layers {

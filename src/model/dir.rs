@@ -1,10 +1,10 @@
 //! A model directory: `config.json` + `model.safetensors`.
 
 use super::config::ModelConfig;
-use super::weights::check_tensors;
+use super::params::VitParams;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::tensor::{write_safetensors, SafetensorsFile, TensorMap};
+use crate::tensor::{write_named_safetensors, HostTensor, SafetensorsFile};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -12,10 +12,10 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// A model in memory: its configuration and its float32 tensors.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelFiles {
     pub config: ModelConfig,
-    pub tensors: TensorMap,
+    pub params: VitParams<HostTensor>,
 }
 
 impl ModelFiles {
@@ -28,8 +28,8 @@ impl ModelFiles {
         let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
         let wpath = dir.join(WEIGHTS_FILE);
         let tensors = SafetensorsFile::open(&wpath)?.all_f32()?;
-        check_tensors(&config, &tensors, &wpath)?;
-        Ok(ModelFiles { config, tensors })
+        let params = VitParams::from_map(&config, tensors, &wpath)?;
+        Ok(ModelFiles { config, params })
     }
 
     /// Writes the directory atomically (see `fsutil::write_dir_atomic`).
@@ -41,7 +41,7 @@ impl ModelFiles {
     /// place.
     pub fn save_with(&self, dir: &Path, force: bool, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         self.config.validate()?;
-        check_tensors(&self.config, &self.tensors, &dir.join(WEIGHTS_FILE))?;
+        self.params.check(&self.config, &dir.join(WEIGHTS_FILE))?;
         fsutil::write_dir_atomic(dir, force, |tmp| {
             self.write_into(tmp)?;
             extra(tmp)
@@ -51,7 +51,8 @@ impl ModelFiles {
     /// Writes `config.json` and `model.safetensors` into an existing directory.
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         let meta = HashMap::from([("format".to_string(), "amg-model".to_string())]);
-        write_safetensors(&dir.join(WEIGHTS_FILE), &self.tensors, Some(meta))?;
+        let named = self.params.entries().into_iter().map(|(k, t)| (k.to_string(), t));
+        write_named_safetensors(&dir.join(WEIGHTS_FILE), named, Some(meta))?;
         fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), self.config.to_json().as_bytes())
     }
 }

@@ -3,6 +3,8 @@
 pub mod config;
 pub mod cost;
 pub mod dir;
+pub mod head;
+pub mod params;
 pub mod surgery;
 pub mod vit;
 pub mod weights;

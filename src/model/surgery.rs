@@ -1,13 +1,14 @@
 //! Structural pruning — the "how" of pruning, apart from any criterion: heads are removed by
 //! slicing their rows out of the qkv projection and their columns out of the output projection
-//! (AMG_SPEC §2.4); key/value tokens by shortening each layer's kept-position list (§3.4).
+//! (docs/method.md §2.4); key/value tokens by shortening each layer's kept-position list (§3.4).
 
 use super::{ModelConfig, ModelFiles};
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
 use serde::{Deserialize, Serialize};
 
-/// What to keep, per layer: original head indices and key/value token positions (0 = CLS).
+/// What to keep, per layer: original head indices and key/value token positions (the prefix
+/// tokens, first in the sequence, always among them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub heads: Vec<Vec<usize>>,
@@ -55,8 +56,11 @@ impl Plan {
             if out.heads[l].is_empty() {
                 return Err(Error::invalid(format!("plan: layer {l} keeps no head; every layer needs at least one")));
             }
-            if out.tokens[l].first() != Some(&0) {
-                return Err(Error::invalid(format!("plan: layer {l} does not keep token 0 (CLS), which is never pruned")));
+            if let Some(p) = (0..cfg.num_prefix()).find(|p| out.tokens[l].get(*p) != Some(p)) {
+                return Err(Error::invalid(format!("plan: layer {l} does not keep token {p} ({}), which is never pruned", cfg.prefix_name(p))));
+            }
+            if out.tokens[l].is_empty() {
+                return Err(Error::invalid(format!("plan: layer {l} keeps no key/value token")));
             }
         }
         Ok(out)
@@ -66,33 +70,40 @@ impl Plan {
 /// Applies a plan: a new model whose removed heads are physically gone.
 pub fn apply_plan(model: &ModelFiles, plan: &Plan) -> Result<ModelFiles> {
     let plan = plan.checked(&model.config)?;
-    let mut cfg = model.config.clone();
-    let mut tensors = model.tensors.clone();
-    let hd = cfg.arch.head_dim;
-    let d = cfg.arch.embed_dim;
-    for l in 0..cfg.arch.depth {
+    let mut out = model.clone();
+    let hd = model.config.arch.head_dim;
+    for (l, block) in out.params.blocks.iter_mut().enumerate() {
         let cur = &model.config.layers[l].heads;
-        let pos: Vec<usize> = plan.heads[l].iter().map(|h| cur.binary_search(h).expect("checked")).collect();
+        // Positions, among the model's kept heads, of the heads the plan keeps (checked above).
+        let pos: Vec<usize> = plan.heads[l].iter().filter_map(|h| cur.binary_search(h).ok()).collect();
         if pos.len() != cur.len() {
             let inner = cur.len() * hd;
-            let b = format!("blocks.{l}.attn");
-            // qkv rows are [q heads | k heads | v heads], each head hd rows.
+            // qkv rows are [q heads | k heads | v heads], each head hd rows; proj columns likewise.
             let rows: Vec<usize> = (0..3).flat_map(|s| pos.iter().flat_map(move |&p| (s * inner + p * hd)..(s * inner + (p + 1) * hd))).collect();
-            let w = &tensors[&format!("{b}.qkv.weight")];
-            let data: Vec<f32> = rows.iter().flat_map(|&r| w.data[r * d..(r + 1) * d].iter().copied()).collect();
-            tensors.insert(format!("{b}.qkv.weight"), HostTensor::new(vec![rows.len(), d], data));
-            if let Some(bias) = tensors.get(&format!("{b}.qkv.bias")) {
-                let data: Vec<f32> = rows.iter().map(|&r| bias.data[r]).collect();
-                tensors.insert(format!("{b}.qkv.bias"), HostTensor::new(vec![rows.len()], data));
-            }
-            let pw = &tensors[&format!("{b}.proj.weight")];
             let cols: Vec<usize> = pos.iter().flat_map(|&p| (p * hd)..((p + 1) * hd)).collect();
-            let data: Vec<f32> = (0..d).flat_map(|o| cols.iter().map(move |&c| pw.data[o * inner + c])).collect();
-            tensors.insert(format!("{b}.proj.weight"), HostTensor::new(vec![d, cols.len()], data));
+            block.qkv.weight = select_rows(&block.qkv.weight, &rows);
+            block.qkv.bias = block.qkv.bias.as_ref().map(|b| select_rows(b, &rows));
+            block.proj.weight = select_cols(&block.proj.weight, &cols);
         }
-        cfg.layers[l].heads = plan.heads[l].clone();
-        cfg.layers[l].tokens = plan.tokens[l].clone();
+        out.config.layers[l].heads = plan.heads[l].clone();
+        out.config.layers[l].tokens = plan.tokens[l].clone();
     }
-    cfg.validate()?;
-    Ok(ModelFiles { config: cfg, tensors })
+    out.config.validate()?;
+    Ok(out)
+}
+
+/// Rows `rows` of a `[r, c]` (or `[r]`) tensor.
+fn select_rows(t: &HostTensor, rows: &[usize]) -> HostTensor {
+    let c: usize = t.shape[1..].iter().product();
+    let data = rows.iter().flat_map(|&r| t.data[r * c..(r + 1) * c].iter().copied()).collect();
+    let mut shape = t.shape.clone();
+    shape[0] = rows.len();
+    HostTensor::new(shape, data)
+}
+
+/// Columns `cols` of a `[r, c]` tensor.
+fn select_cols(t: &HostTensor, cols: &[usize]) -> HostTensor {
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let data = (0..r).flat_map(|o| cols.iter().map(move |&j| t.data[o * c + j])).collect();
+    HostTensor::new(vec![r, cols.len()], data)
 }

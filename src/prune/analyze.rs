@@ -43,6 +43,19 @@ impl Scores {
     }
 }
 
+impl Scores {
+    /// One line: what was scored, over how many images, written where.
+    pub fn summary(&self, out: &Path) -> String {
+        format!(
+            "scores of {} heads and {} key tokens over {} images → {}",
+            self.head_entropy.iter().map(|l| l.len()).sum::<usize>(),
+            self.token_importance.iter().flatten().flatten().count(),
+            self.images,
+            out.display()
+        )
+    }
+}
+
 pub struct AnalyzeOptions {
     pub batch_size: usize,
     pub limit: Option<usize>,
@@ -73,10 +86,7 @@ pub fn head_entropy(files: &ModelFiles, data: &Dataset, o: &AnalyzeOptions) -> R
             *a += p as f64;
         }
     };
-    let pb = crate::progress::bar(paths.len() as u64, "entropy", "img");
-    if !o.progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let pb = crate::progress::bar(paths.len() as u64, "entropy", "img", o.progress);
     let order: Vec<usize> = (0..paths.len()).collect();
     let mut ws = Workspace::default();
     for_each_batch(&paths, &order, &cfg.input, &LoaderOptions::inference(o.batch_size), |b| {
@@ -129,10 +139,7 @@ pub fn token_importance(files: &ModelFiles, data: &Dataset, o: &AnalyzeOptions) 
     let n = cfg.num_tokens();
     let mut importance: Vec<Vec<f64>> = cfg.layers.iter().map(|l| vec![0f64; l.tokens.len()]).collect();
     let loss_cfg = LossConfig { label_smoothing: 0.0, distill: Distill::None };
-    let pb = crate::progress::bar(paths.len() as u64, "importance", "img");
-    if !o.progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let pb = crate::progress::bar(paths.len() as u64, "importance", "img", o.progress);
     let order: Vec<usize> = (0..paths.len()).collect();
     let (h, w) = (cfg.input.height, cfg.input.width);
     for_each_batch(&paths, &order, &cfg.input, &LoaderOptions::inference(o.batch_size), |b| {

@@ -12,7 +12,7 @@ use crate::model::ModelFiles;
 use crate::rng::Rng;
 use crate::train::loss::Distill;
 use crate::train::optim::{OptimConfig, OptimKind};
-use crate::train::run::{train, Init, ResumeOverrides, Scheduler, TrainOptions};
+use crate::train::run::{train, Scheduler, Start, TrainOptions, TrainRequest};
 use analyze::{AnalyzeOptions, Scores};
 use select::{head_scores, random_scores, remove_heads, remove_tokens, token_scores, Criterion};
 use serde::Serialize;
@@ -57,6 +57,25 @@ impl PruneOptions {
             calib_limit: None,
             quick_report: false,
         }
+    }
+}
+
+impl PruneOptions {
+    /// Checks the options before any work: budgets are fractions, at least one iteration, and a
+    /// teacher only with distillation.
+    pub fn check(&self, has_teacher: bool) -> Result<()> {
+        for (flag, r) in [("--heads", self.heads), ("--tokens", self.tokens)] {
+            if !(0.0..1.0).contains(&r) {
+                return Err(Error::invalid(format!("{flag} {r}: expected a fraction in [0, 1)")));
+            }
+        }
+        if self.iters == 0 {
+            return Err(Error::invalid("--iters must be at least 1"));
+        }
+        if has_teacher && self.distill == Distill::None {
+            return Err(Error::invalid("--teacher is used for distillation: add --distill soft (or hard)"));
+        }
+        Ok(())
     }
 }
 
@@ -106,7 +125,7 @@ fn fine_tune(model: ModelFiles, data: &Dataset, o: &PruneOptions, teacher: Optio
         eval_every: 0,
     };
     let teacher = teacher.map(|t| (t.clone(), "the unpruned model".to_string()));
-    train(data, run, Init::Model(model), Some(opts), ResumeOverrides::default(), teacher, true, true, log)?;
+    train(TrainRequest { data, run, start: Start::Model(model, opts), teacher, force: true, progress: true }, log)?;
     ModelFiles::load(&run.join("last"))
 }
 
@@ -128,14 +147,7 @@ pub fn prune(
     log: &mut dyn FnMut(&str),
     finish: Finish,
 ) -> Result<PruneSummary> {
-    for (flag, r) in [("--heads", o.heads), ("--tokens", o.tokens)] {
-        if !(0.0..1.0).contains(&r) {
-            return Err(Error::invalid(format!("{flag} {r}: expected a fraction in [0, 1)")));
-        }
-    }
-    if o.iters == 0 {
-        return Err(Error::invalid("--iters must be at least 1"));
-    }
+    o.check(teacher.is_some())?;
     let cfg = model.config.clone();
     let depth = cfg.arch.depth;
     let n_heads = (o.heads * (depth * cfg.arch.num_heads) as f64).floor() as usize;

@@ -6,13 +6,29 @@ use crate::error::{Error, Result};
 use crate::model::surgery::Plan;
 use crate::rng::Rng;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Criterion {
     /// Attention-map guided: head entropy, first-order key importance.
     Amg,
     /// The baseline: uniformly random scores, at the same budgets.
     Random,
+}
+
+impl crate::choice::Choice for Criterion {
+    const ALL: &'static [Criterion] = &[Criterion::Amg, Criterion::Random];
+    fn name(self) -> &'static str {
+        match self {
+            Criterion::Amg => "amg",
+            Criterion::Random => "random",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Criterion::Amg => "attention-map guided: head entropy, first-order key importance",
+            Criterion::Random => "the baseline: random scores through the same selection",
+        }
+    }
 }
 
 /// Head scores s = α·E: only layers with more than one head left are candidates, and they get

@@ -31,10 +31,7 @@ pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bo
         engine.forward(&input, batch, &mut ws, Want::default())?;
     }
     crate::kernels::prof::reset();
-    let pb = crate::progress::bar(iters as u64, "bench", "batches");
-    if !progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let pb = crate::progress::bar(iters as u64, "bench", "batches", progress);
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         let t = std::time::Instant::now();
@@ -65,6 +62,58 @@ pub fn bench_loader(paths: &[std::path::PathBuf], spec: &crate::preprocess::Inpu
     Ok(count as f64 / t.elapsed().as_secs_f64())
 }
 
+/// What `amg bench` prints: a model's inference throughput, and the loader's on a dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub input: String,
+    pub gmacs_per_image: f64,
+    #[serde(flatten)]
+    pub result: BenchResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loader_train_img_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loader_test_img_per_s: Option<f64>,
+}
+
+/// Measures `files` (named `label`) at `batch`, and the image loader on `data`'s training split
+/// (with augmentation) and gallery (without) when given.
+pub fn bench_model(files: ModelFiles, label: &str, batch: usize, iters: usize, data: Option<&crate::data::Dataset>, progress: bool) -> Result<BenchReport> {
+    let (h, w) = (files.config.input.height, files.config.input.width);
+    let macs = crate::model::cost::model_cost(&files.config).macs;
+    let (mut train, mut test) = (None, None);
+    if let Some(data) = data {
+        let spec = files.config.input.clone();
+        let paths = |s: &[crate::data::Sample]| s.iter().map(|x| x.path.clone()).collect::<Vec<_>>();
+        train = Some(bench_loader(&paths(&data.train), &spec, Some(crate::data::loader::Augment::reid_default()), batch, 2000)?);
+        test = Some(bench_loader(&paths(&data.gallery), &spec, None, batch, 2000)?);
+    }
+    let result = bench_inference(&Engine::new(files)?, batch, iters, progress)?;
+    Ok(BenchReport { model: label.into(), input: format!("{h}x{w}"), gmacs_per_image: macs as f64 / 1e9, result, loader_train_img_per_s: train, loader_test_img_per_s: test })
+}
+
+impl BenchReport {
+    pub fn text(&self) -> String {
+        let r = &self.result;
+        let mut s = String::new();
+        if let (Some(train), Some(test)) = (self.loader_train_img_per_s, self.loader_test_img_per_s) {
+            s += &format!("loader: {train:.0} img/s with training augmentation, {test:.0} img/s without (decode + resize + normalise, {} threads)\n", r.threads);
+        }
+        s += &format!(
+            "{} {} batch {}: {:.1} ms/batch, {:.2} img/s ({:.0} GFLOP/s, {} threads, median of {})",
+            self.model,
+            self.input,
+            r.batch_size,
+            r.ms_per_batch,
+            r.img_per_s,
+            2.0 * self.gmacs_per_image * r.img_per_s,
+            r.threads,
+            r.iters
+        );
+        s
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {
     pub what: String,
@@ -88,10 +137,7 @@ fn time_steps(iters: usize, progress: bool, mut step: impl FnMut() -> Result<f64
         step()?;
     }
     prof::reset();
-    let pb = crate::progress::bar(iters as u64, "bench", "steps");
-    if !progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let pb = crate::progress::bar(iters as u64, "bench", "steps", progress);
     let (mut total, mut fwd) = (Vec::new(), Vec::new());
     for _ in 0..iters.max(1) {
         let t = std::time::Instant::now();
@@ -109,9 +155,10 @@ fn time_steps(iters: usize, progress: bool, mut step: impl FnMut() -> Result<f64
 pub fn bench_la_step(arch: Arch, (h, w): (usize, usize), batch: usize, classes: usize, iters: usize, progress: bool) -> Result<TrainBench> {
     let cfg = ModelConfig::new(arch, h, w, HeadConfig::la(classes), Source { format: "random".into(), ..Default::default() })?;
     let label = format!("LA {}{} {h}x{w}", cfg.arch.preset.clone().map(|p| format!("ViT-{p}")).unwrap_or_default(), "");
-    let tensors = init_random(&cfg, 0);
+    let params = init_random(&cfg, 0);
     let dev = Device::Cpu;
-    let mut model = Vit::new(&ModelFiles { config: cfg, tensors }, &dev)?;
+    let mut model = Vit::new(&ModelFiles { config: cfg, params }, &dev)?;
+    let trainable = model.trainable();
     let mut rng = Rng::new(1);
     let x = Tensor::from_vec((0..batch * 3 * h * w).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (batch, 3, h, w), &dev)?;
     let labels = Tensor::from_vec((0..batch).map(|_| rng.below(classes) as u32).collect::<Vec<_>>(), batch, &dev)?;
@@ -123,7 +170,7 @@ pub fn bench_la_step(arch: Arch, (h, w): (usize, usize), batch: usize, classes: 
         let loss = la_loss(&out.logits, &labels, None, &loss_cfg)?;
         let f = t.elapsed().as_secs_f64();
         let grads = prof::phase("backward", || loss.total.backward())?;
-        prof::phase("optimizer", || opt.step(&model.params, &grads, 1e-4))?;
+        prof::phase("optimizer", || opt.step(&trainable, &grads, 1e-4))?;
         Ok(f)
     })?;
     Ok(TrainBench { what: label, batch_size: batch, iters, ms_per_step: step * 1e3, steps_per_s: 1.0 / step, img_per_s: batch as f64 / step, forward_ms: fwd * 1e3 })
@@ -135,9 +182,10 @@ pub fn bench_toy_step(iters: usize, progress: bool) -> Result<TrainBench> {
     let arch = Arch { depth: 6, ..Arch::preset("tiny")? };
     // 128x64 gives 32 patches + CLS = 33 tokens.
     let cfg = ModelConfig::new(arch, 128, 64, HeadConfig::none(), Source { format: "random".into(), ..Default::default() })?;
-    let tensors = init_random(&cfg, 0);
+    let params = init_random(&cfg, 0);
     let dev = Device::Cpu;
-    let model = Vit::new(&ModelFiles { config: cfg, tensors }, &dev)?;
+    let model = Vit::new(&ModelFiles { config: cfg, params }, &dev)?;
+    let trainable = model.trainable();
     let mut rng = Rng::new(1);
     let x = Tensor::from_vec((0..32 * 33 * 192).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (32, 33, 192), &dev)?;
     let mut opt = Optimizer::new(OptimConfig::new(OptimKind::Adamw, 1e-2));
@@ -147,8 +195,17 @@ pub fn bench_toy_step(iters: usize, progress: bool) -> Result<TrainBench> {
         let loss = y.sqr()?.mean_all()?;
         let f = t.elapsed().as_secs_f64();
         let grads = prof::phase("backward", || loss.backward())?;
-        prof::phase("optimizer", || opt.step(&model.params, &grads, 1e-4))?;
+        prof::phase("optimizer", || opt.step(&trainable, &grads, 1e-4))?;
         Ok(f)
     })?;
     Ok(TrainBench { what: "toy 6-block stack (B=32, N=33, D=192)".into(), batch_size: 32, iters, ms_per_step: step * 1e3, steps_per_s: 1.0 / step, img_per_s: 32.0 / step, forward_ms: fwd * 1e3 })
+}
+
+impl TrainBench {
+    pub fn text(&self) -> String {
+        format!(
+            "train step, {} batch {}: {:.1} ms/step ({:.1} ms forward), {:.2} steps/s, {:.1} img/s (median of {})",
+            self.what, self.batch_size, self.ms_per_step, self.forward_ms, self.steps_per_s, self.img_per_s, self.iters
+        )
+    }
 }

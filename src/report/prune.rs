@@ -176,3 +176,17 @@ pub fn prune_and_report(
     })?;
     Ok((summary, report.expect("written on success")))
 }
+
+/// One line for a plan applied without fine-tuning: the cost before and after.
+pub fn plan_summary(before: &ModelFiles, after: &ModelFiles, out: &std::path::Path) -> String {
+    let (b, p) = (model_cost(&before.config), model_cost(&after.config));
+    format!(
+        "applied the plan → {}: MACs {} → {} ({:+.1} %), params {} → {}",
+        out.display(),
+        g(b.macs),
+        g(p.macs),
+        100.0 * (p.macs as f64 / b.macs as f64 - 1.0),
+        g(b.params),
+        g(p.params)
+    )
+}

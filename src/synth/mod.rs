@@ -186,6 +186,25 @@ pub struct SynthSummary {
     pub occluded_train: usize,
 }
 
+impl SynthSummary {
+    /// One line: what was generated, where, and how long it took.
+    pub fn text(&self, out: &Path, seconds: f64) -> String {
+        format!(
+            "synthetic benchmark → {} in {seconds:.1}s: {} train images of {} ids; {} queries ({} occluded), {} gallery ({} occluded, {} distractors, {} junk) of {} ids",
+            out.display(),
+            self.train_images,
+            self.train_ids,
+            self.query_images,
+            self.occluded_query,
+            self.gallery_images,
+            self.occluded_gallery,
+            self.distractors,
+            self.junk,
+            self.test_ids
+        )
+    }
+}
+
 fn plan(world: &World) -> Vec<Job> {
     let o = &world.opts;
     let mut rng = world.rng.fork(11);
@@ -274,10 +293,7 @@ fn write_jpeg(path: &Path, img: &Rgb8, quality: u8) -> Result<()> {
 pub fn generate(opts: &SynthOptions, out: &Path, force: bool, progress: bool) -> Result<SynthSummary> {
     let world = World::new(opts)?;
     let jobs = plan(&world);
-    let pb = crate::progress::bar(jobs.len() as u64, "synth", "img");
-    if !progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let pb = crate::progress::bar(jobs.len() as u64, "synth", "img", progress);
     // Deterministic file names: frames count per camera in job order.
     let mut frames = vec![0usize; opts.cams];
     let names: Vec<String> = jobs

@@ -1,4 +1,4 @@
-//! LA-Transformer's training loss and the distillation terms (AMG_SPEC §1, §4).
+//! LA-Transformer's training loss and the distillation terms (docs/method.md §1, §4).
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor, D};
@@ -12,6 +12,63 @@ pub enum Distill {
     Soft { alpha: f64, tau: f64 },
     /// Adds α·CE(s, argmax t) per part.
     Hard { alpha: f64 },
+}
+
+/// Which distillation term, without its weights (the command line's `--distill`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistillKind {
+    None,
+    Soft,
+    Hard,
+}
+
+impl crate::choice::Choice for DistillKind {
+    const ALL: &'static [DistillKind] = &[DistillKind::None, DistillKind::Soft, DistillKind::Hard];
+    fn name(self) -> &'static str {
+        match self {
+            DistillKind::None => "none",
+            DistillKind::Soft => "soft",
+            DistillKind::Hard => "hard",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            DistillKind::None => "no distillation",
+            DistillKind::Soft => "α·τ²·KL(teacher ‖ student) at temperature τ",
+            DistillKind::Hard => "α·CE against the teacher's argmax",
+        }
+    }
+}
+
+impl Distill {
+    pub fn new(kind: DistillKind, alpha: f64, tau: f64) -> Distill {
+        match kind {
+            DistillKind::None => Distill::None,
+            DistillKind::Soft => Distill::Soft { alpha, tau },
+            DistillKind::Hard => Distill::Hard { alpha },
+        }
+    }
+
+    pub fn kind(&self) -> DistillKind {
+        match self {
+            Distill::None => DistillKind::None,
+            Distill::Soft { .. } => DistillKind::Soft,
+            Distill::Hard { .. } => DistillKind::Hard,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        crate::choice::Choice::name(self.kind())
+    }
+
+    /// In words, for reports: "soft (α 0.2, τ 1)".
+    pub fn describe(&self) -> String {
+        match self {
+            Distill::None => "none".into(),
+            Distill::Soft { alpha, tau } => format!("soft (α {alpha}, τ {tau})"),
+            Distill::Hard { alpha } => format!("hard (α {alpha})"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -8,6 +8,7 @@
 //! schedule and the data order of the next epoch exactly as an uninterrupted run would have had.
 
 use super::loss::{la_loss, Distill, LossConfig};
+use crate::choice::Choice;
 use super::optim::{OptimConfig, Optimizer, Slot};
 use crate::data::loader::{for_each_batch, Augment, LoaderOptions};
 use crate::data::Dataset;
@@ -25,13 +26,29 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     /// Multiply the learning rate by `gamma` every `step_size` epochs (StepLR).
     Step,
     /// Cosine decay to zero over the run.
     Cosine,
+}
+
+impl Choice for Scheduler {
+    const ALL: &'static [Scheduler] = &[Scheduler::Step, Scheduler::Cosine];
+    fn name(self) -> &'static str {
+        match self {
+            Scheduler::Step => "step",
+            Scheduler::Cosine => "cosine",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Scheduler::Step => "multiply the learning rate by --gamma every --step-size epochs (StepLR)",
+            Scheduler::Cosine => "cosine decay to zero over the run",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,7 +164,7 @@ fn write_checkpoint(dir: &Path, model: &ModelFiles, extra: Option<(&Optimizer, &
     fsutil::write_dir_atomic(dir, true, |tmp| {
         model.write_into(tmp)?;
         if let Some((opt, state)) = extra {
-            let shapes = model.tensors.iter().map(|(k, v)| (k.clone(), v.shape.clone())).collect();
+            let shapes = model.params.entries().into_iter().map(|(k, v)| (k.to_string(), v.shape.clone())).collect();
             save_optimizer(&tmp.join(OPTIM_FILE), opt, &shapes)?;
             fsutil::write_bytes_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state).expect("state serialises").as_bytes())?;
         }
@@ -186,14 +203,14 @@ fn recover(run: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Where the weights to start from come from.
-pub enum Init {
+/// What a run starts from.
+pub enum Start {
     /// A model directory (its classifiers are replaced when the identity count differs).
-    Model(ModelFiles),
+    Model(ModelFiles, TrainOptions),
     /// Random weights for a configuration (timm-style initialisation).
-    Random(crate::model::ModelConfig),
-    /// Continue the run in the output directory.
-    Resume,
+    Random(crate::model::ModelConfig, TrainOptions),
+    /// The run already in the output directory, continued from `last/`.
+    Resume(ResumeOverrides),
 }
 
 /// What a resumed run may change: its length, and its learning rate.
@@ -203,6 +220,21 @@ pub struct ResumeOverrides {
     pub lr: Option<f64>,
 }
 
+/// A training run to do.
+pub struct TrainRequest<'a> {
+    pub data: &'a Dataset,
+    /// The run directory: `last/`, `best/`, `metrics.jsonl`.
+    pub run: &'a Path,
+    pub start: Start,
+    /// A frozen teacher for distillation, with a name for messages. A resumed run distils from the
+    /// teacher it started with unless another is given.
+    pub teacher: Option<(ModelFiles, String)>,
+    /// Start over even if `run` already holds a run.
+    pub force: bool,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
 pub struct TrainSummary {
     pub epochs_done: usize,
     pub history: Vec<EpochRecord>,
@@ -210,36 +242,76 @@ pub struct TrainSummary {
 }
 
 /// Replaces the LA classifiers with freshly initialised ones for `classes` identities.
-fn with_new_classifiers(mut files: ModelFiles, classes: usize, seed: u64) -> Result<ModelFiles> {
+fn with_new_classifiers(mut files: ModelFiles, classes: usize, seed: u64) -> ModelFiles {
     let bottleneck = if files.config.head.kind == HeadKind::La { files.config.head.bottleneck } else { 256 };
-    files.tensors.retain(|k, _| !k.starts_with("parts."));
     files.config.head = HeadConfig { bottleneck, ..HeadConfig::la(classes) };
-    let fresh = init_random(&files.config, seed);
-    for (k, v) in fresh {
-        if k.starts_with("parts.") {
-            files.tensors.insert(k, v);
-        }
-    }
+    files.params.parts = init_random(&files.config, seed).parts;
     files.config.source.notes.push(format!("new LA classifiers for {classes} identities"));
-    Ok(files)
+    files
 }
 
-/// Trains on `data`'s training split, writing checkpoints under `run`.
-#[allow(clippy::too_many_arguments)]
-pub fn train(
-    data: &Dataset,
+/// Trains on `req.data`'s training split, writing checkpoints under `req.run`.
+pub fn train(req: TrainRequest, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
+    let data = req.data;
+    let (files, mut opt, mut state, teacher) = begin(req.start, req.run, data, req.teacher, req.force, log)?;
+    let o = state.options.clone();
+    let teacher = teacher_engine(&o, teacher, &files, data)?;
+    let mut model = Vit::new(&files, &Device::Cpu)?;
+    let trainable = model.trainable();
+    let mut epochs = EpochRunner { data, o: &o, teacher: teacher.as_ref(), ws: Workspace::default(), progress: req.progress };
+    for epoch in state.epochs_done..o.epochs {
+        let mut rec = epochs.run(epoch, &mut model, &trainable, &mut opt, req.run)?;
+        let current = model.to_files()?;
+        if o.eval_every > 0 && ((epoch + 1) % o.eval_every == 0 || epoch + 1 == o.epochs) {
+            let m = eval_model(&Engine::new(current.clone())?, data, &EvalOptions { batch_size: 64, flip: false, progress: req.progress })?;
+            (rec.rank1, rec.map, rec.minp) = (Some(m.rank(1)), Some(m.map), Some(m.minp));
+        }
+        log(&epoch_line(&rec, o.epochs));
+        // Best by mAP when the run evaluates, else (as LA-Transformer does) by training accuracy.
+        let score = if o.eval_every > 0 { rec.map } else { Some(rec.accuracy) };
+        state.history.push(rec);
+        state.epochs_done = epoch + 1;
+        state.optimizer_step = opt.step;
+        let improved = match (score, state.best) {
+            (Some(s), Some((b, _))) => s > b,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if let (true, Some(s)) = (improved, score) {
+            state.best = Some((s, epoch + 1));
+        }
+        save_epoch(req.run, &current, &opt, &state, improved)?;
+    }
+    if state.epochs_done >= o.epochs {
+        write_metrics(req.run, &state.history)?;
+    }
+    Ok(TrainSummary { epochs_done: state.epochs_done, history: state.history, best: state.best })
+}
+
+/// Checks a new run's options before any work: distillation needs a teacher, BatchNorm a batch.
+pub fn check_options(o: &TrainOptions, has_teacher: bool) -> Result<()> {
+    if o.distill != Distill::None && !has_teacher {
+        return Err(Error::invalid(format!("--distill {} needs --teacher MODEL_DIR", o.distill.name())));
+    }
+    if o.batch_size < 2 {
+        return Err(Error::invalid("--batch-size must be at least 2 (BatchNorm in training mode needs a batch)"));
+    }
+    Ok(())
+}
+
+/// The model, optimiser and state a run starts from: a new run's, or the saved ones of the run
+/// being resumed; and the teacher (a resumed run's own unless another was given).
+#[allow(clippy::type_complexity)]
+fn begin(
+    start: Start,
     run: &Path,
-    init: Init,
-    options: Option<TrainOptions>,
-    overrides: ResumeOverrides,
+    data: &Dataset,
     teacher: Option<(ModelFiles, String)>,
     force: bool,
-    progress: bool,
     log: &mut dyn FnMut(&str),
-) -> Result<TrainSummary> {
-    let dev = Device::Cpu;
-    let (files, mut opt, mut state) = match init {
-        Init::Resume => {
+) -> Result<(ModelFiles, Optimizer, TrainState, Option<(ModelFiles, String)>)> {
+    let (files, opt, state) = match start {
+        Start::Resume(overrides) => {
             recover(run)?;
             let last = run.join("last");
             let state_path = last.join(STATE_FILE);
@@ -248,32 +320,25 @@ pub fn train(
             }
             let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
             let mut state: TrainState = serde_json::from_str(&text).map_err(|e| Error::file(&state_path, format!("invalid training state: {e}")))?;
-            if let Some(e) = overrides.epochs {
-                state.options.epochs = e;
-            }
-            if let Some(lr) = overrides.lr {
-                state.options.lr = lr;
-            }
+            state.options.epochs = overrides.epochs.unwrap_or(state.options.epochs);
+            state.options.lr = overrides.lr.unwrap_or(state.options.lr);
             let files = ModelFiles::load(&last)?;
             let opt = load_optimizer(&last.join(OPTIM_FILE), state.options.optim, state.optimizer_step)?;
             log(&format!("resuming {} after epoch {}", run.display(), state.epochs_done));
             (files, opt, state)
         }
-        Init::Model(_) | Init::Random(_) => {
-            let o = options.ok_or_else(|| Error::invalid("training options are required for a new run"))?;
+        Start::Model(_, ref o) | Start::Random(_, ref o) => {
+            check_options(o, teacher.is_some())?;
             if run.join("last").exists() && !force {
                 return Err(Error::file(run, "already holds a run (last/): pass --resume to continue it or --force to start over"));
             }
-            let files = match init {
-                Init::Model(f) => f,
-                Init::Random(cfg) => {
-                    let t = init_random(&cfg, o.seed);
-                    ModelFiles { config: cfg, tensors: t }
-                }
-                Init::Resume => unreachable!(),
+            let (files, o) = match start {
+                Start::Model(f, o) => (f, o),
+                Start::Random(cfg, o) => (ModelFiles { params: init_random(&cfg, o.seed), config: cfg }, o),
+                Start::Resume(_) => unreachable!("matched above"),
             };
             let files = if files.config.head.kind != HeadKind::La || files.config.head.num_classes != data.num_classes {
-                with_new_classifiers(files, data.num_classes, o.seed ^ 0xC1A5)?
+                with_new_classifiers(files, data.num_classes, o.seed ^ 0xC1A5)
             } else {
                 files
             };
@@ -290,51 +355,55 @@ pub fn train(
             (files, Optimizer::new(o.optim), state)
         }
     };
-    let o = state.options.clone();
-    // A resumed run distils from the teacher it started with, unless another is given.
     let teacher = match (teacher, &state.teacher) {
         (Some(t), _) => Some(t),
-        (None, Some(path)) if o.distill != Distill::None => Some((ModelFiles::load(Path::new(path))?, path.clone())),
+        (None, Some(path)) if state.options.distill != Distill::None => Some((ModelFiles::load(Path::new(path))?, path.clone())),
         _ => None,
     };
     if files.config.head.num_classes != data.num_classes {
-        return Err(Error::invalid(format!(
-            "the model classifies {} identities but the training split has {}",
-            files.config.head.num_classes, data.num_classes
-        )));
+        return Err(Error::invalid(format!("the model classifies {} identities but the training split has {}", files.config.head.num_classes, data.num_classes)));
     }
-    if o.batch_size < 2 {
-        return Err(Error::invalid("--batch-size must be at least 2 (BatchNorm in training mode needs a batch)"));
-    }
-    let teacher_engine = match (&o.distill, teacher) {
-        (Distill::None, _) => None,
-        (_, None) => return Err(Error::invalid("distillation needs --teacher MODEL_DIR")),
-        (_, Some((t, name))) => {
-            if t.config.head.kind != HeadKind::La || t.config.head.num_classes != data.num_classes || t.config.input != files.config.input {
-                return Err(Error::invalid(format!(
-                    "teacher {name}: needs an LA head over the same {} identities and the same input as the student",
-                    data.num_classes
-                )));
-            }
-            Some(Engine::new(t)?)
-        }
-    };
-    let mut model = Vit::new(&files, &dev)?;
-    let spec = files.config.input.clone();
-    let paths: Vec<PathBuf> = data.train.iter().map(|s| s.path.clone()).collect();
-    let labels: Vec<u32> = data.train.iter().map(|s| s.label as u32).collect();
-    let loss_cfg = LossConfig { label_smoothing: o.label_smoothing, distill: o.distill };
-    let mut tws = Workspace::default();
-    let steps_per_epoch = (paths.len() / o.batch_size + usize::from(paths.len() % o.batch_size >= 2)).max(1);
+    check_options(&state.options, teacher.is_some())?;
+    Ok((files, opt, state, teacher))
+}
 
-    for epoch in state.epochs_done..o.epochs {
+/// The frozen teacher's inference engine, when the run distils.
+fn teacher_engine(o: &TrainOptions, teacher: Option<(ModelFiles, String)>, student: &ModelFiles, data: &Dataset) -> Result<Option<Engine>> {
+    match (&o.distill, teacher) {
+        (Distill::None, _) => Ok(None),
+        (_, None) => Err(Error::invalid("distillation needs --teacher MODEL_DIR")),
+        (_, Some((t, name))) => {
+            if t.config.head.kind != HeadKind::La || t.config.head.num_classes != data.num_classes || t.config.input != student.config.input {
+                return Err(Error::invalid(format!("teacher {name}: needs an LA head over the same {} identities and the same input as the student", data.num_classes)));
+            }
+            Ok(Some(Engine::new(t)?))
+        }
+    }
+}
+
+/// Runs the epochs of one run: loader, forward, loss, backward, optimiser step.
+struct EpochRunner<'a> {
+    data: &'a Dataset,
+    o: &'a TrainOptions,
+    teacher: Option<&'a Engine>,
+    /// The teacher's buffers.
+    ws: Workspace,
+    progress: bool,
+}
+
+impl EpochRunner<'_> {
+    /// One epoch over the training split in the order `epoch_order` gives.
+    fn run(&mut self, epoch: usize, model: &mut Vit, trainable: &BTreeMap<String, candle_core::Var>, opt: &mut Optimizer, run: &Path) -> Result<EpochRecord> {
+        let (o, data, dev) = (self.o, self.data, Device::Cpu);
         let t0 = std::time::Instant::now();
+        let paths: Vec<PathBuf> = data.train.iter().map(|s| s.path.clone()).collect();
+        let labels: Vec<u32> = data.train.iter().map(|s| s.label as u32).collect();
+        let spec = model.cfg.input.clone();
+        let loss_cfg = LossConfig { label_smoothing: o.label_smoothing, distill: o.distill };
+        let steps_per_epoch = (paths.len() / o.batch_size + usize::from(paths.len() % o.batch_size >= 2)).max(1);
         let order = epoch_order(paths.len(), o.seed, epoch);
         let lopts = LoaderOptions { batch_size: o.batch_size, augment: o.augment, seed: o.seed, epoch: epoch as u64, ..LoaderOptions::inference(o.batch_size) };
-        let pb = crate::progress::bar(paths.len() as u64, &format!("epoch {}/{}", epoch + 1, o.epochs), "img");
-        if !progress {
-            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
+        let pb = crate::progress::bar(paths.len() as u64, &format!("epoch {}/{}", epoch + 1, o.epochs), "img", self.progress);
         let mut dropout_rng = Rng::new(o.seed ^ 0xD50).fork(epoch as u64);
         let (mut seen, mut correct, mut loss_sum, mut ce_sum, mut kd_sum, mut batches) = (0usize, 0usize, 0.0, 0.0, 0.0, 0usize);
         let mut lr = o.lr;
@@ -343,16 +412,15 @@ pub fn train(
             if b < 2 {
                 return Ok(()); // a last batch of one cannot be batch-normalised
             }
-            lr = learning_rate(&o, epoch, batches as f64 / steps_per_epoch as f64);
-            let (h, w) = (spec.height, spec.width);
-            let x = Tensor::from_slice(&batch.inputs, (b, 3, h, w), &dev)?;
+            lr = learning_rate(o, epoch, batches as f64 / steps_per_epoch as f64);
+            let x = Tensor::from_slice(&batch.inputs, (b, 3, spec.height, spec.width), &dev)?;
             let y: Vec<u32> = batch.indices.iter().map(|&i| labels[i]).collect();
             let yt = Tensor::from_vec(y.clone(), b, &dev)?;
-            let teacher_logits = match &teacher_engine {
+            let teacher_logits = match self.teacher {
                 Some(e) => {
-                    let out = e.forward(&batch.inputs, b, &mut tws, Want { tokens: false, logits: true })?;
-                    let c = data.num_classes;
-                    Some(out.logits.unwrap().into_iter().map(|l| Tensor::from_vec(l, (b, c), &dev)).collect::<candle_core::Result<Vec<_>>>()?)
+                    let out = e.forward(&batch.inputs, b, &mut self.ws, Want { tokens: false, logits: true })?;
+                    let logits = out.logits.ok_or_else(|| Error::invalid("the teacher returned no logits"))?;
+                    Some(logits.into_iter().map(|l| Tensor::from_vec(l, (b, data.num_classes), &dev)).collect::<candle_core::Result<Vec<_>>>()?)
                 }
                 None => None,
             };
@@ -368,14 +436,8 @@ pub fn train(
                 )));
             }
             let grads = loss.total.backward()?;
-            opt.step(&model.params, &grads, lr)?;
-            // Accuracy as LA-Transformer reports it: argmax of the summed part softmaxes.
-            let mut score = candle_nn::ops::softmax_last_dim(&out.logits[0].detach())?;
-            for l in &out.logits[1..] {
-                score = (score + candle_nn::ops::softmax_last_dim(&l.detach())?)?;
-            }
-            let pred = score.argmax(1)?.to_vec1::<u32>()?;
-            correct += pred.iter().zip(&y).filter(|(a, b)| a == b).count();
+            opt.step(trainable, &grads, lr)?;
+            correct += correct_predictions(&out.logits, &y)?;
             seen += b;
             loss_sum += value;
             ce_sum += loss.ce;
@@ -387,67 +449,58 @@ pub fn train(
         })?;
         pb.finish_and_clear();
         let secs = t0.elapsed().as_secs_f64();
-        let mut rec = EpochRecord {
+        let per_batch = |v: f64| v / batches.max(1) as f64;
+        Ok(EpochRecord {
             epoch: epoch + 1,
             lr,
-            loss: loss_sum / batches.max(1) as f64,
-            ce: ce_sum / batches.max(1) as f64,
-            distill: kd_sum / batches.max(1) as f64,
+            loss: per_batch(loss_sum),
+            ce: per_batch(ce_sum),
+            distill: per_batch(kd_sum),
             accuracy: correct as f64 / seen.max(1) as f64,
             img_per_s: seen as f64 / secs,
             seconds: secs,
             rank1: None,
             map: None,
             minp: None,
-        };
-        let current = model.to_files()?;
-        let evaluate = o.eval_every > 0 && ((epoch + 1) % o.eval_every == 0 || epoch + 1 == o.epochs);
-        if evaluate {
-            let engine = Engine::new(current.clone())?;
-            let m = eval_model(&engine, data, &EvalOptions { batch_size: 64, flip: false, progress })?;
-            rec.rank1 = Some(m.rank(1));
-            rec.map = Some(m.map);
-            rec.minp = Some(m.minp);
-        }
-        // Best by mAP when the run evaluates, else (as LA-Transformer does) by training accuracy.
-        let score = if o.eval_every > 0 { rec.map } else { Some(rec.accuracy) };
-        log(&format!(
-            "epoch {}/{}: loss {:.4} (ce {:.4}, distill {:.4}) acc {:.4} lr {:.2e} · {:.0} img/s{}",
-            epoch + 1,
-            o.epochs,
-            rec.loss,
-            rec.ce,
-            rec.distill,
-            rec.accuracy,
-            rec.lr,
-            rec.img_per_s,
-            match (rec.rank1, rec.map) {
-                (Some(r), Some(m)) => format!(" · Rank-1 {:.2} % mAP {:.2} %", 100.0 * r, 100.0 * m),
-                _ => String::new(),
-            }
-        ));
-        state.history.push(rec);
-        state.epochs_done = epoch + 1;
-        state.optimizer_step = opt.step;
-        let improved = match (score, state.best) {
-            (Some(s), Some((b, _))) => s > b,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if let (true, Some(s)) = (improved, score) {
-            state.best = Some((s, epoch + 1));
-        }
-        // Order: best (if improved), then last (the resume point), then metrics. A kill between any
-        // two leaves a consistent run: resume rewrites metrics.jsonl from last/'s history.
-        if improved {
-            write_checkpoint(&run.join("best"), &current, None)?;
-        }
-        write_checkpoint(&run.join("last"), &current, Some((&opt, &state)))?;
-        write_metrics(run, &state.history)?;
+        })
     }
-    if state.epochs_done >= o.epochs {
-        write_metrics(run, &state.history)?;
-    }
-    Ok(TrainSummary { epochs_done: state.epochs_done, history: state.history, best: state.best })
 }
 
+/// Correct identity predictions as LA-Transformer counts them: argmax of the summed part softmaxes.
+fn correct_predictions(logits: &[Tensor], labels: &[u32]) -> Result<usize> {
+    let mut score = candle_nn::ops::softmax_last_dim(&logits[0].detach())?;
+    for l in &logits[1..] {
+        score = (score + candle_nn::ops::softmax_last_dim(&l.detach())?)?;
+    }
+    let pred = score.argmax(1)?.to_vec1::<u32>()?;
+    Ok(pred.iter().zip(labels).filter(|(a, b)| a == b).count())
+}
+
+fn epoch_line(rec: &EpochRecord, epochs: usize) -> String {
+    format!(
+        "epoch {}/{}: loss {:.4} (ce {:.4}, distill {:.4}) acc {:.4} lr {:.2e} · {:.0} img/s{}",
+        rec.epoch,
+        epochs,
+        rec.loss,
+        rec.ce,
+        rec.distill,
+        rec.accuracy,
+        rec.lr,
+        rec.img_per_s,
+        match (rec.rank1, rec.map) {
+            (Some(r), Some(m)) => format!(" · Rank-1 {:.2} % mAP {:.2} %", 100.0 * r, 100.0 * m),
+            _ => String::new(),
+        }
+    )
+}
+
+/// Writes the epoch's checkpoints. Order: best (if improved), then last (the resume point), then
+/// metrics. A kill between any two leaves a consistent run: resume rewrites metrics.jsonl from
+/// last/'s history.
+fn save_epoch(run: &Path, current: &ModelFiles, opt: &Optimizer, state: &TrainState, improved: bool) -> Result<()> {
+    if improved {
+        write_checkpoint(&run.join("best"), current, None)?;
+    }
+    write_checkpoint(&run.join("last"), current, Some((opt, state)))?;
+    write_metrics(run, &state.history)
+}

@@ -1,0 +1,33 @@
+use amg::data::Dataset;
+use amg::model::ModelFiles;
+use amg::prune::analyze::{analyze, AnalyzeOptions};
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory (with its LA classifiers: key importance needs the training loss).
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset root; its training split (sorted by file name) is the calibration set.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output scores JSON.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Use only the first N calibration images.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let files = ModelFiles::load(&a.model)?;
+    let data = Dataset::open(&a.data, None)?;
+    eprint!("{}", data.summary());
+    let s = analyze(&files, &data, &AnalyzeOptions { batch_size: a.batch_size, limit: a.limit, progress: true })?;
+    amg::fsutil::write_bytes_atomic(&a.out, serde_json::to_string_pretty(&s)?.as_bytes())?;
+    eprintln!("{}", s.summary(&a.out));
+    Ok(())
+}

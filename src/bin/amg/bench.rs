@@ -1,0 +1,67 @@
+use crate::args::size;
+use amg::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
+use amg::report::bench::{bench_la_step, bench_model, bench_toy_step};
+use anyhow::{anyhow, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory to measure (or give --arch).
+    #[arg(long, conflicts_with = "arch", required_unless_present_any = ["arch", "toy"])]
+    model: Option<PathBuf>,
+    /// Or an unpruned architecture with random weights: tiny, small, base.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Input size HxW for --arch (default 224x224).
+    #[arg(long, value_parser = size, requires = "arch")]
+    img_size: Option<(usize, usize)>,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Timed iterations (after 2 warm-up ones).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Measure training steps instead of inference (LA head with --classes identities).
+    #[arg(long)]
+    train: bool,
+    /// With --train: a 6-block stack (B=32, N=33, D=192) with a mean-square loss, the step
+    /// tools/peer_train_toy.py times in PyTorch.
+    #[arg(long, requires = "train")]
+    toy: bool,
+    /// Identities of the LA head for --train.
+    #[arg(long, default_value_t = 751)]
+    classes: usize,
+    /// Also measure the image loader on this dataset's training split (with augmentation) and
+    /// gallery (without), at the model's input size.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.train {
+        let r = if a.toy {
+            bench_toy_step(a.iters, !a.json)?
+        } else {
+            let arch = Arch::preset(a.arch.as_deref().ok_or_else(|| anyhow!("--train needs --arch tiny|small|base"))?)?;
+            bench_la_step(arch, a.img_size.unwrap_or((224, 224)), a.batch_size, a.classes, a.iters, !a.json)?
+        };
+        println!("{}", if a.json { serde_json::to_string(&r)? } else { r.text() });
+        return Ok(());
+    }
+    let (files, label) = match (&a.model, &a.arch) {
+        (Some(dir), _) => (ModelFiles::load(dir)?, dir.display().to_string()),
+        (None, Some(arch)) => {
+            let (h, w) = a.img_size.unwrap_or((224, 224));
+            let config = ModelConfig::new(Arch::preset(arch)?, h, w, HeadConfig::none(), Source { format: "random".into(), ..Default::default() })?;
+            let params = amg::model::weights::init_random(&config, 0);
+            (ModelFiles { config, params }, format!("ViT-{arch} (random weights)"))
+        }
+        (None, None) => return Err(anyhow!("give --model DIR or --arch tiny|small|base")),
+    };
+    let data = a.data.as_ref().map(|root| amg::data::Dataset::open(root, None)).transpose()?;
+    let r = bench_model(files, &label, a.batch_size, a.iters, data.as_ref(), !a.json)?;
+    println!("{}", if a.json { serde_json::to_string(&r)? } else { r.text() });
+    Ok(())
+}

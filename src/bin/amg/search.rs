@@ -1,0 +1,44 @@
+use amg::engine::{Engine, Want, Workspace};
+use amg::model::ModelFiles;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Gallery features written by `amg embed` with the same model.
+    #[arg(long)]
+    gallery: PathBuf,
+    /// The query image.
+    #[arg(long)]
+    query: PathBuf,
+    /// How many matches to print.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Print the matches as one JSON list.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (names, gallery, dim) = amg::eval::features::read_features(&a.gallery)?;
+    let engine = Engine::new(ModelFiles::load(&a.model)?)?;
+    if dim != engine.config().feature_dim() {
+        bail!("{}: features have {dim} dimensions but the model gives {}: embed the gallery with this model", a.gallery.display(), engine.config().feature_dim());
+    }
+    let t = std::time::Instant::now();
+    let input = amg::preprocess::load_input(&a.query, &engine.config().input, false)?;
+    let out = engine.forward(&input, 1, &mut Workspace::default(), Want::default())?;
+    let matches = amg::embed::search(&out.features, &gallery, &names, a.top);
+    if a.json {
+        println!("{}", serde_json::to_string(&matches)?);
+    } else {
+        for m in &matches {
+            println!("{:>3}  {:.4}  {}", m.rank, m.score, m.name);
+        }
+        eprintln!("{} gallery entries searched in {:.1} ms", names.len(), t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(())
+}

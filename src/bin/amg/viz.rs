@@ -1,0 +1,30 @@
+use amg::model::ModelFiles;
+use amg::prune::analyze::Scores;
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Scores from `amg analyze` (for the entropy and importance maps).
+    #[arg(long)]
+    scores: Option<PathBuf>,
+    /// Output directory for the PNGs.
+    #[arg(long)]
+    out: PathBuf,
+    /// An image to draw attention maps over.
+    #[arg(long)]
+    image: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let files = ModelFiles::load(&a.model)?;
+    let scores = a.scores.as_ref().map(|p| Scores::load(p)).transpose()?;
+    let out = amg::report::viz::render(&files, scores.as_ref(), a.image.as_deref(), &a.out)?;
+    for f in out.files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! How each checkpoint format names amg's tensors. amg's own key (`model::params::Key`, e.g.
+//! `blocks.3.attn.qkv.weight` or `parts.2.bn.running_var`) is mapped to the checkpoint's key here
+//! and nowhere else, so an importer reads exactly the tensors the model definition calls for.
+
+use crate::model::params::{Key, Seg};
+use crate::choice::Choice;
+use std::fmt;
+
+/// Checkpoint formats amg reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// A timm VisionTransformer state dict (retrieval only; any classifier is dropped).
+    Timm,
+    /// LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers.
+    LaTransformer,
+    /// The AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks.
+    Amg,
+}
+
+impl Choice for SourceFormat {
+    const ALL: &'static [SourceFormat] = &[SourceFormat::Timm, SourceFormat::LaTransformer, SourceFormat::Amg];
+
+    fn name(self) -> &'static str {
+        match self {
+            SourceFormat::Timm => "timm",
+            SourceFormat::LaTransformer => "la-transformer",
+            SourceFormat::Amg => "amg",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            SourceFormat::Timm => "a timm VisionTransformer state dict (retrieval only; any classifier is dropped)",
+            SourceFormat::LaTransformer => "LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers",
+            SourceFormat::Amg => "the AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks",
+        }
+    }
+}
+
+impl SourceFormat {
+    /// Whether the checkpoint carries LA part classifiers.
+    pub fn has_la_head(self) -> bool {
+        self != SourceFormat::Timm
+    }
+
+    /// Whether the checkpoint may be head- or token-pruned.
+    pub fn may_be_pruned(self) -> bool {
+        self == SourceFormat::Amg
+    }
+
+    /// The key naming of this format.
+    pub fn scheme(self) -> KeyScheme {
+        match self {
+            SourceFormat::Timm => KeyScheme { backbone: "" },
+            SourceFormat::LaTransformer | SourceFormat::Amg => KeyScheme { backbone: "model." },
+        }
+    }
+}
+
+impl fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A checkpoint's key naming: the backbone's tensors under a prefix (timm's own names below it),
+/// the LA classifiers as LA-Transformer writes them.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyScheme {
+    backbone: &'static str,
+}
+
+impl KeyScheme {
+    /// The checkpoint key of amg's tensor `key`.
+    pub fn key(&self, key: &Key) -> String {
+        match key.segs() {
+            // LA-Transformer's ClassBlock: add_block = [Linear, BatchNorm1d, Dropout], classifier = [Linear].
+            [Seg::Name("parts"), Seg::Index(i), Seg::Name(module), Seg::Name(leaf)] => {
+                let at = match *module {
+                    "bottleneck" => "add_block.0",
+                    "bn" => "add_block.1",
+                    _ => "classifier.0",
+                };
+                format!("classifier{i}.{at}.{leaf}")
+            }
+            _ => format!("{}{key}", self.backbone),
+        }
+    }
+
+    /// The AMG reference code's per-layer key mask, beside the block's attention.
+    pub fn token_index(&self, qkv_weight: &Key) -> String {
+        format!("{}.token_index", self.key(&qkv_weight.up().up()))
+    }
+
+    /// Checkpoint tensors that are not part of the model and may be left behind: BatchNorm step
+    /// counters, token masks (read separately), timm's ImageNet classifier, and the top-level
+    /// `cls_token` / `pos_embed` aliases LA-Transformer registers (checked to equal the backbone's).
+    pub fn ignorable(&self, name: &str) -> bool {
+        name.ends_with("num_batches_tracked")
+            || name.ends_with(".token_index")
+            || name == format!("{}head.weight", self.backbone)
+            || name == format!("{}head.bias", self.backbone)
+            || self.alias_of(name).is_some()
+    }
+
+    /// For a top-level alias of a backbone tensor (LA-Transformer's `cls_token`, `pos_embed`), the
+    /// backbone key it must equal.
+    pub fn alias_of(&self, name: &str) -> Option<String> {
+        (!self.backbone.is_empty() && (name == "cls_token" || name == "pos_embed")).then(|| format!("{}{name}", self.backbone))
+    }
+
+    pub fn is_prefixed(&self) -> bool {
+        !self.backbone.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::params::VitParams;
+
+    #[test]
+    fn la_keys_follow_the_class_block_layout() {
+        let k = VitParams::keys(2, 3);
+        let la = SourceFormat::LaTransformer.scheme();
+        assert_eq!(la.key(&k.blocks[1].qkv.weight), "model.blocks.1.attn.qkv.weight");
+        assert_eq!(la.key(&k.parts[2].bottleneck.weight), "classifier2.add_block.0.weight");
+        assert_eq!(la.key(&k.parts[0].bn.running_var), "classifier0.add_block.1.running_var");
+        assert_eq!(la.key(k.parts[1].classifier.bias.as_ref().unwrap()), "classifier1.classifier.0.bias");
+        assert_eq!(la.token_index(&k.blocks[1].qkv.weight), "model.blocks.1.attn.token_index");
+        assert_eq!(SourceFormat::Timm.scheme().key(&k.pos_embed), "pos_embed");
+        assert!(la.ignorable("cls_token") && !SourceFormat::Timm.scheme().ignorable("cls_token"));
+    }
+}
