@@ -8,7 +8,7 @@ use crate::fsutil;
 use crate::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
 use crate::plot::{scatter, Point};
 use crate::report::prune::{model_report, prune_and_report, ModelReport};
-use crate::prune::select::Criterion;
+use crate::prune::criteria::Criterion;
 use crate::prune::PruneOptions;
 use crate::synth::{generate, SynthOptions};
 use crate::train::loss::Distill;

@@ -6,7 +6,7 @@ use amg::data::Dataset;
 use amg::model::surgery::Plan;
 use amg::model::ModelFiles;
 use amg::prune::analyze::{analyze, AnalyzeOptions, Scores};
-use amg::prune::select::{head_scores, remove_heads, remove_tokens, token_scores};
+use amg::prune::policy::{remove_heads, remove_tokens, HeadWeighting, TokenWeighting};
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -55,10 +55,10 @@ fn selection_on_the_fixture_scores() {
     // Heads: only layer 0 has more than one head (α = 1.00): its higher-entropy head goes.
     let e = &want.head_entropy[0];
     let drop = if e[1] >= e[0] { 1 } else { 0 };
-    let out = remove_heads(&plan, &head_scores(&want.head_entropy), 1).unwrap();
+    let out = remove_heads(&plan, &HeadWeighting::AMG.apply(&want.head_entropy), 1).unwrap();
     assert_eq!(out.heads, vec![vec![1 - drop], vec![1]]);
     // A second head cannot go: every layer keeps one.
-    assert!(remove_heads(&out, &head_scores(&[vec![e[1 - drop]], vec![want.head_entropy[1][0]]]), 1).is_err());
+    assert!(remove_heads(&out, &HeadWeighting::AMG.apply(&[vec![e[1 - drop]], vec![want.head_entropy[1][0]]]), 1).is_err());
     // Tokens: the 3 lowest of |I_l|/‖I_l‖·(1 − 0.03 l) over both layers, computed here directly.
     let mut all: Vec<(f64, usize, usize)> = Vec::new();
     for (l, row) in want.token_importance.iter().enumerate() {
@@ -70,7 +70,7 @@ fn selection_on_the_fixture_scores() {
         }
     }
     all.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-    let out = remove_tokens(&plan, &token_scores(&want.token_importance), 3).unwrap();
+    let out = remove_tokens(&plan, &TokenWeighting::AMG.apply(&want.token_importance), 1, 3).unwrap();
     for &(_, l, pos) in &all[..3] {
         assert!(!out.tokens[l].contains(&pos), "layer {l} position {pos} should go");
     }

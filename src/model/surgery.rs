@@ -26,7 +26,7 @@ impl Plan {
         serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid plan (expected {{\"heads\": [[…]…], \"tokens\": [[…]…]}}): {e}")))
     }
 
-    /// Checks the plan against a model: depth, ranges, CLS kept, at least one head, and nothing
+    /// Checks the plan against a model: depth, ranges, prefix tokens kept, at least one head, and nothing
     /// asked back that the model has already removed. Lists are returned sorted.
     pub fn checked(&self, cfg: &ModelConfig) -> Result<Plan> {
         let depth = cfg.arch.depth;

@@ -1,8 +1,10 @@
-//! `amg prune`: the AMG schedule (AMG_SPEC §4) — calibrate, remove heads by entropy and key tokens
-//! by first-order importance, fine-tune with distillation, iterate — and its honest report.
+//! `amg prune`: the AMG schedule (docs/method.md §4) — calibrate, score heads and key tokens by a
+//! criterion (`criteria`), weight the scores per layer and remove the worst under the budget
+//! (`policy`), fine-tune with distillation, iterate.
 
 pub mod analyze;
-pub mod select;
+pub mod criteria;
+pub mod policy;
 
 use crate::data::loader::Augment;
 use crate::data::Dataset;
@@ -13,10 +15,28 @@ use crate::rng::Rng;
 use crate::train::loss::Distill;
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::run::{train, Scheduler, Start, TrainOptions, TrainRequest};
-use analyze::{AnalyzeOptions, Scores};
-use select::{head_scores, random_scores, remove_heads, remove_tokens, token_scores, Criterion};
+use analyze::Scores;
+use criteria::{AnalyzeOptions, Calibration, Criterion};
+use policy::{remove_heads, remove_tokens, HeadWeighting, TokenWeighting};
 use serde::Serialize;
 use std::path::Path;
+
+/// What a pruning iteration removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Heads,
+    Tokens,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Heads => "heads",
+            Phase::Tokens => "tokens",
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
@@ -28,6 +48,10 @@ pub struct PruneOptions {
     pub finetune_epochs: usize,
     pub final_epochs: usize,
     pub criterion: Criterion,
+    /// How head scores compare across layers.
+    pub head_weighting: HeadWeighting,
+    /// How key-token scores compare across layers.
+    pub token_weighting: TokenWeighting,
     pub seed: u64,
     pub distill: Distill,
     pub batch_size: usize,
@@ -40,7 +64,7 @@ pub struct PruneOptions {
 }
 
 impl PruneOptions {
-    /// The reference settings (AMG_SPEC §4) with the given budgets.
+    /// The reference settings (docs/method.md §4) with the given budgets.
     pub fn reference(heads: f64, tokens: f64) -> Self {
         PruneOptions {
             heads,
@@ -49,6 +73,8 @@ impl PruneOptions {
             finetune_epochs: 0,
             final_epochs: 10,
             criterion: Criterion::Amg,
+            head_weighting: HeadWeighting::AMG,
+            token_weighting: TokenWeighting::AMG,
             seed: 0,
             distill: Distill::None,
             batch_size: 32,
@@ -81,7 +107,7 @@ impl PruneOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IterationRecord {
-    pub phase: String,
+    pub phase: Phase,
     pub iteration: usize,
     pub removed: usize,
     pub heads_left: usize,
@@ -160,40 +186,35 @@ pub fn prune(
     let mut rng = Rng::new(o.seed ^ 0x5C0E);
     let mut iterations = Vec::new();
     let mut result = None;
+    let (mut head_criterion, mut token_criterion) = (o.criterion.heads(), o.criterion.tokens());
     crate::fsutil::write_dir_atomic(out, force, |tmp| {
         std::fs::create_dir_all(tmp.join("scores")).map_err(|e| Error::io(tmp.join("scores"), e))?;
         let mut current = model;
         let aopts = AnalyzeOptions { batch_size: o.batch_size, limit: o.calib_limit, progress: true };
-        for (phase, n) in [("heads", n_heads), ("tokens", n_tokens)] {
-            if n == 0 {
-                continue;
-            }
-            for it in 0..o.iters {
+        for (phase, n) in [(Phase::Heads, n_heads), (Phase::Tokens, n_tokens)] {
+            for it in (0..o.iters).filter(|_| n > 0) {
                 let k = per_iteration(n, o.iters, it);
                 let plan = Plan::of(&current.config);
                 // Calibrate: only the criterion this phase uses.
-                let mut scores = Scores {
-                    batch_size: o.batch_size,
-                    images: o.calib_limit.unwrap_or(usize::MAX).min(data.train.len()),
-                    head_entropy: current.config.layers.iter().map(|l| vec![0.0; l.heads.len()]).collect(),
-                    token_importance: current.config.layers.iter().map(|l| (1..current.config.num_tokens()).map(|p| l.tokens.binary_search(&p).ok().map(|_| 0.0)).collect()).collect(),
-                    heads: plan.heads.clone(),
+                let mut scores = Scores::zeros(&current, &aopts, o.calib_limit.unwrap_or(usize::MAX).min(data.train.len()));
+                let calib = Calibration { model: &current, data, options: &aopts, rng: &mut rng };
+                let next = match phase {
+                    Phase::Heads => {
+                        scores.head_entropy = head_criterion.score_heads(calib)?;
+                        scores.head_criterion = Some(head_criterion.name().into());
+                        remove_heads(&plan, &o.head_weighting.apply(&scores.head_entropy), k)?
+                    }
+                    Phase::Tokens => {
+                        scores.token_importance = token_criterion.score_tokens(calib)?;
+                        scores.token_criterion = Some(token_criterion.name().into());
+                        remove_tokens(&plan, &o.token_weighting.apply(&scores.token_importance), current.config.num_prefix(), k)?
+                    }
                 };
-                match (o.criterion, phase) {
-                    (Criterion::Random, _) => scores = random_scores(&scores, &mut rng),
-                    (Criterion::Amg, "heads") => scores.head_entropy = analyze::head_entropy(&current, data, &aopts)?,
-                    (Criterion::Amg, _) => scores.token_importance = analyze::token_importance(&current, data, &aopts)?,
-                }
-                let file = format!("scores/{phase}-{:02}.json", it + 1);
+                let file = format!("scores/{}-{:02}.json", phase.name(), it + 1);
                 write_json(&tmp.join(&file), &scores)?;
-                let next = if phase == "heads" {
-                    remove_heads(&plan, &head_scores(&scores.head_entropy), k)?
-                } else {
-                    remove_tokens(&plan, &token_scores(&scores.token_importance), k)?
-                };
                 current = apply_plan(&current, &next)?;
                 let rec = IterationRecord {
-                    phase: phase.into(),
+                    phase,
                     iteration: it + 1,
                     removed: k,
                     heads_left: next.heads.iter().map(|h| h.len()).sum(),
@@ -201,22 +222,23 @@ pub fn prune(
                     scores_file: file,
                 };
                 log(&format!(
-                    "{phase} {}/{}: removed {k} ({} heads, {} key tokens left; {:?} criterion)",
+                    "{} {}/{}: removed {k} ({} heads, {} key tokens left; {} criterion)",
+                    phase.name(),
                     it + 1,
                     o.iters,
                     rec.heads_left,
                     rec.key_tokens_left,
-                    o.criterion
+                    o.criterion.title()
                 ));
                 iterations.push(rec);
-                let stage = tmp.join("stages").join(format!("{phase}-{:02}", it + 1));
+                let stage = tmp.join("stages").join(format!("{}-{:02}", phase.name(), it + 1));
                 current = fine_tune(current, data, o, teacher.as_ref(), &stage, o.finetune_epochs, false, log)?;
             }
         }
         current = fine_tune(current, data, o, teacher.as_ref(), &tmp.join("stages").join("final"), o.final_epochs, true, log)?;
         current.config.source.notes.push(format!(
-            "AMG-pruned ({:?} criterion): heads {:.0} %, key tokens {:.0} %, {} iteration(s), {} + {} fine-tune epochs",
-            o.criterion,
+            "pruned by amg ({} criterion): heads {:.0} %, key tokens {:.0} %, {} iteration(s), {} + {} fine-tune epochs",
+            o.criterion.title(),
             100.0 * o.heads,
             100.0 * o.tokens,
             o.iters,

@@ -66,7 +66,7 @@ fn normalise(v: &[Option<f64>]) -> Vec<Option<f64>> {
     v.iter().map(|x| x.map(|x| if hi > lo { (x - lo) / (hi - lo) } else { 0.5 })).collect()
 }
 
-/// Per-layer grids of the patch positions, coloured by `value(layer, position 1..N−1)`.
+/// Per-layer grids of the patches, coloured by `value(layer, patch index)` (row-major in the grid).
 fn grids(files: &ModelFiles, value: impl Fn(usize, usize) -> Option<[u8; 3]>) -> Sheet {
     let (gh, gw) = files.config.grid();
     let depth = files.config.arch.depth;
@@ -78,7 +78,7 @@ fn grids(files: &ModelFiles, value: impl Fn(usize, usize) -> Option<[u8; 3]>) ->
     for l in 0..depth {
         let (ox, oy) = (8 + (l % per_row) * bw, 8 + (l / per_row) * bh);
         for p in 0..gh * gw {
-            let c = value(l, p + 1).unwrap_or(GREY);
+            let c = value(l, p).unwrap_or(GREY);
             s.rect(ox + (p % gw) * cell, oy + (p / gw) * cell, cell - 1, cell - 1, c);
         }
     }
@@ -115,11 +115,12 @@ pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>,
         written.push(p);
         let norm: Vec<Vec<Option<f64>>> = sc.token_importance.iter().map(|v| normalise(v)).collect();
         let p = out.join("token_importance.png");
-        grids(files, |l, pos| norm[l].get(pos - 1).copied().flatten().map(colormap)).save(&p)?;
+        grids(files, |l, patch| norm[l].get(patch).copied().flatten().map(colormap)).save(&p)?;
         written.push(p);
     }
     let p = out.join("kept_tokens.png");
-    grids(files, |l, pos| Some(if cfg.layers[l].tokens.binary_search(&pos).is_ok() { [235, 235, 235] } else { [0, 0, 0] })).save(&p)?;
+    let prefix = cfg.num_prefix();
+    grids(files, |l, patch| Some(if cfg.layers[l].tokens.binary_search(&(prefix + patch)).is_ok() { [235, 235, 235] } else { [0, 0, 0] })).save(&p)?;
     written.push(p);
 
     if let Some(img_path) = image {
@@ -129,8 +130,7 @@ pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>,
         to_input(&img, &cfg.input, false, &mut input);
         let shown = resize_rgb8_pil(&img.data, img.height, img.width, h, w);
         let engine = Engine::new(files.clone())?;
-        let n = cfg.num_tokens();
-        // CLS-query attention of every kept head: probs row 0.
+        // The class token's (first query's) attention of every kept head: probs row 0.
         let maps: Mutex<Vec<Vec<Vec<f32>>>> = Mutex::new(cfg.layers.iter().map(|l| vec![Vec::new(); l.heads.len()]).collect());
         let observe = |layer: usize, _b: usize, head: usize, probs: &[f32]| {
             let nk = cfg.layers[layer].tokens.len();
@@ -143,11 +143,11 @@ pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>,
         let mut s = Sheet::new(cols * (w + 4) + 4, cfg.arch.depth * (h + 4) + 4);
         for (l, heads) in maps.iter().enumerate() {
             for (j, probs) in heads.iter().enumerate() {
-                // Spread the attention over the patch grid (CLS key excluded), then normalise.
+                // Spread the attention over the patch grid (prefix keys excluded), then normalise.
                 let mut grid = vec![0f64; gh * gw];
                 for (&pos, &a) in cfg.layers[l].tokens.iter().zip(probs) {
-                    if pos > 0 && pos < n {
-                        grid[pos - 1] = a as f64;
+                    if pos >= prefix {
+                        grid[pos - prefix] = a as f64;
                     }
                 }
                 let max = grid.iter().cloned().fold(0.0, f64::max).max(1e-12);

@@ -2,7 +2,8 @@ use crate::args::{choice, DistillArgs};
 use amg::data::Dataset;
 use amg::model::surgery::Plan;
 use amg::model::ModelFiles;
-use amg::prune::select::Criterion;
+use amg::prune::criteria::Criterion;
+use amg::prune::policy::{HeadWeighting, TokenWeighting};
 use amg::prune::PruneOptions;
 use amg::report::prune::{markdown, plan_summary, prune_and_report};
 use anyhow::{anyhow, Result};
@@ -76,6 +77,8 @@ pub fn run(a: Args) -> Result<()> {
         finetune_epochs: a.finetune_epochs,
         final_epochs: a.final_epochs,
         criterion: a.criterion,
+        head_weighting: HeadWeighting::AMG,
+        token_weighting: TokenWeighting::AMG,
         seed: a.seed,
         distill: a.distill.get(),
         batch_size: a.batch_size,

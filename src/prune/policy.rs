@@ -1,52 +1,62 @@
-//! Criteria — which heads and key tokens to remove (AMG_SPEC §2.3, §3.3) — apart from the surgery
-//! that removes them (`model::surgery`). A new criterion is a new way to produce scores.
+//! The selection policy, apart from any criterion: how per-layer scores are weighted so that they
+//! compare across layers (docs/method.md §2.3, §3.3), and the global choice of what goes under a
+//! budget. A criterion (`criteria`) produces the raw scores; surgery (`model::surgery`) removes
+//! what is chosen here.
 
-use super::analyze::Scores;
 use crate::error::{Error, Result};
 use crate::model::surgery::Plan;
-use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Criterion {
-    /// Attention-map guided: head entropy, first-order key importance.
-    Amg,
-    /// The baseline: uniformly random scores, at the same budgets.
-    Random,
+/// Head scores s = α·score over the candidate layers — those with more than one head left — with
+/// α = 1, 1 + step, 1 + 2·step, … in depth order (AMG: step 0.02, docs/method.md §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HeadWeighting {
+    pub step: f64,
 }
 
-impl crate::choice::Choice for Criterion {
-    const ALL: &'static [Criterion] = &[Criterion::Amg, Criterion::Random];
-    fn name(self) -> &'static str {
-        match self {
-            Criterion::Amg => "amg",
-            Criterion::Random => "random",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            Criterion::Amg => "attention-map guided: head entropy, first-order key importance",
-            Criterion::Random => "the baseline: random scores through the same selection",
-        }
+impl HeadWeighting {
+    pub const AMG: HeadWeighting = HeadWeighting { step: 0.02 };
+
+    /// Weighted scores; `None` for the heads of non-candidate layers.
+    pub fn apply(&self, scores: &[Vec<f64>]) -> Vec<Vec<Option<f64>>> {
+        let mut alpha = 1.0;
+        scores
+            .iter()
+            .map(|layer| {
+                if layer.len() > 1 {
+                    let s = layer.iter().map(|&e| Some(alpha * e)).collect();
+                    alpha += self.step;
+                    s
+                } else {
+                    vec![None; layer.len()]
+                }
+            })
+            .collect()
     }
 }
 
-/// Head scores s = α·E: only layers with more than one head left are candidates, and they get
-/// α = 1.00, 1.02, 1.04, … in depth order. `None` for heads of non-candidate layers.
-pub fn head_scores(entropy: &[Vec<f64>]) -> Vec<Vec<Option<f64>>> {
-    let mut alpha = 1.0;
-    entropy
-        .iter()
-        .map(|layer| {
-            if layer.len() > 1 {
-                let s = layer.iter().map(|&e| Some(alpha * e)).collect();
-                alpha += 0.02;
-                s
-            } else {
-                vec![None; layer.len()]
-            }
-        })
-        .collect()
+/// Token scores: per layer |I| divided by its L2 norm over the scored positions, times
+/// (1 − decay·l) (AMG: decay 0.03, docs/method.md §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TokenWeighting {
+    pub decay: f64,
+}
+
+impl TokenWeighting {
+    pub const AMG: TokenWeighting = TokenWeighting { decay: 0.03 };
+
+    /// Weighted scores; `None` where the position is already pruned.
+    pub fn apply(&self, importance: &[Vec<Option<f64>>]) -> Vec<Vec<Option<f64>>> {
+        importance
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let norm = layer.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+                let w = 1.0 - self.decay * l as f64;
+                layer.iter().map(|v| v.map(|v| if norm > 0.0 { v.abs() / norm * w } else { 0.0 })).collect()
+            })
+            .collect()
+    }
 }
 
 /// Removes the `n` heads with the highest scores (ties: earlier layer, then lower head first),
@@ -87,30 +97,17 @@ pub fn remove_heads(plan: &Plan, scores: &[Vec<Option<f64>>], n: usize) -> Resul
     Ok(out)
 }
 
-/// Token scores: per layer |I| divided by its L2 norm (over the scored positions), times
-/// (1 − 0.03·l). Positions are original key positions 1..N−1; `None` where already pruned.
-pub fn token_scores(importance: &[Vec<Option<f64>>]) -> Vec<Vec<Option<f64>>> {
-    importance
-        .iter()
-        .enumerate()
-        .map(|(l, layer)| {
-            let norm = layer.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
-            let w = 1.0 - 0.03 * l as f64;
-            layer.iter().map(|v| v.map(|v| if norm > 0.0 { v.abs() / norm * w } else { 0.0 })).collect()
-        })
-        .collect()
-}
-
 /// Removes the `n` lowest-scoring key positions over all layers (ties: earlier layer, then lower
-/// position first). CLS is never scored, so never removed.
-pub fn remove_tokens(plan: &Plan, scores: &[Vec<Option<f64>>], n: usize) -> Result<Plan> {
+/// position first). `scores[l][k]` belongs to position `prefix + k`: prefix tokens are never scored,
+/// so never removed.
+pub fn remove_tokens(plan: &Plan, scores: &[Vec<Option<f64>>], prefix: usize, n: usize) -> Result<Plan> {
     if scores.len() != plan.tokens.len() {
         return Err(Error::invalid("token scores do not match the model's depth"));
     }
     let mut cand: Vec<(f64, usize, usize)> = Vec::new();
     for (l, layer) in scores.iter().enumerate() {
         for (k, s) in layer.iter().enumerate() {
-            let pos = k + 1;
+            let pos = k + prefix;
             match s {
                 Some(s) if plan.tokens[l].binary_search(&pos).is_ok() => cand.push((*s, l, pos)),
                 Some(_) => return Err(Error::invalid(format!("token scores give layer {l} position {pos}, which the model no longer has"))),
@@ -129,15 +126,6 @@ pub fn remove_tokens(plan: &Plan, scores: &[Vec<Option<f64>>], n: usize) -> Resu
     Ok(out)
 }
 
-/// Random scores shaped like real ones (the baseline criterion).
-pub fn random_scores(shape: &Scores, rng: &mut Rng) -> Scores {
-    Scores {
-        head_entropy: shape.head_entropy.iter().map(|l| l.iter().map(|_| rng.f64()).collect()).collect(),
-        token_importance: shape.token_importance.iter().map(|l| l.iter().map(|v| v.map(|_| rng.f64())).collect()).collect(),
-        ..shape.clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,7 +138,7 @@ mod tests {
     #[test]
     fn head_weights_count_only_candidate_layers() {
         // Layer 1 has one head left: it is skipped and does not advance α.
-        let s = head_scores(&[vec![1.0, 2.0], vec![5.0], vec![1.0, 1.0]]);
+        let s = HeadWeighting::AMG.apply(&[vec![1.0, 2.0], vec![5.0], vec![1.0, 1.0]]);
         assert_eq!(s[0], vec![Some(1.0), Some(2.0)]);
         assert_eq!(s[1], vec![None]);
         assert_eq!(s[2], vec![Some(1.02), Some(1.02)]);
@@ -169,7 +157,7 @@ mod tests {
 
     #[test]
     fn token_scores_are_normalised_and_weighted_by_depth() {
-        let s = token_scores(&[vec![Some(3.0), Some(-4.0), None], vec![Some(3.0), Some(4.0), Some(0.0)]]);
+        let s = TokenWeighting::AMG.apply(&[vec![Some(3.0), Some(-4.0), None], vec![Some(3.0), Some(4.0), Some(0.0)]]);
         assert_eq!(s[0], vec![Some(0.6), Some(0.8), None]);
         let w = 1.0 - 0.03;
         assert_eq!(s[1], vec![Some(0.6 * w), Some(0.8 * w), Some(0.0)]);
@@ -179,8 +167,17 @@ mod tests {
     fn the_lowest_scoring_tokens_go_across_layers() {
         let p = Plan { heads: vec![vec![0], vec![0]], tokens: vec![vec![0, 1, 2, 3], vec![0, 1, 3]] };
         let scores = vec![vec![Some(0.5), Some(0.1), Some(0.7)], vec![Some(0.2), None, Some(0.05)]];
-        let out = remove_tokens(&p, &scores, 2).unwrap();
+        let out = remove_tokens(&p, &scores, 1, 2).unwrap();
         assert_eq!(out.tokens, vec![vec![0, 1, 3], vec![0, 1]]);
-        assert!(remove_tokens(&p, &scores, 6).is_err());
+        assert!(remove_tokens(&p, &scores, 1, 6).is_err());
+    }
+
+    #[test]
+    fn token_scores_skip_every_prefix_token() {
+        // Two prefix tokens (class and distillation): scores start at position 2, which goes first.
+        let p = Plan { heads: vec![vec![0]], tokens: vec![vec![0, 1, 2, 3, 4]] };
+        let out = remove_tokens(&p, &[vec![Some(0.1), Some(0.5), Some(0.9)]], 2, 1).unwrap();
+        assert_eq!(out.tokens, vec![vec![0, 1, 3, 4]]);
+        assert!(remove_tokens(&p, &[vec![Some(0.1), Some(0.5), Some(0.9)]], 2, 4).is_err(), "prefix tokens cannot go");
     }
 }

@@ -1,0 +1,68 @@
+//! AMG's head criterion (docs/method.md §2): the entropy of each head's mean attention map over
+//! the calibration set. A head that spreads its attention almost uniformly carries little structure.
+//!
+//! Forward passes of the inference engine only. Every image counts once, the last smaller batch
+//! too **[differs from the reference, which skips it]**; the entropy is the mean over queries of
+//! −Σ_k Ā·log₂ Ā.
+
+use super::{Calibration, HeadCriterion};
+use crate::data::loader::{for_each_batch, LoaderOptions};
+use crate::engine::{Engine, Want, Workspace};
+use crate::error::Result;
+use std::sync::Mutex;
+
+pub struct Entropy;
+
+impl HeadCriterion for Entropy {
+    fn name(&self) -> &'static str {
+        "attention entropy"
+    }
+
+    fn score_heads(&mut self, c: Calibration) -> Result<Vec<Vec<f64>>> {
+        let cfg = &c.model.config;
+        let (paths, _) = c.images()?;
+        let engine = Engine::new(c.model.clone())?;
+        let n = cfg.num_tokens();
+        // Sums of attention maps per (layer, kept head), in f64.
+        let sums: Vec<Vec<Mutex<Vec<f64>>>> = cfg.layers.iter().map(|l| (0..l.heads.len()).map(|_| Mutex::new(vec![0f64; n * l.tokens.len()])).collect()).collect();
+        let observe = |layer: usize, _img: usize, head: usize, probs: &[f32]| {
+            let mut acc = sums[layer][head].lock().unwrap_or_else(|e| e.into_inner());
+            for (a, &p) in acc.iter_mut().zip(probs) {
+                *a += p as f64;
+            }
+        };
+        let pb = crate::progress::bar(paths.len() as u64, "entropy", "img", c.options.progress);
+        let order: Vec<usize> = (0..paths.len()).collect();
+        let mut ws = Workspace::default();
+        for_each_batch(&paths, &order, &cfg.input, &LoaderOptions::inference(c.options.batch_size), |b| {
+            engine.forward_observed(&b.inputs, b.len(), &mut ws, Want::default(), Some(&observe))?;
+            pb.inc(b.len() as u64);
+            Ok(())
+        })?;
+        pb.finish_and_clear();
+        let images = paths.len() as f64;
+        Ok(sums
+            .into_iter()
+            .zip(&cfg.layers)
+            .map(|(heads, plan)| {
+                let nk = plan.tokens.len();
+                heads
+                    .into_iter()
+                    .map(|m| {
+                        let s = m.into_inner().unwrap_or_else(|e| e.into_inner());
+                        let mut e = 0.0;
+                        for row in s.chunks_exact(nk) {
+                            for &v in row {
+                                let a = v / images;
+                                if a > 0.0 {
+                                    e -= a * a.log2();
+                                }
+                            }
+                        }
+                        e / n as f64
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
