@@ -8,6 +8,7 @@ use crate::fsutil;
 use crate::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
 use crate::plot::{scatter, Point};
 use crate::report::prune::{model_report, prune_and_report, ModelReport};
+use crate::choice::Choice;
 use crate::prune::criteria::Criterion;
 use crate::prune::PruneOptions;
 use crate::synth::{generate, SynthOptions};
@@ -138,23 +139,24 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
     po.quick_report = true;
     let mut pruned_dirs = Vec::new();
     for (step, criterion) in [(3, Criterion::Amg), (4, Criterion::Random)] {
-        let name = if criterion == Criterion::Amg { "amg" } else { "random" };
+        let name = criterion.name();
         log(&format!(
-            "{step}/5 {name} pruning: {:.0} % of heads, {:.0} % of key tokens, {} epoch(s) of distillation fine-tuning",
+            "{step}/5 {} pruning: {:.0} % of heads, {:.0} % of key tokens, {} epoch(s) of distillation fine-tuning",
+            criterion.title(),
             100.0 * settings.heads,
             100.0 * settings.tokens,
             settings.final_epochs
         ));
         let dir = out.join(format!("pruned-{name}"));
         prune_and_report(base.clone(), None, &data, &PruneOptions { criterion, ..po.clone() }, &dir, true, log)?;
-        pruned_dirs.push((name, dir));
+        pruned_dirs.push((criterion, dir));
     }
 
     log("5/5 measuring cost, speed and accuracy");
     let mut rows = vec![DemoRow { name: "unpruned ViT-Ti".into(), model_dir: base_dir.display().to_string(), report: model_report(&base, Some(&data), true, log)? }];
-    for (name, dir) in &pruned_dirs {
+    for (criterion, dir) in &pruned_dirs {
         let files = ModelFiles::load(dir)?;
-        rows.push(DemoRow { name: format!("{name} heads+tokens"), model_dir: dir.display().to_string(), report: model_report(&files, Some(&data), true, log)? });
+        rows.push(DemoRow { name: format!("{} heads+tokens", criterion.title()), model_dir: dir.display().to_string(), report: model_report(&files, Some(&data), true, log)? });
     }
     let colors = [[40, 40, 40], [200, 60, 30], [60, 90, 200]];
     let points: Vec<Point> = rows
@@ -162,7 +164,7 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
         .zip(colors)
         .map(|(r, color)| Point { label: r.name.clone(), x: r.report.macs as f64 / 1e9, y: 100.0 * r.report.map.unwrap_or(0.0), color })
         .collect();
-    scatter(&out.join("accuracy_vs_macs.png"), "MAP VS COST (SYNTHETIC OCCLUDED)", "HONEST GMACS PER IMAGE", "MAP %", &points)?;
+    scatter(&out.join("accuracy_vs_macs.png"), "mAP against cost, synthetic occluded benchmark", "honest GMACs per image", "mAP (%)", &points)?;
     let result = DemoResult { settings: settings.clone(), rows, seconds: t0.elapsed().as_secs_f64() };
     let mut md = String::new();
     let _ = writeln!(md, "# amg demo\n");

@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod choice;
 pub mod data;
 pub mod demo;
+pub mod draw;
 pub mod embed;
 pub mod engine;
 pub mod error;

@@ -17,7 +17,7 @@ fn quick_demo_runs_end_to_end() {
     for col in ["params", "MSA params", "MACs (honest)", "FLOPs (paper conv.)", "img/s b1", "Rank-1 %", "mAP %", "mINP %"] {
         assert!(stdout.contains(col), "table lacks {col}:\n{stdout}");
     }
-    for row in ["unpruned", "amg heads+tokens", "random heads+tokens"] {
+    for row in ["unpruned", "AMG heads+tokens", "random heads+tokens"] {
         assert!(stdout.contains(row), "table lacks {row}:\n{stdout}");
     }
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();

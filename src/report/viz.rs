@@ -10,56 +10,17 @@
 //!   the CLS query's attention over the kept keys laid over it.
 
 use crate::prune::analyze::Scores;
+use crate::draw::{viridis, Canvas, Color};
 use crate::engine::{Engine, Want, Workspace};
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::model::ModelFiles;
 use crate::preprocess::{load_rgb, to_input};
 use crate::resample::resize_rgb8_pil;
-use image::ImageEncoder;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-const GREY: [u8; 3] = [60, 60, 60];
-const BACKGROUND: [u8; 3] = [24, 24, 24];
-
-/// Viridis-like colour map on [0, 1].
-pub fn colormap(t: f64) -> [u8; 3] {
-    const STOPS: [[f64; 3]; 5] = [[68.0, 1.0, 84.0], [59.0, 82.0, 139.0], [33.0, 145.0, 140.0], [94.0, 201.0, 98.0], [253.0, 231.0, 37.0]];
-    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 } * 4.0;
-    let i = (t.floor() as usize).min(3);
-    let f = t - i as f64;
-    let (a, b) = (STOPS[i], STOPS[i + 1]);
-    [(a[0] + (b[0] - a[0]) * f) as u8, (a[1] + (b[1] - a[1]) * f) as u8, (a[2] + (b[2] - a[2]) * f) as u8]
-}
-
-struct Sheet {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
-}
-
-impl Sheet {
-    fn new(w: usize, h: usize) -> Self {
-        let mut px = vec![0u8; w * h * 3];
-        for p in px.chunks_exact_mut(3) {
-            p.copy_from_slice(&BACKGROUND);
-        }
-        Sheet { w, h, px }
-    }
-    fn rect(&mut self, x: usize, y: usize, w: usize, h: usize, c: [u8; 3]) {
-        for yy in y..(y + h).min(self.h) {
-            for xx in x..(x + w).min(self.w) {
-                self.px[(yy * self.w + xx) * 3..][..3].copy_from_slice(&c);
-            }
-        }
-    }
-    fn save(&self, path: &Path) -> Result<()> {
-        fsutil::write_atomic(path, |f| {
-            image::codecs::png::PngEncoder::new(f).write_image(&self.px, self.w as u32, self.h as u32, image::ExtendedColorType::Rgb8).map_err(std::io::Error::other)
-        })
-    }
-}
+const GREY: Color = [60, 60, 60];
+const BACKGROUND: Color = [24, 24, 24];
 
 fn normalise(v: &[Option<f64>]) -> Vec<Option<f64>> {
     let (lo, hi) = v.iter().flatten().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
@@ -67,19 +28,19 @@ fn normalise(v: &[Option<f64>]) -> Vec<Option<f64>> {
 }
 
 /// Per-layer grids of the patches, coloured by `value(layer, patch index)` (row-major in the grid).
-fn grids(files: &ModelFiles, value: impl Fn(usize, usize) -> Option<[u8; 3]>) -> Sheet {
+fn grids(files: &ModelFiles, value: impl Fn(usize, usize) -> Option<Color>) -> Canvas {
     let (gh, gw) = files.config.grid();
     let depth = files.config.arch.depth;
     let cell = (96 / gh.max(gw)).clamp(4, 16);
     let per_row = 6.min(depth);
     let rows = depth.div_ceil(per_row);
     let (bw, bh) = (gw * cell + 8, gh * cell + 8);
-    let mut s = Sheet::new(per_row * bw + 8, rows * bh + 8);
+    let mut s = Canvas::new(per_row * bw + 8, rows * bh + 8, BACKGROUND);
     for l in 0..depth {
         let (ox, oy) = (8 + (l % per_row) * bw, 8 + (l / per_row) * bh);
         for p in 0..gh * gw {
             let c = value(l, p).unwrap_or(GREY);
-            s.rect(ox + (p % gw) * cell, oy + (p / gw) * cell, cell - 1, cell - 1, c);
+            s.rect((ox + (p % gw) * cell) as i64, (oy + (p / gw) * cell) as i64, cell as i64 - 1, cell as i64 - 1, c);
         }
     }
     s
@@ -102,25 +63,25 @@ pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>,
         let all: Vec<f64> = sc.head_entropy.iter().flatten().copied().collect();
         let (lo, hi) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
         let cell = 24;
-        let mut s = Sheet::new(cfg.arch.num_heads * cell + 8, cfg.arch.depth * cell + 8);
+        let mut s = Canvas::new(cfg.arch.num_heads * cell + 8, cfg.arch.depth * cell + 8, BACKGROUND);
         for (l, ent) in sc.head_entropy.iter().enumerate() {
             let heads = sc.heads.get(l).cloned().unwrap_or_else(|| cfg.layers[l].heads.clone());
             for h in 0..cfg.arch.num_heads {
-                let c = heads.iter().position(|&x| x == h).and_then(|j| ent.get(j)).map(|&e| colormap(if hi > lo { (e - lo) / (hi - lo) } else { 0.5 })).unwrap_or(GREY);
-                s.rect(4 + h * cell, 4 + l * cell, cell - 2, cell - 2, c);
+                let c = heads.iter().position(|&x| x == h).and_then(|j| ent.get(j)).map(|&e| viridis(if hi > lo { (e - lo) / (hi - lo) } else { 0.5 })).unwrap_or(GREY);
+                s.rect((4 + h * cell) as i64, (4 + l * cell) as i64, cell as i64 - 2, cell as i64 - 2, c);
             }
         }
         let p = out.join("head_entropy.png");
-        s.save(&p)?;
+        s.save_png(&p)?;
         written.push(p);
         let norm: Vec<Vec<Option<f64>>> = sc.token_importance.iter().map(|v| normalise(v)).collect();
         let p = out.join("token_importance.png");
-        grids(files, |l, patch| norm[l].get(patch).copied().flatten().map(colormap)).save(&p)?;
+        grids(files, |l, patch| norm[l].get(patch).copied().flatten().map(viridis)).save_png(&p)?;
         written.push(p);
     }
     let p = out.join("kept_tokens.png");
     let prefix = cfg.num_prefix();
-    grids(files, |l, patch| Some(if cfg.layers[l].tokens.binary_search(&(prefix + patch)).is_ok() { [235, 235, 235] } else { [0, 0, 0] })).save(&p)?;
+    grids(files, |l, patch| Some(if cfg.layers[l].tokens.binary_search(&(prefix + patch)).is_ok() { [235, 235, 235] } else { [0, 0, 0] })).save_png(&p)?;
     written.push(p);
 
     if let Some(img_path) = image {
@@ -140,7 +101,7 @@ pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>,
         let maps = maps.into_inner().unwrap();
         let (gh, gw) = cfg.grid();
         let cols = cfg.layers.iter().map(|l| l.heads.len()).max().unwrap_or(1);
-        let mut s = Sheet::new(cols * (w + 4) + 4, cfg.arch.depth * (h + 4) + 4);
+        let mut s = Canvas::new(cols * (w + 4) + 4, cfg.arch.depth * (h + 4) + 4, BACKGROUND);
         for (l, heads) in maps.iter().enumerate() {
             for (j, probs) in heads.iter().enumerate() {
                 // Spread the attention over the patch grid (prefix keys excluded), then normalise.
@@ -155,18 +116,17 @@ pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>,
                 for y in 0..h {
                     for x in 0..w {
                         let a = grid[(y * gh / h) * gw + x * gw / w] / max;
-                        let heat = colormap(a);
+                        let heat = viridis(a);
                         let base = &shown[(y * w + x) * 3..][..3];
-                        let px = &mut s.px[((oy + y) * s.w + ox + x) * 3..][..3];
-                        for k in 0..3 {
-                            px[k] = (0.45 * base[k] as f64 + 0.55 * heat[k] as f64) as u8;
-                        }
+                        let (px, py) = ((ox + x) as i64, (oy + y) as i64);
+                        s.set(px, py, [base[0], base[1], base[2]]);
+                        s.blend(px, py, heat, 0.55);
                     }
                 }
             }
         }
         let p = out.join("attention.png");
-        s.save(&p)?;
+        s.save_png(&p)?;
         written.push(p);
     }
     Ok(VizOutput { files: written })

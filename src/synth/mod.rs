@@ -7,6 +7,7 @@ pub mod person;
 pub mod raster;
 pub mod scene;
 
+use crate::draw::Canvas as Sheet;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::preprocess::Rgb8;
@@ -346,7 +347,6 @@ pub fn preview(opts: &SynthOptions, path: &Path) -> Result<()> {
     let half = opts.ids / 2;
     let start = (half..opts.ids.saturating_sub(1)).find(|&i| world.family[i] == world.family[i + 1]).unwrap_or(half);
     let (sheet_w, sheet_h) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
-    let mut sheet = vec![40u8; sheet_w * sheet_h * 3];
     let cells: Vec<(usize, usize, Rgb8)> = (0..rows * cols)
         .into_par_iter()
         .map(|cell| {
@@ -358,23 +358,14 @@ pub fn preview(opts: &SynthOptions, path: &Path) -> Result<()> {
             (r, c, world.render(Some(&world.people[pid]), c % opts.cams, occlusion, &mut rng))
         })
         .collect();
+    let mut sheet = Sheet::new(sheet_w, sheet_h, [40, 40, 40]);
     for (r, c, img) in cells {
-        let (ox, oy) = (gap + c * (w + gap), gap + r * (h + gap));
-        for y in 0..h {
-            let dst = ((oy + y) * sheet_w + ox) * 3;
-            sheet[dst..dst + w * 3].copy_from_slice(&img.data[y * w * 3..(y + 1) * w * 3]);
-        }
+        sheet.blit((gap + c * (w + gap)) as i64, (gap + r * (h + gap)) as i64, &img);
     }
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
     }
-    fsutil::write_atomic(path, |f| {
-        image::codecs::png::PngEncoder::new(f)
-            .write_image(&sheet, sheet_w as u32, sheet_h as u32, image::ExtendedColorType::Rgb8)
-            .map_err(std::io::Error::other)
-    })
+    sheet.save_png(path)
 }
-
-use image::ImageEncoder;
