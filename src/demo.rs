@@ -2,15 +2,15 @@
 //! train a small ViT, prune it with AMG (heads + key tokens, distillation fine-tuning), prune it at
 //! random at the same budget, and compare cost, measured speed and accuracy in one table and a plot.
 
+use crate::choice::Choice;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
-use crate::plot::{scatter, Point};
-use crate::report::prune::{model_report, prune_and_report, ModelReport};
-use crate::choice::Choice;
 use crate::prune::criteria::Criterion;
-use crate::prune::PruneOptions;
+use crate::prune::{PruneOptions, PruneRequest};
+use crate::report::plot::{scatter, Point};
+use crate::report::prune::{model_report, prune_and_report, ModelReport};
 use crate::synth::{generate, SynthOptions};
 use crate::train::loss::Distill;
 use crate::train::optim::{OptimConfig, OptimKind};
@@ -38,9 +38,31 @@ pub struct DemoSettings {
 impl DemoSettings {
     pub fn new(quick: bool, seed: u64) -> Self {
         if quick {
-            DemoSettings { quick, ids: 40, images_per_id: 8, image_size: (64, 32), model_input: (64, 32), train_epochs: 2, heads: 0.34, tokens: 0.25, final_epochs: 1, seed }
+            DemoSettings {
+                quick,
+                ids: 40,
+                images_per_id: 8,
+                image_size: (64, 32),
+                model_input: (64, 32),
+                train_epochs: 2,
+                heads: 0.34,
+                tokens: 0.25,
+                final_epochs: 1,
+                seed,
+            }
         } else {
-            DemoSettings { quick, ids: 300, images_per_id: 16, image_size: (128, 64), model_input: (128, 64), train_epochs: 8, heads: 0.34, tokens: 0.25, final_epochs: 2, seed }
+            DemoSettings {
+                quick,
+                ids: 300,
+                images_per_id: 16,
+                image_size: (128, 64),
+                model_input: (128, 64),
+                train_epochs: 8,
+                heads: 0.34,
+                tokens: 0.25,
+                final_epochs: 2,
+                seed,
+            }
         }
     }
 }
@@ -93,20 +115,50 @@ pub fn table(rows: &[DemoRow]) -> String {
 
 pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Result<DemoResult> {
     let t0 = std::time::Instant::now();
-    // The demo replaces its own earlier output, never anything else.
+    start_output(out, settings)?;
+    let data = benchmark(out, settings, log)?;
+    let (base_dir, base) = train_base(out, settings, &data, log)?;
+    let pruned = prune_both(out, settings, &data, &base, log)?;
+    log("5/5 measuring cost, speed and accuracy");
+    let mut rows =
+        vec![DemoRow { name: "unpruned ViT-Ti".into(), model_dir: base_dir.display().to_string(), report: model_report(&base, Some(&data), true, log)? }];
+    for (criterion, dir) in &pruned {
+        let files = ModelFiles::load(dir)?;
+        rows.push(DemoRow {
+            name: format!("{} heads+tokens", criterion.title()),
+            model_dir: dir.display().to_string(),
+            report: model_report(&files, Some(&data), true, log)?,
+        });
+    }
+    let result = DemoResult { settings: settings.clone(), rows, seconds: t0.elapsed().as_secs_f64() };
+    write_report(out, &result, data.num_classes)?;
+    Ok(result)
+}
+
+/// Makes `out` ready: an earlier demo's output is replaced, anything else is refused.
+fn start_output(out: &Path, settings: &DemoSettings) -> Result<()> {
     if out.exists() && !fsutil::is_absent_or_empty(out)? && !out.join(MARKER).is_file() {
         return Err(Error::file(out, "exists, is not empty and is not an earlier `amg demo` output: choose another --out"));
     }
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    fsutil::write_bytes_atomic(&out.join(MARKER), serde_json::to_string_pretty(settings).expect("serialisable").as_bytes())?;
+    fsutil::write_bytes_atomic(&out.join(MARKER), serde_json::to_string_pretty(settings).expect("serialisable").as_bytes())
+}
 
-    log(&format!("1/5 synthetic occluded benchmark: {} identities × {} images at {}x{}", settings.ids, settings.images_per_id, settings.image_size.0, settings.image_size.1));
+/// Step 1: the synthetic occluded benchmark, under `out/data`.
+fn benchmark(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Result<Dataset> {
+    log(&format!(
+        "1/5 synthetic occluded benchmark: {} identities × {} images at {}x{}",
+        settings.ids, settings.images_per_id, settings.image_size.0, settings.image_size.1
+    ));
     let data_dir = out.join("data");
     let so = SynthOptions { ids: settings.ids, cams: 6, images_per_id: settings.images_per_id, occluded: true, seed: settings.seed, size: settings.image_size };
     generate(&so, &data_dir, true, true)?;
-    let data = Dataset::open(&data_dir, None)?;
+    Dataset::open(&data_dir, None)
+}
 
+/// Step 2: a ViT-Ti trained from scratch, under `out/train`; returns its final checkpoint.
+fn train_base(out: &Path, settings: &DemoSettings, data: &Dataset, log: &mut dyn FnMut(&str)) -> Result<(std::path::PathBuf, ModelFiles)> {
     log(&format!("2/5 training a ViT-Ti from scratch at {}x{} for {} epochs", settings.model_input.0, settings.model_input.1, settings.train_epochs));
     let (h, w) = settings.model_input;
     let cfg = ModelConfig::new(Arch::preset("tiny")?, h, w, HeadConfig::la(data.num_classes), Source { format: "init".into(), ..Default::default() })?;
@@ -127,19 +179,29 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
         eval_every: 0,
     };
     let run_dir = out.join("train");
-    train(TrainRequest { data: &data, run: &run_dir, start: Start::Random(cfg, topts), teacher: None, force: true, progress: true }, log)?;
+    train(TrainRequest { data, run: &run_dir, start: Start::Random(cfg, topts), teacher: None, force: true, progress: true }, log)?;
     let base_dir = run_dir.join("last");
     let base = ModelFiles::load(&base_dir)?;
+    Ok((base_dir, base))
+}
 
+/// Steps 3 and 4: the same budget pruned by AMG and at random, each with distillation fine-tuning,
+/// under `out/pruned-{amg,random}`.
+fn prune_both(
+    out: &Path,
+    settings: &DemoSettings,
+    data: &Dataset,
+    base: &ModelFiles,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<(Criterion, std::path::PathBuf)>> {
     let mut po = PruneOptions::reference(settings.heads, settings.tokens);
     po.final_epochs = settings.final_epochs;
     po.distill = Distill::Soft { alpha: 0.2, tau: 1.0 };
     po.batch_size = 64;
     po.seed = settings.seed;
     po.quick_report = true;
-    let mut pruned_dirs = Vec::new();
+    let mut pruned = Vec::new();
     for (step, criterion) in [(3, Criterion::Amg), (4, Criterion::Random)] {
-        let name = criterion.name();
         log(&format!(
             "{step}/5 {} pruning: {:.0} % of heads, {:.0} % of key tokens, {} epoch(s) of distillation fine-tuning",
             criterion.title(),
@@ -147,25 +209,25 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
             100.0 * settings.tokens,
             settings.final_epochs
         ));
-        let dir = out.join(format!("pruned-{name}"));
-        prune_and_report(base.clone(), None, &data, &PruneOptions { criterion, ..po.clone() }, &dir, true, log)?;
-        pruned_dirs.push((criterion, dir));
+        let dir = out.join(format!("pruned-{}", criterion.name()));
+        let options = PruneOptions { criterion, ..po.clone() };
+        prune_and_report(PruneRequest { model: base.clone(), teacher: None, data, options: &options, out: &dir, force: true }, log)?;
+        pruned.push((criterion, dir));
     }
+    Ok(pruned)
+}
 
-    log("5/5 measuring cost, speed and accuracy");
-    let mut rows = vec![DemoRow { name: "unpruned ViT-Ti".into(), model_dir: base_dir.display().to_string(), report: model_report(&base, Some(&data), true, log)? }];
-    for (criterion, dir) in &pruned_dirs {
-        let files = ModelFiles::load(dir)?;
-        rows.push(DemoRow { name: format!("{} heads+tokens", criterion.title()), model_dir: dir.display().to_string(), report: model_report(&files, Some(&data), true, log)? });
-    }
+/// The plot, `report.md` and `report.json`.
+fn write_report(out: &Path, result: &DemoResult, train_ids: usize) -> Result<()> {
+    let settings = &result.settings;
     let colors = [[40, 40, 40], [200, 60, 30], [60, 90, 200]];
-    let points: Vec<Point> = rows
+    let points: Vec<Point> = result
+        .rows
         .iter()
         .zip(colors)
         .map(|(r, color)| Point { label: r.name.clone(), x: r.report.macs as f64 / 1e9, y: 100.0 * r.report.map.unwrap_or(0.0), color })
         .collect();
     scatter(&out.join("accuracy_vs_macs.png"), "mAP against cost, synthetic occluded benchmark", "honest GMACs per image", "mAP (%)", &points)?;
-    let result = DemoResult { settings: settings.clone(), rows, seconds: t0.elapsed().as_secs_f64() };
     let mut md = String::new();
     let _ = writeln!(md, "# amg demo\n");
     let _ = writeln!(
@@ -173,10 +235,10 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
         "A synthetic occluded Re-ID benchmark ({} identities × {} images, {} train identities), a ViT-Ti trained from scratch for {} epochs at {}x{}, then {:.0} % of heads and {:.0} % of key tokens pruned by AMG and at random, each fine-tuned {} epoch(s) with distillation from the unpruned model. Standard evaluation protocol; speed measured on this machine ({} threads). Took {:.0} s.\n",
         settings.ids,
         settings.images_per_id,
-        data.num_classes,
+        train_ids,
         settings.train_epochs,
-        h,
-        w,
+        settings.model_input.0,
+        settings.model_input.1,
         100.0 * settings.heads,
         100.0 * settings.tokens,
         settings.final_epochs,
@@ -187,6 +249,5 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
     let _ = writeln!(md, "\n![mAP against honest MACs](accuracy_vs_macs.png)\n");
     let _ = writeln!(md, "Per-model reports: `pruned-amg/report.md`, `pruned-random/report.md`; scores of every iteration under `pruned-*/scores/`.");
     fsutil::write_bytes_atomic(&out.join("report.md"), md.as_bytes())?;
-    fsutil::write_bytes_atomic(&out.join("report.json"), serde_json::to_string_pretty(&result).expect("serialisable").as_bytes())?;
-    Ok(result)
+    fsutil::write_bytes_atomic(&out.join("report.json"), serde_json::to_string_pretty(result).expect("serialisable").as_bytes())
 }

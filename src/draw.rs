@@ -130,9 +130,9 @@ impl Canvas {
     /// Mixes `c` into the pixel with weight `a` (0: unchanged, 1: `c`).
     pub fn blend(&mut self, x: i64, y: i64, c: Color, a: f32) {
         if let Some(i) = self.index(x, y) {
-            for k in 0..3 {
-                let old = self.px[i + k] as f32;
-                self.px[i + k] = (old + (c[k] as f32 - old) * a).round().clamp(0.0, 255.0) as u8;
+            for (p, &new) in self.px[i..i + 3].iter_mut().zip(&c) {
+                let old = *p as f32;
+                *p = (old + (new as f32 - old) * a).round().clamp(0.0, 255.0) as u8;
             }
         }
     }
@@ -227,7 +227,9 @@ impl Canvas {
 
     pub fn save_png(&self, path: &Path) -> Result<()> {
         fsutil::write_atomic(path, |f| {
-            image::codecs::png::PngEncoder::new(f).write_image(&self.px, self.w as u32, self.h as u32, image::ExtendedColorType::Rgb8).map_err(std::io::Error::other)
+            image::codecs::png::PngEncoder::new(f)
+                .write_image(&self.px, self.w as u32, self.h as u32, image::ExtendedColorType::Rgb8)
+                .map_err(std::io::Error::other)
         })
     }
 }

@@ -110,8 +110,8 @@ impl Part {
         let mut z = vec![0f32; batch * nb];
         matmul(Mat::dense(g, batch, d), Mat::dense(&self.fc_t, d, nb), &mut z, nb, Acc::Overwrite, 1.0, 1);
         for row in z.chunks_exact_mut(nb) {
-            for j in 0..nb {
-                row[j] = (row[j] + self.fc_b[j]) * self.bn_scale[j] + self.bn_shift[j];
+            for (((v, b), s), t) in row.iter_mut().zip(&self.fc_b).zip(&self.bn_scale).zip(&self.bn_shift) {
+                *v = (*v + b) * s + t;
             }
         }
         let mut out = vec![0f32; batch * c];
@@ -336,7 +336,9 @@ impl Engine {
         match &layer.tokens {
             None => {
                 let qkv = ensure(qkv, rows * 3 * inner);
-                phase("qkv", || matmul_packed(Mat::dense(xn, rows, d), &layer.wqkv, 0..3 * inner, qkv, 3 * inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv)));
+                phase("qkv", || {
+                    matmul_packed(Mat::dense(xn, rows, d), &layer.wqkv, 0..3 * inner, qkv, 3 * inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv))
+                });
                 let qkv: &'w [f32] = qkv;
                 let layout = AttnLayout { q_ld: 3 * inner, kv_ld: 3 * inner, k_off: inner, v_off: 2 * inner, out_ld: inner };
                 AttnInputs { q: qkv, kv: qkv, layout, nk: n }
@@ -354,8 +356,24 @@ impl Engine {
                 phase("q+kv", || {
                     matmul_packed_many(
                         vec![
-                            Product { a: Mat::dense(xn, rows, d), b: &layer.wqkv, cols: 0..inner, c: q, ldc: inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&layer.bqkv[..inner]) },
-                            Product { a: Mat::dense(xk, batch * kn, d), b: &layer.wqkv, cols: inner..3 * inner, c: kv, ldc: 2 * inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&layer.bqkv[inner..]) },
+                            Product {
+                                a: Mat::dense(xn, rows, d),
+                                b: &layer.wqkv,
+                                cols: 0..inner,
+                                c: q,
+                                ldc: inner,
+                                acc: Acc::Overwrite,
+                                epi: Epilogue::Bias(&layer.bqkv[..inner]),
+                            },
+                            Product {
+                                a: Mat::dense(xk, batch * kn, d),
+                                b: &layer.wqkv,
+                                cols: inner..3 * inner,
+                                c: kv,
+                                ldc: 2 * inner,
+                                acc: Acc::Overwrite,
+                                epi: Epilogue::Bias(&layer.bqkv[inner..]),
+                            },
                         ],
                         threads,
                     )

@@ -18,7 +18,6 @@ pub mod fsutil;
 pub mod import;
 pub mod kernels;
 pub mod model;
-pub mod plot;
 pub mod preprocess;
 pub mod progress;
 pub mod prune;

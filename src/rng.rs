@@ -50,7 +50,7 @@ impl Rng {
     /// Uniform integer in 0..n.
     pub fn below(&mut self, n: usize) -> usize {
         assert!(n > 0);
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
     pub fn bool(&mut self, p: f64) -> bool {
         self.f64() < p

@@ -198,9 +198,7 @@ impl SafetensorsFile {
         let mut out = TensorMap::new();
         for (name, view) in self.parsed().tensors() {
             let raw = self.view_to_raw(&name, view)?;
-            let data = raw
-                .to_f32()
-                .ok_or_else(|| Error::tensor(&self.path, &name, format!("expected a float tensor, found {}", raw.dtype.name())))?;
+            let data = raw.to_f32().ok_or_else(|| Error::tensor(&self.path, &name, format!("expected a float tensor, found {}", raw.dtype.name())))?;
             out.insert(name, HostTensor { shape: raw.shape, data });
         }
         Ok(out)
@@ -237,7 +235,11 @@ pub fn write_safetensors(path: &Path, tensors: &TensorMap, metadata: Option<Hash
 }
 
 /// As `write_safetensors`, from (name, tensor) pairs.
-pub fn write_named_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (String, &'a HostTensor)>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn write_named_safetensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (String, &'a HostTensor)>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let views = tensors.into_iter().map(|(k, t)| (k, F32View { shape: &t.shape, data: &t.data }));
     let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot serialise tensors: {e}")))?;
     fsutil::write_bytes_atomic(path, &bytes)

@@ -114,7 +114,10 @@ fn bad_checkpoints_get_clear_errors() {
     std::fs::write(&junk, b"PK\x03\x04 truncated").unwrap();
     fails_with(&amg(&["import", "--from", "timm", s(&junk), "--out", s(&out)]), &["junk.pth"]);
     fails_with(&amg(&["import", "--from", "timm", s(&dir.join("missing.pth")), "--out", s(&out)]), &["missing.pth"]);
-    fails_with(&amg(&["import", "--from", "timm", s(&fixture("ckpt_timm_a.safetensors")), "--out", s(&out), "--img-size", "70x64"]), &["multiple of the patch size"]);
+    fails_with(
+        &amg(&["import", "--from", "timm", s(&fixture("ckpt_timm_a.safetensors")), "--out", s(&out), "--img-size", "70x64"]),
+        &["multiple of the patch size"],
+    );
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

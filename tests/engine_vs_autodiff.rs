@@ -126,7 +126,8 @@ fn engine_equals_differentiable_model_on_random_pruned_models() {
 
         let tokens = to_host(&v.tokens).unwrap().data;
         assert!(tokens.iter().map(|t| t.abs()).fold(0.0, f32::max) > 0.5, "{what}: tokens are ~0, the comparison would prove nothing");
-        let mut diffs = vec![("tokens", max_abs_diff(e.tokens.as_ref().unwrap(), &tokens)), ("features", max_abs_diff(&e.features, &to_host(&v.features).unwrap().data))];
+        let mut diffs =
+            vec![("tokens", max_abs_diff(e.tokens.as_ref().unwrap(), &tokens)), ("features", max_abs_diff(&e.features, &to_host(&v.features).unwrap().data))];
         if la {
             let logits = e.logits.as_ref().unwrap();
             assert_eq!(logits.len(), v.logits.len(), "{what}: part count");

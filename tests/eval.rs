@@ -40,7 +40,9 @@ fn metrics_equal_torchreid() {
 }
 
 fn timm_b() -> Engine {
-    let files = import(&ImportRequest { heads: Some(2), checkpoint_img_size: Some((64, 32)), ..ImportRequest::new(SourceFormat::Timm, fixture("ckpt_timm_b.pth")) }).unwrap();
+    let files =
+        import(&ImportRequest { heads: Some(2), checkpoint_img_size: Some((64, 32)), ..ImportRequest::new(SourceFormat::Timm, fixture("ckpt_timm_b.pth")) })
+            .unwrap();
     Engine::new(files).unwrap()
 }
 

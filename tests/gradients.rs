@@ -23,7 +23,10 @@ fn every_parameter_gradient_matches_pytorch() {
     let t0: Vec<f32> = serde_json::from_value(g["teacher_logits_0"].clone()).unwrap();
     assert_close("teacher logits", &to_host(&t.logits[0]).unwrap().data, &t0, 1e-4);
     let s = student.forward(&x, Mode { train: true, dropout: 0.0, rng: None, gates: None }).unwrap();
-    let cfg = LossConfig { label_smoothing: g["label_smoothing"].as_f64().unwrap(), distill: Distill::Soft { alpha: g["alpha"].as_f64().unwrap(), tau: g["tau"].as_f64().unwrap() } };
+    let cfg = LossConfig {
+        label_smoothing: g["label_smoothing"].as_f64().unwrap(),
+        distill: Distill::Soft { alpha: g["alpha"].as_f64().unwrap(), tau: g["tau"].as_f64().unwrap() },
+    };
     let loss = la_loss(&s.logits, &labels, Some(&t.logits), &cfg).unwrap();
     let total = loss.total.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
     assert!((total - g["loss"].as_f64().unwrap()).abs() < 1e-4 * total.abs(), "loss {total} vs {}", g["loss"]);

@@ -167,7 +167,8 @@ fn image_preprocessing_and_embedding_match_torchvision_and_timm() {
 fn parameter_counts_match_timm() {
     let counts = &fixtures_json()["timm_params"];
     for preset in ["tiny", "small", "base"] {
-        let cfg = amg::model::ModelConfig::new(amg::model::Arch::preset(preset).unwrap(), 224, 224, amg::model::HeadConfig::none(), Default::default()).unwrap();
+        let cfg =
+            amg::model::ModelConfig::new(amg::model::Arch::preset(preset).unwrap(), 224, 224, amg::model::HeadConfig::none(), Default::default()).unwrap();
         assert_eq!(amg::model::cost::model_cost(&cfg).params, counts[preset].as_u64().unwrap(), "{preset}");
     }
 }

@@ -92,8 +92,29 @@ fn prune_end_to_end_and_pictures() {
     for criterion in ["amg", "random"] {
         let out = dir.join(criterion);
         let o = amg(&[
-            "prune", "--model", &model, "--data", &data, "--out", &s(&out), "--heads", "0.25", "--tokens", "0.2", "--iters", "2", "--finetune-epochs", "1",
-            "--final-epochs", "1", "--batch-size", "4", "--criterion", criterion, "--distill", "soft",
+            "prune",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--out",
+            &s(&out),
+            "--heads",
+            "0.25",
+            "--tokens",
+            "0.2",
+            "--iters",
+            "2",
+            "--finetune-epochs",
+            "1",
+            "--final-epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--criterion",
+            criterion,
+            "--distill",
+            "soft",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let pruned = ModelFiles::load(&out).unwrap();

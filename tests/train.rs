@@ -26,7 +26,10 @@ fn setup(tag: &str) -> (PathBuf, PathBuf) {
 }
 
 fn train_args(data: &Path, out: &Path, epochs: &str) -> Vec<String> {
-    ["--threads", "2", "train", "--data", &s(data), "--out", &s(out), "--epochs", epochs, "--batch-size", "8", "--lr", "1e-3", "--seed", "7"].iter().map(|x| x.to_string()).collect()
+    ["--threads", "2", "train", "--data", &s(data), "--out", &s(out), "--epochs", epochs, "--batch-size", "8", "--lr", "1e-3", "--seed", "7"]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
 }
 
 fn run(args: &[String]) -> Output {
@@ -124,7 +127,10 @@ fn a_killed_run_resumes_to_the_same_result() {
     child.kill().unwrap();
     child.wait().unwrap();
     // Whatever the kill interrupted, a loadable checkpoint is there.
-    assert!(amg::model::ModelFiles::load(&cut.join("last")).is_ok() || cut.read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".last.old")));
+    assert!(
+        amg::model::ModelFiles::load(&cut.join("last")).is_ok()
+            || cut.read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".last.old"))
+    );
     let o = amg(&["--threads", "2", "train", "--data", &s(&data), "--out", &s(&cut), "--epochs", "4", "--resume"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("resuming"));

@@ -4,14 +4,16 @@
 Usage:
     python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm onnxruntime onnx
     cargo build --release
-    /tmp/peers/bin/python tools/bench_peers.py [--peer ../shared/peers/peer_infer.py] [--archs tiny,small,base] [--batches 1,16]
+    /tmp/peers/bin/python tools/bench_peers.py [--archs tiny,small,base] [--batches 1,16] [--baseline OTHER_AMG]
 
-For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` and the peer script
+For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` and tools/peer_infer.py
 (timm ViT at 224x224, PyTorch eager and ONNX Runtime), alternating them --rounds times and keeping
-each one's best, and prints img/s and amg's ratio to the faster peer as a Markdown table.
+each one's best, and prints img/s and amg's ratio to the faster peer as a Markdown table, under the
+CPU's model name. With --baseline, a second amg binary (an earlier build, say) is measured in the
+same alternation and gets its own columns.
 
-With --train it compares training steps instead: the toy step of ../shared/peers/peer_train_toy.py
-against `amg bench --train --toy`, and an LA-Transformer step (tools/peer_train_la.py) against
+With --train it compares training steps instead: tools/peer_train_toy.py against
+`amg bench --train --toy`, and an LA-Transformer step (tools/peer_train_la.py) against
 `amg bench --train --arch tiny --img-size 128x64 --batch-size 32`.
 """
 import argparse
@@ -22,8 +24,9 @@ import subprocess
 import sys
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--peer", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peers", "peer_infer.py"))
+ap.add_argument("--peer", default=os.path.join(os.path.dirname(__file__), "peer_infer.py"))
 ap.add_argument("--amg", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "amg"))
+ap.add_argument("--baseline", help="a second amg binary to measure in the same run")
 ap.add_argument("--archs", default="tiny,small,base")
 ap.add_argument("--batches", default="1,16")
 ap.add_argument("--iters", type=int, default=0, help="amg timed iterations (default: scaled to the model)")
@@ -31,9 +34,22 @@ ap.add_argument("--rounds", type=int, default=3, help="alternate amg and the pee
 ap.add_argument("--train", action="store_true", help="compare training steps instead of inference")
 args = ap.parse_args()
 
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores\n")
+
 if args.train:
     here = os.path.dirname(__file__)
-    toy_peer = os.path.join(os.path.dirname(args.peer), "peer_train_toy.py")
+    toy_peer = os.path.join(here, "peer_train_toy.py")
     rows = []
     amg_toy = json.loads(subprocess.run([args.amg, "bench", "--train", "--toy", "--iters", "10", "--json"], check=True, capture_output=True, text=True).stdout)
     out = subprocess.run([sys.executable, toy_peer], check=True, capture_output=True, text=True).stdout
@@ -52,24 +68,36 @@ if args.train:
         print(f"| {name} | {a:.1f} | {t:.1f} | {t / a:.2f}× |")
     sys.exit(0)
 
+def amg_ips(binary, arch, b, iters):
+    out = subprocess.run([binary, "bench", "--arch", arch, "--batch-size", str(b), "--iters", str(iters), "--json"], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["img_per_s"]
+
+
 rows = []
 for arch in args.archs.split(","):
     for b in [int(x) for x in args.batches.split(",")]:
         iters = args.iters or max(5, {"tiny": 60, "small": 30, "base": 10}[arch] // max(1, b // 4))
-        amg_ips, torch_ips, ort_ips = 0.0, 0.0, 0.0
+        amg, base, torch_ips, ort_ips = 0.0, 0.0, 0.0, 0.0
         for _ in range(args.rounds):
-            amg = json.loads(subprocess.run([args.amg, "bench", "--arch", arch, "--batch-size", str(b), "--iters", str(iters), "--json"],
-                                            check=True, capture_output=True, text=True).stdout)
-            amg_ips = max(amg_ips, amg["img_per_s"])
+            amg = max(amg, amg_ips(args.amg, arch, b, iters))
+            if args.baseline:
+                base = max(base, amg_ips(args.baseline, arch, b, iters))
             out = subprocess.run([sys.executable, args.peer, f"vit_{arch}_patch16_224", str(b)], check=True, capture_output=True, text=True).stdout
             torch_ips = max(torch_ips, float(re.search(r"torch .*?([\d.]+) img/s", out).group(1)))
             m = re.search(r"onnxruntime .*?([\d.]+) img/s", out)
             ort_ips = max(ort_ips, float(m.group(1)) if m else float("nan"))
-        best = max(torch_ips, ort_ips)
-        rows.append((arch, b, amg_ips, torch_ips, ort_ips, amg_ips / best, amg_ips / ort_ips))
-        print(f"{arch} b={b}: amg {amg_ips:.2f}  torch {torch_ips:.2f}  ort {ort_ips:.2f} img/s (best of {args.rounds})", file=sys.stderr, flush=True)
+        rows.append((arch, b, amg, base, torch_ips, ort_ips))
+        extra = f"  baseline {base:.2f}" if args.baseline else ""
+        print(f"{arch} b={b}: amg {amg:.2f}{extra}  torch {torch_ips:.2f}  ort {ort_ips:.2f} img/s (best of {args.rounds})", file=sys.stderr, flush=True)
 
-print("| model | batch | amg img/s | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | amg / ORT |")
-print("|---|---|---|---|---|---|---|")
-for arch, b, a, t, o, r, ro in rows:
-    print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {t:.2f} | {o:.2f} | {r:.2f}× | {ro:.2f}× |")
+if args.baseline:
+    print("| model | batch | amg img/s | baseline img/s | amg / baseline | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | baseline / faster peer |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arch, b, a, base, t, o in rows:
+        best = max(t, o)
+        print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {base:.2f} | {a / base:.2f}× | {t:.2f} | {o:.2f} | {a / best:.2f}× | {base / best:.2f}× |")
+else:
+    print("| model | batch | amg img/s | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | amg / ORT |")
+    print("|---|---|---|---|---|---|---|")
+    for arch, b, a, _, t, o in rows:
+        print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {t:.2f} | {o:.2f} | {a / max(t, o):.2f}× | {a / o:.2f}× |")

@@ -56,7 +56,7 @@ def randomise(module, scale=0.08):
 
 
 def la_features(tokens, grid_w):
-    """AMG_SPEC §1 retrieval feature: row-averaged patch tokens, each / (||p_i|| sqrt(P)), concatenated."""
+    """docs/method.md §1 retrieval feature: row-averaged patch tokens, each / (||p_i|| sqrt(P)), concatenated."""
     B, N, D = tokens.shape
     patches = tokens[:, 1:].reshape(B, -1, grid_w, D)
     parts = patches.mean(dim=2)  # [B, P, D]
@@ -209,7 +209,7 @@ with torch.no_grad():
     meta["amg_tokens"] = amg_tokens
 
     # ------------------------------------------------ a plan with original head indices, applied to timm A
-    # The pruned computation written directly (AMG_SPEC §3.4: K, V from kept tokens only).
+    # The pruned computation written directly (docs/method.md §3.4: K, V from kept tokens only).
     plan = {"heads": [[1], [0, 1]], "tokens": [list(range(17)), [0, 1, 4, 6, 7, 10, 15]]}
     asd = a.state_dict()
     x = torch.randn(2, 3, 64, 64)
@@ -466,7 +466,7 @@ def init_params(heads):
 
 
 def la_forward(p, x, heads, tokens, train, store=None):
-    """The LA model written out (AMG_SPEC §1, §3.4): K, V from kept tokens only. With `store`, each
+    """The LA model written out (docs/method.md §1, §3.4): K, V from kept tokens only. With `store`, each
     layer's attention probabilities are appended to it, with their gradient retained."""
     D, hd = G["D"], G["hd"]
     B = x.shape[0]
@@ -559,7 +559,7 @@ for name, make in [("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-2, betas=(0.
 save_ref("ref_optim.safetensors", **opt_refs)
 meta["optim_tensors"] = opt_check
 
-# ---------------------------------------------------------------- AMG_SPEC §2 and §3 computed with PyTorch hooks
+# ---------------------------------------------------------------- docs/method.md §2 and §3 computed with PyTorch hooks
 # A small LA model (head-pruned and token-pruned in layer 1) on reid_tiny's training split, in
 # sorted file-name order, batches of 4 (the last one smaller), inference mode.
 G = dict(D=64, heads=2, hd=32, depth=2, M=256, parts=4, C=3, nb=32, H=64, W=32)

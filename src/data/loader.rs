@@ -119,13 +119,7 @@ pub fn augmented_input(img: &Rgb8, spec: &InputSpec, aug: &Augment, rng: &mut Rn
 /// Loads `order` (indices into `paths`) in batches and hands each to `consume`, decoding the next
 /// batches on a loader thread meanwhile. A file that cannot be decoded is an error naming it,
 /// unless `skip_bad`.
-pub fn for_each_batch(
-    paths: &[PathBuf],
-    order: &[usize],
-    spec: &InputSpec,
-    opts: &LoaderOptions,
-    mut consume: impl FnMut(Batch) -> Result<()>,
-) -> Result<()> {
+pub fn for_each_batch(paths: &[PathBuf], order: &[usize], spec: &InputSpec, opts: &LoaderOptions, mut consume: impl FnMut(Batch) -> Result<()>) -> Result<()> {
     if opts.batch_size == 0 {
         return Err(Error::invalid("--batch-size must be at least 1"));
     }
@@ -152,7 +146,8 @@ pub fn for_each_batch(
                         Ok(v)
                     })
                     .collect();
-                let mut batch = Batch { indices: Vec::with_capacity(chunk.len()), inputs: Vec::with_capacity(chunk.len() * views * img_len), failed: Vec::new() };
+                let mut batch =
+                    Batch { indices: Vec::with_capacity(chunk.len()), inputs: Vec::with_capacity(chunk.len() * views * img_len), failed: Vec::new() };
                 let mut mirrors = Vec::new();
                 let mut msg = None;
                 for (&i, r) in chunk.iter().zip(decoded) {

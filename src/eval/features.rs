@@ -2,6 +2,7 @@
 //! safetensors file with tensor `features` `[N, F]` and the image names as a JSON list in the
 //! metadata key `names`.
 
+use crate::data::dataset::parse_name;
 use crate::error::{Error, Result};
 use crate::tensor::{write_safetensors, HostTensor, TensorMap};
 use std::collections::HashMap;
@@ -19,11 +20,39 @@ pub fn write_features(path: &Path, names: &[String], features: &[f32], dim: usiz
 /// Reads features written by `amg embed` (all entries, names as written).
 pub fn read_features(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
     let st = crate::tensor::SafetensorsFile::open(path)?;
-    let names: Vec<String> = serde_json::from_str(st.metadata().get("names").ok_or_else(|| Error::file(path, "no `names` metadata (expected a file written by `amg embed`)"))?)
-        .map_err(|e| Error::file(path, format!("`names` metadata is not a JSON list of strings: {e}")))?;
+    let names: Vec<String> =
+        serde_json::from_str(st.metadata().get("names").ok_or_else(|| Error::file(path, "no `names` metadata (expected a file written by `amg embed`)"))?)
+            .map_err(|e| Error::file(path, format!("`names` metadata is not a JSON list of strings: {e}")))?;
     let t = st.all_f32()?.remove("features").ok_or_else(|| Error::tensor(path, "features", "missing"))?;
     if t.shape.len() != 2 || t.shape[0] != names.len() {
         return Err(Error::tensor(path, "features", format!("shape {:?} does not match {} names", t.shape, names.len())));
     }
     Ok((names, t.data, t.shape[1]))
+}
+
+/// Features with the identity and camera each image's name gives (`0002_c1s1_000451_03.jpg`).
+pub struct LabelledFeatures {
+    /// `[n, dim]`
+    pub features: Vec<f32>,
+    pub dim: usize,
+    pub pids: Vec<i64>,
+    pub cams: Vec<i64>,
+}
+
+/// Reads a features file written by `amg embed` for evaluation: junk images (identity −1) are
+/// dropped; a name that does not parse as `<id>_c<camera>…` is an error naming it.
+pub fn read_labelled(path: &Path) -> Result<LabelledFeatures> {
+    let (names, data, dim) = read_features(path)?;
+    let mut out = LabelledFeatures { features: Vec::new(), dim, pids: Vec::new(), cams: Vec::new() };
+    for (name, row) in names.iter().zip(data.chunks_exact(dim.max(1))) {
+        let base = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (pid, cam) = parse_name(&base).ok_or_else(|| Error::file(path, format!("name `{name}` does not parse as `<id>_c<camera>…`")))?;
+        if pid == -1 {
+            continue;
+        }
+        out.features.extend_from_slice(row);
+        out.pids.push(pid);
+        out.cams.push(cam);
+    }
+    Ok(out)
 }

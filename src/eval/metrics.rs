@@ -1,4 +1,4 @@
-//! The standard Re-ID ranking metrics (AMG_SPEC §7; torchreid's `eval_market1501`, mINP as in
+//! The standard Re-ID ranking metrics (docs/method.md §7; torchreid's `eval_market1501`, mINP as in
 //! Ye et al.'s AGW code): CMC rank-k, mAP and mINP.
 //!
 //! Per query, gallery entries with the query's identity *and* camera are removed; a query with no
@@ -44,8 +44,8 @@ pub fn rank_query(scores: &[f32], q_pid: i64, q_cam: i64, g_pids: &[i64], g_cams
     let n = pos.len() as f64;
     let (mut negatives, mut ap, mut last) = (0usize, 0.0, 0usize);
     let mut first = 0;
-    for k in 0..pos.len() {
-        negatives += ahead[k];
+    for (k, &before_k) in ahead.iter().enumerate().take(pos.len()) {
+        negatives += before_k;
         let rank = k + negatives; // 0-based position of positive k
         if k == 0 {
             first = rank;
@@ -165,12 +165,17 @@ pub fn evaluate_features(q: &[f32], g: &[f32], dim: usize, l: &Labels, max_rank:
     for start in (0..nq).step_by(block) {
         let rows = block.min(nq - start);
         let s = &mut scores[..rows * ng];
-        matmul_bt(Mat::dense(&q[start * dim..(start + rows) * dim], rows, dim), Mat::dense(g, ng, dim), s, ng, Acc::Overwrite, 1.0, rayon::current_num_threads());
-        let part: Vec<Option<QueryResult>> = s
-            .par_chunks(ng.max(1))
-            .enumerate()
-            .map(|(i, row)| rank_query(row, l.q_pids[start + i], l.q_cams[start + i], l.g_pids, l.g_cams))
-            .collect();
+        matmul_bt(
+            Mat::dense(&q[start * dim..(start + rows) * dim], rows, dim),
+            Mat::dense(g, ng, dim),
+            s,
+            ng,
+            Acc::Overwrite,
+            1.0,
+            rayon::current_num_threads(),
+        );
+        let part: Vec<Option<QueryResult>> =
+            s.par_chunks(ng.max(1)).enumerate().map(|(i, row)| rank_query(row, l.q_pids[start + i], l.q_cams[start + i], l.g_pids, l.g_cams)).collect();
         results.extend(part);
     }
     aggregate(&results, ng, max_rank)

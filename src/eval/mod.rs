@@ -5,7 +5,7 @@ pub mod features;
 pub mod metrics;
 
 use crate::data::loader::{for_each_batch, LoaderOptions, Views};
-use crate::data::{dataset::parse_name, Dataset, Sample};
+use crate::data::{Dataset, Sample};
 use crate::engine::{Engine, Want, Workspace};
 use crate::error::{Error, Result};
 use metrics::{evaluate_features, Labels, Metrics};
@@ -100,31 +100,13 @@ pub fn eval_pixels(data: &Dataset, (h, w): (usize, usize), opts: &EvalOptions) -
     evaluate_features(&q, &g, dim, &Labels { q_pids: &qp, q_cams: &qc, g_pids: &gp, g_cams: &gc }, MAX_RANK).map_err(Error::invalid)
 }
 
-/// Reads a features file written by `amg embed`: features `[N, F]` and identities and cameras
-/// parsed from the names in its metadata. Junk images (identity −1) are dropped.
-pub fn read_feature_file(path: &Path) -> Result<(Vec<f32>, usize, Vec<i64>, Vec<i64>)> {
-    let (names, data, dim) = features::read_features(path)?;
-    let (mut feats, mut pids, mut cams) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, name) in names.iter().enumerate() {
-        let base = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let (pid, cam) = parse_name(&base).ok_or_else(|| Error::file(path, format!("name `{name}` does not parse as `<id>_c<camera>…`")))?;
-        if pid == -1 {
-            continue;
-        }
-        feats.extend_from_slice(&data[i * dim..(i + 1) * dim]);
-        pids.push(pid);
-        cams.push(cam);
-    }
-    Ok((feats, dim, pids, cams))
-}
-
 /// Evaluates two feature files (query, gallery) written by `amg embed`.
 pub fn eval_feature_files(query: &Path, gallery: &Path) -> Result<Metrics> {
-    let (q, qd, qp, qc) = read_feature_file(query)?;
-    let (g, gd, gp, gc) = read_feature_file(gallery)?;
-    if qd != gd {
-        return Err(Error::invalid(format!("query features have {qd} dimensions, gallery features {gd}: not from the same model")));
+    let q = features::read_labelled(query)?;
+    let g = features::read_labelled(gallery)?;
+    if q.dim != g.dim {
+        return Err(Error::invalid(format!("query features have {} dimensions, gallery features {}: not from the same model", q.dim, g.dim)));
     }
-    let l = Labels { q_pids: &qp, q_cams: &qc, g_pids: &gp, g_cams: &gc };
-    evaluate_features(&q, &g, qd, &l, MAX_RANK).map_err(Error::invalid)
+    let l = Labels { q_pids: &q.pids, q_cams: &q.cams, g_pids: &g.pids, g_cams: &g.cams };
+    evaluate_features(&q.features, &g.features, q.dim, &l, MAX_RANK).map_err(Error::invalid)
 }

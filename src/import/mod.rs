@@ -164,7 +164,11 @@ impl<'a> Checkpoint<'a> {
         }
         let (d, p) = (pe[0], pe[2]);
         let Some(first) = k.blocks.first() else {
-            return Err(Error::tensor(self.path, self.name(&VitParams::keys(1, 0).blocks[0].norm1.weight), "missing: the checkpoint has no transformer blocks"));
+            return Err(Error::tensor(
+                self.path,
+                self.name(&VitParams::keys(1, 0).blocks[0].norm1.weight),
+                "missing: the checkpoint has no transformer blocks",
+            ));
         };
         let mlp = self.shape(&first.fc1.weight)?[0];
         let (num_heads, head_dim) = match req.heads {
@@ -198,7 +202,8 @@ impl<'a> Checkpoint<'a> {
         let pos = &self.keys.pos_embed;
         let shape = self.shape(pos)?;
         let d = self.shape(&self.keys.patch_embed.weight)?[0];
-        let prefix = usize::from(self.keys.cls_token.as_ref().is_some_and(|t| self.has(t))) + usize::from(self.keys.dist_token.as_ref().is_some_and(|t| self.has(t)));
+        let prefix =
+            usize::from(self.keys.cls_token.as_ref().is_some_and(|t| self.has(t))) + usize::from(self.keys.dist_token.as_ref().is_some_and(|t| self.has(t)));
         if shape.len() != 3 || shape[0] != 1 || shape[2] != d || shape[1] <= prefix {
             return Err(Error::tensor(self.path, self.name(pos), format!("shape {}, expected [1, {prefix} + patches, {d}]", shape_str(&shape))));
         }

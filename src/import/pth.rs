@@ -25,7 +25,10 @@ pub enum Value {
     Dict(Rc<RefCell<Vec<(Value, Value)>>>),
     Global(String),
     /// A tensor storage named by its key in the archive's `data/` folder.
-    Storage { key: String, dtype: DType },
+    Storage {
+        key: String,
+        dtype: DType,
+    },
     Tensor(Rc<TensorRef>),
     NumpyDtype(String),
     /// A NumPy array, decoded.
@@ -536,9 +539,7 @@ impl<'a> Machine<'a> {
                 }
                 Ok(Value::Tensor(Rc::new(TensorRef { key, dtype, offset, shape, stride })))
             }
-            "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
-                Ok(args.into_iter().next().unwrap_or(Value::None))
-            }
+            "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => Ok(args.into_iter().next().unwrap_or(Value::None)),
             // Protocol-2 pickles carry bytes as `_codecs.encode(str, "latin1")`: a pure conversion.
             "_codecs.encode" => match (args.first(), args.get(1)) {
                 (Some(Value::Str(s)), Some(Value::Str(enc))) if enc == "latin1" || enc == "latin-1" => {
@@ -572,9 +573,7 @@ impl<'a> Machine<'a> {
                     Value::Int(raw.to_i64().unwrap()[0])
                 })
             }
-            "numpy.core.multiarray._reconstruct" | "numpy._core.multiarray._reconstruct" => {
-                Ok(Value::Opaque("numpy.ndarray (empty)".into()))
-            }
+            "numpy.core.multiarray._reconstruct" | "numpy._core.multiarray._reconstruct" => Ok(Value::Opaque("numpy.ndarray (empty)".into())),
             _ => Ok(Value::Opaque(name)),
         }
     }
@@ -664,11 +663,7 @@ impl PthFile {
             }
         }
         let mut bytes = Vec::new();
-        archive
-            .by_name(&pkl)
-            .map_err(|e| Error::file(path, format!("{pkl}: {e}")))?
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, e))?;
+        archive.by_name(&pkl).map_err(|e| Error::file(path, format!("{pkl}: {e}")))?.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
         let machine = Machine { data: &bytes, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: BTreeMap::new() };
         let root = machine.run().map_err(|e| Error::file(path, format!("{pkl}: {e}")))?;
         Ok(PthFile { path: path.to_path_buf(), prefix, archive: RefCell::new(archive), root })
@@ -734,7 +729,11 @@ impl PthFile {
                     out.insert(key, t);
                 }
                 Value::Opaque(what) => {
-                    return Err(Error::tensor(&self.path, &key, format!("holds a pickled {what}, which amg does not unpickle (it never executes pickled code)")))
+                    return Err(Error::tensor(
+                        &self.path,
+                        &key,
+                        format!("holds a pickled {what}, which amg does not unpickle (it never executes pickled code)"),
+                    ))
                 }
                 _ => {} // non-tensor entries (e.g. an epoch number) are not weights
             }
@@ -762,10 +761,9 @@ impl PthFile {
         items
             .iter()
             .map(|it| match it {
-                Value::Opaque(what) => Err(Error::file(
-                    &self.path,
-                    format!("`{key}` holds a pickled {what}, which cannot be read safely (amg never executes pickled code)"),
-                )),
+                Value::Opaque(what) => {
+                    Err(Error::file(&self.path, format!("`{key}` holds a pickled {what}, which cannot be read safely (amg never executes pickled code)")))
+                }
                 other => other.as_int(self)?.ok_or_else(|| Error::file(&self.path, format!("`{key}` holds {}, expected integers", other.describe()))),
             })
             .collect::<Result<Vec<_>>>()

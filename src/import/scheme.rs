@@ -2,8 +2,8 @@
 //! `blocks.3.attn.qkv.weight` or `parts.2.bn.running_var`) is mapped to the checkpoint's key here
 //! and nowhere else, so an importer reads exactly the tensors the model definition calls for.
 
-use crate::model::params::{Key, Seg};
 use crate::choice::Choice;
+use crate::model::params::{Key, Seg};
 use std::fmt;
 
 /// Checkpoint formats amg reads.

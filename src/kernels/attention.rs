@@ -67,10 +67,9 @@ pub fn attention(q: &[f32], kv: &[f32], out: &mut [f32], s: AttnShape, l: AttnLa
             if let Some(sink) = sink {
                 sink(b, h, &scores);
             }
-            let out_ptr = out_ptr;
             // SAFETY: the bounds were checked above; this task writes only rows b·n+r0..b·n+r1,
             // columns h·hd..(h+1)·hd, which no other task touches.
-            unsafe { matmul_into_raw(Mat::dense(&scores, m, nk), vm, out_ptr.0.add((b * n + r0) * l.out_ld + h * hd), l.out_ld, 1.0) };
+            unsafe { matmul_into_raw(Mat::dense(&scores, m, nk), vm, out_ptr.get().add((b * n + r0) * l.out_ld + h * hd), l.out_ld, 1.0) };
         });
     });
 }
@@ -83,12 +82,12 @@ pub fn attention(q: &[f32], kv: &[f32], out: &mut [f32], s: AttnShape, l: AttnLa
 /// # Safety
 /// `dq` and `dkv` must be valid for writes over the ranges the shape and layout describe, and not
 /// accessed by anyone else during the call.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn attention_backward(q: &[f32], kv: &[f32], dout: &[f32], dq: *mut f32, dkv: *mut f32, s: AttnShape, l: AttnLayout, scale: f32) {
     let AttnShape { batch, n, nk, heads, head_dim: hd } = s;
     let (dq, dkv) = (SendPtr(dq), SendPtr(dkv));
     (0..batch * heads).into_par_iter().for_each(|t| {
         let (b, h) = (t / heads, t % heads);
-        let (dq, dkv) = (dq, dkv);
         SCORES.with(|pc| {
             DSCORES.with(|dc| {
                 let (mut p, mut dp) = (pc.borrow_mut(), dc.borrow_mut());
@@ -106,11 +105,11 @@ pub unsafe fn attention_backward(q: &[f32], kv: &[f32], dout: &[f32], dq: *mut f
                 // dP = dO·Vᵀ
                 gemm_raw((n, nk, hd), dout[o0..].as_ptr(), row(l.out_ld), kv[v0..].as_ptr(), col(l.kv_ld), dp.as_mut_ptr(), nk, Acc::Overwrite, 1.0, 1);
                 // dV = Pᵀ·dO
-                gemm_raw((nk, hd, n), p.as_ptr(), col(nk), dout[o0..].as_ptr(), row(l.out_ld), dkv.0.add(v0), l.kv_ld, Acc::Overwrite, 1.0, 1);
+                gemm_raw((nk, hd, n), p.as_ptr(), col(nk), dout[o0..].as_ptr(), row(l.out_ld), dkv.get().add(v0), l.kv_ld, Acc::Overwrite, 1.0, 1);
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)), then dQ = scale·dS·K and dK = scale·dSᵀ·Q.
                 softmax_backward_rows(&p, &mut dp, nk);
-                gemm_raw((n, hd, nk), dp.as_ptr(), row(nk), kv[k0..].as_ptr(), row(l.kv_ld), dq.0.add(q0), l.q_ld, Acc::Overwrite, scale, 1);
-                gemm_raw((nk, hd, n), dp.as_ptr(), col(nk), q[q0..].as_ptr(), row(l.q_ld), dkv.0.add(k0), l.kv_ld, Acc::Overwrite, scale, 1);
+                gemm_raw((n, hd, nk), dp.as_ptr(), row(nk), kv[k0..].as_ptr(), row(l.kv_ld), dq.get().add(q0), l.q_ld, Acc::Overwrite, scale, 1);
+                gemm_raw((nk, hd, n), dp.as_ptr(), col(nk), q[q0..].as_ptr(), row(l.q_ld), dkv.get().add(k0), l.kv_ld, Acc::Overwrite, scale, 1);
             })
         });
     });

@@ -3,7 +3,7 @@
 //!
 //! Why: candle's composite layer norm, softmax and GELU run as chains of single-threaded,
 //! allocating element-wise ops forward and (worse) backward, and its matmuls on transposed or
-//! batched views copy. Measured on the 6-block toy step of ../shared/peers/peer_train_toy.py these
+//! batched views copy. Measured on the 6-block toy step of tools/peer_train_toy.py these
 //! made a step 5× slower than PyTorch's. Each op here is one node in candle's graph, runs on the
 //! `kernels` (gemm with strides, vectorised parallel row kernels) and recomputes what it needs in
 //! the backward pass (attention probabilities, layer-norm statistics) instead of storing it.
@@ -13,7 +13,7 @@ use super::gemm::{matmul_bt, matmul_strided, Acc, Mat, Strides};
 use super::prof::phase;
 use super::rows::{add_bias, layer_norm};
 use super::{math, rows_per_task, simd_fn};
-use crate::alloc::uninit;
+use crate::alloc::output;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -92,7 +92,7 @@ impl CustomOp3 for Linear {
             candle_core::bail!("linear: x [.., {k}], w [{n}, {wk}], b [{}]", b.len());
         }
         let m: usize = lead.iter().product();
-        let mut y = uninit(m * n);
+        let mut y = output(m * n);
         phase("t:linear", || {
             matmul_bt(Mat::dense(x, m, k), Mat::dense(w, n, k), &mut y, n, Acc::Overwrite, 1.0, threads());
             add_bias(&mut y, b);
@@ -108,11 +108,11 @@ impl CustomOp3 for Linear {
             with(w, "linear w", |w| {
                 with(dy, "linear dy", |dy| {
                     phase("t:linear-bwd", || {
-                        let mut dx = uninit(m * k);
+                        let mut dx = output(m * k);
                         // dx = dy·W
                         matmul_strided((m, k, n), dy, Strides::row_major(n), w, Strides::row_major(k), &mut dx, k, Acc::Overwrite, 1.0, threads());
                         // dW = dyᵀ·x
-                        let mut dw = uninit(n * k);
+                        let mut dw = output(n * k);
                         matmul_strided((n, k, m), dy, Strides::transposed(n), x, Strides::row_major(k), &mut dw, k, Acc::Overwrite, 1.0, threads());
                         (dx, dw, column_sums(dy, n))
                     })
@@ -159,7 +159,7 @@ impl CustomOp3 for LayerNorm {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w, b) = (slice(s1, l1, "layer norm x")?, slice(s2, l2, "layer norm w")?, slice(s3, l3, "layer norm b")?);
         let mut xc = x.to_vec();
-        let mut y = uninit(x.len());
+        let mut y = output(x.len());
         phase("t:layer-norm", || layer_norm(&mut xc, None, w, b, self.eps, &mut y));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -169,7 +169,7 @@ impl CustomOp3 for LayerNorm {
             with(w, "layer norm w", |w| {
                 with(dy, "layer norm dy", |dy| {
                     phase("t:layer-norm-bwd", || {
-                        let mut dx = uninit(x.len());
+                        let mut dx = output(x.len());
                         let per = rows_per_task(x.len() / d, d);
                         let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
                             .par_chunks_mut(per * d)
@@ -223,7 +223,7 @@ impl CustomOp1 for Gelu {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "gelu x")?;
-        let mut y = uninit(x.len());
+        let mut y = output(x.len());
         phase("t:gelu", || y.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(o, i)| gelu_slice(i, o)));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -231,7 +231,7 @@ impl CustomOp1 for Gelu {
         let dx = with(x, "gelu x", |x| {
             with(dy, "gelu dy", |dy| {
                 phase("t:gelu-bwd", || {
-                    let mut dx = uninit(x.len());
+                    let mut dx = output(x.len());
                     dx.par_chunks_mut(16384).zip(x.par_chunks(16384)).zip(dy.par_chunks(16384)).for_each(|((o, i), g)| gelu_backward_slice(i, g, o));
                     dx
                 })
@@ -271,7 +271,7 @@ impl CustomOp1 for AttentionPacked {
         if qkv.len() != self.batch * self.n * 3 * inner {
             candle_core::bail!("attention: qkv has {} values, expected {}", qkv.len(), self.batch * self.n * 3 * inner);
         }
-        let mut out = uninit(self.batch * self.n * inner);
+        let mut out = output(self.batch * self.n * inner);
         phase("t:attention", || attention(qkv, qkv, &mut out, shape, layout, scale, None));
         Ok((CpuStorage::F32(out), Shape::from((self.batch * self.n, inner))))
     }
@@ -280,7 +280,7 @@ impl CustomOp1 for AttentionPacked {
         let d = with(qkv, "attention qkv", |q| {
             with(dout, "attention dout", |g| {
                 phase("t:attention-bwd", || {
-                    let mut d = uninit(q.len());
+                    let mut d = output(q.len());
                     let p = d.as_mut_ptr();
                     // SAFETY: `d` is exclusively ours and sized like qkv; q/k/v columns are disjoint.
                     unsafe { attention_backward(q, q, g, p, p, shape, layout, scale) };
@@ -322,9 +322,15 @@ impl CustomOp2 for AttentionSplit {
         let (shape, layout, scale) = self.parts();
         let inner = self.heads * self.head_dim;
         if q.len() != self.batch * self.n * inner || kv.len() != self.batch * self.nk * 2 * inner {
-            candle_core::bail!("attention: q has {} values, kv {}, expected {} and {}", q.len(), kv.len(), self.batch * self.n * inner, self.batch * self.nk * 2 * inner);
+            candle_core::bail!(
+                "attention: q has {} values, kv {}, expected {} and {}",
+                q.len(),
+                kv.len(),
+                self.batch * self.n * inner,
+                self.batch * self.nk * 2 * inner
+            );
         }
-        let mut out = uninit(self.batch * self.n * inner);
+        let mut out = output(self.batch * self.n * inner);
         phase("t:attention", || attention(q, kv, &mut out, shape, layout, scale, None));
         Ok((CpuStorage::F32(out), Shape::from((self.batch * self.n, inner))))
     }
@@ -334,7 +340,7 @@ impl CustomOp2 for AttentionSplit {
             with(kv, "attention kv", |kvs| {
                 with(dout, "attention dout", |g| {
                     phase("t:attention-bwd", || {
-                        let (mut dq, mut dkv) = (uninit(qs.len()), uninit(kvs.len()));
+                        let (mut dq, mut dkv) = (output(qs.len()), output(kvs.len()));
                         // SAFETY: both buffers are exclusively ours and sized like q and kv.
                         unsafe { attention_backward(qs, kvs, g, dq.as_mut_ptr(), dkv.as_mut_ptr(), shape, layout, scale) };
                         (dq, dkv)

@@ -66,14 +66,28 @@ pub fn matmul_then(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f
         (0..n.div_ceil(block)).into_par_iter().for_each(|t| {
             let j0 = t * block;
             let nb = block.min(n - j0);
-            let cp = cp;
             // SAFETY: bounds checked above; block t writes only columns j0..j0+nb of `c`.
-            unsafe { gemm_raw((m, nb, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data[j0..].as_ptr(), Strides::row_major(b.ld), cp.0.add(j0), ldc, acc, scale, 1) };
+            unsafe {
+                gemm_raw(
+                    (m, nb, k),
+                    a.data.as_ptr(),
+                    Strides::row_major(a.ld),
+                    b.data[j0..].as_ptr(),
+                    Strides::row_major(b.ld),
+                    cp.get().add(j0),
+                    ldc,
+                    acc,
+                    scale,
+                    1,
+                )
+            };
         });
     } else {
         // SAFETY: the bounds of all three operands were checked above; `gemm` reads `a` and `b` and
         // writes `c` only inside them.
-        unsafe { gemm_raw((m, n, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data.as_ptr(), Strides::row_major(b.ld), c.as_mut_ptr(), ldc, acc, scale, threads) };
+        unsafe {
+            gemm_raw((m, n, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data.as_ptr(), Strides::row_major(b.ld), c.as_mut_ptr(), ldc, acc, scale, threads)
+        };
     }
     match epi {
         Epilogue::None => {}
@@ -105,7 +119,9 @@ pub fn matmul_bt(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f32
         return;
     }
     // SAFETY: as in `matmul`; rhs element (i, j) is b[j·ld + i], inside `b` for i < k, j < n.
-    unsafe { gemm_raw((m, n, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data.as_ptr(), Strides::transposed(b.ld), c.as_mut_ptr(), ldc, acc, scale, threads) }
+    unsafe {
+        gemm_raw((m, n, k), a.data.as_ptr(), Strides::row_major(a.ld), b.data.as_ptr(), Strides::transposed(b.ld), c.as_mut_ptr(), ldc, acc, scale, threads)
+    }
 }
 
 /// Strides of a matrix operand: element (i, j) is at `i·rs + j·cs`. Transposing swaps them.
@@ -134,7 +150,18 @@ impl Strides {
 /// `a`, `b` must be valid for reads and `c` for writes over the index ranges the dimensions and
 /// strides describe, and no other thread may write the elements of `c` meanwhile.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_raw((m, n, k): (usize, usize, usize), a: *const f32, sa: Strides, b: *const f32, sb: Strides, c: *mut f32, ldc: usize, acc: Acc, scale: f32, threads: usize) {
+pub unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    sa: Strides,
+    b: *const f32,
+    sb: Strides,
+    c: *mut f32,
+    ldc: usize,
+    acc: Acc,
+    scale: f32,
+    threads: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -147,12 +174,43 @@ pub unsafe fn gemm_raw((m, n, k): (usize, usize, usize), a: *const f32, sa: Stri
         return;
     }
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    gemm::gemm(m, n, k, c, 1, ldc as isize, acc == Acc::Add, a, sa.cs as isize, sa.rs as isize, b, sb.cs as isize, sb.rs as isize, 1.0, scale, false, false, false, par);
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        acc == Acc::Add,
+        a,
+        sa.cs as isize,
+        sa.rs as isize,
+        b,
+        sb.cs as isize,
+        sb.rs as isize,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        par,
+    );
 }
 
 /// The general product with explicit strides, bounds-checked.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_strided(dims: (usize, usize, usize), a: &[f32], sa: Strides, b: &[f32], sb: Strides, c: &mut [f32], ldc: usize, acc: Acc, scale: f32, threads: usize) {
+pub fn matmul_strided(
+    dims: (usize, usize, usize),
+    a: &[f32],
+    sa: Strides,
+    b: &[f32],
+    sb: Strides,
+    c: &mut [f32],
+    ldc: usize,
+    acc: Acc,
+    scale: f32,
+    threads: usize,
+) {
     let (m, n, k) = dims;
     if m == 0 || n == 0 {
         return;

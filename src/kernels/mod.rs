@@ -75,6 +75,14 @@ pub(crate) use simd_fn;
 /// A raw pointer that may cross threads; users guarantee disjoint access.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);
+
+impl SendPtr {
+    /// The pointer. A closure that calls this captures the whole `SendPtr` (which is `Send`), not
+    /// its field (which is not).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 

@@ -188,7 +188,18 @@ fn run(t: &Task) {
         // panels' columns.
         unsafe {
             let bp = t.b.data.as_ptr().add(pn.offset);
-            gemm_raw((r1 - r0, pn.width, k), t.a.data.as_ptr().add(r0 * t.a.ld), Strides::row_major(t.a.ld), bp, Strides::row_major(NR), t.c.0.add(r0 * t.ldc + pn.col - t.col0), t.ldc, t.acc, 1.0, 1);
+            gemm_raw(
+                (r1 - r0, pn.width, k),
+                t.a.data.as_ptr().add(r0 * t.a.ld),
+                Strides::row_major(t.a.ld),
+                bp,
+                Strides::row_major(NR),
+                t.c.0.add(r0 * t.ldc + pn.col - t.col0),
+                t.ldc,
+                t.acc,
+                1.0,
+                1,
+            );
         }
     }
     if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = t.epi {
@@ -221,7 +232,15 @@ mod tests {
     #[test]
     fn equals_the_general_product_on_every_shape_edge() {
         // Rows not a multiple of 12 and beyond MC, columns not a multiple of 32, parts, accumulate.
-        for &(m, k, n, parts) in &[(1usize, 7usize, 5usize, &[][..]), (13, 64, 70, &[32][..]), (197, 96, 200, &[40, 120][..]), (400, 33, 64, &[][..]), (600, 40, 130, &[64][..]), (197, 48, 192, &[][..]), (50, 16, 96, &[][..])] {
+        for &(m, k, n, parts) in &[
+            (1usize, 7usize, 5usize, &[][..]),
+            (13, 64, 70, &[32][..]),
+            (197, 96, 200, &[40, 120][..]),
+            (400, 33, 64, &[][..]),
+            (600, 40, 130, &[64][..]),
+            (197, 48, 192, &[][..]),
+            (50, 16, 96, &[][..]),
+        ] {
             let a = rand(m * k, 1);
             let w = rand(k * n, 2);
             let bias = rand(n, 3);
@@ -271,7 +290,15 @@ mod tests {
         matmul_packed_many(
             vec![
                 Product { a: Mat::dense(&x, m, k), b: &pb, cols: 0..inner, c: &mut q2, ldc: inner, acc: Acc::Overwrite, epi: Epilogue::Bias(&bias[..inner]) },
-                Product { a: Mat::dense(&xk, mk, k), b: &pb, cols: inner..3 * inner, c: &mut kv2, ldc: 2 * inner, acc: Acc::Overwrite, epi: Epilogue::BiasGelu(&bias[inner..]) },
+                Product {
+                    a: Mat::dense(&xk, mk, k),
+                    b: &pb,
+                    cols: inner..3 * inner,
+                    c: &mut kv2,
+                    ldc: 2 * inner,
+                    acc: Acc::Overwrite,
+                    epi: Epilogue::BiasGelu(&bias[inner..]),
+                },
             ],
             2,
         );

@@ -61,10 +61,14 @@ impl Arch {
 
     /// The preset name matching these dimensions, if any.
     pub fn infer_preset(&self) -> Option<String> {
-        ["tiny", "small", "base"].into_iter().find(|p| {
-            let a = Arch::preset(p).unwrap();
-            (a.embed_dim, a.depth, a.num_heads, a.head_dim, a.mlp_dim, a.patch_size) == (self.embed_dim, self.depth, self.num_heads, self.head_dim, self.mlp_dim, self.patch_size)
-        }).map(String::from)
+        ["tiny", "small", "base"]
+            .into_iter()
+            .find(|p| {
+                let a = Arch::preset(p).unwrap();
+                (a.embed_dim, a.depth, a.num_heads, a.head_dim, a.mlp_dim, a.patch_size)
+                    == (self.embed_dim, self.depth, self.num_heads, self.head_dim, self.mlp_dim, self.patch_size)
+            })
+            .map(String::from)
     }
 }
 
@@ -82,7 +86,7 @@ pub struct LayerPlan {
 pub enum HeadKind {
     /// Retrieval only: no classifiers.
     None,
-    /// LA-Transformer: one classifier per row of the patch grid (AMG_SPEC §1).
+    /// LA-Transformer: one classifier per row of the patch grid (docs/method.md §1).
     La,
 }
 

@@ -274,7 +274,14 @@ impl VitParams<Shape> {
             .iter()
             .map(|plan| {
                 let inner = plan.heads.len() * a.head_dim;
-                BlockParams { norm1: norm(d), qkv: linear(3 * inner, d, a.qkv_bias), proj: linear(d, inner, true), norm2: norm(d), fc1: linear(m, d, true), fc2: linear(d, m, true) }
+                BlockParams {
+                    norm1: norm(d),
+                    qkv: linear(3 * inner, d, a.qkv_bias),
+                    proj: linear(d, inner, true),
+                    norm2: norm(d),
+                    fc1: linear(m, d, true),
+                    fc2: linear(d, m, true),
+                }
             })
             .collect();
         let parts = match cfg.head.kind {
@@ -305,11 +312,9 @@ impl VitParams<HostTensor> {
             let name = key.to_string();
             match tensors.remove(&name) {
                 None => Err(Error::tensor(path, &name, format!("missing (config.json calls for shape {})", shape_str(shape)))),
-                Some(t) if &t.shape != shape => Err(Error::tensor(
-                    path,
-                    &name,
-                    format!("shape {} does not match config.json, which calls for {}", shape_str(&t.shape), shape_str(shape)),
-                )),
+                Some(t) if &t.shape != shape => {
+                    Err(Error::tensor(path, &name, format!("shape {} does not match config.json, which calls for {}", shape_str(&t.shape), shape_str(shape))))
+                }
                 Some(t) => Ok(t),
             }
         })?;
@@ -334,7 +339,11 @@ impl VitParams<HostTensor> {
         }
         for ((key, shape), (hkey, t)) in want.iter().zip(&have) {
             if key != hkey || *shape != &t.shape || t.data.len() != t.shape.iter().product::<usize>() {
-                return Err(Error::tensor(path, hkey.to_string(), format!("shape {} does not match config.json, which calls for {}", shape_str(&t.shape), shape_str(shape))));
+                return Err(Error::tensor(
+                    path,
+                    hkey.to_string(),
+                    format!("shape {} does not match config.json, which calls for {}", shape_str(&t.shape), shape_str(shape)),
+                ));
             }
         }
         Ok(())

@@ -37,9 +37,7 @@ impl Plan {
         }
         let mut out = self.clone();
         for l in 0..depth {
-            for (what, list, current) in
-                [("heads", &mut out.heads[l], &cfg.layers[l].heads), ("tokens", &mut out.tokens[l], &cfg.layers[l].tokens)]
-            {
+            for (what, list, current) in [("heads", &mut out.heads[l], &cfg.layers[l].heads), ("tokens", &mut out.tokens[l], &cfg.layers[l].tokens)] {
                 list.sort_unstable();
                 if let Some(w) = list.windows(2).find(|w| w[0] == w[1]) {
                     return Err(Error::invalid(format!("plan: layer {l} lists {what} index {} twice", w[0])));

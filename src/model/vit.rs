@@ -103,7 +103,8 @@ impl Vit {
             None => Tensor::zeros(d, DType::F32, &self.device)?,
         };
         let emb = patches.apply_op3(&pw, &pb, ops::Linear)?.reshape((b, gh * gw, d))?;
-        let mut seq: Vec<Tensor> = self.params.prefix_tokens().into_iter().map(|t| t.as_tensor().broadcast_as((b, 1, d))).collect::<candle_core::Result<_>>()?;
+        let mut seq: Vec<Tensor> =
+            self.params.prefix_tokens().into_iter().map(|t| t.as_tensor().broadcast_as((b, 1, d))).collect::<candle_core::Result<_>>()?;
         seq.push(emb);
         let z = Tensor::cat(&seq, 1)?.broadcast_add(self.params.pos_embed.as_tensor())?;
 

@@ -43,7 +43,11 @@ impl Scores {
             batch_size: o.batch_size,
             images,
             head_entropy: cfg.layers.iter().map(|l| vec![0.0; l.heads.len()]).collect(),
-            token_importance: cfg.layers.iter().map(|l| (cfg.num_prefix()..cfg.num_tokens()).map(|p| l.tokens.binary_search(&p).ok().map(|_| 0.0)).collect()).collect(),
+            token_importance: cfg
+                .layers
+                .iter()
+                .map(|l| (cfg.num_prefix()..cfg.num_tokens()).map(|p| l.tokens.binary_search(&p).ok().map(|_| 0.0)).collect())
+                .collect(),
             heads: cfg.layers.iter().map(|l| l.heads.clone()).collect(),
             head_criterion: None,
             token_criterion: None,

@@ -16,7 +16,7 @@ use crate::train::loss::Distill;
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::run::{train, Scheduler, Start, TrainOptions, TrainRequest};
 use analyze::Scores;
-use criteria::{AnalyzeOptions, Calibration, Criterion};
+use criteria::{AnalyzeOptions, Calibration, Criterion, HeadCriterion, TokenCriterion};
 use policy::{remove_heads, remove_tokens, HeadWeighting, TokenWeighting};
 use serde::Serialize;
 use std::path::Path;
@@ -129,50 +129,105 @@ pub fn per_iteration(n: usize, iters: usize, i: usize) -> usize {
     n * (i + 1) / iters - n * i / iters
 }
 
-fn fine_tune(model: ModelFiles, data: &Dataset, o: &PruneOptions, teacher: Option<&ModelFiles>, run: &Path, epochs: usize, final_stage: bool, log: &mut dyn FnMut(&str)) -> Result<ModelFiles> {
-    if epochs == 0 {
-        return Ok(model);
+/// What to prune, with what, and where the result goes.
+pub struct PruneRequest<'a> {
+    pub model: ModelFiles,
+    /// The distillation teacher (default, when the options distil: the unpruned model itself).
+    pub teacher: Option<ModelFiles>,
+    pub data: &'a Dataset,
+    pub options: &'a PruneOptions,
+    /// The pruned model directory, written atomically.
+    pub out: &'a Path,
+    /// Replace `out` if it exists and is not empty.
+    pub force: bool,
+}
+
+/// Chooses what each iteration removes: the criteria score the model as it is now (on the
+/// calibration set), the weighting policy makes the scores comparable across layers, and the
+/// global ranking picks the `k` to go.
+struct Selector<'a> {
+    o: &'a PruneOptions,
+    data: &'a Dataset,
+    heads: Box<dyn HeadCriterion>,
+    tokens: Box<dyn TokenCriterion>,
+    calib: AnalyzeOptions,
+    /// The random criterion's generator, seeded per run.
+    rng: Rng,
+}
+
+impl<'a> Selector<'a> {
+    fn new(o: &'a PruneOptions, data: &'a Dataset) -> Self {
+        let calib = AnalyzeOptions { batch_size: o.batch_size, limit: o.calib_limit, progress: true };
+        Selector { o, data, heads: o.criterion.heads(), tokens: o.criterion.tokens(), calib, rng: Rng::new(o.seed ^ 0x5C0E) }
     }
-    let opts = TrainOptions {
-        epochs,
-        batch_size: o.batch_size,
-        lr: o.lr,
-        // The reference: Adam with L2 weight decay; StepLR (3 epochs, γ 0.7) for the final fine-tune.
-        optim: OptimConfig::new(OptimKind::Adam, o.weight_decay),
-        scheduler: Scheduler::Step,
-        step_size: if final_stage { 3 } else { usize::MAX },
-        gamma: 0.7,
-        warmup_epochs: 0.0,
-        label_smoothing: 0.0,
-        distill: o.distill,
-        dropout: 0.5,
-        augment: Some(Augment::reid_default()),
-        seed: o.seed,
-        eval_every: 0,
-    };
-    let teacher = teacher.map(|t| (t.clone(), "the unpruned model".to_string()));
-    train(TrainRequest { data, run, start: Start::Model(model, opts), teacher, force: true, progress: true }, log)?;
-    ModelFiles::load(&run.join("last"))
+
+    /// The plan that removes `k` heads or key tokens from `model`, and the scores behind it (only
+    /// the criterion of this phase runs).
+    fn select(&mut self, phase: Phase, model: &ModelFiles, k: usize) -> Result<(Plan, Scores)> {
+        let plan = Plan::of(&model.config);
+        let mut scores = Scores::zeros(model, &self.calib, self.o.calib_limit.unwrap_or(usize::MAX).min(self.data.train.len()));
+        let calib = Calibration { model, data: self.data, options: &self.calib, rng: &mut self.rng };
+        let next = match phase {
+            Phase::Heads => {
+                scores.head_entropy = self.heads.score_heads(calib)?;
+                scores.head_criterion = Some(self.heads.name().into());
+                remove_heads(&plan, &self.o.head_weighting.apply(&scores.head_entropy), k)?
+            }
+            Phase::Tokens => {
+                scores.token_importance = self.tokens.score_tokens(calib)?;
+                scores.token_criterion = Some(self.tokens.name().into());
+                remove_tokens(&plan, &self.o.token_weighting.apply(&scores.token_importance), model.config.num_prefix(), k)?
+            }
+        };
+        Ok((next, scores))
+    }
+}
+
+/// Fine-tuning between and after pruning iterations: the reference settings (Adam with L2 weight
+/// decay; StepLR, 3 epochs, γ 0.7, for the final stage), distilling from the teacher if any.
+struct FineTune<'a> {
+    data: &'a Dataset,
+    o: &'a PruneOptions,
+    teacher: Option<&'a ModelFiles>,
+}
+
+impl FineTune<'_> {
+    fn run(&self, model: ModelFiles, run: &Path, epochs: usize, final_stage: bool, log: &mut dyn FnMut(&str)) -> Result<ModelFiles> {
+        if epochs == 0 {
+            return Ok(model);
+        }
+        let o = self.o;
+        let opts = TrainOptions {
+            epochs,
+            batch_size: o.batch_size,
+            lr: o.lr,
+            // The reference: Adam with L2 weight decay; StepLR (3 epochs, γ 0.7) for the final fine-tune.
+            optim: OptimConfig::new(OptimKind::Adam, o.weight_decay),
+            scheduler: Scheduler::Step,
+            step_size: if final_stage { 3 } else { usize::MAX },
+            gamma: 0.7,
+            warmup_epochs: 0.0,
+            label_smoothing: 0.0,
+            distill: o.distill,
+            dropout: 0.5,
+            augment: Some(Augment::reid_default()),
+            seed: o.seed,
+            eval_every: 0,
+        };
+        let teacher = self.teacher.map(|t| (t.clone(), "the unpruned model".to_string()));
+        train(TrainRequest { data: self.data, run, start: Start::Model(model, opts), teacher, force: true, progress: true }, log)?;
+        ModelFiles::load(&run.join("last"))
+    }
 }
 
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     crate::fsutil::write_bytes_atomic(path, serde_json::to_string_pretty(value).expect("serialisable").as_bytes())
 }
 
-/// Runs the whole schedule on `model`, writing the pruned model directory (plus `plan.json`,
-/// `scores/`, `stages/`, `iterations.json` and whatever `finish` adds) to `out`, atomically.
-/// Distillation, when asked for, is from `teacher` (default: the unpruned model itself).
-#[allow(clippy::too_many_arguments)]
-pub fn prune(
-    model: ModelFiles,
-    teacher: Option<ModelFiles>,
-    data: &Dataset,
-    o: &PruneOptions,
-    out: &Path,
-    force: bool,
-    log: &mut dyn FnMut(&str),
-    finish: Finish,
-) -> Result<PruneSummary> {
+/// Runs the whole schedule, writing the pruned model directory (plus `plan.json`, `scores/`,
+/// `stages/`, `iterations.json` and whatever `finish` adds) to `req.out`, atomically.
+pub fn prune(req: PruneRequest, log: &mut dyn FnMut(&str), finish: Finish) -> Result<PruneSummary> {
+    let PruneRequest { model, teacher, data, options: o, out, force } = req;
     o.check(teacher.is_some())?;
     let cfg = model.config.clone();
     let depth = cfg.arch.depth;
@@ -183,33 +238,17 @@ pub fn prune(
     }
     let teacher = if o.distill != Distill::None { Some(teacher.unwrap_or_else(|| model.clone())) } else { None };
     let original = model.clone();
-    let mut rng = Rng::new(o.seed ^ 0x5C0E);
     let mut iterations = Vec::new();
     let mut result = None;
-    let (mut head_criterion, mut token_criterion) = (o.criterion.heads(), o.criterion.tokens());
+    let mut selector = Selector::new(o, data);
+    let tuner = FineTune { data, o, teacher: teacher.as_ref() };
     crate::fsutil::write_dir_atomic(out, force, |tmp| {
         std::fs::create_dir_all(tmp.join("scores")).map_err(|e| Error::io(tmp.join("scores"), e))?;
         let mut current = model;
-        let aopts = AnalyzeOptions { batch_size: o.batch_size, limit: o.calib_limit, progress: true };
         for (phase, n) in [(Phase::Heads, n_heads), (Phase::Tokens, n_tokens)] {
             for it in (0..o.iters).filter(|_| n > 0) {
                 let k = per_iteration(n, o.iters, it);
-                let plan = Plan::of(&current.config);
-                // Calibrate: only the criterion this phase uses.
-                let mut scores = Scores::zeros(&current, &aopts, o.calib_limit.unwrap_or(usize::MAX).min(data.train.len()));
-                let calib = Calibration { model: &current, data, options: &aopts, rng: &mut rng };
-                let next = match phase {
-                    Phase::Heads => {
-                        scores.head_entropy = head_criterion.score_heads(calib)?;
-                        scores.head_criterion = Some(head_criterion.name().into());
-                        remove_heads(&plan, &o.head_weighting.apply(&scores.head_entropy), k)?
-                    }
-                    Phase::Tokens => {
-                        scores.token_importance = token_criterion.score_tokens(calib)?;
-                        scores.token_criterion = Some(token_criterion.name().into());
-                        remove_tokens(&plan, &o.token_weighting.apply(&scores.token_importance), current.config.num_prefix(), k)?
-                    }
-                };
+                let (next, scores) = selector.select(phase, &current, k)?;
                 let file = format!("scores/{}-{:02}.json", phase.name(), it + 1);
                 write_json(&tmp.join(&file), &scores)?;
                 current = apply_plan(&current, &next)?;
@@ -232,10 +271,10 @@ pub fn prune(
                 ));
                 iterations.push(rec);
                 let stage = tmp.join("stages").join(format!("{}-{:02}", phase.name(), it + 1));
-                current = fine_tune(current, data, o, teacher.as_ref(), &stage, o.finetune_epochs, false, log)?;
+                current = tuner.run(current, &stage, o.finetune_epochs, false, log)?;
             }
         }
-        current = fine_tune(current, data, o, teacher.as_ref(), &tmp.join("stages").join("final"), o.final_epochs, true, log)?;
+        current = tuner.run(current, &tmp.join("stages").join("final"), o.final_epochs, true, log)?;
         current.config.source.notes.push(format!(
             "pruned by amg ({} criterion): heads {:.0} %, key tokens {:.0} %, {} iteration(s), {} + {} fine-tune epochs",
             o.criterion.title(),

@@ -1,6 +1,5 @@
 //! `amg bench`: measured inference throughput, loader throughput and training-step time.
 
-use candle_core::{Device, Tensor};
 use crate::engine::{Engine, Want, Workspace};
 use crate::error::Result;
 use crate::kernels::prof;
@@ -9,6 +8,7 @@ use crate::model::{weights::init_random, Arch, HeadConfig, ModelConfig, ModelFil
 use crate::rng::Rng;
 use crate::train::loss::{la_loss, Distill, LossConfig};
 use crate::train::optim::{OptimConfig, OptimKind, Optimizer};
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,7 +48,13 @@ pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bo
 
 /// Loader throughput: decodes (and augments) up to `limit` images of `paths` in batches, with
 /// nothing consuming them, and reports images per second.
-pub fn bench_loader(paths: &[std::path::PathBuf], spec: &crate::preprocess::InputSpec, augment: Option<crate::data::loader::Augment>, batch: usize, limit: usize) -> Result<f64> {
+pub fn bench_loader(
+    paths: &[std::path::PathBuf],
+    spec: &crate::preprocess::InputSpec,
+    augment: Option<crate::data::loader::Augment>,
+    batch: usize,
+    limit: usize,
+) -> Result<f64> {
     use crate::data::loader::{for_each_batch, LoaderOptions};
     let n = paths.len().min(limit);
     let order: Vec<usize> = (0..n).collect();
@@ -89,7 +95,14 @@ pub fn bench_model(files: ModelFiles, label: &str, batch: usize, iters: usize, d
         test = Some(bench_loader(&paths(&data.gallery), &spec, None, batch, 2000)?);
     }
     let result = bench_inference(&Engine::new(files)?, batch, iters, progress)?;
-    Ok(BenchReport { model: label.into(), input: format!("{h}x{w}"), gmacs_per_image: macs as f64 / 1e9, result, loader_train_img_per_s: train, loader_test_img_per_s: test })
+    Ok(BenchReport {
+        model: label.into(),
+        input: format!("{h}x{w}"),
+        gmacs_per_image: macs as f64 / 1e9,
+        result,
+        loader_train_img_per_s: train,
+        loader_test_img_per_s: test,
+    })
 }
 
 impl BenchReport {
@@ -97,7 +110,8 @@ impl BenchReport {
         let r = &self.result;
         let mut s = String::new();
         if let (Some(train), Some(test)) = (self.loader_train_img_per_s, self.loader_test_img_per_s) {
-            s += &format!("loader: {train:.0} img/s with training augmentation, {test:.0} img/s without (decode + resize + normalise, {} threads)\n", r.threads);
+            s +=
+                &format!("loader: {train:.0} img/s with training augmentation, {test:.0} img/s without (decode + resize + normalise, {} threads)\n", r.threads);
         }
         s += &format!(
             "{} {} batch {}: {:.1} ms/batch, {:.2} img/s ({:.0} GFLOP/s, {} threads, median of {})",
@@ -173,10 +187,18 @@ pub fn bench_la_step(arch: Arch, (h, w): (usize, usize), batch: usize, classes: 
         prof::phase("optimizer", || opt.step(&trainable, &grads, 1e-4))?;
         Ok(f)
     })?;
-    Ok(TrainBench { what: label, batch_size: batch, iters, ms_per_step: step * 1e3, steps_per_s: 1.0 / step, img_per_s: batch as f64 / step, forward_ms: fwd * 1e3 })
+    Ok(TrainBench {
+        what: label,
+        batch_size: batch,
+        iters,
+        ms_per_step: step * 1e3,
+        steps_per_s: 1.0 / step,
+        img_per_s: batch as f64 / step,
+        forward_ms: fwd * 1e3,
+    })
 }
 
-/// The step of ../shared/peers/peer_train_toy.py: 6 pre-norm blocks (D=192, 3 heads, N=33,
+/// The step of tools/peer_train_toy.py: 6 pre-norm blocks (D=192, 3 heads, N=33,
 /// B=32), loss = mean(y²), AdamW.
 pub fn bench_toy_step(iters: usize, progress: bool) -> Result<TrainBench> {
     let arch = Arch { depth: 6, ..Arch::preset("tiny")? };
@@ -198,7 +220,15 @@ pub fn bench_toy_step(iters: usize, progress: bool) -> Result<TrainBench> {
         prof::phase("optimizer", || opt.step(&trainable, &grads, 1e-4))?;
         Ok(f)
     })?;
-    Ok(TrainBench { what: "toy 6-block stack (B=32, N=33, D=192)".into(), batch_size: 32, iters, ms_per_step: step * 1e3, steps_per_s: 1.0 / step, img_per_s: 32.0 / step, forward_ms: fwd * 1e3 })
+    Ok(TrainBench {
+        what: "toy 6-block stack (B=32, N=33, D=192)".into(),
+        batch_size: 32,
+        iters,
+        ms_per_step: step * 1e3,
+        steps_per_s: 1.0 / step,
+        img_per_s: 32.0 / step,
+        forward_ms: fwd * 1e3,
+    })
 }
 
 impl TrainBench {

@@ -1,7 +1,7 @@
 //! `amg inspect`: what a model keeps and what it costs.
 
-use crate::model::cost::{model_cost, ModelCost};
 use super::human;
+use crate::model::cost::{model_cost, ModelCost};
 use crate::model::{HeadKind, ModelConfig};
 use serde::Serialize;
 use std::fmt::Write;

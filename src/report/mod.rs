@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod inspect;
+pub mod plot;
 pub mod prune;
 pub mod viz;
 

@@ -3,13 +3,13 @@
 //! and the pruned model.
 
 use super::bench::bench_inference;
-use crate::prune::{write_json, PruneOptions, PruneSummary};
 use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::eval::{eval_model, EvalOptions};
 use crate::model::cost::model_cost;
 use crate::model::ModelFiles;
+use crate::prune::{write_json, PruneOptions, PruneRequest, PruneSummary};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -157,17 +157,10 @@ pub fn markdown(r: &Report, o: &PruneOptions) -> String {
 
 /// Prunes (see `prune::prune`) and writes `report.json` and `report.md` beside the pruned model:
 /// cost, speed and accuracy of the original and the pruned model.
-pub fn prune_and_report(
-    model: ModelFiles,
-    teacher: Option<ModelFiles>,
-    data: &Dataset,
-    o: &PruneOptions,
-    out: &std::path::Path,
-    force: bool,
-    log: &mut dyn FnMut(&str),
-) -> Result<(PruneSummary, Report)> {
+pub fn prune_and_report(req: PruneRequest, log: &mut dyn FnMut(&str)) -> Result<(PruneSummary, Report)> {
+    let (data, o) = (req.data, req.options);
     let mut report = None;
-    let summary = crate::prune::prune(model, teacher, data, o, out, force, log, &mut |tmp, original, pruned, log| {
+    let summary = crate::prune::prune(req, log, &mut |tmp, original, pruned, log| {
         let rep = build(original, pruned, data, o.quick_report, log)?;
         write_json(&tmp.join("report.json"), &rep)?;
         crate::fsutil::write_bytes_atomic(&tmp.join("report.md"), markdown(&rep, o).as_bytes())?;

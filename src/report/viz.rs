@@ -9,12 +9,12 @@
 //! - `attention.png` (with `--image`): rows = layers, columns = kept heads; each cell the image with
 //!   the CLS query's attention over the kept keys laid over it.
 
-use crate::prune::analyze::Scores;
 use crate::draw::{viridis, Canvas, Color};
 use crate::engine::{Engine, Want, Workspace};
 use crate::error::{Error, Result};
 use crate::model::ModelFiles;
 use crate::preprocess::{load_rgb, to_input};
+use crate::prune::analyze::Scores;
 use crate::resample::resize_rgb8_pil;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -67,7 +67,12 @@ pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>,
         for (l, ent) in sc.head_entropy.iter().enumerate() {
             let heads = sc.heads.get(l).cloned().unwrap_or_else(|| cfg.layers[l].heads.clone());
             for h in 0..cfg.arch.num_heads {
-                let c = heads.iter().position(|&x| x == h).and_then(|j| ent.get(j)).map(|&e| viridis(if hi > lo { (e - lo) / (hi - lo) } else { 0.5 })).unwrap_or(GREY);
+                let c = heads
+                    .iter()
+                    .position(|&x| x == h)
+                    .and_then(|j| ent.get(j))
+                    .map(|&e| viridis(if hi > lo { (e - lo) / (hi - lo) } else { 0.5 }))
+                    .unwrap_or(GREY);
                 s.rect((4 + h * cell) as i64, (4 + l * cell) as i64, cell as i64 - 2, cell as i64 - 2, c);
             }
         }

@@ -9,13 +9,21 @@ use crate::rng::Rng;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Pattern {
     Plain,
-    HStripes { period: f32 },
-    VStripes { period: f32 },
-    Checker { period: f32 },
+    HStripes {
+        period: f32,
+    },
+    VStripes {
+        period: f32,
+    },
+    Checker {
+        period: f32,
+    },
     /// Upper half one colour, lower half the other.
     TwoTone,
     /// A mark on the chest, visible from the front only: 0 disc, 1 square, 2 triangle.
-    Logo { shape: u8 },
+    Logo {
+        shape: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -405,7 +413,10 @@ pub fn draw(c: &mut Canvas, p: &Person, pose: Pose, cx: f32, top: f32, height: f
         }
         _ if !back => {
             // Hair on top (and at the back of the head in side view).
-            c.polygon(&[(hx - hrx, hy), (hx - hrx * 0.9, hy - hry * 0.7), (hx, hy - hry * 1.05), (hx + hrx * 0.9, hy - hry * 0.7), (hx + hrx, hy - hry * 0.15)], &hair);
+            c.polygon(
+                &[(hx - hrx, hy), (hx - hrx * 0.9, hy - hry * 0.7), (hx, hy - hry * 1.05), (hx + hrx * 0.9, hy - hry * 0.7), (hx + hrx, hy - hry * 0.15)],
+                &hair,
+            );
             if side {
                 c.ellipse(hx - hrx * 0.5, hy, hrx * 0.55, hry * 0.9, &hair);
             }

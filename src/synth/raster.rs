@@ -59,8 +59,8 @@ impl Canvas {
                 if inside(x, y) {
                     let c = paint.at(x, y);
                     let i = (sy as usize * wu + sx as usize) * 3;
-                    for k in 0..3 {
-                        self.px[i + k] = self.px[i + k] * (1.0 - alpha) + c[k] * alpha;
+                    for (p, ck) in self.px[i..i + 3].iter_mut().zip(c) {
+                        *p = *p * (1.0 - alpha) + ck * alpha;
                     }
                 }
             }
@@ -159,8 +159,8 @@ impl Canvas {
                 for dy in 0..ss {
                     for dx in 0..ss {
                         let i = ((y * ss + dy) * w + x * ss + dx) * 3;
-                        for k in 0..3 {
-                            acc[k] += self.px[i + k];
+                        for (a, p) in acc.iter_mut().zip(&self.px[i..i + 3]) {
+                            *a += p;
                         }
                     }
                 }

@@ -9,9 +9,14 @@ pub enum Distill {
     None,
     /// Adds α·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)) / numel per part (summed KL over the batch
     /// divided by the number of logits), as the reference code's DeiT-style loss does.
-    Soft { alpha: f64, tau: f64 },
+    Soft {
+        alpha: f64,
+        tau: f64,
+    },
     /// Adds α·CE(s, argmax t) per part.
-    Hard { alpha: f64 },
+    Hard {
+        alpha: f64,
+    },
 }
 
 /// Which distillation term, without its weights (the command line's `--distill`).

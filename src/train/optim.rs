@@ -103,19 +103,21 @@ impl candle_core::InplaceOp1 for Update<'_> {
                 let (bc2_sqrt, eps) = (bc2_sqrt as f32, c.eps as f32);
                 let adamw = c.kind == OptimKind::Adamw;
                 let Slot { m, v } = &mut **slot;
-                p.par_chunks_mut(chunk).zip(m.par_chunks_mut(chunk)).zip(v.par_chunks_mut(chunk)).zip(self.grad.par_chunks(chunk)).for_each(|(((p, m), v), g)| {
-                    for i in 0..p.len() {
-                        let mut gi = g[i];
-                        if adamw {
-                            p[i] *= 1.0 - lr * wd;
-                        } else {
-                            gi += wd * p[i];
+                p.par_chunks_mut(chunk).zip(m.par_chunks_mut(chunk)).zip(v.par_chunks_mut(chunk)).zip(self.grad.par_chunks(chunk)).for_each(
+                    |(((p, m), v), g)| {
+                        for i in 0..p.len() {
+                            let mut gi = g[i];
+                            if adamw {
+                                p[i] *= 1.0 - lr * wd;
+                            } else {
+                                gi += wd * p[i];
+                            }
+                            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                            p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
                         }
-                        m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                        p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
-                    }
-                });
+                    },
+                );
             }
             OptimKind::Sgd => {
                 let (mu, nesterov, first) = (c.momentum as f32, c.nesterov, self.step == 1);

@@ -8,8 +8,8 @@
 //! schedule and the data order of the next epoch exactly as an uninterrupted run would have had.
 
 use super::loss::{la_loss, Distill, LossConfig};
-use crate::choice::Choice;
 use super::optim::{OptimConfig, Optimizer, Slot};
+use crate::choice::Choice;
 use crate::data::loader::{for_each_batch, Augment, LoaderOptions};
 use crate::data::Dataset;
 use crate::engine::{Engine, Want, Workspace};
@@ -203,7 +203,8 @@ fn recover(run: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What a run starts from.
+/// What a run starts from. (Made once per run, so the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum Start {
     /// A model directory (its classifiers are replaced when the identity count differs).
     Model(ModelFiles, TrainOptions),
@@ -361,7 +362,10 @@ fn begin(
         _ => None,
     };
     if files.config.head.num_classes != data.num_classes {
-        return Err(Error::invalid(format!("the model classifies {} identities but the training split has {}", files.config.head.num_classes, data.num_classes)));
+        return Err(Error::invalid(format!(
+            "the model classifies {} identities but the training split has {}",
+            files.config.head.num_classes, data.num_classes
+        )));
     }
     check_options(&state.options, teacher.is_some())?;
     Ok((files, opt, state, teacher))
@@ -374,7 +378,10 @@ fn teacher_engine(o: &TrainOptions, teacher: Option<(ModelFiles, String)>, stude
         (_, None) => Err(Error::invalid("distillation needs --teacher MODEL_DIR")),
         (_, Some((t, name))) => {
             if t.config.head.kind != HeadKind::La || t.config.head.num_classes != data.num_classes || t.config.input != student.config.input {
-                return Err(Error::invalid(format!("teacher {name}: needs an LA head over the same {} identities and the same input as the student", data.num_classes)));
+                return Err(Error::invalid(format!(
+                    "teacher {name}: needs an LA head over the same {} identities and the same input as the student",
+                    data.num_classes
+                )));
             }
             Ok(Some(Engine::new(t)?))
         }

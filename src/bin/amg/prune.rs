@@ -4,7 +4,7 @@ use amg::model::surgery::Plan;
 use amg::model::ModelFiles;
 use amg::prune::criteria::Criterion;
 use amg::prune::policy::{HeadWeighting, TokenWeighting};
-use amg::prune::PruneOptions;
+use amg::prune::{PruneOptions, PruneRequest};
 use amg::report::prune::{markdown, plan_summary, prune_and_report};
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
@@ -91,7 +91,8 @@ pub fn run(a: Args) -> Result<()> {
     let data = Dataset::open(a.data.as_ref().ok_or_else(|| anyhow!("--data is needed unless --plan is given"))?, None)?;
     eprint!("{}", data.summary());
     let teacher = a.teacher.as_ref().map(|t| ModelFiles::load(t)).transpose()?;
-    let (_, r) = prune_and_report(files, teacher, &data, &o, &a.out, a.force, &mut |m| eprintln!("{m}"))?;
+    let req = PruneRequest { model: files, teacher, data: &data, options: &o, out: &a.out, force: a.force };
+    let (_, r) = prune_and_report(req, &mut |m| eprintln!("{m}"))?;
     eprint!("{}", markdown(&r, &o));
     Ok(())
 }

@@ -26,7 +26,11 @@ pub fn run(a: Args) -> Result<()> {
     let (names, gallery, dim) = amg::eval::features::read_features(&a.gallery)?;
     let engine = Engine::new(ModelFiles::load(&a.model)?)?;
     if dim != engine.config().feature_dim() {
-        bail!("{}: features have {dim} dimensions but the model gives {}: embed the gallery with this model", a.gallery.display(), engine.config().feature_dim());
+        bail!(
+            "{}: features have {dim} dimensions but the model gives {}: embed the gallery with this model",
+            a.gallery.display(),
+            engine.config().feature_dim()
+        );
     }
     let t = std::time::Instant::now();
     let input = amg::preprocess::load_input(&a.query, &engine.config().input, false)?;

@@ -24,7 +24,8 @@ impl HeadCriterion for Entropy {
         let engine = Engine::new(c.model.clone())?;
         let n = cfg.num_tokens();
         // Sums of attention maps per (layer, kept head), in f64.
-        let sums: Vec<Vec<Mutex<Vec<f64>>>> = cfg.layers.iter().map(|l| (0..l.heads.len()).map(|_| Mutex::new(vec![0f64; n * l.tokens.len()])).collect()).collect();
+        let sums: Vec<Vec<Mutex<Vec<f64>>>> =
+            cfg.layers.iter().map(|l| (0..l.heads.len()).map(|_| Mutex::new(vec![0f64; n * l.tokens.len()])).collect()).collect();
         let observe = |layer: usize, _img: usize, head: usize, probs: &[f32]| {
             let mut acc = sums[layer][head].lock().unwrap_or_else(|e| e.into_inner());
             for (a, &p) in acc.iter_mut().zip(probs) {

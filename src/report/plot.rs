@@ -67,7 +67,11 @@ fn place_labels(marks: &[(i64, i64)], widths: &[i64], lh: i64, bounds: [i64; 4])
         let candidates = [(x + 10, y - half), (x - 10 - lw, y - half), (x + 4, y + 10), (x + 4, y - 10 - lh), (x - 4 - lw, y + 10), (x - 4 - lw, y - 10 - lh)];
         let clear = |&(lx, ly): &(i64, i64)| {
             let r = boxed(lx, ly, lw);
-            r[0] >= bounds[0] && r[1] >= bounds[1] && r[2] <= bounds[2] && r[3] <= bounds[3] && taken.iter().all(|t| r[2] <= t[0] || t[2] <= r[0] || r[3] <= t[1] || t[3] <= r[1])
+            r[0] >= bounds[0]
+                && r[1] >= bounds[1]
+                && r[2] <= bounds[2]
+                && r[3] <= bounds[3]
+                && taken.iter().all(|t| r[2] <= t[0] || t[2] <= r[0] || r[3] <= t[1] || t[3] <= r[1])
         };
         let fallback = candidates[if x + 10 + lw < bounds[2] { 0 } else { 1 }];
         let (lx, ly) = candidates.iter().copied().find(clear).unwrap_or(fallback);

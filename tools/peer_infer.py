@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""The peers amg is measured against: a timm ViT at 224x224 (random weights) in PyTorch eager mode
+and exported to ONNX Runtime, on the CPU, timed the way `amg bench` times itself (two warm-up
+passes, then the median of several).
+
+Usage: python tools/peer_infer.py vit_small_patch16_224 16
+Prints one line per runtime: "<runtime> <version> <arch> b=<batch>: <ms> ms/batch, <img/s> img/s".
+"""
+import os
+import sys
+import tempfile
+import time
+
+import torch
+import timm
+
+arch, batch = sys.argv[1], int(sys.argv[2])
+reps = int(os.environ.get("PEER_REPS", "7"))
+torch.manual_seed(0)
+model = timm.create_model(arch, pretrained=False, num_classes=0).eval()
+x = torch.randn(batch, 3, 224, 224)
+
+
+def median_time(f):
+    f()
+    f()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+with torch.inference_mode():
+    t = median_time(lambda: model(x))
+print(f"torch {torch.__version__} {arch} b={batch}: {t * 1e3:.1f} ms/batch, {batch / t:.2f} img/s")
+
+try:
+    import onnxruntime as ort
+
+    path = os.path.join(tempfile.mkdtemp(), "model.onnx")
+    torch.onnx.export(model, x, path, input_names=["images"], output_names=["features"], opset_version=17, dynamo=False)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    xn = x.numpy()
+    t = median_time(lambda: session.run(None, {"images": xn}))
+    print(f"onnxruntime {ort.__version__} {arch} b={batch}: {t * 1e3:.1f} ms/batch, {batch / t:.2f} img/s")
+except Exception as e:  # the table then shows ORT as nan
+    print("onnxruntime failed:", e)
