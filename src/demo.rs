@@ -10,7 +10,7 @@ use crate::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
 use crate::prune::criteria::Criterion;
 use crate::prune::{PruneOptions, PruneRequest};
 use crate::report::plot::{scatter, Point};
-use crate::report::prune::{model_report, prune_and_report, ModelReport};
+use crate::report::prune::{prune_and_report, reports, ModelReport};
 use crate::synth::{generate, SynthOptions};
 use crate::train::loss::Distill;
 use crate::train::optim::{OptimConfig, OptimKind};
@@ -120,16 +120,14 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
     let (base_dir, base) = train_base(out, settings, &data, log)?;
     let pruned = prune_both(out, settings, &data, &base, log)?;
     log("5/5 measuring cost, speed and accuracy");
-    let mut rows =
-        vec![DemoRow { name: "unpruned ViT-Ti".into(), model_dir: base_dir.display().to_string(), report: model_report(&base, Some(&data), true, log)? }];
-    for (criterion, dir) in &pruned {
-        let files = ModelFiles::load(dir)?;
-        rows.push(DemoRow {
-            name: format!("{} heads+tokens", criterion.title()),
-            model_dir: dir.display().to_string(),
-            report: model_report(&files, Some(&data), true, log)?,
-        });
+    let mut models = vec![("unpruned ViT-Ti".to_string(), base_dir, base)];
+    for (criterion, dir) in pruned {
+        models.push((format!("{} heads+tokens", criterion.title()), dir.clone(), ModelFiles::load(&dir)?));
     }
+    let files: Vec<&ModelFiles> = models.iter().map(|m| &m.2).collect();
+    let reports = reports(&files, Some(&data), true, log)?;
+    let rows =
+        models.iter().zip(reports).map(|((name, dir, _), report)| DemoRow { name: name.clone(), model_dir: dir.display().to_string(), report }).collect();
     let result = DemoResult { settings: settings.clone(), rows, seconds: t0.elapsed().as_secs_f64() };
     write_report(out, &result, data.num_classes)?;
     Ok(result)

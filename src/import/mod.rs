@@ -63,7 +63,7 @@ struct Grids {
 pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
     let mut ck = Checkpoint::read(req)?;
     let arch = ck.architecture(req)?;
-    let grids = ck.grids(req, arch.patch_size)?;
+    let grids = ck.grids(req, &arch)?;
     let head = ck.head(grids, arch.patch_size)?;
     let (p, (gh, gw)) = (arch.patch_size, grids.model);
     let source = Source { format: req.format.name().into(), path: display_path(ck.path), notes: vec![], amg_version: env!("CARGO_PKG_VERSION").into() };
@@ -198,12 +198,11 @@ impl<'a> Checkpoint<'a> {
 
     /// The checkpoint's patch grid (from its position embedding, or `--checkpoint-img-size`) and
     /// the model's (`--img-size`, default the checkpoint's).
-    fn grids(&self, req: &ImportRequest, p: usize) -> Result<Grids> {
+    fn grids(&self, req: &ImportRequest, arch: &Arch) -> Result<Grids> {
         let pos = &self.keys.pos_embed;
         let shape = self.shape(pos)?;
-        let d = self.shape(&self.keys.patch_embed.weight)?[0];
-        let prefix =
-            usize::from(self.keys.cls_token.as_ref().is_some_and(|t| self.has(t))) + usize::from(self.keys.dist_token.as_ref().is_some_and(|t| self.has(t)));
+        let (d, p) = (arch.embed_dim, arch.patch_size);
+        let prefix = usize::from(arch.class_token) + usize::from(arch.dist_token);
         if shape.len() != 3 || shape[0] != 1 || shape[2] != d || shape[1] <= prefix {
             return Err(Error::tensor(self.path, self.name(pos), format!("shape {}, expected [1, {prefix} + patches, {d}]", shape_str(&shape))));
         }
