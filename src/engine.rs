@@ -16,7 +16,7 @@ use crate::kernels::packed::{matmul_packed, matmul_packed_many, PackedB, Product
 use crate::kernels::prof::phase;
 use crate::kernels::rows::layer_norm;
 use crate::model::head::{la_blend, normalise_parts};
-use crate::model::params::{BlockParams, PartParams};
+use crate::model::params::{BlockParams, PartParams, VitParams};
 use crate::model::{LayerPlan, ModelConfig, ModelFiles};
 use crate::tensor::HostTensor;
 use rayon::prelude::*;
@@ -45,31 +45,32 @@ struct Layer {
     b2: Vec<f32>,
 }
 
-fn bias_or_zeros(l: &crate::model::params::Linear<HostTensor>, n: usize) -> Vec<f32> {
-    l.bias.as_ref().map(|b| b.data.clone()).unwrap_or_else(|| vec![0.0; n])
+fn bias_or_zeros(bias: Option<HostTensor>, n: usize) -> Vec<f32> {
+    bias.map(|b| b.data).unwrap_or_else(|| vec![0.0; n])
 }
 
 impl Layer {
-    fn new(p: &BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig) -> Layer {
+    /// Packs one block's weights, consuming them (so loading holds one copy of each at a time).
+    fn new(p: BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig) -> Layer {
         let (d, m) = (cfg.arch.embed_dim, cfg.arch.mlp_dim);
         let inner = plan.heads.len() * cfg.arch.head_dim;
         // Weights are [out, in]; the products want [in, out].
-        let pack = |w: &HostTensor, out: usize, inp: usize, parts: &[usize]| PackedB::new(&transpose(&w.data, out, inp), inp, out, parts);
+        let pack = |w: HostTensor, out: usize, inp: usize, parts: &[usize]| PackedB::new(&transpose(&w.data, out, inp), inp, out, parts);
         Layer {
             heads: plan.heads.len(),
             tokens: if plan.tokens.len() == cfg.num_tokens() { None } else { Some(plan.tokens.clone()) },
-            ln1_w: p.norm1.weight.data.clone(),
-            ln1_b: p.norm1.bias.data.clone(),
-            wqkv: pack(&p.qkv.weight, 3 * inner, d, &[inner, 2 * inner]),
-            bqkv: bias_or_zeros(&p.qkv, 3 * inner),
-            wproj: pack(&p.proj.weight, d, inner, &[]),
-            bproj: bias_or_zeros(&p.proj, d),
-            ln2_w: p.norm2.weight.data.clone(),
-            ln2_b: p.norm2.bias.data.clone(),
-            w1: pack(&p.fc1.weight, m, d, &[]),
-            b1: bias_or_zeros(&p.fc1, m),
-            w2: pack(&p.fc2.weight, d, m, &[]),
-            b2: bias_or_zeros(&p.fc2, d),
+            ln1_w: p.norm1.weight.data,
+            ln1_b: p.norm1.bias.data,
+            wqkv: pack(p.qkv.weight, 3 * inner, d, &[inner, 2 * inner]),
+            bqkv: bias_or_zeros(p.qkv.bias, 3 * inner),
+            wproj: pack(p.proj.weight, d, inner, &[]),
+            bproj: bias_or_zeros(p.proj.bias, d),
+            ln2_w: p.norm2.weight.data,
+            ln2_b: p.norm2.bias.data,
+            w1: pack(p.fc1.weight, m, d, &[]),
+            b1: bias_or_zeros(p.fc1.bias, m),
+            w2: pack(p.fc2.weight, d, m, &[]),
+            b2: bias_or_zeros(p.fc2.bias, d),
         }
     }
 }
@@ -88,7 +89,7 @@ struct Part {
 }
 
 impl Part {
-    fn new(p: &PartParams<HostTensor>, d: usize) -> Part {
+    fn new(p: PartParams<HostTensor>, d: usize) -> Part {
         let (nb, c) = (p.bottleneck.weight.shape[0], p.classifier.weight.shape[0]);
         let bn = &p.bn;
         let eps = crate::model::params::BatchNorm::<HostTensor>::EPS as f32;
@@ -96,11 +97,11 @@ impl Part {
         let bn_shift: Vec<f32> = (0..nb).map(|j| bn.bias.data[j] - bn.running_mean.data[j] * bn_scale[j]).collect();
         Part {
             fc_t: transpose(&p.bottleneck.weight.data, nb, d),
-            fc_b: bias_or_zeros(&p.bottleneck, nb),
+            fc_b: bias_or_zeros(p.bottleneck.bias, nb),
             bn_scale,
             bn_shift,
             cls_t: transpose(&p.classifier.weight.data, c, nb),
-            cls_b: bias_or_zeros(&p.classifier, c),
+            cls_b: bias_or_zeros(p.classifier.bias, c),
         }
     }
 
@@ -197,15 +198,16 @@ impl Engine {
         cfg.validate()?;
         params.check(&cfg, Path::new("(model in memory)"))?;
         let (d, p) = (cfg.arch.embed_dim, cfg.arch.patch_size);
-        let layers = params.blocks.iter().zip(&cfg.layers).map(|(b, plan)| Layer::new(b, plan, &cfg)).collect();
-        let parts = params.parts.iter().map(|part| Part::new(part, d)).collect();
+        let VitParams { patch_embed, cls_token, dist_token, pos_embed, blocks, norm, parts } = params;
+        let layers = blocks.into_iter().zip(&cfg.layers).map(|(b, plan)| Layer::new(b, plan, &cfg)).collect();
+        let parts = parts.into_iter().map(|part| Part::new(part, d)).collect();
         Ok(Engine {
-            patch_w_t: transpose(&params.patch_embed.weight.data, d, 3 * p * p),
-            patch_b: bias_or_zeros(&params.patch_embed, d),
-            prefix: params.prefix_tokens().into_iter().flat_map(|t| t.data.iter().copied()).collect(),
-            pos: params.pos_embed.data.clone(),
-            norm_w: params.norm.weight.data.clone(),
-            norm_b: params.norm.bias.data.clone(),
+            patch_w_t: transpose(&patch_embed.weight.data, d, 3 * p * p),
+            patch_b: bias_or_zeros(patch_embed.bias, d),
+            prefix: cls_token.into_iter().chain(dist_token).flat_map(|t| t.data).collect(),
+            pos: pos_embed.data,
+            norm_w: norm.weight.data,
+            norm_b: norm.bias.data,
             layers,
             parts,
             cfg,
