@@ -41,6 +41,22 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |f| f.write_all(bytes))
 }
 
+/// Checks, before any work, that a file can be written at `path`: its folder exists, and nothing
+/// is there unless `force` (a folder never is replaced by a file).
+pub fn check_output_file(path: &Path, force: bool) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::file(path, "is a directory; give a file name"));
+    }
+    if path.exists() && !force {
+        return Err(Error::file(path, "exists: pass --force to replace it"));
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(Error::file(parent, "no such directory (the output's folder must exist)"));
+    }
+    Ok(())
+}
+
 /// True when `dir` does not exist or is an empty directory.
 pub fn is_absent_or_empty(dir: &Path) -> Result<bool> {
     match fs::read_dir(dir) {

@@ -14,6 +14,7 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod fsutil;
 pub mod import;
 pub mod kernels;

@@ -1,7 +1,11 @@
 #![allow(dead_code)]
 //! Helpers shared by the integration tests.
 
-use amg::tensor::{SafetensorsFile, TensorMap};
+use amg::model::params::VitParams;
+use amg::model::surgery::Plan;
+use amg::model::{Arch, HeadConfig, ModelConfig, Source};
+use amg::rng::Rng;
+use amg::tensor::{HostTensor, SafetensorsFile, TensorMap};
 use std::path::{Path, PathBuf};
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -37,4 +41,72 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A random small configuration: every dimension the model definition has varies.
+pub fn random_config(rng: &mut Rng) -> ModelConfig {
+    let heads = 1 + rng.below(4);
+    let head_dim = [8, 16, 32][rng.below(3)];
+    let d = heads * head_dim;
+    let patch = [4, 8, 16][rng.below(3)];
+    let la = rng.bool(0.6);
+    let class_token = la || rng.bool(0.7);
+    let arch = Arch {
+        preset: None,
+        embed_dim: d,
+        depth: 1 + rng.below(3),
+        num_heads: heads,
+        head_dim,
+        mlp_dim: d * (1 + rng.below(4)),
+        patch_size: patch,
+        ln_eps: 1e-6,
+        qkv_bias: rng.bool(0.7),
+        class_token,
+        dist_token: rng.bool(0.4),
+    };
+    let (gh, gw) = (1 + rng.below(5), 1 + rng.below(4));
+    let head = if la { HeadConfig { bottleneck: 8 + rng.below(24), lambda: 8.0, ..HeadConfig::la(2 + rng.below(6)) } } else { HeadConfig::none() };
+    ModelConfig::new(arch, gh * patch, gw * patch, head, Source::default()).unwrap()
+}
+
+/// Weights of order one (norms near one, running variances positive), so that every block and the
+/// classifiers move the result.
+pub fn random_weights(cfg: &ModelConfig, rng: &mut Rng) -> VitParams<HostTensor> {
+    VitParams::layout(cfg).map(|key, shape| {
+        let n: usize = shape.iter().product();
+        let fan_in = if shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { 1 } as f64;
+        let data = (0..n)
+            .map(|_| match (key.parent(), key.leaf()) {
+                (_, "running_var") => 0.5 + rng.f64(),
+                (_, "running_mean") | (_, "bias") => 0.3 * rng.normal(),
+                ("norm1" | "norm2" | "norm" | "bn", "weight") => 1.0 + 0.2 * rng.normal(),
+                (_, "weight") => rng.normal() / fan_in.sqrt(),
+                _ => rng.normal(),
+            } as f32)
+            .collect();
+        HostTensor::new(shape.clone(), data)
+    })
+}
+
+/// Random kept heads (at least one per layer) and key tokens (prefix tokens always, at least one).
+pub fn random_plan(cfg: &ModelConfig, rng: &mut Rng) -> Plan {
+    let (n, prefix) = (cfg.num_tokens(), cfg.num_prefix());
+    let mut plan = Plan::of(cfg);
+    for l in 0..cfg.arch.depth {
+        if rng.bool(0.6) {
+            let mut heads: Vec<usize> = (0..cfg.arch.num_heads).filter(|_| rng.bool(0.5)).collect();
+            if heads.is_empty() {
+                heads.push(rng.below(cfg.arch.num_heads));
+            }
+            plan.heads[l] = heads;
+        }
+        if rng.bool(0.6) {
+            let mut tokens: Vec<usize> = (0..n).filter(|&t| t < prefix || rng.bool(0.5)).collect();
+            if tokens.is_empty() {
+                tokens.push(rng.below(n));
+            }
+            plan.tokens[l] = tokens;
+        }
+    }
+    plan
 }

@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod embed;
 mod eval;
+mod export;
 mod import;
 mod inspect;
 mod prune;
@@ -35,6 +36,8 @@ enum Cmd {
     Demo(demo::Args),
     /// Convert a timm / LA-Transformer / AMG-reference checkpoint into an amg model directory.
     Import(import::Args),
+    /// Write a model for other runtimes: ONNX (ONNX Runtime, TensorRT, OpenVINO), pruning kept.
+    Export(export::Args),
     /// Compute retrieval features of images.
     Embed(embed::Args),
     /// Find the gallery images most similar to a query image (features from `amg embed`).
@@ -68,6 +71,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Import(a) => import::run(a),
+        Cmd::Export(a) => export::run(a),
         Cmd::Embed(a) => embed::run(a),
         Cmd::Search(a) => search::run(a),
         Cmd::Inspect(a) => inspect::run(a),

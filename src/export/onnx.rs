@@ -1,0 +1,448 @@
+//! ONNX export: the model as a standard opset-17 graph (no custom operators), so ONNX Runtime,
+//! TensorRT and OpenVINO run it as it is.
+//!
+//! The graph is built from the model definition (`model::params`), one function per part of the
+//! model, and its node names are the checkpoint keys of the weights they use (`blocks.3.attn.qkv`,
+//! `parts.2.bn`), so a graph viewer shows the model a reader already knows. The pruning is carried
+//! over as amg runs it: each layer has only its kept heads (smaller q/k/v and output-projection
+//! weights), and a token-pruned layer gathers its kept rows of the normed input before the key/value
+//! projection, so the runtime does none of the removed work (docs/method.md §3.4).
+//!
+//! The protobuf messages are `onnx-protobuf`'s, written by the `protobuf` crate.
+
+use crate::error::{Error, Result};
+use crate::model::params::{BlockParams, Key, PartParams, VitParams};
+use crate::model::{HeadKind, LayerPlan, ModelConfig, ModelFiles};
+use crate::tensor::HostTensor;
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::tensor_proto::DataType;
+use onnx_protobuf::tensor_shape_proto::dimension::Value as DimValue;
+use onnx_protobuf::tensor_shape_proto::Dimension;
+use onnx_protobuf::type_proto::{Tensor as TensorType, Value as TypeValue};
+use onnx_protobuf::{
+    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+
+/// The opset the graph uses: the first with LayerNormalization, supported by every major runtime.
+pub const OPSET: i64 = 17;
+/// ONNX IR version 8 goes with opset 17.
+const IR_VERSION: i64 = 8;
+/// A protobuf message cannot exceed 2 GiB; the weights are stored inside the model.
+const PROTOBUF_LIMIT: u64 = (1 << 31) - 1;
+
+/// What the exported graph returns besides the retrieval feature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OnnxOutputs {
+    /// The LA classifiers' logits, `logits` `[batch, P, C]` (inference mode).
+    pub logits: bool,
+}
+
+/// The model as ONNX protobuf bytes: input `images` `[batch, 3, H, W]` (normalised as the
+/// metadata says), output `features` `[batch, P·D]` and, if asked, `logits` `[batch, P, C]`.
+pub fn export_onnx(files: &ModelFiles, outputs: OnnxOutputs) -> Result<Vec<u8>> {
+    let cfg = &files.config;
+    cfg.validate()?;
+    files.params.check(cfg, std::path::Path::new("(model in memory)"))?;
+    if outputs.logits && cfg.head.kind != HeadKind::La {
+        return Err(Error::invalid("--outputs logits: this model has no classifier head (retrieval only)"));
+    }
+    let weight_bytes: u64 = files.params.entries().iter().map(|(_, t)| 4 * t.numel() as u64).sum();
+    if weight_bytes > PROTOBUF_LIMIT - (64 << 20) {
+        return Err(Error::invalid(format!(
+            "the model's weights take {:.2} GB, more than an ONNX file can hold (protobuf's 2 GB limit); amg does not write external-data ONNX",
+            weight_bytes as f64 / 1e9
+        )));
+    }
+    let mut g = Builder::new(cfg);
+    let keys = files.params.map(|k, _| k.clone());
+    let x = g.embed(&files.params, &keys);
+    let mut x = x;
+    for ((block, bkeys), plan) in files.params.blocks.iter().zip(&keys.blocks).zip(&cfg.layers) {
+        x = g.block(&x, block, bkeys, plan);
+    }
+    let tokens = g.layer_norm(&key_name(&keys.norm.weight.up()), &x, &files.params.norm.weight, &files.params.norm.bias);
+    let parts = g.pool_parts(&tokens);
+    let features = g.features(&parts);
+    g.output(&features, "features", vec![Dim::Batch, Dim::Fixed(cfg.feature_dim())]);
+    if outputs.logits {
+        let logits = g.logits(&tokens, &parts, &files.params.parts, &keys.parts);
+        g.output(&logits, "logits", vec![Dim::Batch, Dim::Fixed(cfg.num_parts()), Dim::Fixed(cfg.head.num_classes)]);
+    }
+    let model = g.finish(files);
+    let size = model.compute_size();
+    if size > PROTOBUF_LIMIT {
+        return Err(Error::invalid(format!("the ONNX model would take {:.2} GB, more than protobuf's 2 GB limit", size as f64 / 1e9)));
+    }
+    model.write_to_bytes().map_err(|e| Error::invalid(format!("cannot serialise the ONNX model: {e}")))
+}
+
+/// The ONNX metadata a deployer needs to feed the model and read its output.
+pub fn metadata(files: &ModelFiles) -> Vec<(String, String)> {
+    let cfg = &files.config;
+    let list = |v: &[f32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+    let heads: Vec<&Vec<usize>> = cfg.layers.iter().map(|l| &l.heads).collect();
+    let tokens: Vec<&Vec<usize>> = cfg.layers.iter().map(|l| &l.tokens).collect();
+    vec![
+        ("amg_version".into(), env!("CARGO_PKG_VERSION").into()),
+        ("input".into(), "images: float32 [batch, 3, H, W], RGB, bicubic-resized to H x W, scaled to [0, 1], then (x - mean) / std per channel".into()),
+        ("input_height".into(), cfg.input.height.to_string()),
+        ("input_width".into(), cfg.input.width.to_string()),
+        ("mean".into(), list(&cfg.input.mean)),
+        ("std".into(), list(&cfg.input.std)),
+        (
+            "head".into(),
+            match cfg.head.kind {
+                HeadKind::None => "none".into(),
+                HeadKind::La => "la".into(),
+            },
+        ),
+        ("parts".into(), cfg.num_parts().to_string()),
+        ("feature_dim".into(), cfg.feature_dim().to_string()),
+        ("features".into(), "features: float32 [batch, parts x embed_dim], each part scaled to norm 1/sqrt(parts): compare by inner product".into()),
+        ("prefix_tokens".into(), cfg.num_prefix().to_string()),
+        ("kept_heads".into(), serde_json::to_string(&heads).unwrap_or_default()),
+        ("kept_tokens".into(), serde_json::to_string(&tokens).unwrap_or_default()),
+        ("amg_config".into(), cfg.to_json()),
+    ]
+}
+
+fn key_name(k: &Key) -> String {
+    k.to_string()
+}
+
+/// A dimension of a graph input or output.
+enum Dim {
+    Batch,
+    Fixed(usize),
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), i: v, type_: AttributeType::INT.into(), ..Default::default() }
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), ints: v.to_vec(), type_: AttributeType::INTS.into(), ..Default::default() }
+}
+
+fn attr_float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), f: v, type_: AttributeType::FLOAT.into(), ..Default::default() }
+}
+
+fn value_info(name: &str, dims: Vec<Dim>) -> ValueInfoProto {
+    let dim = dims
+        .into_iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Batch => DimValue::DimParam("batch".into()),
+                Dim::Fixed(n) => DimValue::DimValue(n as i64),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let tensor = TensorType { elem_type: DataType::FLOAT as i32, shape: Some(TensorShapeProto { dim, ..Default::default() }).into(), ..Default::default() };
+    ValueInfoProto {
+        name: name.into(),
+        type_: Some(TypeProto { value: Some(TypeValue::TensorType(tensor)), ..Default::default() }).into(),
+        ..Default::default()
+    }
+}
+
+/// Builds the graph: nodes in order, weights as initializers.
+struct Builder<'a> {
+    cfg: &'a ModelConfig,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    outputs: Vec<ValueInfoProto>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(cfg: &'a ModelConfig) -> Self {
+        Builder { cfg, nodes: Vec::new(), inits: Vec::new(), outputs: Vec::new() }
+    }
+
+    /// A float initializer called `name`.
+    fn init(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> String {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.inits.push(TensorProto {
+            name: name.into(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::FLOAT as i32,
+            raw_data: raw,
+            ..Default::default()
+        });
+        name.into()
+    }
+
+    /// An int64 initializer (shapes, indices).
+    fn init_i64(&mut self, name: &str, shape: &[usize], data: &[i64]) -> String {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.inits.push(TensorProto {
+            name: name.into(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::INT64 as i32,
+            raw_data: raw,
+            ..Default::default()
+        });
+        name.into()
+    }
+
+    /// A node named `name` whose one output is also called `name`.
+    fn node(&mut self, op: &str, name: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.nodes.push(NodeProto {
+            op_type: op.into(),
+            name: name.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![name.into()],
+            attribute: attrs,
+            ..Default::default()
+        });
+        name.into()
+    }
+
+    /// `x` split into `K` equal parts of `size` along the last axis, named `name:0`, `name:1`, ….
+    fn split<const K: usize>(&mut self, name: &str, x: &str, size: usize) -> [String; K] {
+        let sizes = self.init_i64(&format!("{name}/sizes"), &[K], &[size as i64; K]);
+        let outs: [String; K] = std::array::from_fn(|i| format!("{name}:{i}"));
+        self.nodes.push(NodeProto {
+            op_type: "Split".into(),
+            name: name.into(),
+            input: vec![x.into(), sizes],
+            output: outs.to_vec(),
+            attribute: vec![attr_int("axis", -1)],
+            ..Default::default()
+        });
+        outs
+    }
+
+    /// `x·Wᵀ + b` over the last dimension; the weight is stored transposed (`[in, out]`) for MatMul.
+    fn linear(&mut self, name: &str, x: &str, w: &HostTensor, bias: Option<&HostTensor>) -> String {
+        let wt = self.init(&format!("{name}.weight_t"), &[w.shape[1], w.shape[0]], transpose(w));
+        let y = self.node("MatMul", name, &[x, &wt], vec![]);
+        match bias {
+            Some(b) => {
+                let b = self.init(&format!("{name}.bias"), &b.shape, b.data.clone());
+                self.node("Add", &format!("{name}+bias"), &[&y, &b], vec![])
+            }
+            None => y,
+        }
+    }
+
+    fn layer_norm(&mut self, name: &str, x: &str, w: &HostTensor, b: &HostTensor) -> String {
+        let w = self.init(&format!("{name}.weight"), &w.shape, w.data.clone());
+        let b = self.init(&format!("{name}.bias"), &b.shape, b.data.clone());
+        self.node("LayerNormalization", name, &[x, &w, &b], vec![attr_int("axis", -1), attr_float("epsilon", self.cfg.arch.ln_eps as f32)])
+    }
+
+    /// The exact (erf) GELU from opset-17 operators: 0.5·x·(1 + erf(x/√2)).
+    fn gelu(&mut self, name: &str, x: &str) -> String {
+        let c = self.init(&format!("{name}.inv_sqrt2"), &[], vec![std::f32::consts::FRAC_1_SQRT_2]);
+        let one = self.init(&format!("{name}.one"), &[], vec![1.0]);
+        let half = self.init(&format!("{name}.half"), &[], vec![0.5]);
+        let s = self.node("Mul", &format!("{name}/scale"), &[x, &c], vec![]);
+        let e = self.node("Erf", &format!("{name}/erf"), &[&s], vec![]);
+        let p = self.node("Add", &format!("{name}/plus1"), &[&e, &one], vec![]);
+        let m = self.node("Mul", &format!("{name}/times_x"), &[x, &p], vec![]);
+        self.node("Mul", name, &[&m, &half], vec![])
+    }
+
+    /// The batch size as a 1-element int64 tensor, read from the input.
+    fn batch_dim(&mut self) -> String {
+        let shape = self.node("Shape", "batch/shape", &["images"], vec![]);
+        let (start, end) = (self.init_i64("batch/start", &[1], &[0]), self.init_i64("batch/end", &[1], &[1]));
+        self.node("Slice", "batch", &[&shape, &start, &end], vec![])
+    }
+
+    /// Patch embedding (a strided convolution), prefix tokens and position embedding: `[B, N, D]`.
+    fn embed(&mut self, p: &VitParams<HostTensor>, k: &VitParams<Key>) -> String {
+        let (d, patch) = (self.cfg.arch.embed_dim, self.cfg.arch.patch_size as i64);
+        let pe = key_name(&k.patch_embed.weight.up());
+        let w = self.init(&format!("{pe}.weight"), &p.patch_embed.weight.shape, p.patch_embed.weight.data.clone());
+        let mut inputs = vec!["images".to_string(), w];
+        if let Some(b) = &p.patch_embed.bias {
+            inputs.push(self.init(&format!("{pe}.bias"), &b.shape, b.data.clone()));
+        }
+        let inputs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+        let conv = self.node("Conv", &pe, &inputs, vec![attr_ints("kernel_shape", &[patch, patch]), attr_ints("strides", &[patch, patch])]);
+        let flat_shape = self.init_i64("patch_embed/flat_shape", &[3], &[0, d as i64, -1]);
+        let flat = self.node("Reshape", "patch_embed/flatten", &[&conv, &flat_shape], vec![]);
+        let mut x = self.node("Transpose", "patch_embed/tokens", &[&flat], vec![attr_ints("perm", &[0, 2, 1])]);
+        let prefix: Vec<(String, &HostTensor)> = [(&k.cls_token, &p.cls_token), (&k.dist_token, &p.dist_token)]
+            .into_iter()
+            .filter_map(|(k, t)| Some((key_name(k.as_ref()?), t.as_ref()?)))
+            .collect();
+        if !prefix.is_empty() {
+            let batch = self.batch_dim();
+            let rest = self.init_i64("prefix/shape_rest", &[2], &[1, d as i64]);
+            let shape = self.node("Concat", "prefix/shape", &[&batch, &rest], vec![attr_int("axis", 0)]);
+            let mut seq = Vec::new();
+            for (name, t) in prefix {
+                let init = self.init(&name, &t.shape, t.data.clone());
+                seq.push(self.node("Expand", &format!("{name}/expand"), &[&init, &shape], vec![]));
+            }
+            seq.push(x);
+            let seq: Vec<&str> = seq.iter().map(|s| s.as_str()).collect();
+            x = self.node("Concat", "prefix+patches", &seq, vec![attr_int("axis", 1)]);
+        }
+        let pos = key_name(&k.pos_embed);
+        let pos_init = self.init(&pos, &p.pos_embed.shape, p.pos_embed.data.clone());
+        self.node("Add", &format!("{pos}/add"), &[&x, &pos_init], vec![])
+    }
+
+    /// One pre-norm block on `x` `[B, N, D]`.
+    fn block(&mut self, x: &str, p: &BlockParams<HostTensor>, k: &BlockParams<Key>, plan: &LayerPlan) -> String {
+        let a = &self.cfg.arch;
+        let (heads, hd) = (plan.heads.len(), a.head_dim);
+        let inner = heads * hd;
+        let y = self.layer_norm(&key_name(&k.norm1.weight.up()), x, &p.norm1.weight, &p.norm1.bias);
+        let qkv = key_name(&k.qkv.weight.up());
+        let (q, key, value) = if plan.tokens.len() == self.cfg.num_tokens() {
+            // Every token kept: one product, split into q | k | v.
+            let all = self.linear(&qkv, &y, &p.qkv.weight, p.qkv.bias.as_ref());
+            let [q, kk, v] = self.split(&format!("{qkv}/q|k|v"), &all, inner);
+            (q, kk, v)
+        } else {
+            // Queries from every token; keys and values from the kept tokens only.
+            let q = self.linear(&format!("{qkv}.q"), &y, &rows(&p.qkv.weight, 0, inner), p.qkv.bias.as_ref().map(|b| rows(b, 0, inner)).as_ref());
+            let idx: Vec<i64> = plan.tokens.iter().map(|&t| t as i64).collect();
+            let idx = self.init_i64(&format!("{qkv}/kept_tokens"), &[idx.len()], &idx);
+            let kept = self.node("Gather", &format!("{qkv}/gather_kept"), &[&y, &idx], vec![attr_int("axis", 1)]);
+            let kv = self.linear(
+                &format!("{qkv}.kv"),
+                &kept,
+                &rows(&p.qkv.weight, inner, 3 * inner),
+                p.qkv.bias.as_ref().map(|b| rows(b, inner, 3 * inner)).as_ref(),
+            );
+            let [kk, v] = self.split(&format!("{qkv}/k|v"), &kv, inner);
+            (q, kk, v)
+        };
+        let attn = key_name(&k.qkv.weight.up().up());
+        let heads_shape = self.init_i64(&format!("{attn}/heads_shape"), &[4], &[0, 0, heads as i64, hd as i64]);
+        let split_heads = |g: &mut Self, t: &str, what: &str, perm: &[i64]| {
+            let r = g.node("Reshape", &format!("{attn}/{what}_heads"), &[t, &heads_shape], vec![]);
+            g.node("Transpose", &format!("{attn}/{what}_t"), &[&r], vec![attr_ints("perm", perm)])
+        };
+        let qh = split_heads(self, &q, "q", &[0, 2, 1, 3]);
+        let kh = split_heads(self, &key, "k", &[0, 2, 3, 1]);
+        let vh = split_heads(self, &value, "v", &[0, 2, 1, 3]);
+        let scale = self.init(&format!("{attn}/scale"), &[], vec![(hd as f32).powf(-0.5)]);
+        let qs = self.node("Mul", &format!("{attn}/q_scaled"), &[&qh, &scale], vec![]);
+        let scores = self.node("MatMul", &format!("{attn}/scores"), &[&qs, &kh], vec![]);
+        let probs = self.node("Softmax", &format!("{attn}/softmax"), &[&scores], vec![attr_int("axis", -1)]);
+        let o = self.node("MatMul", &format!("{attn}/weighted_values"), &[&probs, &vh], vec![]);
+        let o = self.node("Transpose", &format!("{attn}/merge_t"), &[&o], vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        let merge = self.init_i64(&format!("{attn}/merge_shape"), &[3], &[0, 0, inner as i64]);
+        let o = self.node("Reshape", &format!("{attn}/merge_heads"), &[&o, &merge], vec![]);
+        let o = self.linear(&key_name(&k.proj.weight.up()), &o, &p.proj.weight, p.proj.bias.as_ref());
+        let block = key_name(&k.norm1.weight.up().up());
+        let x = self.node("Add", &format!("{block}/residual1"), &[x, &o], vec![]);
+        let y = self.layer_norm(&key_name(&k.norm2.weight.up()), &x, &p.norm2.weight, &p.norm2.bias);
+        let fc1 = key_name(&k.fc1.weight.up());
+        let h = self.linear(&fc1, &y, &p.fc1.weight, p.fc1.bias.as_ref());
+        let h = self.gelu(&format!("{fc1}/gelu"), &h);
+        let h = self.linear(&key_name(&k.fc2.weight.up()), &h, &p.fc2.weight, p.fc2.bias.as_ref());
+        self.node("Add", &format!("{block}/residual2"), &[&x, &h], vec![])
+    }
+
+    /// The LA parts `[B, P, D]`: each row of the patch grid averaged (`ModelConfig::part_tokens`).
+    fn pool_parts(&mut self, tokens: &str) -> String {
+        let (gh, gw) = self.cfg.grid();
+        let (pre, n, d) = (self.cfg.num_prefix() as i64, self.cfg.num_tokens() as i64, self.cfg.arch.embed_dim as i64);
+        let (starts, ends, axes) =
+            (self.init_i64("parts/start", &[1], &[pre]), self.init_i64("parts/end", &[1], &[n]), self.init_i64("parts/axis", &[1], &[1]));
+        let patches = self.node("Slice", "parts/patches", &[tokens, &starts, &ends, &axes], vec![]);
+        let grid = self.init_i64("parts/grid_shape", &[4], &[0, gh as i64, gw as i64, d]);
+        let grid = self.node("Reshape", "parts/grid", &[&patches, &grid], vec![]);
+        self.node("ReduceMean", "parts/row_mean", &[&grid], vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)])
+    }
+
+    /// The retrieval feature `[B, P·D]`: each part scaled to norm 1/√P, concatenated.
+    fn features(&mut self, parts: &str) -> String {
+        let p = self.cfg.num_parts();
+        let norm = self.node("ReduceL2", "features/part_norm", &[parts], vec![attr_ints("axes", &[-1]), attr_int("keepdims", 1)]);
+        let floor = self.init("features/min_norm", &[], vec![1e-12]);
+        let norm = self.node("Max", "features/part_norm_floor", &[&norm, &floor], vec![]);
+        let sqrt_p = self.init("features/sqrt_parts", &[], vec![(p as f32).sqrt()]);
+        let denom = self.node("Mul", "features/denominator", &[&norm, &sqrt_p], vec![]);
+        let scaled = self.node("Div", "features/scaled", &[parts, &denom], vec![]);
+        let flat = self.init_i64("features/shape", &[2], &[0, -1]);
+        self.node("Reshape", "features/flatten", &[&scaled, &flat], vec![])
+    }
+
+    /// The LA classifiers in inference mode: `[B, P, C]`.
+    fn logits(&mut self, tokens: &str, parts: &str, p: &[PartParams<HostTensor>], k: &[PartParams<Key>]) -> String {
+        let lambda = self.cfg.head.lambda;
+        let zero = self.init_i64("logits/class_token_index", &[], &[0]);
+        let cls = self.node("Gather", "logits/class_token", &[tokens, &zero], vec![attr_int("axis", 1)]);
+        let (w_cls, w_part) =
+            (self.init("logits/cls_weight", &[], vec![1.0 / (1.0 + lambda)]), self.init("logits/part_weight", &[], vec![lambda / (1.0 + lambda)]));
+        let cls = self.node("Mul", "logits/class_token_weighted", &[&cls, &w_cls], vec![]);
+        let axis1 = self.init_i64("logits/axis1", &[1], &[1]);
+        let mut per_part = Vec::new();
+        for (i, (pp, pk)) in p.iter().zip(k).enumerate() {
+            let part = key_name(&pk.bottleneck.weight.up().up());
+            let idx = self.init_i64(&format!("{part}/index"), &[], &[i as i64]);
+            let pi = self.node("Gather", &format!("{part}/part"), &[parts, &idx], vec![attr_int("axis", 1)]);
+            let pi = self.node("Mul", &format!("{part}/part_weighted"), &[&pi, &w_part], vec![]);
+            // g = (cls + λ·p) / (1 + λ), docs/method.md §1.
+            let g = self.node("Add", &format!("{part}/blend"), &[&cls, &pi], vec![]);
+            let z = self.linear(&key_name(&pk.bottleneck.weight.up()), &g, &pp.bottleneck.weight, pp.bottleneck.bias.as_ref());
+            let z = self.batch_norm(&key_name(&pk.bn.weight.up()), &z, pp);
+            let z = self.linear(&key_name(&pk.classifier.weight.up()), &z, &pp.classifier.weight, pp.classifier.bias.as_ref());
+            per_part.push(self.node("Unsqueeze", &format!("{part}/unsqueeze"), &[&z, &axis1], vec![]));
+        }
+        let per_part: Vec<&str> = per_part.iter().map(|s| s.as_str()).collect();
+        self.node("Concat", "logits/stack", &per_part, vec![attr_int("axis", 1)])
+    }
+
+    fn batch_norm(&mut self, name: &str, x: &str, p: &PartParams<HostTensor>) -> String {
+        let bn = &p.bn;
+        let inputs: Vec<String> = [("weight", &bn.weight), ("bias", &bn.bias), ("running_mean", &bn.running_mean), ("running_var", &bn.running_var)]
+            .into_iter()
+            .map(|(what, t)| self.init(&format!("{name}.{what}"), &t.shape, t.data.clone()))
+            .collect();
+        let eps = crate::model::params::BatchNorm::<HostTensor>::EPS as f32;
+        self.node("BatchNormalization", name, &[x, &inputs[0], &inputs[1], &inputs[2], &inputs[3]], vec![attr_float("epsilon", eps)])
+    }
+
+    fn output(&mut self, value: &str, name: &str, dims: Vec<Dim>) {
+        self.node("Identity", name, &[value], vec![]);
+        self.outputs.push(value_info(name, dims));
+    }
+
+    fn finish(self, files: &ModelFiles) -> ModelProto {
+        let cfg = self.cfg;
+        let input = value_info("images", vec![Dim::Batch, Dim::Fixed(3), Dim::Fixed(cfg.input.height), Dim::Fixed(cfg.input.width)]);
+        let graph = GraphProto {
+            name: "amg".into(),
+            node: self.nodes,
+            initializer: self.inits,
+            input: vec![input],
+            output: self.outputs,
+            doc_string: format!("amg ViT Re-ID model ({} pruned); see metadata_props for input and output", if cfg.is_pruned() { "head/token" } else { "not" }),
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: IR_VERSION,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET, ..Default::default() }],
+            producer_name: "amg".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(graph).into(),
+            metadata_props: metadata(files).into_iter().map(|(key, value)| StringStringEntryProto { key, value, ..Default::default() }).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// `[r, c]` → `[c, r]`.
+fn transpose(w: &HostTensor) -> Vec<f32> {
+    crate::kernels::gemm::transpose(&w.data, w.shape[0], w.shape[1])
+}
+
+/// Rows `from..to` of a `[r, c]` (or `[r]`) tensor.
+fn rows(t: &HostTensor, from: usize, to: usize) -> HostTensor {
+    let c: usize = t.shape[1..].iter().product();
+    let mut shape = t.shape.clone();
+    shape[0] = to - from;
+    HostTensor::new(shape, t.data[from * c..to * c].to_vec())
+}
