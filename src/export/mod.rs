@@ -1,10 +1,12 @@
-//! `amg export`: the model out of amg — an ONNX graph for ONNX Runtime, TensorRT and OpenVINO, with
-//! the pruning carried over.
+//! `amg export`: the model out of amg — an ONNX graph for ONNX Runtime, TensorRT and OpenVINO, and a
+//! PyTorch checkpoint to fine-tune elsewhere, with the pruning carried over.
 
 pub mod onnx;
+pub mod pickle;
+pub mod pytorch;
 
 use crate::choice::Choice;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::ModelFiles;
 pub use onnx::OnnxOutputs;
@@ -15,18 +17,22 @@ use std::path::Path;
 pub enum ExportFormat {
     /// A standard ONNX model (opset 17).
     Onnx,
+    /// A PyTorch checkpoint (`torch.load(weights_only=True)`), AMG reference layout.
+    Pytorch,
 }
 
 impl Choice for ExportFormat {
-    const ALL: &'static [ExportFormat] = &[ExportFormat::Onnx];
+    const ALL: &'static [ExportFormat] = &[ExportFormat::Onnx, ExportFormat::Pytorch];
     fn name(self) -> &'static str {
         match self {
             ExportFormat::Onnx => "onnx",
+            ExportFormat::Pytorch => "pytorch",
         }
     }
     fn help(self) -> &'static str {
         match self {
             ExportFormat::Onnx => "ONNX opset 17, standard operators only (ONNX Runtime, TensorRT, OpenVINO)",
+            ExportFormat::Pytorch => "a torch.save checkpoint in the AMG reference layout (tools/amg_torch.py builds the model)",
         }
     }
 }
@@ -44,9 +50,14 @@ pub struct ExportRequest<'a> {
 /// Writes the export (under a temporary name, renamed when complete) and returns its size in bytes.
 pub fn export(req: &ExportRequest) -> Result<u64> {
     fsutil::check_output_file(req.out, req.force)?;
-    let bytes = match req.format {
-        ExportFormat::Onnx => onnx::export_onnx(req.model, req.outputs)?,
-    };
-    fsutil::write_bytes_atomic(req.out, &bytes)?;
-    Ok(bytes.len() as u64)
+    match req.format {
+        ExportFormat::Onnx => fsutil::write_bytes_atomic(req.out, &onnx::export_onnx(req.model, req.outputs)?)?,
+        ExportFormat::Pytorch => {
+            if req.outputs.logits {
+                return Err(Error::invalid("--outputs applies to ONNX graphs; a PyTorch checkpoint holds the whole model"));
+            }
+            pytorch::export_pytorch(req.model, req.out)?
+        }
+    }
+    std::fs::metadata(req.out).map(|m| m.len()).map_err(|e| Error::io(req.out, e))
 }

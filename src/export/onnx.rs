@@ -234,12 +234,14 @@ impl<'a> Builder<'a> {
         self.node("LayerNormalization", name, &[x, &w, &b], vec![attr_int("axis", -1), attr_float("epsilon", self.cfg.arch.ln_eps as f32)])
     }
 
-    /// The exact (erf) GELU from opset-17 operators: 0.5·x·(1 + erf(x/√2)).
+    /// The exact (erf) GELU from opset-17 operators, written as runtimes recognise it for fusion
+    /// (ONNX Runtime turns it, with the bias before it, into one BiasGelu kernel):
+    /// (x · (1 + erf(x / √2))) · 0.5.
     fn gelu(&mut self, name: &str, x: &str) -> String {
-        let c = self.init(&format!("{name}.inv_sqrt2"), &[], vec![std::f32::consts::FRAC_1_SQRT_2]);
+        let sqrt2 = self.init(&format!("{name}.sqrt2"), &[], vec![std::f32::consts::SQRT_2]);
         let one = self.init(&format!("{name}.one"), &[], vec![1.0]);
         let half = self.init(&format!("{name}.half"), &[], vec![0.5]);
-        let s = self.node("Mul", &format!("{name}/scale"), &[x, &c], vec![]);
+        let s = self.node("Div", &format!("{name}/div_sqrt2"), &[x, &sqrt2], vec![]);
         let e = self.node("Erf", &format!("{name}/erf"), &[&s], vec![]);
         let p = self.node("Add", &format!("{name}/plus1"), &[&e, &one], vec![]);
         let m = self.node("Mul", &format!("{name}/times_x"), &[x, &p], vec![]);

@@ -50,6 +50,8 @@ struct Checkpoint<'a> {
     used: BTreeSet<String>,
     /// The keys of a model as deep as the checkpoint, for finding tensors by amg's name.
     keys: VitParams<Key>,
+    /// The configuration an `amg export --format pytorch` checkpoint carries (`amg_config`).
+    amg_config: Option<ModelConfig>,
 }
 
 /// Patch grids: the checkpoint's (from its position embedding) and the model's.
@@ -70,6 +72,7 @@ pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
     let mut cfg = ModelConfig::new(arch, gh * p, gw * p, head, source)?;
     let mut notes = Vec::new();
     ck.plan(&mut cfg, grids, &mut notes)?;
+    ck.restore_amg_config(&mut cfg, grids, &mut notes)?;
     let params = ck.tensors(&cfg, grids, &mut notes)?;
     ck.check_unused()?;
     cfg.source.notes = notes;
@@ -122,9 +125,22 @@ impl<'a> Checkpoint<'a> {
             };
             return Err(Error::tensor(path, pe, format!("missing: not a {} checkpoint{hint}", req.format)));
         }
-        let mut ck = Checkpoint { path, format: req.format, scheme, tensors, pth, used: BTreeSet::new(), keys: probe };
+        let amg_config = match &pth {
+            Some(p) => p
+                .string("amg_config")?
+                .map(|text| {
+                    let c: ModelConfig =
+                        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("`amg_config` is not an amg model configuration: {e}")))?;
+                    c.validate().map_err(|e| Error::file(path, format!("`amg_config`: {e}")))?;
+                    Ok::<_, Error>(c)
+                })
+                .transpose()?,
+            None => None,
+        };
+        let mut ck = Checkpoint { path, format: req.format, scheme, tensors, pth, used: BTreeSet::new(), keys: probe, amg_config };
         let depth = (0..).take_while(|&l| ck.has(&VitParams::keys(l + 1, 0).blocks[l].norm1.weight)).count();
-        let parts = if req.format.has_la_head() { (0..).take_while(|&i| ck.has(&VitParams::keys(0, i + 1).parts[i].bottleneck.weight)).count() } else { 0 };
+        let la = req.format.has_la_head() && ck.amg_config.as_ref().is_none_or(|c| c.head.kind == crate::model::HeadKind::La);
+        let parts = if la { (0..).take_while(|&i| ck.has(&VitParams::keys(0, i + 1).parts[i].bottleneck.weight)).count() } else { 0 };
         ck.keys = VitParams::keys(depth, parts);
         Ok(ck)
     }
@@ -171,9 +187,11 @@ impl<'a> Checkpoint<'a> {
             ));
         };
         let mlp = self.shape(&first.fc1.weight)?[0];
-        let (num_heads, head_dim) = match req.heads {
+        // An amg export records its head count; the reference code's checkpoints use 64-dim heads.
+        let recorded = self.amg_config.as_ref().map(|c| c.arch.num_heads);
+        let (num_heads, head_dim) = match req.heads.or(recorded) {
             Some(h) if h == 0 || d % h != 0 => return Err(Error::invalid(format!("--heads {h}: embed_dim {d} is not divisible by it"))),
-            Some(h) if req.format.may_be_pruned() && d / h != 64 => {
+            Some(h) if req.format.may_be_pruned() && recorded.is_none() && d / h != 64 => {
                 return Err(Error::invalid(format!("--heads {h}: the AMG reference code uses 64-dim heads, so a {d}-wide model has {} heads", d / 64)))
             }
             Some(h) => (h, d / h),
@@ -207,7 +225,8 @@ impl<'a> Checkpoint<'a> {
             return Err(Error::tensor(self.path, self.name(pos), format!("shape {}, expected [1, {prefix} + patches, {d}]", shape_str(&shape))));
         }
         let patches = shape[1] - prefix;
-        let checkpoint = match req.checkpoint_img_size {
+        let exported = self.amg_config.as_ref().map(|c| (c.input.height, c.input.width));
+        let checkpoint = match req.checkpoint_img_size.or(exported) {
             Some((h, w)) => {
                 if h % p != 0 || w % p != 0 || (h / p) * (w / p) != patches {
                     return Err(Error::invalid(format!(
@@ -242,7 +261,7 @@ impl<'a> Checkpoint<'a> {
 
     /// The LA head (one classifier per row of the model's patch grid), or none for timm.
     fn head(&self, grids: Grids, p: usize) -> Result<HeadConfig> {
-        if !self.format.has_la_head() {
+        if !self.format.has_la_head() || self.amg_config.as_ref().is_some_and(|c| c.head.kind == crate::model::HeadKind::None) {
             return Ok(HeadConfig::none());
         }
         let Some(first) = self.keys.parts.first() else {
@@ -328,6 +347,31 @@ impl<'a> Checkpoint<'a> {
                 cross_check_reference_lists(pth, &cfg.layers)?;
             }
         }
+        cfg.validate()
+    }
+
+    /// What an amg export recorded and the tensors cannot say: the original indices of the kept
+    /// heads, the input normalisation, the LA blend weight and the provenance. Checked against what
+    /// the tensors gave.
+    fn restore_amg_config(&self, cfg: &mut ModelConfig, grids: Grids, notes: &mut Vec<String>) -> Result<()> {
+        let Some(saved) = &self.amg_config else { return Ok(()) };
+        let same_arch = (saved.arch.embed_dim, saved.arch.depth, saved.arch.num_heads, saved.arch.head_dim, saved.arch.mlp_dim, saved.arch.patch_size)
+            == (cfg.arch.embed_dim, cfg.arch.depth, cfg.arch.num_heads, cfg.arch.head_dim, cfg.arch.mlp_dim, cfg.arch.patch_size);
+        let same_plan =
+            saved.layers.iter().zip(&cfg.layers).all(|(s, c)| s.heads.len() == c.heads.len() && (grids.model != grids.checkpoint || s.tokens == c.tokens));
+        if !same_arch || !same_plan {
+            return Err(Error::file(self.path, "`amg_config` does not describe the checkpoint's tensors (was the checkpoint changed after `amg export`?)"));
+        }
+        for (c, s) in cfg.layers.iter_mut().zip(&saved.layers) {
+            c.heads = s.heads.clone();
+        }
+        cfg.input.mean = saved.input.mean;
+        cfg.input.std = saved.input.std;
+        cfg.arch.ln_eps = saved.arch.ln_eps;
+        cfg.head.lambda = saved.head.lambda;
+        cfg.arch.preset = saved.arch.preset.clone();
+        notes.retain(|n| !n.contains("does not record which original heads"));
+        notes.push(format!("exported by amg {} from a model of format `{}`", saved.source.amg_version, saved.source.format));
         cfg.validate()
     }
 

@@ -744,6 +744,15 @@ impl PthFile {
         Ok(out)
     }
 
+    /// A string stored at the root under `key`; `Ok(None)` when absent, an error when not a string.
+    pub fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.root.get(key) {
+            None | Some(Value::None) => Ok(None),
+            Some(Value::Str(s)) => Ok(Some(s)),
+            Some(other) => Err(Error::file(&self.path, format!("`{key}` is {}, expected a string", other.describe()))),
+        }
+    }
+
     /// A list of integers stored at the root under `key` (as ints, NumPy scalars or 0-d tensors).
     /// `Ok(None)` when absent or None; an error when present but not readable as integers.
     pub fn int_list(&self, key: &str) -> Result<Option<Vec<i64>>> {

@@ -15,7 +15,7 @@ pub struct Args {
     /// Output file.
     #[arg(long)]
     out: PathBuf,
-    /// Graph outputs, comma-separated: `features` (always), `logits` (the LA part logits).
+    /// ONNX graph outputs, comma-separated: `features` (always), `logits` (the LA part logits).
     #[arg(long, value_delimiter = ',', default_value = "features")]
     outputs: Vec<String>,
     /// Replace --out if it exists.
@@ -36,16 +36,24 @@ pub fn run(a: Args) -> Result<()> {
     let files = ModelFiles::load(&a.model)?;
     let bytes = export(&ExportRequest { model: &files, format: a.format, outputs, out: &a.out, force: a.force })?;
     let c = &files.config;
-    eprintln!(
-        "exported {} → {} ({:.1} MB, opset {}): input images [batch, 3, {}, {}], output features [batch, {}]{}",
-        a.model.display(),
-        a.out.display(),
-        bytes as f64 / 1e6,
-        amg::export::onnx::OPSET,
-        c.input.height,
-        c.input.width,
-        c.feature_dim(),
-        if outputs.logits { format!(", logits [batch, {}, {}]", c.num_parts(), c.head.num_classes) } else { String::new() }
-    );
+    match a.format {
+        ExportFormat::Onnx => eprintln!(
+            "exported {} → {} ({:.1} MB, ONNX opset {}): input images [batch, 3, {}, {}], output features [batch, {}]{}",
+            a.model.display(),
+            a.out.display(),
+            bytes as f64 / 1e6,
+            amg::export::onnx::OPSET,
+            c.input.height,
+            c.input.width,
+            c.feature_dim(),
+            if outputs.logits { format!(", logits [batch, {}, {}]", c.num_parts(), c.head.num_classes) } else { String::new() }
+        ),
+        ExportFormat::Pytorch => eprintln!(
+            "exported {} → {} ({:.1} MB, PyTorch checkpoint, AMG reference layout): load with torch.load(weights_only=True) or tools/amg_torch.py",
+            a.model.display(),
+            a.out.display(),
+            bytes as f64 / 1e6
+        ),
+    }
     Ok(())
 }

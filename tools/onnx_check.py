@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""amg's ONNX exports against the outside world: each test fixture is imported and exported with
+amg, checked by `onnx.checker` (full check: the model and its inferred shapes), run in ONNX
+Runtime on the fixture's reference input, and compared with the PyTorch outputs that
+tools/make_fixtures.py recorded (timm / LA-Transformer / the AMG reference computation).
+
+Usage:
+    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install onnx onnxruntime safetensors numpy
+    cargo build --release
+    /tmp/peers/bin/python tools/onnx_check.py [--amg target/release/amg] [--work /tmp/amg-onnx-check]
+
+Prints a Markdown table; exits 1 if any difference exceeds 1e-4.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from safetensors.numpy import load_file
+
+here = os.path.dirname(os.path.abspath(__file__))
+fixtures = os.path.join(here, "..", "tests", "fixtures")
+ap = argparse.ArgumentParser()
+ap.add_argument("--amg", default=os.path.join(here, "..", "target", "release", "amg"))
+ap.add_argument("--work", default="/tmp/amg-onnx-check")
+args = ap.parse_args()
+os.makedirs(args.work, exist_ok=True)
+
+
+def amg(*a):
+    subprocess.run([args.amg, *a], check=True, capture_output=True, text=True)
+
+
+def fixture(name):
+    return os.path.join(fixtures, name)
+
+
+# (name, import arguments, plan to apply or None, reference file, LA logits?)
+plan_a = json.load(open(fixture("fixtures.json")))["plan_timm_a"]
+cases = [
+    ("timm .safetensors 64x64", ["--from", "timm", fixture("ckpt_timm_a.safetensors")], None, "ref_timm_a", False),
+    ("timm, position embedding resampled to 80x48", ["--from", "timm", fixture("ckpt_timm_a.safetensors"), "--img-size", "80x48"], None, "ref_timm_a_80x48", False),
+    ("timm .pth 64x32, 2 heads of 32", ["--from", "timm", fixture("ckpt_timm_b.pth"), "--checkpoint-img-size", "64x32", "--heads", "2"], None, "ref_timm_b", False),
+    ("timm with a head + token plan", ["--from", "timm", fixture("ckpt_timm_a.safetensors")], plan_a, "ref_timm_a_plan", False),
+    ("LA-Transformer .pth (fp16)", ["--from", "la-transformer", fixture("ckpt_la.pth")], None, "ref_la", True),
+    ("AMG reference .pth (heads + tokens pruned)", ["--from", "amg", fixture("ckpt_amg.pth")], None, "ref_amg", True),
+]
+
+rows, worst = [], 0.0
+for i, (name, imp, plan, ref, la) in enumerate(cases):
+    model_dir = os.path.join(args.work, f"m{i}")
+    amg("import", *imp, "--out", model_dir, "--force")
+    if plan is not None:
+        plan_path = os.path.join(args.work, f"plan{i}.json")
+        json.dump(plan, open(plan_path, "w"))
+        amg("prune", "--model", model_dir, "--plan", plan_path, "--out", model_dir + "-pruned", "--force")
+        model_dir += "-pruned"
+    path = os.path.join(args.work, f"m{i}.onnx")
+    amg("export", "--model", model_dir, "--format", "onnx", "--out", path, "--outputs", "features,logits" if la else "features", "--force")
+    onnx.checker.check_model(path, full_check=True)
+    r = load_file(fixture(ref + ".safetensors"))
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": r["input"]})))
+    d_feat = float(np.abs(out["features"] - r["features"]).max())
+    d_logits = float("nan")
+    if la:
+        want = np.stack([r[f"logits.{p}"] for p in range(out["logits"].shape[1])], axis=1)
+        d_logits = float(np.abs(out["logits"] - want).max())
+    worst = max(worst, d_feat, 0.0 if np.isnan(d_logits) else d_logits)
+    b, _, h, w = r["input"].shape
+    rows.append((name, f"{b}x3x{h}x{w}", d_feat, d_logits))
+
+print(f"onnx {onnx.__version__}, onnxruntime {ort.__version__}; every model passes onnx.checker.check_model(full_check=True)\n")
+print("| fixture | input | features: max abs diff to PyTorch | logits: max abs diff |")
+print("|---|---|---|---|")
+for name, shape, f, l in rows:
+    print(f"| {name} | {shape} | {f:.1e} | {'–' if np.isnan(l) else f'{l:.1e}'} |")
+sys.exit(0 if worst <= 1e-4 else 1)
