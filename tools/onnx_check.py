@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """amg's ONNX exports against the outside world: each test fixture is imported and exported with
 amg, checked by `onnx.checker` (full check: the model and its inferred shapes), run in ONNX
-Runtime on the fixture's reference input, and compared with the PyTorch outputs that
-tools/make_fixtures.py recorded (timm / LA-Transformer / the AMG reference computation).
+Runtime — and in OpenVINO, when it is installed — on the fixture's reference input, and compared
+with the PyTorch outputs that tools/make_fixtures.py recorded (timm / LA-Transformer / the AMG
+reference computation).
 
 Usage:
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install onnx onnxruntime safetensors numpy
+    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install onnx onnxruntime safetensors numpy openvino
     cargo build --release
     /tmp/peers/bin/python tools/onnx_check.py [--amg target/release/amg] [--work /tmp/amg-onnx-check]
 
@@ -21,6 +22,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from safetensors.numpy import load_file
+
+try:
+    import openvino
+except ImportError:
+    openvino = None
 
 here = os.path.dirname(os.path.abspath(__file__))
 fixtures = os.path.join(here, "..", "tests", "fixtures")
@@ -71,12 +77,19 @@ for i, (name, imp, plan, ref, la) in enumerate(cases):
         want = np.stack([r[f"logits.{p}"] for p in range(out["logits"].shape[1])], axis=1)
         d_logits = float(np.abs(out["logits"] - want).max())
     worst = max(worst, d_feat, 0.0 if np.isnan(d_logits) else d_logits)
+    d_ov = float("nan")
+    if openvino is not None:
+        compiled = openvino.Core().compile_model(path, "CPU")
+        d_ov = float(np.abs(compiled([r["input"]])[compiled.output("features")] - r["features"]).max())
+        worst = max(worst, d_ov)
     b, _, h, w = r["input"].shape
-    rows.append((name, f"{b}x3x{h}x{w}", d_feat, d_logits))
+    rows.append((name, f"{b}x3x{h}x{w}", d_feat, d_logits, d_ov))
 
-print(f"onnx {onnx.__version__}, onnxruntime {ort.__version__}; every model passes onnx.checker.check_model(full_check=True)\n")
-print("| fixture | input | features: max abs diff to PyTorch | logits: max abs diff |")
-print("|---|---|---|---|")
-for name, shape, f, l in rows:
-    print(f"| {name} | {shape} | {f:.1e} | {'–' if np.isnan(l) else f'{l:.1e}'} |")
+ov = f", openvino {openvino.__version__}" if openvino is not None else ""
+print(f"onnx {onnx.__version__}, onnxruntime {ort.__version__}{ov}; every model passes onnx.checker.check_model(full_check=True)\n")
+print("| fixture | input | ONNX Runtime features: max abs diff to PyTorch | ONNX Runtime logits | OpenVINO (CPU) features |")
+print("|---|---|---|---|---|")
+fmt = lambda v: "–" if np.isnan(v) else f"{v:.1e}"
+for name, shape, f, l, o in rows:
+    print(f"| {name} | {shape} | {fmt(f)} | {fmt(l)} | {fmt(o)} |")
 sys.exit(0 if worst <= 1e-4 else 1)

@@ -24,25 +24,36 @@ pub enum Isa {
     Portable,
 }
 
+/// The widest instruction set the element-wise kernels use: the best the CPU has, or the one the
+/// environment variable `AMG_ISA` (`avx512`, `avx2`, `portable`) asks for — never more than the CPU
+/// has. Tests run every path this way; on other architectures it is always `Portable`.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var_os("AMG_NO_AVX512").is_none()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512dq")
-                && is_x86_feature_detected!("avx512bw")
-            {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
+        let best = detect();
+        match std::env::var("AMG_ISA").ok().as_deref() {
+            Some("portable") => Isa::Portable,
+            Some("avx2") if best != Isa::Portable => Isa::Avx2,
+            _ => best,
         }
-        Isa::Portable
     })
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512bw")
+        {
+            return Isa::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
 }
 
 /// Defines `pub fn $name(args)` whose body is compiled for AVX-512, AVX2+FMA and portable code,

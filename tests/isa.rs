@@ -1,0 +1,55 @@
+//! Every SIMD path of the element-wise kernels — AVX-512, AVX2+FMA and the portable code that every
+//! other CPU (ARM boards included) runs — gives the same results: inference (`amg embed`) and a
+//! training run (`amg train`, forward and backward kernels) under `AMG_ISA=portable`, `avx2` and the
+//! machine's best agree. The machine's best path is held to PyTorch by the parity tests.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn amg(isa: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_amg"));
+    if let Some(isa) = isa {
+        c.env("AMG_ISA", isa);
+    }
+    let out = c.args(args).output().unwrap();
+    assert!(out.status.success(), "amg {args:?} (AMG_ISA={isa:?}): {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn every_kernel_path_agrees() {
+    let dir = temp_dir("isa");
+    let (model, data) = (dir.join("la"), dir.join("data"));
+    amg(None, &["import", "--from", "la-transformer", s(&fixture("ckpt_la.pth")), "--out", s(&model)]);
+    amg(None, &["synth", "--out", s(&data), "--ids", "12", "--cams", "3", "--images-per-id", "4", "--size", "64x64", "--seed", "3"]);
+    let features = |isa: Option<&str>, tag: &str| {
+        let out = dir.join(format!("f-{tag}.safetensors"));
+        amg(isa, &["embed", "--model", s(&model), "--images", s(&data.join("query")), "--out", s(&out)]);
+        amg::tensor::SafetensorsFile::open(&out).unwrap().all_f32().unwrap().remove("features").unwrap().data
+    };
+    let loss = |isa: Option<&str>, tag: &str| {
+        let run = dir.join(format!("run-{tag}"));
+        let args = ["--threads", "2", "train", "--data", s(&data), "--init", s(&model), "--out", s(&run), "--epochs", "1", "--batch-size", "8", "--seed", "1"];
+        amg(isa, &args);
+        let line = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        serde_json::from_str::<serde_json::Value>(line.lines().next().unwrap()).unwrap()["loss"].as_f64().unwrap()
+    };
+    let (f0, l0) = (features(None, "best"), loss(None, "best"));
+    assert!(l0.is_finite() && l0 > 0.0);
+    for isa in ["portable", "avx2"] {
+        let d = max_abs_diff(&features(Some(isa), isa), &f0);
+        eprintln!("{isa}: features differ by {d:e}");
+        assert!(d <= 1e-5, "{isa}: features differ from the best path's by {d:e}");
+        let l = loss(Some(isa), isa);
+        eprintln!("{isa}: training loss {l} vs {l0}");
+        assert!((l - l0).abs() <= 1e-4 * l0, "{isa}: training loss {l} vs {l0}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

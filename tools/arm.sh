@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# amg on ARM: cross-builds for aarch64 (edge boards: Jetson, Raspberry Pi 4/5, Graviton) and runs the
+# parity tests — amg against the committed PyTorch references, the inference engine against the
+# differentiable model, the training gradients, the model directory and PyTorch round trips — on
+# the aarch64 build under qemu-user. Installs what it needs: the Rust target, Debian's
+# gcc-aarch64-linux-gnu (linker) and qemu-user.
+#   tools/arm.sh            build + tests
+#   STATIC=1 tools/arm.sh   also a static binary to copy onto a board
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=aarch64-unknown-linux-gnu
+rustup target add "$target"
+if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+    sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+    $sudo apt-get install -y gcc-aarch64-linux-gnu qemu-user
+fi
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+cargo build --release --target "$target"
+cargo test --release --target "$target" --lib --test parity --test engine_vs_autodiff --test candle_model --test gradients --test model_dir --test pytorch_export
+if [ "${STATIC:-0}" = 1 ]; then
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target"
+    aarch64-linux-gnu-strip -o target/$target/release/amg-static target/$target/release/amg
+    ls -l target/$target/release/amg-static
+    file target/$target/release/amg-static || true
+fi
