@@ -1,9 +1,11 @@
 //! amg: attention-map-guided pruning of ViT person re-identification models (Mao et al.,
 //! arXiv 2304.01452), and a fast CPU runtime for the pruned models.
 //!
-//! The pipeline, one module each: checkpoints (`pth`, `tensor`, `import`) → model (`model`) →
-//! inference (`kernels`, `engine`, `preprocess`, `embed`) → cost and speed (`model::cost`,
-//! `inspect`, `bench`).
+//! The pipeline, one layer each, every layer importing only the ones below it: foundation
+//! (`kernels`, `preprocess`, `tensor`, `draw`, …) → data (`data`, `synth`) → the model definition
+//! (`model`; `import` and `export` map it to and from other formats) → inference (`engine`) →
+//! evaluation and deployment (`eval`, `embed`) → training (`train`) → pruning (`prune`) → reporting
+//! (`report`) → `demo`. The command line (`src/bin/amg/`) only parses arguments and reports errors.
 
 pub mod alloc;
 pub mod choice;

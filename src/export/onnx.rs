@@ -200,19 +200,30 @@ impl<'a> Builder<'a> {
         name.into()
     }
 
-    /// `x` split into `K` equal parts of `size` along the last axis, named `name:0`, `name:1`, ….
-    fn split<const K: usize>(&mut self, name: &str, x: &str, size: usize) -> [String; K] {
-        let sizes = self.init_i64(&format!("{name}/sizes"), &[K], &[size as i64; K]);
-        let outs: [String; K] = std::array::from_fn(|i| format!("{name}:{i}"));
-        self.nodes.push(NodeProto {
-            op_type: "Split".into(),
-            name: name.into(),
-            input: vec![x.into(), sizes],
-            output: outs.to_vec(),
-            attribute: vec![attr_int("axis", -1)],
-            ..Default::default()
-        });
-        outs
+    /// `x` `[B, T, K·H·d_h]` (K projections side by side) as K tensors `[B, H, T, d_h]`: one reshape
+    /// to `[B, T, K, H, d_h]`, one transpose to `[K, B, H, T, d_h]`, then split and squeeze.
+    fn split_heads<const K: usize>(&mut self, name: &str, x: &str, heads: usize, hd: usize) -> [String; K] {
+        let shape = self.init_i64(&format!("{name}/shape"), &[5], &[0, 0, K as i64, heads as i64, hd as i64]);
+        let r = self.node("Reshape", &format!("{name}/reshape"), &[x, &shape], vec![]);
+        let t = self.node("Transpose", &format!("{name}/transpose"), &[&r], vec![attr_ints("perm", &[2, 0, 3, 1, 4])]);
+        let axis0 = self.init_i64(&format!("{name}/axis0"), &[1], &[0]);
+        let parts: Vec<String> = if K == 1 {
+            vec![t]
+        } else {
+            let sizes = self.init_i64(&format!("{name}/sizes"), &[K], &[1; K]);
+            let outs: Vec<String> = (0..K).map(|i| format!("{name}/split:{i}")).collect();
+            self.nodes.push(NodeProto {
+                op_type: "Split".into(),
+                name: format!("{name}/split"),
+                input: vec![t, sizes],
+                output: outs.clone(),
+                attribute: vec![attr_int("axis", 0)],
+                ..Default::default()
+            });
+            outs
+        };
+        let mut squeezed = parts.iter().enumerate().map(|(i, p)| self.node("Squeeze", &format!("{name}/squeeze:{i}"), &[p, &axis0], vec![]));
+        std::array::from_fn(|_| squeezed.next().unwrap_or_default())
     }
 
     /// `x·Wᵀ + b` over the last dimension; the weight is stored transposed (`[in, out]`) for MatMul.
@@ -298,14 +309,18 @@ impl<'a> Builder<'a> {
         let inner = heads * hd;
         let y = self.layer_norm(&key_name(&k.norm1.weight.up()), x, &p.norm1.weight, &p.norm1.bias);
         let qkv = key_name(&k.qkv.weight.up());
+        let attn = key_name(&k.qkv.weight.up().up());
+        // Heads laid out [B, H, T, d_h] as PyTorch's own exports do (one transpose for q, k and v
+        // together), so runtimes fuse the key transpose and the scale into the score product.
         let (q, key, value) = if plan.tokens.len() == self.cfg.num_tokens() {
-            // Every token kept: one product, split into q | k | v.
+            // Every token kept: one product for q | k | v.
             let all = self.linear(&qkv, &y, &p.qkv.weight, p.qkv.bias.as_ref());
-            let [q, kk, v] = self.split(&format!("{qkv}/q|k|v"), &all, inner);
+            let [q, kk, v] = self.split_heads(&format!("{attn}/q|k|v"), &all, heads, hd);
             (q, kk, v)
         } else {
             // Queries from every token; keys and values from the kept tokens only.
             let q = self.linear(&format!("{qkv}.q"), &y, &rows(&p.qkv.weight, 0, inner), p.qkv.bias.as_ref().map(|b| rows(b, 0, inner)).as_ref());
+            let [q] = self.split_heads(&format!("{attn}/q"), &q, heads, hd);
             let idx: Vec<i64> = plan.tokens.iter().map(|&t| t as i64).collect();
             let idx = self.init_i64(&format!("{qkv}/kept_tokens"), &[idx.len()], &idx);
             let kept = self.node("Gather", &format!("{qkv}/gather_kept"), &[&y, &idx], vec![attr_int("axis", 1)]);
@@ -315,23 +330,15 @@ impl<'a> Builder<'a> {
                 &rows(&p.qkv.weight, inner, 3 * inner),
                 p.qkv.bias.as_ref().map(|b| rows(b, inner, 3 * inner)).as_ref(),
             );
-            let [kk, v] = self.split(&format!("{qkv}/k|v"), &kv, inner);
+            let [kk, v] = self.split_heads(&format!("{attn}/k|v"), &kv, heads, hd);
             (q, kk, v)
         };
-        let attn = key_name(&k.qkv.weight.up().up());
-        let heads_shape = self.init_i64(&format!("{attn}/heads_shape"), &[4], &[0, 0, heads as i64, hd as i64]);
-        let split_heads = |g: &mut Self, t: &str, what: &str, perm: &[i64]| {
-            let r = g.node("Reshape", &format!("{attn}/{what}_heads"), &[t, &heads_shape], vec![]);
-            g.node("Transpose", &format!("{attn}/{what}_t"), &[&r], vec![attr_ints("perm", perm)])
-        };
-        let qh = split_heads(self, &q, "q", &[0, 2, 1, 3]);
-        let kh = split_heads(self, &key, "k", &[0, 2, 3, 1]);
-        let vh = split_heads(self, &value, "v", &[0, 2, 1, 3]);
         let scale = self.init(&format!("{attn}/scale"), &[], vec![(hd as f32).powf(-0.5)]);
-        let qs = self.node("Mul", &format!("{attn}/q_scaled"), &[&qh, &scale], vec![]);
-        let scores = self.node("MatMul", &format!("{attn}/scores"), &[&qs, &kh], vec![]);
+        let qs = self.node("Mul", &format!("{attn}/q_scaled"), &[&q, &scale], vec![]);
+        let kt = self.node("Transpose", &format!("{attn}/k_t"), &[&key], vec![attr_ints("perm", &[0, 1, 3, 2])]);
+        let scores = self.node("MatMul", &format!("{attn}/scores"), &[&qs, &kt], vec![]);
         let probs = self.node("Softmax", &format!("{attn}/softmax"), &[&scores], vec![attr_int("axis", -1)]);
-        let o = self.node("MatMul", &format!("{attn}/weighted_values"), &[&probs, &vh], vec![]);
+        let o = self.node("MatMul", &format!("{attn}/weighted_values"), &[&probs, &value], vec![]);
         let o = self.node("Transpose", &format!("{attn}/merge_t"), &[&o], vec![attr_ints("perm", &[0, 2, 1, 3])]);
         let merge = self.init_i64(&format!("{attn}/merge_shape"), &[3], &[0, 0, inner as i64]);
         let o = self.node("Reshape", &format!("{attn}/merge_heads"), &[&o, &merge], vec![]);
