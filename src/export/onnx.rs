@@ -62,6 +62,7 @@ pub fn export_onnx(files: &ModelFiles, outputs: OnnxOutputs) -> Result<Vec<u8>> 
         x = g.block(&x, block, bkeys, plan);
     }
     let tokens = g.layer_norm(&key_name(&keys.norm.weight.up()), &x, &files.params.norm.weight, &files.params.norm.bias);
+    let tokens = g.unrows(&tokens, "tokens", cfg.num_tokens(), cfg.arch.embed_dim);
     let parts = g.pool_parts(&tokens);
     let features = g.features(&parts);
     g.output(&features, "features", vec![Dim::Batch, Dim::Fixed(cfg.feature_dim())]);
@@ -200,10 +201,11 @@ impl<'a> Builder<'a> {
         name.into()
     }
 
-    /// `x` `[B, T, K·H·d_h]` (K projections side by side) as K tensors `[B, H, T, d_h]`: one reshape
-    /// to `[B, T, K, H, d_h]`, one transpose to `[K, B, H, T, d_h]`, then split and squeeze.
-    fn split_heads<const K: usize>(&mut self, name: &str, x: &str, heads: usize, hd: usize) -> [String; K] {
-        let shape = self.init_i64(&format!("{name}/shape"), &[5], &[0, 0, K as i64, heads as i64, hd as i64]);
+    /// `x` `[B·T, K·H·d_h]` (K projections side by side, T tokens per image) as K tensors
+    /// `[B, H, T, d_h]`: one reshape to `[B, T, K, H, d_h]`, one transpose to `[K, B, H, T, d_h]`,
+    /// then split and squeeze.
+    fn split_heads<const K: usize>(&mut self, name: &str, x: &str, t: usize, heads: usize, hd: usize) -> [String; K] {
+        let shape = self.init_i64(&format!("{name}/shape"), &[5], &[-1, t as i64, K as i64, heads as i64, hd as i64]);
         let r = self.node("Reshape", &format!("{name}/reshape"), &[x, &shape], vec![]);
         let t = self.node("Transpose", &format!("{name}/transpose"), &[&r], vec![attr_ints("perm", &[2, 0, 3, 1, 4])]);
         let axis0 = self.init_i64(&format!("{name}/axis0"), &[1], &[0]);
@@ -299,13 +301,27 @@ impl<'a> Builder<'a> {
         }
         let pos = key_name(&k.pos_embed);
         let pos_init = self.init(&pos, &p.pos_embed.shape, p.pos_embed.data.clone());
-        self.node("Add", &format!("{pos}/add"), &[&x, &pos_init], vec![])
+        let x = self.node("Add", &format!("{pos}/add"), &[&x, &pos_init], vec![]);
+        self.rows(&x, "tokens/rows")
+    }
+
+    /// `[B, T, D]` → `[B·T, D]`: the blocks work on rows, so that each projection with its bias
+    /// is a single Gemm for the runtime.
+    fn rows(&mut self, x: &str, name: &str) -> String {
+        let shape = self.init_i64(&format!("{name}/shape"), &[2], &[-1, self.cfg.arch.embed_dim as i64]);
+        self.node("Reshape", name, &[x, &shape], vec![])
+    }
+
+    /// `[B·T, C]` → `[B, T, C]`.
+    fn unrows(&mut self, x: &str, name: &str, t: usize, c: usize) -> String {
+        let shape = self.init_i64(&format!("{name}/shape"), &[3], &[-1, t as i64, c as i64]);
+        self.node("Reshape", name, &[x, &shape], vec![])
     }
 
     /// One pre-norm block on `x` `[B, N, D]`.
     fn block(&mut self, x: &str, p: &BlockParams<HostTensor>, k: &BlockParams<Key>, plan: &LayerPlan) -> String {
         let a = &self.cfg.arch;
-        let (heads, hd) = (plan.heads.len(), a.head_dim);
+        let (heads, hd, d, n) = (plan.heads.len(), a.head_dim, a.embed_dim, self.cfg.num_tokens());
         let inner = heads * hd;
         let y = self.layer_norm(&key_name(&k.norm1.weight.up()), x, &p.norm1.weight, &p.norm1.bias);
         let qkv = key_name(&k.qkv.weight.up());
@@ -315,22 +331,24 @@ impl<'a> Builder<'a> {
         let (q, key, value) = if plan.tokens.len() == self.cfg.num_tokens() {
             // Every token kept: one product for q | k | v.
             let all = self.linear(&qkv, &y, &p.qkv.weight, p.qkv.bias.as_ref());
-            let [q, kk, v] = self.split_heads(&format!("{attn}/q|k|v"), &all, heads, hd);
+            let [q, kk, v] = self.split_heads(&format!("{attn}/q|k|v"), &all, n, heads, hd);
             (q, kk, v)
         } else {
             // Queries from every token; keys and values from the kept tokens only.
             let q = self.linear(&format!("{qkv}.q"), &y, &rows(&p.qkv.weight, 0, inner), p.qkv.bias.as_ref().map(|b| rows(b, 0, inner)).as_ref());
-            let [q] = self.split_heads(&format!("{attn}/q"), &q, heads, hd);
+            let [q] = self.split_heads(&format!("{attn}/q"), &q, n, heads, hd);
             let idx: Vec<i64> = plan.tokens.iter().map(|&t| t as i64).collect();
             let idx = self.init_i64(&format!("{qkv}/kept_tokens"), &[idx.len()], &idx);
-            let kept = self.node("Gather", &format!("{qkv}/gather_kept"), &[&y, &idx], vec![attr_int("axis", 1)]);
+            let per_image = self.unrows(&y, &format!("{qkv}/per_image"), n, d);
+            let kept = self.node("Gather", &format!("{qkv}/gather_kept"), &[&per_image, &idx], vec![attr_int("axis", 1)]);
+            let kept = self.rows(&kept, &format!("{qkv}/kept_rows"));
             let kv = self.linear(
                 &format!("{qkv}.kv"),
                 &kept,
                 &rows(&p.qkv.weight, inner, 3 * inner),
                 p.qkv.bias.as_ref().map(|b| rows(b, inner, 3 * inner)).as_ref(),
             );
-            let [kk, v] = self.split_heads(&format!("{attn}/k|v"), &kv, heads, hd);
+            let [kk, v] = self.split_heads(&format!("{attn}/k|v"), &kv, plan.tokens.len(), heads, hd);
             (q, kk, v)
         };
         let scale = self.init(&format!("{attn}/scale"), &[], vec![(hd as f32).powf(-0.5)]);
@@ -340,7 +358,7 @@ impl<'a> Builder<'a> {
         let probs = self.node("Softmax", &format!("{attn}/softmax"), &[&scores], vec![attr_int("axis", -1)]);
         let o = self.node("MatMul", &format!("{attn}/weighted_values"), &[&probs, &value], vec![]);
         let o = self.node("Transpose", &format!("{attn}/merge_t"), &[&o], vec![attr_ints("perm", &[0, 2, 1, 3])]);
-        let merge = self.init_i64(&format!("{attn}/merge_shape"), &[3], &[0, 0, inner as i64]);
+        let merge = self.init_i64(&format!("{attn}/merge_shape"), &[2], &[-1, inner as i64]);
         let o = self.node("Reshape", &format!("{attn}/merge_heads"), &[&o, &merge], vec![]);
         let o = self.linear(&key_name(&k.proj.weight.up()), &o, &p.proj.weight, p.proj.bias.as_ref());
         let block = key_name(&k.norm1.weight.up().up());
