@@ -54,6 +54,8 @@ pub fn embed_files(engine: &Engine, files: &[PathBuf], batch_size: usize, skip_b
     for_each_batch(files, &order, &engine.config().input, &opts, |batch| {
         if !batch.is_empty() {
             let out = engine.forward(&batch.inputs, batch.len(), &mut ws, Want::default())?;
+            let fdim = engine.config().feature_dim();
+            crate::eval::features::check_finite(&out.features, fdim, |r| format!("{}: the model's feature", files[batch.indices[r]].display()))?;
             features.extend_from_slice(&out.features);
         }
         pb.inc((batch.len() + batch.failed.len()) as u64);
@@ -84,6 +86,6 @@ pub struct Match {
 pub fn search(query: &[f32], gallery: &[f32], names: &[String], top: usize) -> Vec<Match> {
     let dim = query.len();
     let mut scored: Vec<(f32, usize)> = gallery.chunks_exact(dim).enumerate().map(|(i, g)| (g.iter().zip(query).map(|(a, b)| a * b).sum::<f32>(), i)).collect();
-    scored.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+    scored.sort_by(|a, b| (b.0 + 0.0).total_cmp(&(a.0 + 0.0)).then(a.1.cmp(&b.1)));
     scored.into_iter().take(top).enumerate().map(|(r, (s, i))| Match { rank: r + 1, name: names[i].clone(), score: s }).collect()
 }

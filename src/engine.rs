@@ -20,7 +20,6 @@ use crate::model::params::{BlockParams, PartParams, VitParams};
 use crate::model::{LayerPlan, ModelConfig, ModelFiles};
 use crate::tensor::HostTensor;
 use rayon::prelude::*;
-use std::path::Path;
 
 /// One transformer block, its weights transposed and packed for the products.
 struct Layer {
@@ -194,9 +193,8 @@ impl Engine {
     /// Prepares a model for inference. The tensors are checked against the configuration first, so
     /// a `ModelFiles` built in memory gets an error, not a panic.
     pub fn new(files: ModelFiles) -> Result<Self> {
+        files.check()?;
         let ModelFiles { config: cfg, params } = files;
-        cfg.validate()?;
-        params.check(&cfg, Path::new("(model in memory)"))?;
         let (d, p) = (cfg.arch.embed_dim, cfg.arch.patch_size);
         let VitParams { patch_embed, cls_token, dist_token, pos_embed, blocks, norm, parts } = params;
         let layers = blocks.into_iter().zip(&cfg.layers).map(|(b, plan)| Layer::new(b, plan, &cfg)).collect();

@@ -7,6 +7,9 @@
 //! evaluation and deployment (`eval`, `embed`) → training (`train`) → pruning (`prune`) → reporting
 //! (`report`) → `demo`. The command line (`src/bin/amg/`) only parses arguments and reports errors.
 
+// Unsafe operations inside an `unsafe fn` still need their own `unsafe` block and SAFETY comment.
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod alloc;
 pub mod choice;
 pub mod data;

@@ -31,10 +31,23 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+/// Largest image side amg decodes, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+/// Most memory the decoder may allocate for one image.
+pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
+
 /// Decodes a JPEG/PNG file to RGB (alpha dropped and grey replicated, as PIL's `convert("RGB")`).
 pub fn load_rgb(path: &Path) -> Result<Rgb8> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::file(path, format!("cannot decode image: {e}")))?;
+    // The header's claimed size is checked before the decoder allocates: a few hundred bytes of
+    // PNG can claim gigapixels. Re-ID crops are far below these limits.
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| Error::file(path, format!("cannot decode image: {e}")))?;
     let rgb = img.to_rgb8();
     Ok(Rgb8 { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
 }

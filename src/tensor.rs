@@ -61,7 +61,13 @@ impl RawTensor {
         self.shape.iter().product()
     }
 
-    /// Values as f64, whatever the stored type (bool gives 0/1).
+    /// Whether the bytes hold exactly the elements the shape and type call for (the readers build
+    /// only such tensors; the conversions refuse any other rather than index out of bounds).
+    pub fn is_consistent(&self) -> bool {
+        self.shape.iter().try_fold(self.dtype.size(), |a, &d| a.checked_mul(d)) == Some(self.bytes.len())
+    }
+
+    /// Values as f64, whatever the stored type (bool gives 0/1). Callers check `is_consistent`.
     fn values_f64(&self) -> Vec<f64> {
         let b = &self.bytes;
         let n = self.numel();
@@ -91,6 +97,9 @@ impl RawTensor {
     /// Float data as f32 (float16/bfloat16/float64 are converted). Integer tensors are refused:
     /// a weight stored as an integer means the wrong tensor was picked.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
+        if !self.is_consistent() {
+            return None;
+        }
         match self.dtype {
             DType::F32 => Some(self.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
             d if d.is_float() => Some(self.values_f64().into_iter().map(|v| v as f32).collect()),
@@ -100,7 +109,7 @@ impl RawTensor {
 
     /// Integer or boolean data as i64 (masks, counts).
     pub fn to_i64(&self) -> Option<Vec<i64>> {
-        if self.dtype.is_float() {
+        if self.dtype.is_float() || !self.is_consistent() {
             return None;
         }
         Some(self.values_f64().into_iter().map(|v| v as i64).collect())
@@ -129,6 +138,15 @@ impl HostTensor {
 }
 
 pub type TensorMap = BTreeMap<String, HostTensor>;
+
+/// Weights must be finite: a NaN or infinity read from a file would silently turn every output
+/// into NaN. The error names the tensor and the first bad element.
+pub fn check_finite_weights(t: &HostTensor, path: &Path, name: &str) -> Result<()> {
+    match t.data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::tensor(path, name, format!("element {i} is {}; weights must be finite", t.data[i]))),
+        None => Ok(()),
+    }
+}
 
 pub fn shape_str(shape: &[usize]) -> String {
     format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))

@@ -24,10 +24,25 @@ pub fn read_features(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
         serde_json::from_str(st.metadata().get("names").ok_or_else(|| Error::file(path, "no `names` metadata (expected a file written by `amg embed`)"))?)
             .map_err(|e| Error::file(path, format!("`names` metadata is not a JSON list of strings: {e}")))?;
     let t = st.all_f32()?.remove("features").ok_or_else(|| Error::tensor(path, "features", "missing"))?;
-    if t.shape.len() != 2 || t.shape[0] != names.len() {
-        return Err(Error::tensor(path, "features", format!("shape {:?} does not match {} names", t.shape, names.len())));
+    let dim = match t.shape[..] {
+        [n, dim] if n == names.len() => dim,
+        _ => return Err(Error::tensor(path, "features", format!("shape {:?}, expected [{}, dim] (one row per name)", t.shape, names.len()))),
+    };
+    if dim == 0 {
+        return Err(Error::tensor(path, "features", format!("shape {:?}: rows of 0 values cannot be ranked", t.shape)));
     }
-    Ok((names, t.data, t.shape[1]))
+    check_finite(&t.data, dim, |row| format!("{}: tensor `features`, row {row} ({})", path.display(), names[row]))?;
+    Ok((names, t.data, dim))
+}
+
+/// Refuses NaN or infinite values in `[n, dim]` rows: ranking them would print metrics that mean
+/// nothing. `row` names a row for the message (its file and image).
+pub fn check_finite(values: &[f32], dim: usize, row: impl Fn(usize) -> String) -> Result<()> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        let r = i / dim.max(1);
+        return Err(Error::invalid(format!("{}: value {} at column {} is not finite", row(r), values[i], i - r * dim.max(1))));
+    }
+    Ok(())
 }
 
 /// Features with the identity and camera each image's name gives (`0002_c1s1_000451_03.jpg`).

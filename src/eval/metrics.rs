@@ -28,7 +28,9 @@ pub fn rank_query(scores: &[f32], q_pid: i64, q_cam: i64, g_pids: &[i64], g_cams
     if pos.is_empty() {
         return None;
     }
-    let before = |a: (f32, usize), b: (f32, usize)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+    // A total order (NaN sorts above every number, as `f32::total_cmp` puts it; −0 equals +0), so
+    // the ranking is well defined whatever the scores; callers refuse non-finite features first.
+    let before = |a: (f32, usize), b: (f32, usize)| (a.0 + 0.0).total_cmp(&(b.0 + 0.0)).then(b.1.cmp(&a.1)).is_gt();
     pos.sort_by(|&a, &b| if before(a, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
     // ahead[k]: kept non-matches ranked before positive k but after positive k-1.
     let mut ahead = vec![0usize; pos.len() + 1];
@@ -188,7 +190,7 @@ mod tests {
     /// The same query ranked by a full sort, as the protocol states it.
     fn by_sorting(scores: &[f32], q_pid: i64, q_cam: i64, g_pids: &[i64], g_cams: &[i64]) -> Option<QueryResult> {
         let mut order: Vec<usize> = (0..scores.len()).filter(|&g| !(g_pids[g] == q_pid && g_cams[g] == q_cam)).collect();
-        order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap().then(a.cmp(&b)));
+        order.sort_by(|&a, &b| (scores[b] + 0.0).total_cmp(&(scores[a] + 0.0)).then(a.cmp(&b)));
         let hits: Vec<usize> = order.iter().enumerate().filter(|(_, &g)| g_pids[g] == q_pid).map(|(r, _)| r).collect();
         if hits.is_empty() {
             return None;

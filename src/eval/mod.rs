@@ -44,6 +44,7 @@ pub fn extract(engine: &Engine, samples: &[Sample], opts: &EvalOptions, what: &s
         let n = batch.len();
         let views = if opts.flip { 2 } else { 1 };
         let out = engine.forward(&batch.inputs, views * n, &mut ws, Want::default())?;
+        features::check_finite(&out.features, fdim, |r| format!("{}: the model's feature", paths[batch.indices[r % n]].display()))?;
         if opts.flip {
             for i in 0..n {
                 feats.extend(average_views(&out.features[i * fdim..(i + 1) * fdim], &out.features[(n + i) * fdim..(n + i + 1) * fdim], parts));

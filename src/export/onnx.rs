@@ -42,8 +42,7 @@ pub struct OnnxOutputs {
 /// metadata says), output `features` `[batch, P·D]` and, if asked, `logits` `[batch, P, C]`.
 pub fn export_onnx(files: &ModelFiles, outputs: OnnxOutputs) -> Result<Vec<u8>> {
     let cfg = &files.config;
-    cfg.validate()?;
-    files.params.check(cfg, std::path::Path::new("(model in memory)"))?;
+    files.check()?;
     if outputs.logits && cfg.head.kind != HeadKind::La {
         return Err(Error::invalid("--outputs logits: this model has no classifier head (retrieval only)"));
     }
@@ -56,8 +55,7 @@ pub fn export_onnx(files: &ModelFiles, outputs: OnnxOutputs) -> Result<Vec<u8>> 
     }
     let mut g = Builder::new(cfg);
     let keys = files.params.map(|k, _| k.clone());
-    let x = g.embed(&files.params, &keys);
-    let mut x = x;
+    let mut x = g.embed(&files.params, &keys);
     for ((block, bkeys), plan) in files.params.blocks.iter().zip(&keys.blocks).zip(&cfg.layers) {
         x = g.block(&x, block, bkeys, plan);
     }
@@ -318,7 +316,7 @@ impl<'a> Builder<'a> {
         self.node("Reshape", name, &[x, &shape], vec![])
     }
 
-    /// One pre-norm block on `x` `[B, N, D]`.
+    /// One pre-norm block on the token rows `x` `[B·N, D]`.
     fn block(&mut self, x: &str, p: &BlockParams<HostTensor>, k: &BlockParams<Key>, plan: &LayerPlan) -> String {
         let a = &self.cfg.arch;
         let (heads, hd, d, n) = (plan.heads.len(), a.head_dim, a.embed_dim, self.cfg.num_tokens());
@@ -335,7 +333,7 @@ impl<'a> Builder<'a> {
             (q, kk, v)
         } else {
             // Queries from every token; keys and values from the kept tokens only.
-            let q = self.linear(&format!("{qkv}.q"), &y, &rows(&p.qkv.weight, 0, inner), p.qkv.bias.as_ref().map(|b| rows(b, 0, inner)).as_ref());
+            let q = self.linear(&format!("{qkv}.q"), &y, &row_range(&p.qkv.weight, 0, inner), p.qkv.bias.as_ref().map(|b| row_range(b, 0, inner)).as_ref());
             let [q] = self.split_heads(&format!("{attn}/q"), &q, n, heads, hd);
             let idx: Vec<i64> = plan.tokens.iter().map(|&t| t as i64).collect();
             let idx = self.init_i64(&format!("{qkv}/kept_tokens"), &[idx.len()], &idx);
@@ -345,8 +343,8 @@ impl<'a> Builder<'a> {
             let kv = self.linear(
                 &format!("{qkv}.kv"),
                 &kept,
-                &rows(&p.qkv.weight, inner, 3 * inner),
-                p.qkv.bias.as_ref().map(|b| rows(b, inner, 3 * inner)).as_ref(),
+                &row_range(&p.qkv.weight, inner, 3 * inner),
+                p.qkv.bias.as_ref().map(|b| row_range(b, inner, 3 * inner)).as_ref(),
             );
             let [kk, v] = self.split_heads(&format!("{attn}/k|v"), &kv, plan.tokens.len(), heads, hd);
             (q, kk, v)
@@ -467,7 +465,7 @@ fn transpose(w: &HostTensor) -> Vec<f32> {
 }
 
 /// Rows `from..to` of a `[r, c]` (or `[r]`) tensor.
-fn rows(t: &HostTensor, from: usize, to: usize) -> HostTensor {
+fn row_range(t: &HostTensor, from: usize, to: usize) -> HostTensor {
     let c: usize = t.shape[1..].iter().product();
     let mut shape = t.shape.clone();
     shape[0] = to - from;

@@ -29,8 +29,7 @@ struct Storage {
 /// Writes `files` as a PyTorch checkpoint at `out` (atomically).
 pub fn export_pytorch(files: &ModelFiles, out: &Path) -> Result<()> {
     let cfg = &files.config;
-    cfg.validate()?;
-    files.params.check(cfg, Path::new("(model in memory)"))?;
+    files.check()?;
     let scheme = SourceFormat::Amg.scheme();
     let mut storages: Vec<Storage> = Vec::new();
     let mut add = |bytes: Vec<u8>, dtype: StorageType, shape: Vec<usize>| {

@@ -138,9 +138,25 @@ impl<'a> Checkpoint<'a> {
             None => None,
         };
         let mut ck = Checkpoint { path, format: req.format, scheme, tensors, pth, used: BTreeSet::new(), keys: probe, amg_config };
-        let depth = (0..).take_while(|&l| ck.has(&VitParams::keys(l + 1, 0).blocks[l].norm1.weight)).count();
+        // Counted against the configuration limits, so a file listing a million blocks is refused
+        // in linear time.
+        use crate::model::config::{LIMIT_DEPTH, LIMIT_SIDE};
+        let probe = VitParams::keys(LIMIT_DEPTH + 1, 0);
+        let depth = probe.blocks.iter().take_while(|b| ck.has(&b.norm1.weight)).count();
+        if depth > LIMIT_DEPTH {
+            return Err(Error::file(path, format!("more than {LIMIT_DEPTH} transformer blocks (`blocks.N.…`): not a model amg supports")));
+        }
         let la = req.format.has_la_head() && ck.amg_config.as_ref().is_none_or(|c| c.head.kind == crate::model::HeadKind::La);
-        let parts = if la { (0..).take_while(|&i| ck.has(&VitParams::keys(0, i + 1).parts[i].bottleneck.weight)).count() } else { 0 };
+        let parts = if la {
+            let probe = VitParams::keys(0, LIMIT_SIDE + 1);
+            let parts = probe.parts.iter().take_while(|p| ck.has(&p.bottleneck.weight)).count();
+            if parts > LIMIT_SIDE {
+                return Err(Error::file(path, format!("more than {LIMIT_SIDE} part classifiers: not a model amg supports")));
+            }
+            parts
+        } else {
+            0
+        };
         ck.keys = VitParams::keys(depth, parts);
         Ok(ck)
     }
@@ -168,7 +184,9 @@ impl<'a> Checkpoint<'a> {
             return Err(Error::tensor(self.path, &name, format!("shape {} but the model needs {}", shape_str(&raw.shape), shape_str(shape))));
         }
         let data = raw.to_f32().ok_or_else(|| Error::tensor(self.path, &name, format!("expected a float tensor, found {}", raw.dtype.name())))?;
-        Ok(HostTensor::new(raw.shape, data))
+        let t = HostTensor::new(raw.shape, data);
+        crate::tensor::check_finite_weights(&t, self.path, &name)?;
+        Ok(t)
     }
 
     /// Width, depth, heads, MLP width and patch size from the tensors' shapes.

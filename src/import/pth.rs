@@ -3,43 +3,117 @@
 //! exactly what a state dict needs — tensors, parameters, dicts, lists, numbers, strings, NumPy
 //! scalars and arrays. Any other global is never called: it becomes an `Opaque` value, and using
 //! such a value where data is needed is an error naming it.
+//!
+//! The file is untrusted, so the reader is bounded by construction:
+//! - every length read from the file is checked against the bytes that remain before it is used;
+//! - values are reference-counted, so DUP and memo GET copy nothing, and dropping a value nested a
+//!   million lists deep is iterative (no recursion the file controls, anywhere);
+//! - every step that builds new data from old (a tensor view, a NumPy array, `_codecs.encode`, a
+//!   call's description) is charged to a budget proportional to the pickle's size, so memory stays
+//!   within a fixed multiple of the file and time within a fixed multiple of its length;
+//! - tensor views are checked against their storage (offset, strides, element count) with checked
+//!   arithmetic before anything is allocated, and a storage entry's claimed size is capped by the
+//!   archive's real size.
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, RawTensor};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-#[derive(Debug, Clone)]
+/// Most dimensions a tensor or array may have (PyTorch allows 64; weights have at most 4).
+pub const MAX_DIMS: usize = 64;
+/// Bytes of values the unpickler may build per byte of pickle, on top of [`BUDGET_BASE`]. Every
+/// value is charged (its stack slot, a container's allocation and items, memo entries, string and
+/// byte contents, tensor views, conversions), so memory stays within about twice this budget
+/// (vectors grow by doubling). Real state-dict pickles use 17–20 bytes per byte (measured on the
+/// test fixtures), and they are small next to the tensor storages beside them.
+const BUDGET_PER_BYTE: usize = 48;
+const BUDGET_BASE: usize = 16 << 20;
+/// What one value costs: its slot in the stack, a list or the memo.
+const VALUE: usize = std::mem::size_of::<Value>();
+/// What a new container or string costs beyond its items (the reference-counted allocation).
+const CONTAINER: usize = 64;
+/// Bytes the tensors of a state dict may occupy, per byte of the archive (views of one storage
+/// may overlap, as tied weights do; more than this is a file built to exhaust memory).
+const VIEW_AMPLIFICATION: u64 = 4;
+
+#[derive(Clone)]
 pub enum Value {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
-    Bytes(Vec<u8>),
+    Str(Rc<str>),
+    Bytes(Rc<[u8]>),
     List(Rc<RefCell<Vec<Value>>>),
     Tuple(Rc<Vec<Value>>),
     Dict(Rc<RefCell<Vec<(Value, Value)>>>),
-    Global(String),
+    Global(Rc<str>),
     /// A tensor storage named by its key in the archive's `data/` folder.
     Storage {
-        key: String,
+        key: Rc<str>,
         dtype: DType,
     },
     Tensor(Rc<TensorRef>),
-    NumpyDtype(String),
+    NumpyDtype(Rc<str>),
     /// A NumPy array, decoded.
     Array(Rc<RawTensor>),
     /// An object amg does not rebuild (a class instance, a function result); the string says what.
-    Opaque(String),
+    Opaque(Rc<str>),
+}
+
+impl std::fmt::Debug for Value {
+    /// Shallow (containers show their length): a derived, recursive `Debug` could be driven as deep
+    /// as the file likes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Drop for Value {
+    /// Unnests uniquely owned containers iteratively: the default drop of a list nested a million
+    /// deep recurses a million times and overflows the stack.
+    fn drop(&mut self) {
+        let mut work = Vec::new();
+        take_children(self, &mut work);
+        while let Some(mut v) = work.pop() {
+            take_children(&mut v, &mut work);
+            // `v` drops here with no children left, so its own `drop` does not recurse further.
+        }
+    }
+}
+
+/// Moves the children of `v` into `work` when `v` is the last owner of its container.
+fn take_children(v: &mut Value, work: &mut Vec<Value>) {
+    match v {
+        Value::List(rc) => {
+            if let Some(cell) = Rc::get_mut(rc) {
+                work.append(cell.get_mut());
+            }
+        }
+        Value::Tuple(rc) => {
+            if let Some(items) = Rc::get_mut(rc) {
+                work.append(items);
+            }
+        }
+        Value::Dict(rc) => {
+            if let Some(cell) = Rc::get_mut(rc) {
+                for (k, v) in cell.get_mut().drain(..) {
+                    work.push(k);
+                    work.push(v);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 #[derive(Debug)]
 pub struct TensorRef {
-    pub key: String,
+    pub key: Rc<str>,
     pub dtype: DType,
     pub offset: usize,
     pub shape: Vec<usize>,
@@ -53,32 +127,40 @@ impl Value {
     fn dict() -> Value {
         Value::Dict(Rc::new(RefCell::new(Vec::new())))
     }
+    fn str(s: &str) -> Value {
+        Value::Str(Rc::from(s))
+    }
+    fn opaque(s: &str) -> Value {
+        Value::Opaque(Rc::from(s))
+    }
 
     /// A short description, for error messages.
     pub fn describe(&self) -> String {
+        let cut = |s: &str| if s.chars().count() > 80 { format!("{}…", s.chars().take(80).collect::<String>()) } else { s.to_string() };
         match self {
             Value::None => "None".into(),
             Value::Bool(b) => format!("bool {b}"),
             Value::Int(i) => format!("int {i}"),
             Value::Float(f) => format!("float {f}"),
-            Value::Str(s) => format!("str {s:?}"),
+            Value::Str(s) => format!("str {:?}", cut(s)),
             Value::Bytes(b) => format!("{} bytes", b.len()),
             Value::List(l) => format!("list of {}", l.borrow().len()),
             Value::Tuple(t) => format!("tuple of {}", t.len()),
             Value::Dict(d) => format!("dict of {}", d.borrow().len()),
-            Value::Global(g) => format!("global {g}"),
+            Value::Global(g) => format!("global {}", cut(g)),
             Value::Storage { .. } => "storage".into(),
             Value::Tensor(t) => format!("tensor {:?} {}", t.shape, t.dtype.name()),
-            Value::NumpyDtype(d) => format!("numpy dtype {d}"),
+            Value::NumpyDtype(d) => format!("numpy dtype {}", cut(d)),
             Value::Array(a) => format!("numpy array {:?} {}", a.shape, a.dtype.name()),
-            Value::Opaque(s) => format!("object `{s}`"),
+            Value::Opaque(s) => format!("object `{}`", cut(s)),
         }
     }
 
-    /// Looks a string key up in a dict value.
+    /// Looks a string key up in a dict value. As in Python, when the pickle sets a key twice the
+    /// last setting wins.
     pub fn get(&self, key: &str) -> Option<Value> {
         match self {
-            Value::Dict(d) => d.borrow().iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v.clone()),
+            Value::Dict(d) => d.borrow().iter().rev().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v.clone()),
             _ => None,
         }
     }
@@ -91,7 +173,7 @@ impl Value {
             Value::Tensor(_) | Value::Array(_) => {
                 let raw = pth.materialise(self, "value")?;
                 match raw.to_i64() {
-                    Some(v) if v.len() == 1 => Some(v[0]),
+                    Some(v) if v.len() == 1 => v.first().copied(),
                     _ => None,
                 }
             }
@@ -139,75 +221,152 @@ struct Machine<'a> {
     pos: usize,
     stack: Vec<Value>,
     marks: Vec<usize>,
-    memo: BTreeMap<u32, Value>,
+    memo: HashMap<u32, Value>,
+    /// Bytes of new values the program may still build (see the module comment).
+    budget: usize,
+    mutables: Mutables,
 }
 
+/// Every list and dict the program built. Only they can change after they are made, so only they
+/// can close a reference cycle (a list appended to itself through the memo), which reference
+/// counting alone would leak; emptying them all when the tree goes frees every cycle.
+#[derive(Default)]
+struct Mutables(Vec<Value>);
+
+impl Drop for Mutables {
+    fn drop(&mut self) {
+        for v in &self.0 {
+            // Each container's items are taken out before they drop, so no borrow is held while
+            // they do; containers among them are still owned here, so nothing recurses deeply.
+            match v {
+                Value::List(l) => drop(std::mem::take(&mut *l.borrow_mut())),
+                Value::Dict(d) => drop(std::mem::take(&mut *d.borrow_mut())),
+                _ => {}
+            }
+        }
+    }
+}
+
+type Step<T> = std::result::Result<T, String>;
+
 impl<'a> Machine<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        let budget = data.len().saturating_mul(BUDGET_PER_BYTE).saturating_add(BUDGET_BASE);
+        Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), budget, mutables: Mutables::default() }
+    }
+    /// Keeps a new list or dict in `mutables` (its slot is charged with the container).
+    fn register(&mut self, v: Value) -> Value {
+        self.mutables.0.push(v.clone());
+        v
+    }
     fn err(&self, msg: impl std::fmt::Display) -> String {
         format!("pickle byte {}: {msg}", self.pos)
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.pos + n > self.data.len() {
-            return Err(self.err("unexpected end of data"));
-        }
-        let s = &self.data[self.pos..self.pos + n];
-        self.pos += n;
+    /// Accounts for `n` bytes of newly built values.
+    fn charge(&mut self, n: usize) -> Step<()> {
+        self.budget = self.budget.checked_sub(n).ok_or_else(|| {
+            self.err(format!("the pickle builds more data than a {}-byte program can describe; refusing a file built to exhaust memory", self.data.len()))
+        })?;
+        Ok(())
+    }
+    fn take(&mut self, n: usize) -> Step<&'a [u8]> {
+        let data = self.data;
+        let end =
+            self.pos.checked_add(n).filter(|&e| e <= data.len()).ok_or_else(|| self.err(format!("{n} bytes announced, {} left", data.len() - self.pos)))?;
+        let s = &data[self.pos..end];
+        self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
+    fn array<const N: usize>(&mut self) -> Step<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
     }
-    fn u16(&mut self) -> Result<u16, String> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+    fn u8(&mut self) -> Step<u8> {
+        Ok(self.array::<1>()?[0])
     }
-    fn u32(&mut self) -> Result<u32, String> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    fn u16(&mut self) -> Step<u16> {
+        Ok(u16::from_le_bytes(self.array()?))
     }
-    fn u64(&mut self) -> Result<u64, String> {
-        let b = self.take(8)?;
-        Ok(u64::from_le_bytes(b.try_into().unwrap()))
+    fn u32(&mut self) -> Step<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
     }
-    fn line(&mut self) -> Result<String, String> {
-        let start = self.pos;
-        while self.pos < self.data.len() && self.data[self.pos] != b'\n' {
-            self.pos += 1;
-        }
-        if self.pos >= self.data.len() {
-            return Err(self.err("unterminated line"));
-        }
-        let s = String::from_utf8_lossy(&self.data[start..self.pos]).into_owned();
-        self.pos += 1;
+    /// A length: a little-endian u32 or u64 that must fit in what remains of the program.
+    fn len32(&mut self) -> Step<usize> {
+        let n = self.u32()?;
+        usize::try_from(n).map_err(|_| self.err(format!("length {n} does not fit in memory")))
+    }
+    fn len64(&mut self) -> Step<usize> {
+        let n = u64::from_le_bytes(self.array()?);
+        usize::try_from(n).map_err(|_| self.err(format!("length {n} does not fit in memory")))
+    }
+    fn line(&mut self) -> Step<&'a str> {
+        let data = self.data;
+        let rest = &data[self.pos..];
+        let n = rest.iter().position(|&b| b == b'\n').ok_or_else(|| self.err("unterminated line"))?;
+        let s = std::str::from_utf8(&rest[..n]).map_err(|_| self.err("line is not UTF-8"))?;
+        self.pos += n + 1;
         Ok(s)
     }
-    fn pop(&mut self) -> Result<Value, String> {
+    fn pop(&mut self) -> Step<Value> {
         self.stack.pop().ok_or_else(|| self.err("stack underflow"))
     }
-    fn top(&mut self) -> Result<&mut Value, String> {
+    fn top(&mut self) -> Step<&mut Value> {
         let e = self.err("stack underflow");
         self.stack.last_mut().ok_or(e)
     }
-    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+    /// Pushes a value, charging its stack slot.
+    fn push(&mut self, v: Value) -> Step<()> {
+        self.charge(VALUE)?;
+        self.stack.push(v);
+        Ok(())
+    }
+    /// Charges a new container holding `items` values.
+    fn container(&mut self, items: usize) -> Step<()> {
+        self.charge(items.saturating_mul(VALUE).saturating_add(CONTAINER))
+    }
+    fn pop_mark(&mut self) -> Step<Vec<Value>> {
         let m = self.marks.pop().ok_or_else(|| self.err("MARK missing"))?;
         if m > self.stack.len() {
             return Err(self.err("MARK beyond stack"));
         }
         Ok(self.stack.split_off(m))
     }
-    fn utf8(&self, b: &[u8]) -> Result<String, String> {
-        String::from_utf8(b.to_vec()).map_err(|_| self.err("invalid UTF-8 string"))
+    fn text(&mut self, n: usize) -> Step<Value> {
+        let b = self.take(n)?;
+        self.charge(n + CONTAINER)?;
+        let s = std::str::from_utf8(b).map_err(|_| self.err("invalid UTF-8 string"))?;
+        Ok(Value::str(s))
     }
-    fn memo_get(&self, i: u32) -> Result<Value, String> {
+    fn bytes(&mut self, n: usize) -> Step<Value> {
+        let b = self.take(n)?;
+        self.charge(n + CONTAINER)?;
+        Ok(Value::Bytes(Rc::from(b)))
+    }
+    fn memo_get(&self, i: u32) -> Step<Value> {
         self.memo.get(&i).cloned().ok_or_else(|| self.err(format!("memo {i} missing")))
     }
-    fn memo_put(&mut self, i: u32) -> Result<(), String> {
+    fn memo_put(&mut self, i: u32) -> Step<()> {
+        self.charge(2 * VALUE)?;
         let v = self.stack.last().cloned().ok_or_else(|| self.err("stack underflow"))?;
         self.memo.insert(i, v);
         Ok(())
     }
+    fn index(&self, s: &str) -> Step<u32> {
+        s.trim().parse().map_err(|_| self.err(format!("bad memo index {s:?}")))
+    }
+    fn global(&mut self, module: &str, name: &str) -> Step<Value> {
+        self.charge(module.len() + name.len() + 1)?;
+        Ok(Value::Global(Rc::from(format!("{module}.{name}"))))
+    }
+    fn opaque(&mut self, what: String) -> Step<Value> {
+        self.charge(what.len())?;
+        Ok(Value::Opaque(Rc::from(what)))
+    }
 
-    fn run(mut self) -> Result<Value, String> {
+    /// Runs the program to its STOP. One opcode per iteration, no recursion. Returns the root
+    /// and the containers that must be emptied when it is dropped.
+    fn run(mut self) -> Step<(Value, Mutables)> {
         loop {
             let op = self.u8()?;
             match op {
@@ -215,39 +374,40 @@ impl<'a> Machine<'a> {
                     self.u8()?; // PROTO
                 }
                 0x95 => {
-                    self.u64()?; // FRAME
+                    self.len64()?; // FRAME: a hint only
                 }
-                b'.' => return self.pop(),
+                b'.' => {
+                    let root = self.pop()?;
+                    return Ok((root, std::mem::take(&mut self.mutables)));
+                }
                 b'(' => self.marks.push(self.stack.len()),
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'J' => {
-                    let v = self.u32()? as i32 as i64;
-                    self.stack.push(Value::Int(v))
+                    let v = i32::from_le_bytes(self.array()?);
+                    self.push(Value::Int(v.into()))?
                 }
                 b'K' => {
-                    let v = self.u8()? as i64;
-                    self.stack.push(Value::Int(v))
+                    let v = self.u8()?;
+                    self.push(Value::Int(v.into()))?
                 }
                 b'M' => {
-                    let v = self.u16()? as i64;
-                    self.stack.push(Value::Int(v))
+                    let v = self.u16()?;
+                    self.push(Value::Int(v.into()))?
                 }
                 0x8a => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?;
+                    let n = usize::from(self.u8()?);
                     if n > 8 {
                         return Err(self.err("integer wider than 64 bits"));
                     }
-                    let mut v: i64 = 0;
-                    for (i, &byte) in b.iter().enumerate() {
-                        v |= (byte as i64) << (8 * i);
+                    let b = self.take(n)?;
+                    let mut le = [0u8; 8];
+                    le[..n].copy_from_slice(b);
+                    if b.last().is_some_and(|&hi| hi & 0x80 != 0) {
+                        le[n..].fill(0xff); // sign-extend
                     }
-                    if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
-                        v -= 1i64 << (8 * n);
-                    }
-                    self.stack.push(Value::Int(v))
+                    self.push(Value::Int(i64::from_le_bytes(le)))?
                 }
                 b'I' | b'L' => {
                     let s = self.line()?;
@@ -257,112 +417,114 @@ impl<'a> Machine<'a> {
                         "00" => Value::Bool(false),
                         _ => Value::Int(s.parse().map_err(|_| self.err(format!("bad integer {s:?}")))?),
                     };
-                    self.stack.push(v)
+                    self.push(v)?
                 }
                 b'G' => {
-                    let b = self.take(8)?;
-                    self.stack.push(Value::Float(f64::from_be_bytes(b.try_into().unwrap())))
+                    let v = f64::from_be_bytes(self.array()?);
+                    self.push(Value::Float(v))?
                 }
                 b'F' => {
                     let s = self.line()?;
-                    self.stack.push(Value::Float(s.parse().map_err(|_| self.err(format!("bad float {s:?}")))?))
+                    let v = s.trim().parse().map_err(|_| self.err(format!("bad float {s:?}")))?;
+                    self.push(Value::Float(v))?
                 }
                 b'X' => {
-                    let n = self.u32()? as usize;
-                    let b = self.take(n)?;
-                    let s = self.utf8(b)?;
-                    self.stack.push(Value::Str(s))
+                    let n = self.len32()?;
+                    let v = self.text(n)?;
+                    self.push(v)?
                 }
                 0x8c => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?;
-                    let s = self.utf8(b)?;
-                    self.stack.push(Value::Str(s))
+                    let n = usize::from(self.u8()?);
+                    let v = self.text(n)?;
+                    self.push(v)?
                 }
                 0x8d => {
-                    let n = self.u64()? as usize;
-                    let b = self.take(n)?;
-                    let s = self.utf8(b)?;
-                    self.stack.push(Value::Str(s))
+                    let n = self.len64()?;
+                    let v = self.text(n)?;
+                    self.push(v)?
                 }
                 b'V' => {
                     let s = self.line()?;
-                    self.stack.push(Value::Str(s))
+                    self.charge(s.len() + CONTAINER)?;
+                    self.push(Value::str(s))?
                 }
                 b'T' | b'B' => {
-                    let n = self.u32()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b))
+                    let n = self.len32()?;
+                    let v = self.bytes(n)?;
+                    self.push(v)?
                 }
                 b'U' | b'C' => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b))
+                    let n = usize::from(self.u8()?);
+                    let v = self.bytes(n)?;
+                    self.push(v)?
                 }
                 0x8e | 0x96 => {
-                    let n = self.u64()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b))
+                    let n = self.len64()?;
+                    let v = self.bytes(n)?;
+                    self.push(v)?
                 }
-                b'}' => self.stack.push(Value::dict()),
-                b']' => self.stack.push(Value::list(Vec::new())),
-                b')' => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::list(items))
+                b'}' => {
+                    self.container(0)?;
+                    let d = self.register(Value::dict());
+                    self.push(d)?
                 }
-                b'd' => {
-                    let items = self.pop_mark()?;
-                    let d = Value::dict();
-                    if let Value::Dict(m) = &d {
-                        let mut m = m.borrow_mut();
-                        for kv in items.chunks(2) {
-                            if kv.len() == 2 {
-                                m.push((kv[0].clone(), kv[1].clone()));
-                            }
-                        }
-                    }
-                    self.stack.push(d)
+                b']' | 0x8f => {
+                    self.container(0)?; // 0x8f EMPTY_SET, kept as a list
+                    let l = self.register(Value::list(Vec::new()));
+                    self.push(l)?
+                }
+                b')' => {
+                    self.container(0)?;
+                    self.push(Value::Tuple(Rc::new(Vec::new())))?
+                }
+                b'l' | 0x91 => {
+                    let items = self.pop_mark()?; // 0x91 FROZENSET, kept as a list
+                    self.container(items.len())?;
+                    let l = self.register(Value::list(items));
+                    self.push(l)?
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(Rc::new(items)))
+                    self.container(items.len())?;
+                    self.push(Value::Tuple(Rc::new(items)))?
                 }
                 0x85 => {
                     let a = self.pop()?;
-                    self.stack.push(Value::Tuple(Rc::new(vec![a])))
+                    self.container(1)?;
+                    self.push(Value::Tuple(Rc::new(vec![a])))?
                 }
                 0x86 => {
                     let b = self.pop()?;
                     let a = self.pop()?;
-                    self.stack.push(Value::Tuple(Rc::new(vec![a, b])))
+                    self.container(2)?;
+                    self.push(Value::Tuple(Rc::new(vec![a, b])))?
                 }
                 0x87 => {
                     let c = self.pop()?;
                     let b = self.pop()?;
                     let a = self.pop()?;
-                    self.stack.push(Value::Tuple(Rc::new(vec![a, b, c])))
+                    self.container(3)?;
+                    self.push(Value::Tuple(Rc::new(vec![a, b, c])))?
                 }
-                0x8f => self.stack.push(Value::list(Vec::new())), // EMPTY_SET, kept as a list
-                0x90 => {
+                b'd' => {
                     let items = self.pop_mark()?;
-                    if let Value::List(l) = self.top()? {
-                        l.borrow_mut().extend(items);
-                    }
-                }
-                0x91 => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::list(items))
+                    self.container(items.len())?;
+                    let d = self.register(Value::dict());
+                    set_items(&d, items);
+                    self.push(d)?
                 }
                 b'a' => {
+                    self.charge(VALUE)?;
                     let v = self.pop()?;
                     match self.top()? {
                         Value::List(l) => l.borrow_mut().push(v),
                         _ => return Err(self.err("APPEND to a non-list")),
                     }
                 }
-                b'e' => {
+                b'e' | 0x90 => {
+                    // APPENDS, ADDITEMS (to a set, kept as a list)
                     let items = self.pop_mark()?;
+                    self.charge(items.len().saturating_mul(VALUE))?;
                     match self.top()? {
                         Value::List(l) => l.borrow_mut().extend(items),
                         Value::Opaque(_) => {}
@@ -370,6 +532,7 @@ impl<'a> Machine<'a> {
                     }
                 }
                 b's' => {
+                    self.charge(2 * VALUE)?;
                     let v = self.pop()?;
                     let k = self.pop()?;
                     match self.top()? {
@@ -380,15 +543,9 @@ impl<'a> Machine<'a> {
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
+                    self.charge(items.len().saturating_mul(VALUE))?;
                     match self.top()? {
-                        Value::Dict(d) => {
-                            let mut d = d.borrow_mut();
-                            for kv in items.chunks(2) {
-                                if kv.len() == 2 {
-                                    d.push((kv[0].clone(), kv[1].clone()));
-                                }
-                            }
-                        }
+                        d @ Value::Dict(_) => set_items(d, items),
                         Value::Opaque(_) => {}
                         _ => return Err(self.err("SETITEMS on a non-dict")),
                     }
@@ -401,150 +558,158 @@ impl<'a> Machine<'a> {
                 }
                 b'2' => {
                     let v = self.top()?.clone();
-                    self.stack.push(v)
+                    self.push(v)?
                 }
                 b'p' => {
                     let s = self.line()?;
-                    let i = s.parse().map_err(|_| self.err("bad PUT index"))?;
+                    let i = self.index(s)?;
                     self.memo_put(i)?
                 }
                 b'q' => {
-                    let i = self.u8()? as u32;
-                    self.memo_put(i)?
+                    let i = self.u8()?;
+                    self.memo_put(i.into())?
                 }
                 b'r' => {
                     let i = self.u32()?;
                     self.memo_put(i)?
                 }
                 0x94 => {
-                    let i = self.memo.len() as u32;
+                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo full"))?;
                     self.memo_put(i)?
                 }
                 b'g' => {
                     let s = self.line()?;
-                    let i = s.parse().map_err(|_| self.err("bad GET index"))?;
+                    let i = self.index(s)?;
                     let v = self.memo_get(i)?;
-                    self.stack.push(v)
+                    self.push(v)?
                 }
                 b'h' => {
-                    let i = self.u8()? as u32;
-                    let v = self.memo_get(i)?;
-                    self.stack.push(v)
+                    let i = self.u8()?;
+                    let v = self.memo_get(i.into())?;
+                    self.push(v)?
                 }
                 b'j' => {
                     let i = self.u32()?;
                     let v = self.memo_get(i)?;
-                    self.stack.push(v)
+                    self.push(v)?
                 }
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Value::Global(format!("{module}.{name}")))
+                    let v = self.global(module, name)?;
+                    self.push(v)?
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(format!("{m}.{n}"))),
+                    let v = match (&module, &name) {
+                        (Value::Str(m), Value::Str(n)) => self.global(m, n)?,
                         _ => return Err(self.err("STACK_GLOBAL needs two strings")),
-                    }
+                    };
+                    self.push(v)?
                 }
                 b'Q' => {
                     let pid = self.pop()?;
-                    let v = self.persistent_load(pid)?;
-                    self.stack.push(v)
+                    let v = self.persistent_load(&pid)?;
+                    self.push(v)?
                 }
                 b'P' => return Err(self.err("text persistent ids are not used by torch.save")),
                 b'R' => {
                     let args = self.pop()?;
                     let func = self.pop()?;
-                    let v = self.reduce(func, args)?;
-                    self.stack.push(v)
+                    let v = self.reduce(&func, &args)?;
+                    self.push(v)?
                 }
-                0x81 => {
-                    let _args = self.pop()?;
+                0x81 | 0x92 => {
+                    // NEWOBJ (cls, args), NEWOBJ_EX (cls, args, kwargs): nothing is instantiated.
+                    if op == 0x92 {
+                        self.pop()?;
+                    }
+                    self.pop()?;
                     let cls = self.pop()?;
-                    let v = match cls {
-                        Value::Global(g) if g == "collections.OrderedDict" => Value::dict(),
-                        Value::Global(g) => Value::Opaque(g),
-                        other => Value::Opaque(other.describe()),
+                    let v = match &cls {
+                        Value::Global(g) if op == 0x81 && &**g == "collections.OrderedDict" => self.register(Value::dict()),
+                        Value::Global(g) => Value::Opaque(g.clone()),
+                        other => self.opaque(other.describe())?,
                     };
-                    self.stack.push(v)
-                }
-                0x92 => {
-                    let _kwargs = self.pop()?;
-                    let _args = self.pop()?;
-                    let cls = self.pop()?;
-                    let v = match cls {
-                        Value::Global(g) => Value::Opaque(g),
-                        other => Value::Opaque(other.describe()),
-                    };
-                    self.stack.push(v)
+                    self.push(v)?
                 }
                 b'b' => {
                     let state = self.pop()?;
                     let obj = self.pop()?;
-                    let v = self.build(obj, state)?;
-                    self.stack.push(v)
+                    let v = self.build(obj, &state)?;
+                    self.push(v)?
                 }
                 other => return Err(self.err(format!("unsupported pickle opcode 0x{other:02x}"))),
             }
         }
     }
 
-    fn persistent_load(&self, pid: Value) -> Result<Value, String> {
+    fn persistent_load(&self, pid: &Value) -> Step<Value> {
         let t = match pid {
             Value::Tuple(t) => t,
             other => return Err(self.err(format!("persistent id is {}, expected a tuple", other.describe()))),
         };
         match (t.first(), t.get(1), t.get(2)) {
-            (Some(Value::Str(kind)), Some(Value::Global(ty)), Some(Value::Str(key))) if kind == "storage" => {
-                let dtype = storage_dtype(ty).ok_or_else(|| self.err(format!("unsupported storage type `{ty}`")))?;
+            (Some(Value::Str(kind)), Some(Value::Global(ty)), Some(Value::Str(key))) if &**kind == "storage" => {
+                let dtype = storage_dtype(ty).ok_or_else(|| self.err(format!("unsupported storage type `{}`", Value::Global(ty.clone()).describe())))?;
                 Ok(Value::Storage { key: key.clone(), dtype })
             }
             _ => Err(self.err("unrecognised persistent id (not a torch storage)")),
         }
     }
 
-    fn reduce(&self, func: Value, args: Value) -> Result<Value, String> {
-        let name = match &func {
+    /// A non-negative int, or a tuple/list of at most [`MAX_DIMS`] of them.
+    fn int(&self, v: Option<&Value>, what: &str) -> Step<usize> {
+        match v {
+            Some(Value::Int(i)) => usize::try_from(*i).map_err(|_| self.err(format!("{what}: {i} is negative"))),
+            other => Err(self.err(format!("{what}: expected a non-negative int, found {}", other.map_or("nothing".into(), Value::describe)))),
+        }
+    }
+    fn dims(&self, v: Option<&Value>, what: &str) -> Step<Vec<usize>> {
+        let items: Vec<Value> = match v {
+            Some(Value::Tuple(t)) => t.iter().take(MAX_DIMS + 1).cloned().collect(),
+            Some(Value::List(l)) => l.borrow().iter().take(MAX_DIMS + 1).cloned().collect(),
+            other => return Err(self.err(format!("{what}: expected a tuple of ints, found {}", other.map_or("nothing".into(), Value::describe)))),
+        };
+        if items.len() > MAX_DIMS {
+            return Err(self.err(format!("{what}: more than {MAX_DIMS} dimensions")));
+        }
+        items.iter().map(|i| self.int(Some(i), what)).collect()
+    }
+
+    fn reduce(&mut self, func: &Value, args: &Value) -> Step<Value> {
+        let name = match func {
             Value::Global(g) => g.clone(),
-            other => return Ok(Value::Opaque(format!("call of {}", other.describe()))),
+            other => return self.opaque(format!("call of {}", other.describe())),
         };
-        let args: Vec<Value> = match args {
-            Value::Tuple(t) => t.as_ref().clone(),
-            _ => Vec::new(),
+        let args: &[Value] = match args {
+            Value::Tuple(t) => t,
+            _ => &[],
         };
-        let int = |v: &Value| match v {
-            Value::Int(i) if *i >= 0 => Ok(*i as usize),
-            other => Err(self.err(format!("expected a non-negative int, found {}", other.describe()))),
-        };
-        let ints = |v: &Value| match v {
-            Value::Tuple(t) => t.iter().map(int).collect::<Result<Vec<_>, _>>(),
-            Value::List(l) => l.borrow().iter().map(int).collect::<Result<Vec<_>, _>>(),
-            other => Err(self.err(format!("expected a tuple of ints, found {}", other.describe()))),
-        };
-        match name.as_str() {
-            "collections.OrderedDict" | "builtins.dict" => Ok(Value::dict()),
+        match &*name {
+            "collections.OrderedDict" | "builtins.dict" => Ok(self.register(Value::dict())),
             "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {
                 let (key, dtype) = match args.first() {
                     Some(Value::Storage { key, dtype }) => (key.clone(), *dtype),
                     _ => return Err(self.err("_rebuild_tensor without a storage")),
                 };
-                let offset = int(args.get(1).unwrap_or(&Value::None))?;
-                let shape = ints(args.get(2).unwrap_or(&Value::None))?;
-                let stride = ints(args.get(3).unwrap_or(&Value::None))?;
+                let offset = self.int(args.get(1), "tensor offset")?;
+                let shape = self.dims(args.get(2), "tensor size")?;
+                let stride = self.dims(args.get(3), "tensor stride")?;
                 if shape.len() != stride.len() {
                     return Err(self.err("tensor size and stride differ in length"));
                 }
+                self.charge(64 + 16 * shape.len())?;
                 Ok(Value::Tensor(Rc::new(TensorRef { key, dtype, offset, shape, stride })))
             }
-            "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => Ok(args.into_iter().next().unwrap_or(Value::None)),
+            "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => Ok(args.first().cloned().unwrap_or(Value::None)),
             // Protocol-2 pickles carry bytes as `_codecs.encode(str, "latin1")`: a pure conversion.
             "_codecs.encode" => match (args.first(), args.get(1)) {
-                (Some(Value::Str(s)), Some(Value::Str(enc))) if enc == "latin1" || enc == "latin-1" => {
-                    let bytes: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(c as u32).ok()).collect();
-                    bytes.map(Value::Bytes).ok_or_else(|| self.err("latin1 string with a character above 255"))
+                (Some(Value::Str(s)), Some(Value::Str(enc))) if &**enc == "latin1" || &**enc == "latin-1" => {
+                    self.charge(s.len())?;
+                    let bytes: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+                    bytes.map(|b| Value::Bytes(Rc::from(b))).ok_or_else(|| self.err("latin1 string with a character above 255"))
                 }
                 _ => Ok(Value::Opaque(name)),
             },
@@ -554,70 +719,85 @@ impl<'a> Machine<'a> {
             },
             "numpy.core.multiarray.scalar" | "numpy._core.multiarray.scalar" => {
                 let (dt, bytes) = match (args.first(), args.get(1)) {
-                    (Some(Value::NumpyDtype(d)), Some(Value::Bytes(b))) => (d.clone(), b.clone()),
+                    (Some(Value::NumpyDtype(d)), Some(Value::Bytes(b))) => (d, b),
                     _ => return Ok(Value::Opaque(name)),
                 };
-                let dtype = match numpy_dtype(&dt) {
+                let dtype = match numpy_dtype(dt) {
                     Some(d) => d,
-                    None => return Ok(Value::Opaque(format!("numpy scalar of dtype {dt}"))),
+                    None => return self.opaque(format!("numpy scalar of dtype {}", Value::NumpyDtype(dt.clone()).describe())),
                 };
                 if bytes.len() != dtype.size() {
-                    return Err(self.err("numpy scalar with the wrong byte count"));
+                    return Err(self.err(format!("numpy {} scalar of {} bytes", dtype.name(), bytes.len())));
                 }
-                let raw = RawTensor { dtype, shape: vec![], bytes };
-                Ok(if dtype.is_float() {
-                    Value::Float(raw.to_f32().unwrap()[0] as f64)
+                let raw = RawTensor { dtype, shape: vec![], bytes: bytes.to_vec() };
+                let v = if dtype.is_float() {
+                    raw.to_f32().and_then(|v| v.first().copied()).map(|x| Value::Float(x.into()))
                 } else if dtype == DType::Bool {
-                    Value::Bool(raw.bytes[0] != 0)
+                    Some(Value::Bool(bytes.iter().any(|&b| b != 0)))
                 } else {
-                    Value::Int(raw.to_i64().unwrap()[0])
-                })
+                    raw.to_i64().and_then(|v| v.first().copied()).map(Value::Int)
+                };
+                v.ok_or_else(|| self.err("numpy scalar could not be decoded"))
             }
-            "numpy.core.multiarray._reconstruct" | "numpy._core.multiarray._reconstruct" => Ok(Value::Opaque("numpy.ndarray (empty)".into())),
+            "numpy.core.multiarray._reconstruct" | "numpy._core.multiarray._reconstruct" => Ok(Value::opaque(EMPTY_NDARRAY)),
             _ => Ok(Value::Opaque(name)),
         }
     }
 
-    fn build(&self, obj: Value, state: Value) -> Result<Value, String> {
-        match obj {
+    fn build(&mut self, obj: Value, state: &Value) -> Step<Value> {
+        match &obj {
             Value::NumpyDtype(d) => {
                 // state = (version, byteorder, ...): only little-endian or not-applicable is supported.
-                if let Value::Tuple(t) = &state {
+                if let Value::Tuple(t) = state {
                     if let Some(Value::Str(order)) = t.get(1) {
-                        if order == ">" {
-                            return Ok(Value::Opaque(format!("big-endian numpy dtype {d}")));
+                        if &**order == ">" {
+                            return self.opaque(format!("big-endian numpy dtype {}", Value::NumpyDtype(d.clone()).describe()));
                         }
                     }
                 }
-                Ok(Value::NumpyDtype(d))
+                Ok(obj)
             }
-            Value::Opaque(ref s) if s == "numpy.ndarray (empty)" => {
+            Value::Opaque(s) if &**s == EMPTY_NDARRAY => {
                 // state = (version, shape, dtype, is_fortran, raw bytes)
-                let t = match &state {
-                    Value::Tuple(t) if t.len() == 5 => t.clone(),
-                    _ => return Ok(Value::Opaque("numpy.ndarray".into())),
+                let t = match state {
+                    Value::Tuple(t) if t.len() == 5 => t,
+                    _ => return Ok(Value::opaque("numpy.ndarray")),
                 };
-                let shape: Vec<usize> = match &t[1] {
-                    Value::Tuple(s) => s.iter().map(|v| if let Value::Int(i) = v { *i as usize } else { 0 }).collect(),
-                    _ => return Ok(Value::Opaque("numpy.ndarray".into())),
-                };
-                let (dtype, fortran, bytes) = match (&t[2], &t[3], &t[4]) {
-                    (Value::NumpyDtype(d), Value::Bool(f), Value::Bytes(b)) => match numpy_dtype(d) {
-                        Some(dt) => (dt, *f, b.clone()),
-                        None => return Ok(Value::Opaque(format!("numpy.ndarray of dtype {d}"))),
+                let shape = self.dims(t.get(1), "numpy array shape")?;
+                let (dtype, fortran, bytes) = match (t.get(2), t.get(3), t.get(4)) {
+                    (Some(Value::NumpyDtype(d)), Some(Value::Bool(f)), Some(Value::Bytes(b))) => match numpy_dtype(d) {
+                        Some(dt) => (dt, *f, b),
+                        None => return self.opaque(format!("numpy.ndarray of dtype {}", Value::NumpyDtype(d.clone()).describe())),
                     },
-                    _ => return Ok(Value::Opaque("numpy.ndarray of objects".into())),
+                    (Some(Value::Opaque(what)), _, _) => return self.opaque(format!("numpy.ndarray of {what}")),
+                    _ => return Ok(Value::opaque("numpy.ndarray of objects")),
                 };
                 if fortran && shape.len() > 1 {
-                    return Ok(Value::Opaque("Fortran-ordered numpy.ndarray".into()));
+                    return Ok(Value::opaque("Fortran-ordered numpy.ndarray"));
                 }
-                if bytes.len() != shape.iter().product::<usize>() * dtype.size() {
-                    return Err(self.err("numpy array data has the wrong size"));
+                let want = shape.iter().try_fold(dtype.size(), |a, &d| a.checked_mul(d));
+                if want != Some(bytes.len()) {
+                    return Err(self.err(format!("numpy array of shape {shape:?} {} with {} bytes of data", dtype.name(), bytes.len())));
                 }
-                Ok(Value::Array(Rc::new(RawTensor { dtype, shape, bytes })))
+                self.charge(bytes.len())?;
+                Ok(Value::Array(Rc::new(RawTensor { dtype, shape, bytes: bytes.to_vec() })))
             }
             // A state dict's `_metadata`, a parameter's state: nothing a weight depends on.
-            other => Ok(other),
+            _ => Ok(obj),
+        }
+    }
+}
+
+const EMPTY_NDARRAY: &str = "numpy.ndarray (empty)";
+
+/// SETITEMS: key, value pairs from a MARK (an odd one out is ignored, as it would be an error
+/// in Python that nothing here depends on).
+fn set_items(d: &Value, items: Vec<Value>) {
+    if let Value::Dict(m) = d {
+        let mut m = m.borrow_mut();
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            m.push((k, v));
         }
     }
 }
@@ -626,16 +806,39 @@ impl<'a> Machine<'a> {
 pub struct PthFile {
     path: PathBuf,
     prefix: String,
+    /// The archive's size on disk: no entry can hold more.
+    file_len: u64,
     archive: RefCell<zip::ZipArchive<std::fs::File>>,
+    /// Storages read so far (many tensors may view one storage: it is read once).
+    storages: RefCell<HashMap<Rc<str>, Rc<Vec<u8>>>>,
+    /// Bytes of tensors materialised so far, against [`VIEW_AMPLIFICATION`].
+    materialised: RefCell<u64>,
+    /// The unpickled tree. Lists and dicts cloned out of it are emptied when the `PthFile` drops.
     pub root: Value,
+    _mutables: Mutables,
+}
+
+/// Reads a zip entry of at most `cap` bytes (the archive's size: a claim above it is a lie).
+fn read_entry(entry: &mut zip::read::ZipFile<'_, std::fs::File>, cap: u64, path: &Path, name: &str) -> Result<Vec<u8>> {
+    let claimed = entry.size();
+    if claimed > cap {
+        return Err(Error::file(path, format!("{name}: entry claims {claimed} bytes, more than the {cap}-byte archive holds")));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(claimed).unwrap_or(0));
+    entry.take(cap.saturating_add(1)).read_to_end(&mut out).map_err(|e| Error::file(path, format!("{name}: {e}")))?;
+    if out.len() as u64 != claimed {
+        return Err(Error::file(path, format!("{name}: entry holds {} bytes, its header says {claimed}", out.len())));
+    }
+    Ok(out)
 }
 
 impl PthFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut archive = match zip::ZipArchive::new(file) {
             Ok(a) => a,
-            Err(_) => {
+            Err(e) => {
                 let mut head = [0u8; 2];
                 let legacy = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head[0] == 0x80;
                 return Err(Error::file(
@@ -643,7 +846,7 @@ impl PthFile {
                     if legacy {
                         "legacy (pre-1.6) PyTorch serialization is not supported; re-save it with a recent torch.save".to_string()
                     } else {
-                        "not a PyTorch checkpoint (expected the zip archive written by torch.save)".to_string()
+                        format!("not a PyTorch checkpoint (expected the zip archive written by torch.save): {e}")
                     },
                 ));
             }
@@ -655,59 +858,104 @@ impl PthFile {
             .ok_or_else(|| Error::file(path, "zip archive without data.pkl: not a torch.save checkpoint"))?
             .clone();
         let prefix = pkl.trim_end_matches("data.pkl").to_string();
-        if let Some(bo) = names.iter().find(|n| **n == format!("{prefix}byteorder")) {
-            let mut s = String::new();
-            archive.by_name(bo).map_err(|e| Error::file(path, e.to_string()))?.read_to_string(&mut s).map_err(|e| Error::io(path, e))?;
-            if s.trim() != "little" {
-                return Err(Error::file(path, format!("checkpoint byte order is `{}`; only little-endian is supported", s.trim())));
+        let byteorder = format!("{prefix}byteorder");
+        if names.contains(&byteorder) {
+            let mut entry = archive.by_name(&byteorder).map_err(|e| Error::file(path, format!("{byteorder}: {e}")))?;
+            let bytes = read_entry(&mut entry, 64, path, &byteorder)?;
+            let order = String::from_utf8_lossy(&bytes);
+            if order.trim() != "little" {
+                return Err(Error::file(path, format!("checkpoint byte order is `{}`; only little-endian is supported", order.trim())));
             }
         }
-        let mut bytes = Vec::new();
-        archive.by_name(&pkl).map_err(|e| Error::file(path, format!("{pkl}: {e}")))?.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
-        let machine = Machine { data: &bytes, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: BTreeMap::new() };
-        let root = machine.run().map_err(|e| Error::file(path, format!("{pkl}: {e}")))?;
-        Ok(PthFile { path: path.to_path_buf(), prefix, archive: RefCell::new(archive), root })
+        let bytes = {
+            let mut entry = archive.by_name(&pkl).map_err(|e| Error::file(path, format!("{pkl}: {e}")))?;
+            read_entry(&mut entry, file_len, path, &pkl)?
+        };
+        let (root, mutables) = Machine::new(&bytes).run().map_err(|e| Error::file(path, format!("{pkl}: {e}")))?;
+        Ok(PthFile {
+            path: path.to_path_buf(),
+            prefix,
+            file_len,
+            archive: RefCell::new(archive),
+            storages: RefCell::new(HashMap::new()),
+            materialised: RefCell::new(0),
+            root,
+            _mutables: mutables,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn storage_bytes(&self, key: &str) -> Result<Vec<u8>> {
+    fn storage_bytes(&self, key: &Rc<str>) -> Result<Rc<Vec<u8>>> {
+        if let Some(s) = self.storages.borrow().get(key) {
+            return Ok(s.clone());
+        }
         let name = format!("{}data/{key}", self.prefix);
         let mut archive = self.archive.borrow_mut();
-        let mut f = archive.by_name(&name).map_err(|e| Error::file(&self.path, format!("storage {name}: {e}")))?;
-        let mut out = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut out).map_err(|e| Error::io(&self.path, e))?;
-        Ok(out)
+        let mut entry = archive.by_name(&name).map_err(|e| Error::file(&self.path, format!("storage {name}: {e}")))?;
+        let bytes = Rc::new(read_entry(&mut entry, self.file_len, &self.path, &name)?);
+        self.storages.borrow_mut().insert(key.clone(), bytes.clone());
+        Ok(bytes)
     }
 
     /// Reads a tensor value into a contiguous tensor (views with strides and offsets are resolved).
+    /// The view is checked against its storage before anything is allocated.
     pub fn materialise(&self, v: &Value, name: &str) -> Result<RawTensor> {
-        match v {
-            Value::Array(a) => Ok(a.as_ref().clone()),
-            Value::Tensor(t) => {
-                let bytes = self.storage_bytes(&t.key)?;
-                let es = t.dtype.size();
-                let numel: usize = t.shape.iter().product();
-                let mut out = Vec::with_capacity(numel * es);
-                let mut idx = vec![0usize; t.shape.len()];
-                for _ in 0..numel {
-                    let off = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
-                    let src = bytes.get(off * es..(off + 1) * es).ok_or_else(|| Error::tensor(&self.path, name, "data lies outside its storage"))?;
-                    out.extend_from_slice(src);
-                    for d in (0..idx.len()).rev() {
-                        idx[d] += 1;
-                        if idx[d] < t.shape[d] {
-                            break;
-                        }
-                        idx[d] = 0;
-                    }
+        let t = match v {
+            Value::Array(a) => return Ok(a.as_ref().clone()),
+            Value::Tensor(t) => t,
+            other => return Err(Error::tensor(&self.path, name, format!("expected a tensor, found {}", other.describe()))),
+        };
+        let bytes = self.storage_bytes(&t.key)?;
+        let es = t.dtype.size();
+        let bad = |msg: String| Error::tensor(&self.path, name, msg);
+        let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(format!("size {:?} overflows", t.shape)))?;
+        let storage_elems = bytes.len() / es;
+        if numel > 0 {
+            // The furthest element the view touches must lie inside the storage.
+            let last = t.shape.iter().zip(&t.stride).try_fold(t.offset, |a, (&d, &s)| a.checked_add((d - 1).checked_mul(s)?));
+            match last {
+                Some(last) if last < storage_elems => {}
+                _ => {
+                    return Err(bad(format!(
+                        "view (offset {}, size {:?}, stride {:?}) lies outside its storage of {storage_elems} {} elements",
+                        t.offset,
+                        t.shape,
+                        t.stride,
+                        t.dtype.name()
+                    )))
                 }
-                Ok(RawTensor { dtype: t.dtype, shape: t.shape.clone(), bytes: out })
             }
-            other => Err(Error::tensor(&self.path, name, format!("expected a tensor, found {}", other.describe()))),
         }
+        let out_len = numel.checked_mul(es).ok_or_else(|| bad(format!("size {:?} overflows", t.shape)))?;
+        {
+            let mut total = self.materialised.borrow_mut();
+            *total += out_len as u64;
+            if *total > VIEW_AMPLIFICATION.saturating_mul(self.file_len).saturating_add(1 << 20) {
+                return Err(bad(format!(
+                    "the checkpoint's tensors would take {} bytes, more than {VIEW_AMPLIFICATION}× the {}-byte file: overlapping views built to exhaust memory",
+                    *total, self.file_len
+                )));
+            }
+        }
+        let mut out = Vec::with_capacity(out_len);
+        let mut idx = vec![0usize; t.shape.len()];
+        for _ in 0..numel {
+            // In range: every index is below its size, so the offset is at most `last` (checked).
+            let off = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+            let src = bytes.get(off * es..(off + 1) * es).ok_or_else(|| bad("data lies outside its storage".into()))?;
+            out.extend_from_slice(src);
+            for d in (0..idx.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < t.shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        Ok(RawTensor { dtype: t.dtype, shape: t.shape.clone(), bytes: out })
     }
 
     /// The state dict: the root itself, or the dict under `state_dict` or `model`.
@@ -718,15 +966,15 @@ impl PthFile {
             other => return Err(Error::file(&self.path, format!("expected a state dict, found {}", other.describe()))),
         };
         let mut out = BTreeMap::new();
-        for (k, v) in entries {
+        for (k, v) in &entries {
             let key = match k {
-                Value::Str(s) => s,
+                Value::Str(s) => s.to_string(),
                 other => return Err(Error::file(&self.path, format!("state dict key is {}, expected a string", other.describe()))),
             };
-            match &v {
+            match v {
                 Value::Tensor(_) | Value::Array(_) => {
-                    let t = self.materialise(&v, &key)?;
-                    out.insert(key, t);
+                    let t = self.materialise(v, &key)?;
+                    out.insert(key, t); // a key set twice: the last wins, as in Python
                 }
                 Value::Opaque(what) => {
                     return Err(Error::tensor(
@@ -746,9 +994,9 @@ impl PthFile {
 
     /// A string stored at the root under `key`; `Ok(None)` when absent, an error when not a string.
     pub fn string(&self, key: &str) -> Result<Option<String>> {
-        match self.root.get(key) {
+        match self.root.get(key).as_ref() {
             None | Some(Value::None) => Ok(None),
-            Some(Value::Str(s)) => Ok(Some(s)),
+            Some(Value::Str(s)) => Ok(Some(s.to_string())),
             Some(other) => Err(Error::file(&self.path, format!("`{key}` is {}, expected a string", other.describe()))),
         }
     }
@@ -782,16 +1030,116 @@ impl PthFile {
 
 /// Reads the tensors of a checkpoint, `.safetensors` or `.pth`/`.pt`/`.bin` (zip), by content.
 pub fn read_checkpoint(path: &Path) -> Result<(BTreeMap<String, RawTensor>, Option<PthFile>)> {
-    let mut head = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).map_err(|e| Error::io(path, e))?;
-    if &head == b"PK\x03\x04" {
+    let mut head = Vec::with_capacity(4);
+    std::fs::File::open(path).and_then(|f| f.take(4).read_to_end(&mut head)).map_err(|e| Error::io(path, e))?;
+    if head.len() < 4 {
+        return Err(Error::file(path, format!("{} bytes: too short for a checkpoint", head.len())));
+    }
+    if head == b"PK\x03\x04" {
         let pth = PthFile::open(path)?;
         let sd = pth.state_dict()?;
         Ok((sd, Some(pth)))
-    } else if head[0] == 0x80 {
+    } else if head.first() == Some(&0x80) {
         Err(Error::file(path, "legacy (pre-1.6) PyTorch serialization is not supported; re-save it with a recent torch.save"))
     } else {
         let st = crate::tensor::SafetensorsFile::open(path)?;
         Ok((st.all_raw()?, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the reader claims to read, on files written by torch.save (tools/make_pth_cases.py),
+    //! compared with what torch.load reads back (expected.json).
+    use super::*;
+
+    fn case(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth_cases").join(format!("{name}.pth"))
+    }
+
+    fn expected() -> serde_json::Value {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth_cases/expected.json");
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    /// Reads case `name` and checks every tensor torch.load saw: dtype, shape and values.
+    fn check(name: &str) -> PthFile {
+        let want = &expected()[name];
+        let pth = PthFile::open(&case(name)).unwrap();
+        let sd = pth.state_dict().unwrap();
+        let tensors = want["tensors"].as_object().unwrap();
+        assert_eq!(sd.len(), tensors.len(), "{name}: tensor count");
+        for (key, t) in tensors {
+            let got = &sd[key];
+            assert_eq!(got.dtype.name(), t["dtype"].as_str().unwrap(), "{name}/{key}: dtype");
+            let shape: Vec<usize> = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            assert_eq!(got.shape, shape, "{name}/{key}: shape");
+            let values: Vec<f64> = t["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let mine: Vec<f64> = match got.to_f32() {
+                Some(v) => v.into_iter().map(f64::from).collect(),
+                None => got.to_i64().unwrap().into_iter().map(|v| v as f64).collect(),
+            };
+            assert_eq!(mine, values, "{name}/{key}: values");
+        }
+        pth
+    }
+
+    #[test]
+    fn pickle_protocols_2_4_and_5() {
+        for (name, proto) in [("proto2", 2), ("proto4", 4), ("proto5", 5)] {
+            assert_eq!(expected()[name]["protocol"], proto);
+            check(name);
+        }
+    }
+
+    #[test]
+    fn strided_and_offset_views_of_one_storage() {
+        // full, its transpose, a strided slice, a row (offset) and a 0-d element.
+        check("views");
+    }
+
+    #[test]
+    fn half_bfloat16_integer_and_bool_tensors() {
+        check("dtypes");
+    }
+
+    #[test]
+    fn numpy_scalars_and_arrays_including_codecs_encode() {
+        // Protocol 2 pickles a NumPy scalar's bytes through `_codecs.encode(str, "latin1")`.
+        let pth = check("numpy");
+        assert_eq!(pth.int_list("heads").unwrap().unwrap(), vec![3, 2]);
+        match pth.root.get("ratio").as_ref() {
+            Some(Value::Float(f)) => assert_eq!(*f, 0.5),
+            other => panic!("ratio: {other:?}"),
+        }
+        match pth.root.get("arr").as_ref() {
+            Some(Value::Array(a)) => assert_eq!((a.shape.clone(), a.to_f32().unwrap()), (vec![2, 3], vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0])),
+            other => panic!("arr: {other:?}"),
+        }
+        let pth = check("numpy_proto4");
+        assert_eq!(
+            pth.int_list("heads").unwrap().unwrap(),
+            expected()["numpy_proto4"]["heads"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn big_endian_arrays_are_refused_by_name() {
+        let e = PthFile::open(&case("big_endian")).unwrap().state_dict().unwrap_err().to_string();
+        assert!(e.contains("tensor `w`") && e.contains("big-endian"), "{e}");
+    }
+
+    #[test]
+    fn state_dicts_nested_under_state_dict_or_model() {
+        check("numpy"); // under `state_dict`
+        let pth = check("nested_model"); // under `model`, beside an epoch number
+        assert_eq!(pth.root.get("epoch").and_then(|v| v.as_int(&pth).ok().flatten()), Some(7));
+    }
+
+    #[test]
+    fn later_settings_of_a_key_win_as_in_python() {
+        let d = Value::dict();
+        set_items(&d, vec![Value::str("k"), Value::Int(1), Value::str("k"), Value::Int(2)]);
+        assert!(matches!(d.get("k"), Some(Value::Int(2))));
     }
 }

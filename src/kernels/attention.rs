@@ -102,14 +102,20 @@ pub unsafe fn attention_backward(q: &[f32], kv: &[f32], dout: &[f32], dq: *mut f
                 matmul_bt(qm, km, &mut p, nk, Acc::Overwrite, scale, 1);
                 softmax_rows(&mut p, nk);
                 let (row, col) = (Strides::row_major, Strides::transposed);
-                // dP = dO·Vᵀ
-                gemm_raw((n, nk, hd), dout[o0..].as_ptr(), row(l.out_ld), kv[v0..].as_ptr(), col(l.kv_ld), dp.as_mut_ptr(), nk, Acc::Overwrite, 1.0, 1);
-                // dV = Pᵀ·dO
-                gemm_raw((nk, hd, n), p.as_ptr(), col(nk), dout[o0..].as_ptr(), row(l.out_ld), dkv.get().add(v0), l.kv_ld, Acc::Overwrite, 1.0, 1);
-                // dS = P ⊙ (dP − rowsum(P ⊙ dP)), then dQ = scale·dS·K and dK = scale·dSᵀ·Q.
-                softmax_backward_rows(&p, &mut dp, nk);
-                gemm_raw((n, hd, nk), dp.as_ptr(), row(nk), kv[k0..].as_ptr(), row(l.kv_ld), dq.get().add(q0), l.q_ld, Acc::Overwrite, scale, 1);
-                gemm_raw((nk, hd, n), dp.as_ptr(), col(nk), q[q0..].as_ptr(), row(l.q_ld), dkv.get().add(k0), l.kv_ld, Acc::Overwrite, scale, 1);
+                // SAFETY: reads stay inside the `q`, `kv`, `dout`, `p` and `dp` slices (this
+                // head's columns of rows b·n.. / b·nk.., as the layout describes, which the caller's
+                // slices hold); writes go to this (b, h) task's own columns of `dq` and `dkv`, which
+                // the caller guarantees valid and which no other task touches.
+                unsafe {
+                    // dP = dO·Vᵀ
+                    gemm_raw((n, nk, hd), dout[o0..].as_ptr(), row(l.out_ld), kv[v0..].as_ptr(), col(l.kv_ld), dp.as_mut_ptr(), nk, Acc::Overwrite, 1.0, 1);
+                    // dV = Pᵀ·dO
+                    gemm_raw((nk, hd, n), p.as_ptr(), col(nk), dout[o0..].as_ptr(), row(l.out_ld), dkv.get().add(v0), l.kv_ld, Acc::Overwrite, 1.0, 1);
+                    // dS = P ⊙ (dP − rowsum(P ⊙ dP)), then dQ = scale·dS·K and dK = scale·dSᵀ·Q.
+                    softmax_backward_rows(&p, &mut dp, nk);
+                    gemm_raw((n, hd, nk), dp.as_ptr(), row(nk), kv[k0..].as_ptr(), row(l.kv_ld), dq.get().add(q0), l.q_ld, Acc::Overwrite, scale, 1);
+                    gemm_raw((nk, hd, n), dp.as_ptr(), col(nk), q[q0..].as_ptr(), row(l.q_ld), dkv.get().add(k0), l.kv_ld, Acc::Overwrite, scale, 1);
+                }
             })
         });
     });

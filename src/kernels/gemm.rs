@@ -107,7 +107,22 @@ pub fn matmul_then(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f
 /// access those elements during the call.
 pub unsafe fn matmul_into_raw(a: Mat, b: Mat, c: *mut f32, ldc: usize, scale: f32) {
     assert_eq!(b.rows, a.cols, "inner dimensions differ");
-    gemm_raw((a.rows, b.cols, a.cols), a.data.as_ptr(), Strides::row_major(a.ld), b.data.as_ptr(), Strides::row_major(b.ld), c, ldc, Acc::Overwrite, scale, 1);
+    // SAFETY: `Mat::new` checked that each operand's rows×cols with its stride lie inside its
+    // slice; `c` is the caller's contract, passed on unchanged.
+    unsafe {
+        gemm_raw(
+            (a.rows, b.cols, a.cols),
+            a.data.as_ptr(),
+            Strides::row_major(a.ld),
+            b.data.as_ptr(),
+            Strides::row_major(b.ld),
+            c,
+            ldc,
+            Acc::Overwrite,
+            scale,
+            1,
+        )
+    };
 }
 
 /// `a·bᵀ` where `b` is n×k row-major (so `bᵀ` is read with swapped strides).
@@ -168,33 +183,39 @@ pub unsafe fn gemm_raw(
     if k == 0 {
         if acc == Acc::Overwrite {
             for i in 0..m {
-                std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
+                // SAFETY: row i of `c` (n elements from i·ldc) is inside the range the caller
+                // guarantees valid and exclusively ours.
+                unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), n) }.fill(0.0);
             }
         }
         return;
     }
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    gemm::gemm(
-        m,
-        n,
-        k,
-        c,
-        1,
-        ldc as isize,
-        acc == Acc::Add,
-        a,
-        sa.cs as isize,
-        sa.rs as isize,
-        b,
-        sb.cs as isize,
-        sb.rs as isize,
-        1.0,
-        scale,
-        false,
-        false,
-        false,
-        par,
-    );
+    // SAFETY: the caller guarantees `a`, `b` readable and `c` writable (and not written by anyone
+    // else) over exactly the strided ranges these dimensions describe, which is what `gemm` touches.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            ldc as isize,
+            acc == Acc::Add,
+            a,
+            sa.cs as isize,
+            sa.rs as isize,
+            b,
+            sb.cs as isize,
+            sb.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        )
+    };
 }
 
 /// The general product with explicit strides, bounds-checked.

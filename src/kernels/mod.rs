@@ -66,6 +66,8 @@ macro_rules! simd_fn {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                // `v4`/`v3` are `imp` compiled for AVX-512 / AVX2; they are unsafe only because
+                // calling them on a CPU without those features is undefined behaviour.
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
                 unsafe fn v4($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
@@ -94,7 +96,11 @@ impl SendPtr {
         self.0
     }
 }
+// SAFETY: a `SendPtr` is only an address; sending or sharing it between threads is harmless by
+// itself. Every dereference is inside an `unsafe` block whose SAFETY comment states why the
+// threads' accesses through it are disjoint (each parallel task writes its own rows or columns).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`.
 unsafe impl Sync for SendPtr {}
 
 /// Rows per parallel task for row-wise kernels: a few tasks per thread, not too small.

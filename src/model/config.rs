@@ -194,7 +194,7 @@ impl ModelConfig {
     fn check_input(&self) -> Result<()> {
         let p = self.arch.patch_size;
         let (h, w) = (self.input.height, self.input.width);
-        if h == 0 || w == 0 || h % p != 0 || w % p != 0 {
+        if p == 0 || h == 0 || w == 0 || h % p != 0 || w % p != 0 || h > LIMIT_SIDE || w > LIMIT_SIDE {
             return Err(Error::invalid(format!("input size {h}x{w} must be a positive multiple of the patch size {p} in both dimensions")));
         }
         Ok(())
@@ -211,6 +211,24 @@ impl ModelConfig {
         }
         if a.embed_dim == 0 || a.depth == 0 || a.num_heads == 0 || a.head_dim == 0 || a.mlp_dim == 0 || a.patch_size == 0 {
             return Err(Error::invalid("`arch`: every dimension must be positive"));
+        }
+        // Bounds far above any ViT, so that every size amg derives from them (tokens, weight shapes,
+        // feature length) is computed without overflow, whatever a config file says.
+        for (name, value, max) in [
+            ("arch.embed_dim", a.embed_dim, LIMIT_WIDTH),
+            ("arch.depth", a.depth, LIMIT_DEPTH),
+            ("arch.num_heads", a.num_heads, LIMIT_HEADS),
+            ("arch.head_dim", a.head_dim, LIMIT_WIDTH),
+            ("arch.mlp_dim", a.mlp_dim, 4 * LIMIT_WIDTH),
+            ("arch.patch_size", a.patch_size, LIMIT_SIDE),
+            ("input.height", self.input.height, LIMIT_SIDE),
+            ("input.width", self.input.width, LIMIT_SIDE),
+            ("head.num_classes", self.head.num_classes, LIMIT_CLASSES),
+            ("head.bottleneck", self.head.bottleneck, LIMIT_WIDTH),
+        ] {
+            if value > max {
+                return Err(Error::invalid(format!("`{name}` is {value}, more than amg supports ({max})")));
+            }
         }
         self.check_input()?;
         if self.layers.len() != a.depth {
@@ -258,6 +276,17 @@ impl ModelConfig {
         serde_json::to_string_pretty(self).expect("config serialises")
     }
 }
+
+/// Largest width (embedding, head, bottleneck) a config may state.
+pub const LIMIT_WIDTH: usize = 1 << 16;
+/// Most blocks.
+pub const LIMIT_DEPTH: usize = 1 << 10;
+/// Most heads per block.
+pub const LIMIT_HEADS: usize = 1 << 10;
+/// Largest input side and patch size, in pixels.
+pub const LIMIT_SIDE: usize = 1 << 14;
+/// Most identities a classifier may have.
+pub const LIMIT_CLASSES: usize = 1 << 24;
 
 fn check_sorted_unique(v: &[usize], bound: usize, what: &str) -> Result<()> {
     for w in v.windows(2) {

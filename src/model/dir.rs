@@ -32,6 +32,14 @@ impl ModelFiles {
         Ok(ModelFiles { config, params })
     }
 
+    /// The check every consumer (engine, differentiable model, exporters, `save`) runs first: the
+    /// configuration is consistent and every tensor has the shape it implies. The fields are public
+    /// for surgery and tests; nothing runs a model that has not passed this.
+    pub fn check(&self) -> Result<()> {
+        self.config.validate()?;
+        self.params.check(&self.config, Path::new("(model in memory)"))
+    }
+
     /// Writes the directory atomically (see `fsutil::write_dir_atomic`).
     pub fn save(&self, dir: &Path, force: bool) -> Result<()> {
         self.save_with(dir, force, |_| Ok(()))

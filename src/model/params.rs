@@ -315,7 +315,10 @@ impl VitParams<HostTensor> {
                 Some(t) if &t.shape != shape => {
                     Err(Error::tensor(path, &name, format!("shape {} does not match config.json, which calls for {}", shape_str(&t.shape), shape_str(shape))))
                 }
-                Some(t) => Ok(t),
+                Some(t) => {
+                    crate::tensor::check_finite_weights(&t, path, &name)?;
+                    Ok(t)
+                }
             }
         })?;
         if let Some((name, t)) = tensors.iter().next() {

@@ -58,6 +58,7 @@ pub struct Vit {
 
 impl Vit {
     pub fn new(files: &ModelFiles, device: &Device) -> Result<Self> {
+        files.check()?;
         let params = files.params.try_map(&mut |_, t| Ok(Var::from_tensor(&Tensor::from_slice(&t.data, t.shape.as_slice(), device)?)?))?;
         Ok(Vit { cfg: files.config.clone(), params, device: device.clone() })
     }
