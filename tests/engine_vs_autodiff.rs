@@ -27,13 +27,16 @@ fn engine_equals_differentiable_model_on_random_pruned_models() {
     for case in 0..60u64 {
         let mut rng = Rng::new(1000 + case);
         let cfg = random_config(&mut rng);
-        let unpruned = ModelFiles { params: random_weights(&cfg, &mut rng), config: cfg };
-        let plan = random_plan(&unpruned.config, &mut rng);
+        let unpruned = {
+            let w = random_weights(&cfg, &mut rng);
+            ModelFiles::new(cfg, w).unwrap()
+        };
+        let plan = random_plan(unpruned.config(), &mut rng);
         let files = apply_plan(&unpruned, &plan).unwrap();
-        let cfg = files.config.clone();
+        let cfg = files.config().clone();
         let batch = 1 + rng.below(3);
         let images: Vec<f32> = (0..batch * 3 * cfg.input.height * cfg.input.width).map(|_| rng.normal() as f32).collect();
-        let la = !files.params.parts.is_empty();
+        let la = !files.params().parts.is_empty();
         let what = format!(
             "case {case}: D={} heads={}x{} mlp={} depth={} patch={} input {}x{} prefix={} qkv_bias={} la={la} batch={batch} plan={:?}",
             cfg.arch.embed_dim,

@@ -65,7 +65,7 @@ fn optimiser_steps_match_torch_optim() {
     let names: Vec<String> = serde_json::from_value(meta["optim_tensors"].clone()).unwrap();
     let r = load_ref("ref_grad_step.safetensors");
     let want = load_ref("ref_optim.safetensors");
-    let start = ModelFiles::load(&fixture("grad_student")).unwrap().params.to_map();
+    let start = ModelFiles::load(&fixture("grad_student")).unwrap().params().to_map();
     let configs = [
         ("adamw", OptimConfig { ..OptimConfig::new(OptimKind::Adamw, 0.05) }, 1e-2),
         ("adam", OptimConfig::new(OptimKind::Adam, 1e-3), 1e-2),

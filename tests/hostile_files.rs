@@ -489,8 +489,8 @@ fn mutated_model_directories_plans_and_features_give_results_or_errors() {
     });
 
     let files = ModelFiles::load(&fixture("analyze_model")).unwrap();
-    let plan = serde_json::to_vec(&amg::model::surgery::Plan::of(&files.config)).unwrap();
-    let (_, ok) = sweep("plan.json", mutants(&plan, 1500, 6), |m| readers::plan(&s, m, &files.config));
+    let plan = serde_json::to_vec(&amg::model::surgery::Plan::of(files.config())).unwrap();
+    let (_, ok) = sweep("plan.json", mutants(&plan, 1500, 6), |m| readers::plan(&s, m, files.config()));
     assert!(ok > 0);
 
     let names: Vec<String> = (0..6).map(|i| format!("{:04}_c{}s1_000001_00.jpg", i % 3, 1 + i % 2)).collect();

@@ -23,27 +23,27 @@ fn tensors_that_disagree_with_the_config_are_named() {
     let (dir, files) = saved_model("md-shape");
     let w = dir.join("model.safetensors");
 
-    let mut t = files.params.to_map();
+    let mut t = files.params().to_map();
     t.insert("blocks.1.mlp.fc1.weight".into(), HostTensor::zeros(vec![500, 128]));
     write_safetensors(&w, &t, None).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("blocks.1.mlp.fc1.weight") && e.contains("[500, 128]") && e.contains("[512, 128]"), "{e}");
 
-    let mut t = files.params.to_map();
+    let mut t = files.params().to_map();
     t.remove("norm.bias");
     write_safetensors(&w, &t, None).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("norm.bias") && e.contains("missing") && e.contains("[128]"), "{e}");
 
-    let mut t = files.params.to_map();
+    let mut t = files.params().to_map();
     t.insert("blocks.0.ls1.gamma".into(), HostTensor::zeros(vec![128]));
     write_safetensors(&w, &t, None).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("blocks.0.ls1.gamma") && e.contains("unexpected"), "{e}");
 
     // A config that prunes heads while the tensors are unpruned.
-    write_safetensors(&w, &files.params.to_map(), None).unwrap();
-    let mut cfg = files.config.clone();
+    write_safetensors(&w, &files.params().to_map(), None).unwrap();
+    let mut cfg = files.config().clone();
     cfg.layers[0].heads = vec![1];
     std::fs::write(dir.join("config.json"), cfg.to_json()).unwrap();
     let e = load_err(&dir);
@@ -78,7 +78,7 @@ fn reference_lists_are_read_and_cross_checked() {
 fn bad_plans_are_rejected() {
     use amg::model::surgery::{apply_plan, Plan};
     let (dir, files) = saved_model("md-plan");
-    let n = files.config.num_tokens();
+    let n = files.config().num_tokens();
     let all: Vec<usize> = (0..n).collect();
     let cases: Vec<(Plan, &str)> = vec![
         (Plan { heads: vec![vec![0, 1]], tokens: vec![all.clone()] }, "`heads` has 1 layers, the model has 2"),

@@ -32,9 +32,9 @@ fn run_tract(bytes: &[u8], images: &[f32], batch: usize, h: usize, w: usize) -> 
 
 /// Exports `files` and compares tract's outputs with the engine's at batch 1 and 3.
 fn check(files: &ModelFiles, what: &str, seed: u64) -> f32 {
-    let la = !files.params.parts.is_empty();
+    let la = !files.params().parts.is_empty();
     let bytes = export_onnx(files, OnnxOutputs { logits: la }).unwrap_or_else(|e| panic!("{what}: export failed: {e}"));
-    let (h, w) = (files.config.input.height, files.config.input.width);
+    let (h, w) = (files.config().input.height, files.config().input.width);
     let engine = Engine::new(files.clone()).unwrap();
     let mut rng = Rng::new(seed);
     let mut worst = 0f32;
@@ -78,7 +78,7 @@ fn exported_fixtures_equal_the_engine() {
     }
     // A plan that removes heads and key tokens, applied by amg's surgery.
     let files = import(&ImportRequest::new(SourceFormat::LaTransformer, fixture("ckpt_la.pth"))).unwrap();
-    let mut plan = Plan::of(&files.config);
+    let mut plan = Plan::of(files.config());
     plan.heads[0] = vec![1];
     plan.tokens[1] = vec![0, 2, 3, 5, 8, 13];
     let pruned = apply_plan(&files, &plan).unwrap();
@@ -91,10 +91,13 @@ fn exported_random_pruned_models_equal_the_engine() {
     for case in 0..12u64 {
         let mut rng = Rng::new(5000 + case);
         let cfg = random_config(&mut rng);
-        let unpruned = ModelFiles { params: random_weights(&cfg, &mut rng), config: cfg };
-        let plan = random_plan(&unpruned.config, &mut rng);
+        let unpruned = {
+            let w = random_weights(&cfg, &mut rng);
+            ModelFiles::new(cfg, w).unwrap()
+        };
+        let plan = random_plan(unpruned.config(), &mut rng);
         let files = apply_plan(&unpruned, &plan).unwrap();
-        check(&files, &format!("random case {case} (prefix {}, pruned {})", files.config.num_prefix(), files.config.is_pruned()), case);
+        check(&files, &format!("random case {case} (prefix {}, pruned {})", files.config().num_prefix(), files.config().is_pruned()), case);
     }
 }
 

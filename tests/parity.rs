@@ -19,8 +19,8 @@ fn round_trip(files: &ModelFiles, tag: &str) -> ModelFiles {
     let dir = temp_dir(tag).join("model");
     files.save(&dir, false).unwrap();
     let back = ModelFiles::load(&dir).unwrap();
-    assert_eq!(back.config, files.config);
-    assert_eq!(back.params, files.params);
+    assert_eq!(back.config(), files.config());
+    assert_eq!(back.params(), files.params());
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     back
 }
@@ -47,7 +47,7 @@ fn check_against(files: ModelFiles, reference: &str) {
 #[test]
 fn timm_safetensors_matches_timm() {
     let files = import(&opts(SourceFormat::Timm, "ckpt_timm_a.safetensors")).unwrap();
-    assert_eq!((files.config.input.height, files.config.input.width), (64, 64));
+    assert_eq!((files.config().input.height, files.config().input.width), (64, 64));
     check_against(round_trip(&files, "timm-a"), "ref_timm_a.safetensors");
 }
 
@@ -57,8 +57,8 @@ fn resampled_position_embedding_matches_timm() {
     o.img_size = Some((80, 48));
     let files = import(&o).unwrap();
     let r = load_ref("ref_timm_a_80x48.safetensors");
-    assert_close("pos_embed", &files.params.pos_embed.data, &r["pos_embed"].data, 1e-5);
-    assert!(files.config.source.notes.iter().any(|n| n.contains("resampled")));
+    assert_close("pos_embed", &files.params().pos_embed.data, &r["pos_embed"].data, 1e-5);
+    assert!(files.config().source.notes.iter().any(|n| n.contains("resampled")));
     check_against(round_trip(&files, "timm-a-80x48"), "ref_timm_a_80x48.safetensors");
 }
 
@@ -70,16 +70,16 @@ fn non_square_pth_under_model_key_matches_timm() {
     o.checkpoint_img_size = Some((64, 32));
     o.heads = Some(2);
     let files = import(&o).unwrap();
-    assert_eq!(files.config.arch.head_dim, 32);
+    assert_eq!(files.config().arch.head_dim, 32);
     check_against(round_trip(&files, "timm-b"), "ref_timm_b.safetensors");
 }
 
 #[test]
 fn la_transformer_pth_matches_pytorch() {
     let files = import(&opts(SourceFormat::LaTransformer, "ckpt_la.pth")).unwrap();
-    assert_eq!(files.config.head.num_classes, 5);
-    assert_eq!(files.config.head.bottleneck, 32);
-    assert_eq!(files.config.num_parts(), 4);
+    assert_eq!(files.config().head.num_classes, 5);
+    assert_eq!(files.config().head.bottleneck, 32);
+    assert_eq!(files.config().num_parts(), 4);
     check_against(round_trip(&files, "la"), "ref_la.safetensors");
 }
 
@@ -87,10 +87,10 @@ fn la_transformer_pth_matches_pytorch() {
 fn amg_reference_checkpoint_matches_the_reference_computation() {
     let files = import(&opts(SourceFormat::Amg, "ckpt_amg.pth")).unwrap();
     let meta = fixtures_json();
-    let heads: Vec<usize> = files.config.layers.iter().map(|l| l.heads.len()).collect();
+    let heads: Vec<usize> = files.config().layers.iter().map(|l| l.heads.len()).collect();
     let want_heads: Vec<usize> = serde_json::from_value(meta["amg_heads_kept"].clone()).unwrap();
     assert_eq!(heads, want_heads);
-    let tokens: Vec<Vec<usize>> = files.config.layers.iter().map(|l| l.tokens.clone()).collect();
+    let tokens: Vec<Vec<usize>> = files.config().layers.iter().map(|l| l.tokens.clone()).collect();
     let want_tokens: Vec<Vec<usize>> = serde_json::from_value(meta["amg_tokens"].clone()).unwrap();
     assert_eq!(tokens, want_tokens);
     check_against(round_trip(&files, "amg"), "ref_amg.safetensors");
@@ -101,8 +101,8 @@ fn a_plan_applied_to_a_model_matches_the_pruned_computation() {
     let files = import(&opts(SourceFormat::Timm, "ckpt_timm_a.safetensors")).unwrap();
     let plan: Plan = serde_json::from_value(fixtures_json()["plan_timm_a"].clone()).unwrap();
     let pruned = apply_plan(&files, &plan).unwrap();
-    assert_eq!(pruned.params.blocks[0].qkv.weight.shape, vec![3 * 64, 128]);
-    assert_eq!(pruned.params.blocks[0].proj.weight.shape, vec![128, 64]);
+    assert_eq!(pruned.params().blocks[0].qkv.weight.shape, vec![3 * 64, 128]);
+    assert_eq!(pruned.params().blocks[0].proj.weight.shape, vec![128, 64]);
     // The pruned directory is physically smaller.
     let dir = temp_dir("plan");
     files.save(&dir.join("full"), false).unwrap();
@@ -149,7 +149,7 @@ fn image_preprocessing_and_embedding_match_torchvision_and_timm() {
     let files = import(&opts(SourceFormat::Timm, "ckpt_timm_a.safetensors")).unwrap();
     let r = load_ref("ref_images.safetensors");
     let names: Vec<String> = serde_json::from_value(fixtures_json()["images"].clone()).unwrap();
-    let spec = files.config.input.clone();
+    let spec = files.config().input.clone();
     let per = 3 * 64 * 64;
     for (i, name) in names.iter().enumerate() {
         let got = amg::preprocess::load_input(&fixture("images").join(name), &spec, false).unwrap();

@@ -50,7 +50,7 @@ fn analysis_matches_pytorch_hooks() {
 #[test]
 fn selection_on_the_fixture_scores() {
     let files = ModelFiles::load(&fixture("analyze_model")).unwrap();
-    let plan = Plan::of(&files.config);
+    let plan = Plan::of(files.config());
     let want = reference();
     // Heads: only layer 0 has more than one head (α = 1.00): its higher-entropy head goes.
     let e = &want.head_entropy[0];
@@ -119,7 +119,7 @@ fn prune_end_to_end_and_pictures() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let pruned = ModelFiles::load(&out).unwrap();
         let plan: Plan = serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
-        assert_eq!(plan, Plan::of(&pruned.config));
+        assert_eq!(plan, Plan::of(pruned.config()));
         // ⌊0.25·2·2⌋ = 1 head was removed (layer 1 already had one); ⌊0.2·2·8⌋ = 3 key tokens.
         assert_eq!(plan.heads.iter().map(|h| h.len()).sum::<usize>(), 2);
         assert_eq!(plan.tokens.iter().map(|t| t.len()).sum::<usize>(), 9 + 6 - 3);
@@ -140,7 +140,7 @@ fn prune_end_to_end_and_pictures() {
     let out = dir.join("planned");
     let o = amg(&["prune", "--model", &model, "--plan", &s(&plan_path), "--out", &s(&out)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(ModelFiles::load(&out).unwrap().config.layers[1].tokens, vec![0, 3, 4]);
+    assert_eq!(ModelFiles::load(&out).unwrap().config().layers[1].tokens, vec![0, 3, 4]);
     std::fs::write(&plan_path, r#"{"heads": [[1], [0]], "tokens": [[0,1], [0,3]]}"#).unwrap();
     let o = amg(&["prune", "--model", &model, "--plan", &s(&plan_path), "--out", &s(&dir.join("bad"))]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("layer 1 heads index 0 was already removed"));

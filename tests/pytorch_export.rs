@@ -19,14 +19,14 @@ fn round_trip(files: &ModelFiles, tag: &str) {
     let path = dir.join("model.pth");
     export_pytorch(files, &path).unwrap_or_else(|e| panic!("{tag}: export failed: {e}"));
     let back = import(&ImportRequest::new(SourceFormat::Amg, &path)).unwrap_or_else(|e| panic!("{tag}: import failed: {e}"));
-    assert_eq!(back.config.layers, files.config.layers, "{tag}: per-layer plan");
-    assert_eq!(back.config.input, files.config.input, "{tag}: input size and normalisation");
-    assert_eq!(back.config.arch.class_token, files.config.arch.class_token, "{tag}: class token");
-    assert_eq!(back.config.arch.dist_token, files.config.arch.dist_token, "{tag}: distillation token");
-    assert_eq!(back.config.head, files.config.head, "{tag}: head");
-    assert!(back.params == files.params, "{tag}: weights differ after the round trip");
+    assert_eq!(back.config().layers, files.config().layers, "{tag}: per-layer plan");
+    assert_eq!(back.config().input, files.config().input, "{tag}: input size and normalisation");
+    assert_eq!(back.config().arch.class_token, files.config().arch.class_token, "{tag}: class token");
+    assert_eq!(back.config().arch.dist_token, files.config().arch.dist_token, "{tag}: distillation token");
+    assert_eq!(back.config().head, files.config().head, "{tag}: head");
+    assert!(back.params() == files.params(), "{tag}: weights differ after the round trip");
     // And so the same features.
-    let (h, w) = (files.config.input.height, files.config.input.width);
+    let (h, w) = (files.config().input.height, files.config().input.width);
     let images: Vec<f32> = {
         let mut rng = Rng::new(7);
         (0..2 * 3 * h * w).map(|_| rng.normal() as f32).collect()
@@ -51,7 +51,7 @@ fn fixtures_survive_the_round_trip() {
     }
     // Original head indices survive: keep head 1 of 2 in layer 0.
     let files = import(&ImportRequest::new(SourceFormat::LaTransformer, fixture("ckpt_la.pth"))).unwrap();
-    let mut plan = Plan::of(&files.config);
+    let mut plan = Plan::of(files.config());
     plan.heads[0] = vec![1];
     plan.tokens[1] = vec![0, 2, 3, 5, 8, 13];
     round_trip(&apply_plan(&files, &plan).unwrap(), "la-plan");
@@ -62,8 +62,11 @@ fn random_models_survive_the_round_trip() {
     for case in 0..10u64 {
         let mut rng = Rng::new(7000 + case);
         let cfg = random_config(&mut rng);
-        let unpruned = ModelFiles { params: random_weights(&cfg, &mut rng), config: cfg };
-        let plan = random_plan(&unpruned.config, &mut rng);
+        let unpruned = {
+            let w = random_weights(&cfg, &mut rng);
+            ModelFiles::new(cfg, w).unwrap()
+        };
+        let plan = random_plan(unpruned.config(), &mut rng);
         round_trip(&apply_plan(&unpruned, &plan).unwrap(), &format!("random-{case}"));
     }
 }

@@ -99,7 +99,7 @@ fn it_learns_and_writes_a_run() {
     for ckpt in ["last", "best"] {
         let files = amg::model::ModelFiles::load(&out.join(ckpt)).unwrap();
         // The fixture model's 5 classifiers were replaced for the dataset's identities.
-        assert_eq!(files.config.head.num_classes, classes);
+        assert_eq!(files.config().head.num_classes, classes);
     }
     // A second run into the same directory is refused without --force.
     let again = run(&args);
@@ -135,7 +135,7 @@ fn a_killed_run_resumes_to_the_same_result() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("resuming"));
     let (a, b) = (amg::model::ModelFiles::load(&full.join("last")).unwrap(), amg::model::ModelFiles::load(&cut.join("last")).unwrap());
-    assert_eq!(a.params, b.params, "resumed weights differ from the uninterrupted run's");
+    assert_eq!(a.params(), b.params(), "resumed weights differ from the uninterrupted run's");
     let (ma, mb) = (metrics(&full), metrics(&cut));
     assert_eq!(ma.len(), 4);
     for (x, y) in ma.iter().zip(&mb) {
@@ -158,7 +158,7 @@ fn a_diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("the loss became") && err.contains("last"), "{err}");
     let after = amg::model::ModelFiles::load(&run_dir.join("last")).unwrap();
-    assert_eq!(after.params, good.params);
+    assert_eq!(after.params(), good.params());
     assert_eq!(metrics(&run_dir).len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,14 +11,32 @@ use std::path::Path;
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// A model in memory: its configuration and its float32 tensors.
+/// A model in memory: its configuration and its float32 tensors. Outside this crate a model can
+/// only be made by a constructor that checks it (`new`, `load`); inside, surgery and training
+/// rewrite the fields directly and every consumer re-checks (`check`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelFiles {
-    pub config: ModelConfig,
-    pub params: VitParams<HostTensor>,
+    pub(crate) config: ModelConfig,
+    pub(crate) params: VitParams<HostTensor>,
 }
 
 impl ModelFiles {
+    /// A model from a configuration and its tensors, checked against each other.
+    pub fn new(config: ModelConfig, params: VitParams<HostTensor>) -> Result<Self> {
+        let m = ModelFiles { config, params };
+        m.check()?;
+        Ok(m)
+    }
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    pub fn params(&self) -> &VitParams<HostTensor> {
+        &self.params
+    }
+    pub fn into_parts(self) -> (ModelConfig, VitParams<HostTensor>) {
+        (self.config, self.params)
+    }
+
     /// Loads and checks a model directory; every disagreement between the config and the tensors is
     /// an error that names the tensor and both shapes.
     pub fn load(dir: &Path) -> Result<Self> {
@@ -29,7 +47,7 @@ impl ModelFiles {
         let wpath = dir.join(WEIGHTS_FILE);
         let tensors = SafetensorsFile::open(&wpath)?.all_f32()?;
         let params = VitParams::from_map(&config, tensors, &wpath)?;
-        Ok(ModelFiles { config, params })
+        Ok(ModelFiles { config, params }) // checked by `validate` and `from_map`
     }
 
     /// The check every consumer (engine, differentiable model, exporters, `save`) runs first: the

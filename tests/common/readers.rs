@@ -60,7 +60,7 @@ pub fn model_dir(s: &Scratch, config: &[u8], weights: &[u8]) -> bool {
     std::fs::write(dir.join("config.json"), config).expect("scratch config");
     std::fs::write(dir.join("model.safetensors"), weights).expect("scratch weights");
     let Ok(files) = ModelFiles::load(&dir) else { return false };
-    let cfg = files.config.clone();
+    let cfg = files.config().clone();
     let Ok(engine) = Engine::new(files) else { return false };
     let pixels = 3 * cfg.input.height * cfg.input.width;
     if pixels <= 3 * 256 * 256 && cfg.num_tokens() <= 1024 {

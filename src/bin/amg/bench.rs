@@ -56,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
             let (h, w) = a.img_size.unwrap_or((224, 224));
             let config = ModelConfig::new(Arch::preset(arch)?, h, w, HeadConfig::none(), Source { format: "random".into(), ..Default::default() })?;
             let params = amg::model::weights::init_random(&config, 0);
-            (ModelFiles { config, params }, format!("ViT-{arch} (random weights)"))
+            (ModelFiles::new(config, params)?, format!("ViT-{arch} (random weights)"))
         }
         (None, None) => return Err(anyhow!("give --model DIR or --arch tiny|small|base")),
     };

@@ -35,7 +35,7 @@ pub fn run(a: Args) -> Result<()> {
     amg::fsutil::check_output_file(&a.out, a.force)?;
     let files = ModelFiles::load(&a.model)?;
     let bytes = export(&ExportRequest { model: &files, format: a.format, outputs, out: &a.out, force: a.force })?;
-    let c = &files.config;
+    let c = &files.config();
     match a.format {
         ExportFormat::Onnx => eprintln!(
             "exported {} → {} ({:.1} MB, ONNX opset {}): input images [batch, 3, {}, {}], output features [batch, {}]{}",
