@@ -142,7 +142,33 @@ fn a_killed_run_resumes_to_the_same_result() {
         assert_eq!(x["loss"], y["loss"]);
         assert_eq!(x["accuracy"], y["accuracy"]);
     }
+    // A resumed run trusts nothing in its directory: a corrupted state or optimiser file is an error
+    // naming it, before training starts.
+    let last = full.join("last");
+    let state_path = last.join("train_state.json");
+    let state = std::fs::read_to_string(&state_path).unwrap();
+    let resume = || amg(&["--threads", "2", "train", "--data", &s(&data), "--out", &s(&full), "--epochs", "5", "--resume"]);
+    let bad_state = regex_free_replace(&state, "\"batch_size\": ", "\"batch_size\": 0, \"was\": ");
+    std::fs::write(&state_path, bad_state).unwrap();
+    let o = resume();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("train_state.json"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(&state_path, &state).unwrap();
+    let optim = last.join("optimizer.safetensors");
+    let mut slots = amg::tensor::SafetensorsFile::open(&optim).unwrap().all_f32().unwrap();
+    let (name, t) = slots.iter_mut().find(|(n, _)| n.starts_with("v.")).unwrap();
+    let name = name.clone();
+    *t = amg::tensor::HostTensor::new(vec![3], vec![0.0; 3]);
+    amg::tensor::write_safetensors(&optim, &slots, None).unwrap();
+    let o = resume();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("optimizer.safetensors") && err.contains(&name) && err.contains("3 values"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `text` with the first `from` replaced by `to`.
+fn regex_free_replace(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from} not in {text}");
+    text.replacen(from, to, 1)
 }
 
 #[test]

@@ -136,7 +136,7 @@ fn read_split(root: &Path, layout: Layout, dir_name: &str, skipped: &mut usize) 
     let mut samples = Vec::new();
     let mut bad = Vec::new();
     for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let parsed = parse_name(&name);
         let (pid, camid) = match (layout, parsed) {
             (Layout::Imagefolder, Some((_, cam))) => {

@@ -158,6 +158,22 @@ fn load_optimizer(path: &Path, cfg: OptimConfig, step: u64) -> Result<Optimizer>
     Ok(opt)
 }
 
+/// A resumed optimiser's state must belong to the model: every slot names a parameter and holds
+/// one value per element (both moments for Adam), or resuming would silently reset or truncate it.
+fn check_optimizer(opt: &Optimizer, files: &ModelFiles, path: &Path) -> Result<()> {
+    let sizes: std::collections::HashMap<String, usize> = files.params.entries().into_iter().map(|(k, t)| (k.to_string(), t.numel())).collect();
+    for (name, slot) in &opt.slots {
+        let n = *sizes.get(name).ok_or_else(|| Error::tensor(path, format!("m.{name}"), "state for a parameter the model does not have"))?;
+        let need_v = opt.cfg.kind != crate::train::optim::OptimKind::Sgd;
+        for (which, v, needed) in [("m", &slot.m, true), ("v", &slot.v, need_v)] {
+            if (needed || !v.is_empty()) && v.len() != n {
+                return Err(Error::tensor(path, format!("{which}.{name}"), format!("{} values, the parameter has {n}", v.len())));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `dir` (a checkpoint) atomically: the model, and optionally the optimiser and state.
 fn write_checkpoint(dir: &Path, model: &ModelFiles, extra: Option<(&Optimizer, &TrainState)>) -> Result<()> {
     model.config.validate()?;
@@ -184,7 +200,7 @@ fn recover(run: &Path) -> Result<()> {
         Err(_) => return Ok(()),
     };
     for p in entries {
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for ckpt in ["last", "best"] {
             if name.starts_with(&format!(".{ckpt}.old-")) {
                 if run.join(ckpt).exists() {
@@ -323,8 +339,10 @@ fn begin(
             let mut state: TrainState = serde_json::from_str(&text).map_err(|e| Error::file(&state_path, format!("invalid training state: {e}")))?;
             state.options.epochs = overrides.epochs.unwrap_or(state.options.epochs);
             state.options.lr = overrides.lr.unwrap_or(state.options.lr);
+            check_options(&state.options, teacher.is_some()).map_err(|e| Error::file(&state_path, e.to_string()))?;
             let files = ModelFiles::load(&last)?;
             let opt = load_optimizer(&last.join(OPTIM_FILE), state.options.optim, state.optimizer_step)?;
+            check_optimizer(&opt, &files, &last.join(OPTIM_FILE))?;
             log(&format!("resuming {} after epoch {}", run.display(), state.epochs_done));
             (files, opt, state)
         }
