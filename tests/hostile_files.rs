@@ -573,3 +573,20 @@ fn reference_cycles_are_freed() {
         assert_eq!(after, before, "{} bytes leaked", after as i64 - before as i64);
     }
 }
+
+#[test]
+fn compressed_entries_are_refused_with_a_hint() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // torch.save stores entries; mark every entry deflated (method 8) in both headers.
+    let mut bytes = pth_with(&tensor_pickle(0, &[4], &[1]), &[vec![0u8; 16]]);
+    for (sig, method_at) in [([0x50u8, 0x4b, 3, 4], 8), ([0x50, 0x4b, 1, 2], 10)] {
+        let mut i = 0;
+        while let Some(j) = bytes[i..].windows(4).position(|w| w == sig) {
+            let at = i + j;
+            bytes[at + method_at..at + method_at + 2].copy_from_slice(&8u16.to_le_bytes());
+            i = at + 4;
+        }
+    }
+    let msg = checkpoint_error(&bytes);
+    assert!(msg.contains("compressed") && msg.contains("re-save"), "{msg}");
+}

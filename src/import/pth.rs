@@ -818,6 +818,17 @@ pub struct PthFile {
     _mutables: Mutables,
 }
 
+/// An archive entry that cannot be opened, said plainly (torch.save stores entries uncompressed;
+/// amg reads no compressed entry, so a zip bomb has nothing to inflate).
+fn entry_error(name: &str, e: impl std::fmt::Display) -> String {
+    let why = e.to_string();
+    if why.contains("compression method") {
+        format!("{name}: the entry is compressed ({why}); torch.save writes entries uncompressed — re-save the checkpoint with torch.save")
+    } else {
+        format!("{name}: {why}")
+    }
+}
+
 /// Reads a zip entry of at most `cap` bytes (the archive's size: a claim above it is a lie).
 fn read_entry(entry: &mut zip::read::ZipFile<'_, std::fs::File>, cap: u64, path: &Path, name: &str) -> Result<Vec<u8>> {
     let claimed = entry.size();
@@ -825,7 +836,7 @@ fn read_entry(entry: &mut zip::read::ZipFile<'_, std::fs::File>, cap: u64, path:
         return Err(Error::file(path, format!("{name}: entry claims {claimed} bytes, more than the {cap}-byte archive holds")));
     }
     let mut out = Vec::with_capacity(usize::try_from(claimed).unwrap_or(0));
-    entry.take(cap.saturating_add(1)).read_to_end(&mut out).map_err(|e| Error::file(path, format!("{name}: {e}")))?;
+    entry.take(cap.saturating_add(1)).read_to_end(&mut out).map_err(|e| Error::file(path, entry_error(name, e)))?;
     if out.len() as u64 != claimed {
         return Err(Error::file(path, format!("{name}: entry holds {} bytes, its header says {claimed}", out.len())));
     }
@@ -860,7 +871,7 @@ impl PthFile {
         let prefix = pkl.trim_end_matches("data.pkl").to_string();
         let byteorder = format!("{prefix}byteorder");
         if names.contains(&byteorder) {
-            let mut entry = archive.by_name(&byteorder).map_err(|e| Error::file(path, format!("{byteorder}: {e}")))?;
+            let mut entry = archive.by_name(&byteorder).map_err(|e| Error::file(path, entry_error(&byteorder, e)))?;
             let bytes = read_entry(&mut entry, 64, path, &byteorder)?;
             let order = String::from_utf8_lossy(&bytes);
             if order.trim() != "little" {
@@ -868,7 +879,7 @@ impl PthFile {
             }
         }
         let bytes = {
-            let mut entry = archive.by_name(&pkl).map_err(|e| Error::file(path, format!("{pkl}: {e}")))?;
+            let mut entry = archive.by_name(&pkl).map_err(|e| Error::file(path, entry_error(&pkl, e)))?;
             read_entry(&mut entry, file_len, path, &pkl)?
         };
         let (root, mutables) = Machine::new(&bytes).run().map_err(|e| Error::file(path, format!("{pkl}: {e}")))?;
@@ -894,7 +905,7 @@ impl PthFile {
         }
         let name = format!("{}data/{key}", self.prefix);
         let mut archive = self.archive.borrow_mut();
-        let mut entry = archive.by_name(&name).map_err(|e| Error::file(&self.path, format!("storage {name}: {e}")))?;
+        let mut entry = archive.by_name(&name).map_err(|e| Error::file(&self.path, entry_error(&name, e)))?;
         let bytes = Rc::new(read_entry(&mut entry, self.file_len, &self.path, &name)?);
         self.storages.borrow_mut().insert(key.clone(), bytes.clone());
         Ok(bytes)
