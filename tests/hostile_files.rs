@@ -590,3 +590,33 @@ fn compressed_entries_are_refused_with_a_hint() {
     let msg = checkpoint_error(&bytes);
     assert!(msg.contains("compressed") && msg.contains("re-save"), "{msg}");
 }
+
+#[test]
+fn a_memoised_array_under_many_keys_is_counted() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // One 1 MB NumPy array, memoised, then set under 10 000 keys of the state dict: 10 GB if each
+    // key's tensor were built in full.
+    let n = 1usize << 18; // float32 elements
+    let mut p = PROTO2.to_vec();
+    p.push(b'}');
+    p.extend_from_slice(b"cnumpy.core.multiarray\n_reconstruct\n)R");
+    p.extend_from_slice(b"(K\x01J");
+    p.extend_from_slice(&(n as u32).to_le_bytes());
+    p.push(0x85);
+    p.extend_from_slice(b"cnumpy\ndtype\nX\x02\x00\x00\x00f4\x85R\x89B");
+    p.extend_from_slice(&((4 * n) as u32).to_le_bytes());
+    p.extend(std::iter::repeat_n(0u8, 4 * n));
+    p.extend_from_slice(b"tbq\x000");
+    for i in 0..10_000 {
+        let key = format!("k{i}");
+        p.push(0x8c);
+        p.push(key.len() as u8);
+        p.extend_from_slice(key.as_bytes());
+        p.extend_from_slice(b"h\x00s");
+    }
+    p.push(STOP);
+    let bytes = pth_with(&p, &[]);
+    let (msg, peak) = measured(|| checkpoint_error(&bytes));
+    assert!(msg.contains("more than 4×"), "{msg}");
+    assert!(peak < memory_bound(bytes.len()), "peak {peak}");
+}

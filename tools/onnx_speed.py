@@ -3,12 +3,13 @@
 does not depend on them), pruned by explicit plans to about 30 % fewer honest MACs, exported with
 `amg export`, and timed in ONNX Runtime (CPU, default session options) against their unpruned
 exports; and amg's unpruned export against `torch.onnx.export` of the same timm model. All models of
-one architecture are timed in turn, `--rounds` times, each keeping its best median.
+one architecture are timed in turn, `--rounds` times (the order rotating every round), each
+keeping its best median.
 
 Usage:
     python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm onnx onnxruntime safetensors
     cargo build --release
-    /tmp/peers/bin/python tools/onnx_speed.py [--archs small,base] [--batches 1,16] [--rounds 3]
+    /tmp/peers/bin/python tools/onnx_speed.py [--archs small,base] [--batches 1,16] [--rounds 6]
 
 Prints the CPU and one Markdown table per question.
 """
@@ -31,7 +32,7 @@ ap.add_argument("--amg", default=os.path.join(here, "..", "target", "release", "
 ap.add_argument("--work", default="/tmp/amg-onnx-speed")
 ap.add_argument("--archs", default="small,base")
 ap.add_argument("--batches", default="1,16")
-ap.add_argument("--rounds", type=int, default=3)
+ap.add_argument("--rounds", type=int, default=6)
 args = ap.parse_args()
 os.makedirs(args.work, exist_ok=True)
 W = lambda *p: os.path.join(args.work, *p)
@@ -91,9 +92,13 @@ for arch in args.archs.split(","):
         x = np.random.default_rng(0).standard_normal((b, 3, 224, 224), dtype=np.float32)
         reps = max(3, 24 // b) if arch == "base" else max(5, 48 // b)
         best = {k: 0.0 for k in sessions}
-        for _ in range(args.rounds):
-            for k, s in sessions.items():
-                best[k] = max(best[k], b / median_time(s, x, reps))
+        # Rotate the order every round: in a fixed order the model timed first in a round runs a few
+        # per cent slower here than the same model timed later (measured both ways), which would bias
+        # the comparison. Use a multiple of 3 rounds so each model takes each place equally often.
+        keys = list(sessions)
+        for r in range(args.rounds):
+            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                best[k] = max(best[k], b / median_time(sessions[k], x, reps))
         ratio = macs[arch] / macs[f"{arch}-pruned"]
         speedup = best[f"{arch}-pruned"] / best[arch]
         savings.append((arch, b, 100 * (1 - 1 / ratio), ratio, best[arch], best[f"{arch}-pruned"], speedup, speedup >= 0.9 * ratio))

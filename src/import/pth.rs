@@ -911,11 +911,32 @@ impl PthFile {
         Ok(bytes)
     }
 
+    /// Counts `bytes` more of materialised tensors against [`VIEW_AMPLIFICATION`] × the file: views
+    /// of one storage (or one memoised array) repeated under many keys cannot multiply memory.
+    fn account(&self, bytes: usize, name: &str) -> Result<()> {
+        let mut total = self.materialised.borrow_mut();
+        *total = total.saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        if *total > VIEW_AMPLIFICATION.saturating_mul(self.file_len).saturating_add(1 << 20) {
+            return Err(Error::tensor(
+                &self.path,
+                name,
+                format!(
+                    "the checkpoint's tensors would take {} bytes, more than {VIEW_AMPLIFICATION}× the {}-byte file: overlapping views built to exhaust memory",
+                    *total, self.file_len
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads a tensor value into a contiguous tensor (views with strides and offsets are resolved).
     /// The view is checked against its storage before anything is allocated.
     pub fn materialise(&self, v: &Value, name: &str) -> Result<RawTensor> {
         let t = match v {
-            Value::Array(a) => return Ok(a.as_ref().clone()),
+            Value::Array(a) => {
+                self.account(a.bytes.len(), name)?;
+                return Ok(a.as_ref().clone());
+            }
             Value::Tensor(t) => t,
             other => return Err(Error::tensor(&self.path, name, format!("expected a tensor, found {}", other.describe()))),
         };
@@ -941,16 +962,7 @@ impl PthFile {
             }
         }
         let out_len = numel.checked_mul(es).ok_or_else(|| bad(format!("size {:?} overflows", t.shape)))?;
-        {
-            let mut total = self.materialised.borrow_mut();
-            *total += out_len as u64;
-            if *total > VIEW_AMPLIFICATION.saturating_mul(self.file_len).saturating_add(1 << 20) {
-                return Err(bad(format!(
-                    "the checkpoint's tensors would take {} bytes, more than {VIEW_AMPLIFICATION}× the {}-byte file: overlapping views built to exhaust memory",
-                    *total, self.file_len
-                )));
-            }
-        }
+        self.account(out_len, name)?;
         let mut out = Vec::with_capacity(out_len);
         let mut idx = vec![0usize; t.shape.len()];
         for _ in 0..numel {
