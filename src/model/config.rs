@@ -195,7 +195,9 @@ impl ModelConfig {
         let p = self.arch.patch_size;
         let (h, w) = (self.input.height, self.input.width);
         if p == 0 || h == 0 || w == 0 || h % p != 0 || w % p != 0 || h > LIMIT_SIDE || w > LIMIT_SIDE {
-            return Err(Error::invalid(format!("input size {h}x{w} must be a positive multiple of the patch size {p} in both dimensions")));
+            return Err(Error::invalid(format!(
+                "input size {h}x{w} must be a positive multiple of the patch size {p} in both dimensions, at most {LIMIT_SIDE}"
+            )));
         }
         Ok(())
     }
