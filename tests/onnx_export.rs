@@ -90,13 +90,7 @@ fn exported_random_pruned_models_equal_the_engine() {
     // Prefix tokens (class, distillation, none), heads, depth, grid and pruning all vary.
     for case in 0..12u64 {
         let mut rng = Rng::new(5000 + case);
-        let cfg = random_config(&mut rng);
-        let unpruned = {
-            let w = random_weights(&cfg, &mut rng);
-            ModelFiles::new(cfg, w).unwrap()
-        };
-        let plan = random_plan(unpruned.config(), &mut rng);
-        let files = apply_plan(&unpruned, &plan).unwrap();
+        let files = random_pruned_model(&mut rng);
         check(&files, &format!("random case {case} (prefix {}, pruned {})", files.config().num_prefix(), files.config().is_pruned()), case);
     }
 }

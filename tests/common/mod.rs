@@ -88,6 +88,15 @@ pub fn random_weights(cfg: &ModelConfig, rng: &mut Rng) -> VitParams<HostTensor>
     })
 }
 
+/// A random configuration with random weights, pruned by a random plan (drawn in that order).
+pub fn random_pruned_model(rng: &mut Rng) -> amg::model::ModelFiles {
+    let cfg = random_config(rng);
+    let weights = random_weights(&cfg, rng);
+    let unpruned = amg::model::ModelFiles::new(cfg, weights).unwrap();
+    let plan = random_plan(unpruned.config(), rng);
+    amg::model::surgery::apply_plan(&unpruned, &plan).unwrap()
+}
+
 /// Random kept heads (at least one per layer) and key tokens (prefix tokens always, at least one).
 pub fn random_plan(cfg: &ModelConfig, rng: &mut Rng) -> Plan {
     let (n, prefix) = (cfg.num_tokens(), cfg.num_prefix());
