@@ -205,8 +205,8 @@ impl Canvas {
         }
     }
 
-    /// A horizontal colour scale: `map` from `lo` (left) to `hi` (right), ticked at both ends and
-    /// the middle, with `label` above.
+    /// A horizontal colour scale: `map` from `lo` (left) to `hi` (right), with `label` above and
+    /// ticks at round values inside the range (the two ends when fewer than two fit).
     #[allow(clippy::too_many_arguments)]
     pub fn color_scale(&mut self, x: i64, y: i64, w: i64, h: i64, lo: f64, hi: f64, label: &str, map: fn(f64) -> Color) {
         self.text(x, y, label, 13.0, INK, Align::Left);
@@ -216,10 +216,22 @@ impl Canvas {
             self.rect(x + i, top, 1, h, c);
         }
         self.frame(x, top, w, h, INK);
-        let digits = tick_decimals((hi - lo).abs() / 2.0);
-        for (f, align) in [(0.0, Align::Left), (0.5, Align::Center), (1.0, Align::Right)] {
-            let v = lo + (hi - lo) * f;
+        let mut ticks = nice_ticks(lo, hi, 3);
+        let mut digits = if ticks.len() > 1 { tick_decimals(ticks[1] - ticks[0]) } else { 0 };
+        if ticks.len() < 2 || hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
+            ticks = vec![lo, hi];
+            digits = tick_decimals((hi - lo).abs().max(1e-6) / 10.0).min(4);
+        }
+        for v in ticks {
+            let f = if hi > lo { (v - lo) / (hi - lo) } else { 0.0 };
             let tx = x + ((w - 1) as f64 * f).round() as i64;
+            let align = if f < 0.1 {
+                Align::Left
+            } else if f > 0.9 {
+                Align::Right
+            } else {
+                Align::Center
+            };
             self.line((tx, top + h), (tx, top + h + 3), INK);
             self.text(tx, top + h + 4, &format!("{v:.digits$}"), 12.0, INK, align);
         }

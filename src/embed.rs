@@ -19,14 +19,14 @@ impl EmbedResult {
     /// One line: how many images, the output and its shape, the speed, and any skipped.
     pub fn summary(&self, out: &std::path::Path) -> String {
         format!(
-            "embedded {} images → {} [{} × {}] in {:.2}s ({:.1} img/s){}",
-            self.names.len(),
+            "embedded {} → {} [{} × {}] in {:.2} s ({:.1} img/s){}",
+            crate::text::count(self.names.len(), "image"),
             out.display(),
             self.names.len(),
             self.feature_dim,
             self.seconds,
             self.names.len() as f64 / self.seconds,
-            if self.skipped.is_empty() { String::new() } else { format!(", {} skipped", self.skipped.len()) }
+            if self.skipped.is_empty() { String::new() } else { format!(", {} skipped", crate::text::count(self.skipped.len(), "unreadable image")) }
         )
     }
 }

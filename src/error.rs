@@ -5,12 +5,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// An operating-system error on a file. (The OS error is part of the message, not a separate
+    /// cause: printing the cause chain would repeat it.)
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// A file whose content is not what it should be (a checkpoint, a model directory, an image).
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },
@@ -22,13 +20,17 @@ pub enum Error {
     Invalid(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// The user pressed Ctrl-C (or the process got SIGTERM): the work stopped at a safe point and
+    /// temporary outputs were removed.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+    pub fn io(path: impl AsRef<Path>, err: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), err }
     }
     pub fn file(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::File { path: path.as_ref().to_path_buf(), msg: msg.into() }

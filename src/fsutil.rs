@@ -11,6 +11,44 @@ fn sibling(path: &Path, tag: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
 }
 
+/// Whether process `pid` is still running (Linux: /proc; elsewhere assumed running, so that
+/// nothing of a live process is ever cleared).
+fn alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
+/// Clears what an earlier amg process that was killed outright (a second Ctrl-C, SIGKILL, power
+/// loss) left next to `path`: its temporary `.NAME.tmp-PID` copies are removed, and a
+/// `.NAME.old-PID` (the previous output, moved aside while the new one was renamed in) is put back
+/// if `path` is missing, else removed. Entries of running processes are left alone.
+pub fn clear_stale(path: &Path) -> Result<()> {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { return Ok(()) };
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(entries) = fs::read_dir(parent) else { return Ok(()) };
+    for e in entries.flatten() {
+        let entry = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = entry.strip_prefix(&format!(".{name}.")) else { continue };
+        let Some((tag, pid)) = rest.split_once('-') else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid == std::process::id() || alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let remove = |p: &Path| if p.is_dir() { fs::remove_dir_all(p) } else { fs::remove_file(p) };
+        match tag {
+            "tmp" => remove(&p).map_err(|e| Error::io(&p, e))?,
+            "old" if !path.exists() => fs::rename(&p, path).map_err(|e| Error::io(&p, e))?,
+            "old" => remove(&p).map_err(|e| Error::io(&p, e))?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) {
     // Best effort: makes the rename itself durable. Not every file system allows opening a directory.
     if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
@@ -21,6 +59,7 @@ fn sync_dir(dir: &Path) {
 /// Writes a file atomically: `write` fills a temporary file next to `path`, which is then fsynced
 /// and renamed onto `path`. On error the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
+    clear_stale(path)?;
     let tmp = sibling(path, "tmp");
     let result = (|| {
         let mut f = File::create(&tmp)?;
@@ -67,11 +106,86 @@ pub fn is_absent_or_empty(dir: &Path) -> Result<bool> {
     }
 }
 
+/// Moves the finished directory `ready` to `dir`, replacing an existing non-empty `dir` only with
+/// `force` (moved aside first, removed once `ready` is in place).
+pub fn publish_dir(ready: &Path, dir: &Path, force: bool) -> Result<()> {
+    clear_stale(dir)?;
+    if dir.is_file() {
+        return Err(Error::file(dir, "exists and is a file; the output must be a directory"));
+    }
+    let had_old = dir.exists();
+    if had_old && !is_absent_or_empty(dir)? && !force {
+        return Err(Error::file(dir, "exists and is not empty; choose another --out or pass --force to replace it"));
+    }
+    let old = sibling(dir, "old");
+    if had_old {
+        fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    if let Err(e) = fs::rename(ready, dir) {
+        if had_old {
+            let _ = fs::rename(&old, dir);
+        }
+        return Err(Error::io(dir, e));
+    }
+    sync_dir(dir.parent().unwrap_or(Path::new(".")));
+    if had_old {
+        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// An existing directory moved aside while its replacement is made in its place: `restore` (or
+/// dropping the guard, e.g. on an error or Ctrl-C) removes whatever was made and puts the old one
+/// back; `commit` removes the old one.
+pub struct Aside {
+    dir: PathBuf,
+    old: Option<PathBuf>,
+    done: bool,
+}
+
+impl Aside {
+    /// Moves `dir` aside (if it exists) and creates it empty.
+    pub fn new(dir: &Path) -> Result<Self> {
+        clear_stale(dir)?;
+        let old = if dir.exists() {
+            let old = sibling(dir, "old");
+            fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+            Some(old)
+        } else {
+            None
+        };
+        let guard = Aside { dir: dir.to_path_buf(), old, done: false };
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(guard)
+    }
+
+    /// The new content is complete: the old one goes.
+    pub fn commit(mut self) -> Result<()> {
+        self.done = true;
+        if let Some(old) = &self.old {
+            fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.dir);
+            if let Some(old) = &self.old {
+                let _ = fs::rename(old, &self.dir);
+            }
+        }
+    }
+}
+
 /// Creates an output directory atomically: `fill` writes into a fresh temporary directory next to
 /// `dir`, which replaces `dir` only once `fill` succeeded. An existing non-empty `dir` is an error
 /// unless `force`; with `force` the old directory is moved aside and removed only after the new one
 /// is in place.
 pub fn write_dir_atomic(dir: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    clear_stale(dir)?;
     if dir.is_file() {
         return Err(Error::file(dir, "exists and is a file; the output must be a directory"));
     }

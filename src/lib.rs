@@ -22,6 +22,7 @@ pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod import;
+pub mod interrupt;
 pub mod kernels;
 pub mod model;
 pub mod preprocess;
@@ -32,6 +33,7 @@ pub mod resample;
 pub mod rng;
 pub mod synth;
 pub mod tensor;
+pub mod text;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -39,6 +39,8 @@ pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
 /// Decodes a JPEG/PNG file to RGB (alpha dropped and grey replicated, as PIL's `convert("RGB")`).
 pub fn load_rgb(path: &Path) -> Result<Rgb8> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    check_jpeg_complete(&bytes).map_err(|why| Error::file(path, format!("damaged JPEG: {why}")))?;
+    check_png_complete(&bytes).map_err(|why| Error::file(path, format!("damaged PNG: {why}")))?;
     // The header's claimed size is checked before the decoder allocates: a few hundred bytes of
     // PNG can claim gigapixels. Re-ID crops are far below these limits.
     let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
@@ -50,6 +52,82 @@ pub fn load_rgb(path: &Path) -> Result<Rgb8> {
     let img = reader.decode().map_err(|e| Error::file(path, format!("cannot decode image: {e}")))?;
     let rgb = img.to_rgb8();
     Ok(Rgb8 { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
+}
+
+/// A JPEG's decoder fills whatever is missing with grey and reports nothing, so a truncated or
+/// cut-off file would silently become a feature. This walks the file's marker structure (segment
+/// lengths, then the entropy-coded data of each scan up to the next marker) and requires the
+/// end-of-image marker; bytes after it are allowed, as cameras often append some. Not a JPEG
+/// (no start-of-image marker): nothing to check here.
+pub fn check_jpeg_complete(b: &[u8]) -> std::result::Result<(), String> {
+    if !b.starts_with(&[0xFF, 0xD8]) {
+        return Ok(());
+    }
+    let truncated = |at: usize| Err(format!("the file ends at byte {} before its end-of-image marker (truncated?)", at.min(b.len())));
+    let mut i = 2;
+    loop {
+        match b.get(i) {
+            None => return truncated(i),
+            Some(0xFF) => {}
+            Some(&x) => return Err(format!("byte {i}: expected a marker (0xFF), found 0x{x:02X}")),
+        }
+        while b.get(i) == Some(&0xFF) {
+            i += 1; // fill bytes
+        }
+        let Some(&marker) = b.get(i) else { return truncated(i) };
+        i += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            0x01 | 0xD0..=0xD7 => continue, // markers without a segment
+            _ => {}
+        }
+        let (Some(&hi), Some(&lo)) = (b.get(i), b.get(i + 1)) else { return truncated(i) };
+        let len = usize::from(hi) << 8 | usize::from(lo);
+        if len < 2 {
+            return Err(format!("byte {i}: segment length {len} (at least 2)"));
+        }
+        i += len;
+        if i > b.len() {
+            return truncated(b.len());
+        }
+        if marker == 0xDA {
+            // Entropy-coded data: runs until a marker other than a stuffed 0xFF00 or a restart.
+            loop {
+                match (b.get(i), b.get(i + 1)) {
+                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => i += 2,
+                    (Some(0xFF), Some(_)) => break,
+                    (Some(_), _) => i += 1,
+                    (None, _) => return truncated(i),
+                }
+            }
+        }
+    }
+}
+
+/// The PNG decoder accepts a file that stops after its image data; a complete PNG ends with an
+/// IEND chunk. This walks the chunks by their lengths and requires a whole IEND. Not a PNG: nothing
+/// to check here.
+pub fn check_png_complete(b: &[u8]) -> std::result::Result<(), String> {
+    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    if !b.starts_with(&SIGNATURE) {
+        return Ok(());
+    }
+    let mut i = SIGNATURE.len();
+    loop {
+        let Some(head) = b.get(i..i + 8) else {
+            return Err(format!("the file ends at byte {} before its IEND chunk (truncated?)", b.len()));
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        // length, type, data, CRC
+        let end = i.checked_add(12).and_then(|v| v.checked_add(len)).filter(|&e| e <= b.len());
+        let Some(end) = end else {
+            return Err(format!("chunk `{}` at byte {i} runs past the end of the file (truncated?)", String::from_utf8_lossy(&head[4..8])));
+        };
+        if &head[4..8] == b"IEND" {
+            return Ok(());
+        }
+        i = end;
+    }
 }
 
 /// Resizes (Pillow bicubic; nothing when already the right size) and normalises into `out`
@@ -117,4 +195,51 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, usize)> {
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()).then_with(|| a.cmp(b)));
     files.dedup();
     Ok((files, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(name: &str) -> (PathBuf, Vec<u8>) {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/image_cases").join(name);
+        let b = std::fs::read(&p).unwrap();
+        (p, b)
+    }
+
+    /// Every file `tools/make_image_cases.py` wrote with Pillow reads, and every strict prefix of
+    /// it (a truncated download or copy) is refused — for baseline, progressive and
+    /// restart-marker JPEGs and for PNG.
+    #[test]
+    fn complete_images_read_and_every_truncation_is_refused() {
+        let dir = std::env::temp_dir().join(format!("amg-trunc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["baseline.jpg", "progressive.jpg", "restart.jpg", "trailing.jpg", "plain.png"] {
+            let (path, bytes) = case(name);
+            let img = load_rgb(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((img.height, img.width), (48, 24), "{name}");
+            let cut = dir.join(name);
+            // The trailer after the end-of-image marker may go; nothing before it may.
+            let needed = if name == "trailing.jpg" { case("baseline.jpg").1.len() } else { bytes.len() };
+            for n in 0..needed {
+                std::fs::write(&cut, &bytes[..n]).unwrap();
+                let r = load_rgb(&cut);
+                assert!(r.is_err(), "{name} cut to {n} of {} bytes was read", bytes.len());
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_jpeg_error_names_the_file_and_says_truncated() {
+        let (path, bytes) = case("baseline.jpg");
+        let dir = std::env::temp_dir().join(format!("amg-trunc-msg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cut = dir.join("cut.jpg");
+        std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        let e = load_rgb(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.jpg") && e.contains("truncated"), "{e}");
+        assert!(load_rgb(&path).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -75,8 +75,14 @@ fn raw_pixels_score_well_under_half() {
 fn contact_sheet() {
     let dir = temp_dir("synth-preview");
     let p = dir.join("sheet.png");
-    preview(&SynthOptions { occluded: true, ..Default::default() }, &p).unwrap();
-    let img = image::open(&p).unwrap();
-    assert!(img.width() > 10 * 64 && img.height() > 8 * 128);
+    // One column per camera (what the caption says): four more cameras, four more image columns.
+    let mut widths = Vec::new();
+    for cams in [4, 8] {
+        preview(&SynthOptions { occluded: true, cams, size: (160, 120), ..Default::default() }, &p).unwrap();
+        let img = image::open(&p).unwrap();
+        assert!(img.height() > 8 * 128, "eight identities high: {}", img.height());
+        widths.push(img.width());
+    }
+    assert_eq!(widths[1] - widths[0], 4 * (120 + 4), "sheet widths {widths:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

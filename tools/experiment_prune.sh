@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-5 experiment: a tiny ViT trained from scratch on the occluded synthetic benchmark,
+# The pruning experiment: a tiny ViT trained from scratch on the occluded synthetic benchmark,
 # then AMG heads / tokens / heads+tokens against random pruning at the same budgets.
 # Usage: tools/experiment_prune.sh [WORK_DIR=/tmp/amg-exp] [BASE_EPOCHS=12]   (30–45 minutes on 2 cores)
 set -euo pipefail

@@ -175,6 +175,7 @@ pub fn for_each_batch(paths: &[PathBuf], order: &[usize], spec: &InputSpec, opts
             }
         });
         for msg in rx {
+            crate::interrupt::check()?;
             consume(msg?)?;
         }
         Ok(())

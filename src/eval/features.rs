@@ -1,6 +1,8 @@
 //! Feature files: what `amg embed` writes and `amg eval --features` / `amg search` read — a
 //! safetensors file with tensor `features` `[N, F]` and the image names as a JSON list in the
-//! metadata key `names`.
+//! metadata key `names`, and the fingerprint of the model that computed them
+//! (`model_fingerprint`, see `ModelFiles::fingerprint`) so that features of different models are
+//! never ranked against each other.
 
 use crate::data::dataset::parse_name;
 use crate::error::{Error, Result};
@@ -33,6 +35,28 @@ pub fn read_features(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
     }
     check_finite(&t.data, dim, |row| format!("{}: tensor `features`, row {row} ({})", path.display(), names[row]))?;
     Ok((names, t.data, dim))
+}
+
+/// The metadata key holding the embedding model's fingerprint.
+pub const FINGERPRINT_KEY: &str = "model_fingerprint";
+
+/// The fingerprint of the model a feature file was computed with, when it records one (files
+/// written by other tools may not).
+pub fn recorded_model(path: &Path) -> Result<Option<String>> {
+    let st = crate::tensor::SafetensorsFile::open(path)?;
+    Ok(st.metadata().get(FINGERPRINT_KEY).cloned())
+}
+
+/// Refuses to compare features of two different models: `a` and `b` are (file, recorded
+/// fingerprint) pairs, or a model's own fingerprint with a description instead of a file.
+pub fn check_same_model(a: (&str, Option<&str>), b: (&str, Option<&str>)) -> Result<()> {
+    match (a.1, b.1) {
+        (Some(x), Some(y)) if x != y => Err(Error::invalid(format!(
+            "{} comes from model {x} but {} from model {y}: features of different models cannot be compared (embed both with the same model)",
+            a.0, b.0
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses NaN or infinite values in `[n, dim]` rows: ranking them would print metrics that mean

@@ -103,6 +103,8 @@ pub fn eval_pixels(data: &Dataset, (h, w): (usize, usize), opts: &EvalOptions) -
 
 /// Evaluates two feature files (query, gallery) written by `amg embed`.
 pub fn eval_feature_files(query: &Path, gallery: &Path) -> Result<Metrics> {
+    let (qm, gm) = (features::recorded_model(query)?, features::recorded_model(gallery)?);
+    features::check_same_model((&query.display().to_string(), qm.as_deref()), (&gallery.display().to_string(), gm.as_deref()))?;
     let q = features::read_labelled(query)?;
     let g = features::read_labelled(gallery)?;
     if q.dim != g.dim {

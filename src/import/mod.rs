@@ -68,7 +68,13 @@ pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
     let grids = ck.grids(req, &arch)?;
     let head = ck.head(grids, arch.patch_size)?;
     let (p, (gh, gw)) = (arch.patch_size, grids.model);
-    let source = Source { format: req.format.name().into(), path: display_path(ck.path), notes: vec![], amg_version: env!("CARGO_PKG_VERSION").into() };
+    let source = Source {
+        format: req.format.name().into(),
+        path: display_path(ck.path),
+        notes: vec![],
+        amg_version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
     let mut cfg = ModelConfig::new(arch, gh * p, gw * p, head, source)?;
     let mut notes = Vec::new();
     ck.plan(&mut cfg, grids, &mut notes)?;
@@ -85,12 +91,12 @@ pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
 pub fn summary(files: &ModelFiles, req: &ImportRequest, out: &Path) -> String {
     let c = &files.config;
     let mut s = format!(
-        "imported {} ({}): {}x{} input, {} layers, {} heads kept of {}, {} key tokens kept of {} → {}",
+        "imported {} ({}): {}x{} input, {}, {} heads kept of {}, {} key tokens kept of {} → {}",
         req.checkpoint.display(),
         req.format,
         c.input.height,
         c.input.width,
-        c.arch.depth,
+        crate::text::count(c.arch.depth, "layer"),
         c.layers.iter().map(|l| l.heads.len()).sum::<usize>(),
         c.arch.depth * c.arch.num_heads,
         c.layers.iter().map(|l| l.tokens.len()).sum::<usize>(),

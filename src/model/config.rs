@@ -112,16 +112,57 @@ impl HeadConfig {
     }
 }
 
+/// Where a model came from: what made it, from which file, and its history in `notes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Source {
-    /// `timm`, `la-transformer`, `amg`, `init` (randomly initialised), or `amg-prune` later on.
+    /// `timm`, `la-transformer`, `amg` (imported); `init` (random weights); `amg-train`,
+    /// `amg-prune` (made by amg from an earlier model, named in `notes`).
     pub format: String,
+    /// The file or directory it was imported or derived from.
     #[serde(default)]
     pub path: String,
+    /// Its history, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The amg version that wrote the model directory.
     #[serde(default)]
     pub amg_version: String,
+    /// The command that wrote the model directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub command: String,
+}
+
+static COMMAND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the command line of this process (set once by the `amg` command line), written into
+/// every model directory it saves.
+pub fn set_command(args: impl IntoIterator<Item = String>) {
+    let quoted: Vec<String> = args
+        .into_iter()
+        .map(|a| if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) { format!("'{}'", a.replace('\'', "'\\''")) } else { a })
+        .collect();
+    let _ = COMMAND.set(quoted.join(" "));
+}
+
+impl Source {
+    /// The provenance as it is written: this amg's version and, when known, this process's command.
+    pub fn stamped(&self) -> Source {
+        let mut s = self.clone();
+        s.amg_version = env!("CARGO_PKG_VERSION").into();
+        if let Some(c) = COMMAND.get() {
+            s.command = c.clone();
+        }
+        s
+    }
+
+    /// One line: the format and the path, if any.
+    pub fn describe(&self) -> String {
+        if self.path.is_empty() {
+            self.format.clone()
+        } else {
+            format!("{} {}", self.format, self.path)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,8 +315,10 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// The `config.json` text, with the provenance stamped (`Source::stamped`).
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("config serialises")
+        let stamped = ModelConfig { source: self.source.stamped(), ..self.clone() };
+        serde_json::to_string_pretty(&stamped).expect("config serialises")
     }
 }
 
@@ -305,12 +348,13 @@ fn check_sorted_unique(v: &[usize], bound: usize, what: &str) -> Result<()> {
 }
 
 /// Parses `HxW` (e.g. `256x128`) or a single number for a square size.
+/// Parses `HxW` (height × width, e.g. 256x128). Both are needed: one number would hide whether a
+/// square or the usual tall Re-ID crop was meant.
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let bad = || Error::invalid(format!("size `{s}`: expected HxW such as 256x128, or one number such as 224"));
+    let bad = || Error::invalid(format!("size `{s}`: expected height x width such as 256x128 or 224x224"));
     let parts: Vec<&str> = s.split(['x', 'X']).collect();
-    let num = |p: &str| p.trim().parse::<usize>().map_err(|_| bad());
+    let num = |p: &str| p.trim().parse::<usize>().ok().filter(|&v| v > 0).ok_or_else(bad);
     match parts.as_slice() {
-        [one] => num(one).map(|v| (v, v)),
         [h, w] => Ok((num(h)?, num(w)?)),
         _ => Err(bad()),
     }
@@ -337,7 +381,9 @@ mod tests {
     #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("256x128").unwrap(), (256, 128));
-        assert_eq!(parse_size("224").unwrap(), (224, 224));
+        // One number is refused: a square and the usual tall Re-ID crop must not be confused.
+        assert!(parse_size("224").unwrap_err().to_string().contains("height x width"));
+        assert!(parse_size("0x64").is_err());
         assert!(parse_size("2x3x4").is_err());
         assert!(parse_size("ax3").is_err());
     }

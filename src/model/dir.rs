@@ -50,6 +50,26 @@ impl ModelFiles {
         Ok(ModelFiles { config, params }) // checked by `validate` and `from_map`
     }
 
+    /// What identifies the function the model computes: a 64-bit hash (16 hex digits) of its
+    /// architecture, input, head, per-layer plan and every weight, bit for bit — not of its
+    /// provenance. `amg embed` records it in feature files so that `search` and `eval --features`
+    /// can refuse features of another model (same feature size, different weights: nonsense ranks).
+    /// FNV-1a over 32-bit words: stable across builds and platforms (unlike std's hasher).
+    pub fn fingerprint(&self) -> String {
+        const PRIME: u64 = 0x0000_0100_0000_01B3;
+        let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+        let mut eat = |w: u32| h = (h ^ u64::from(w)).wrapping_mul(PRIME);
+        let c = &self.config;
+        let what = serde_json::to_string(&(&c.arch, &c.input, &c.layers, &c.head)).expect("the configuration serialises");
+        what.bytes().for_each(|b| eat(u32::from(b)));
+        for (key, t) in self.params.entries() {
+            key.to_string().bytes().for_each(|b| eat(u32::from(b)));
+            t.shape.iter().for_each(|&d| eat(d as u32));
+            t.data.iter().for_each(|v| eat(v.to_bits()));
+        }
+        format!("{h:016x}")
+    }
+
     /// The check every consumer (engine, differentiable model, exporters, `save`) runs first: the
     /// configuration is consistent and every tensor has the shape it implies. The fields are public
     /// for surgery and tests; nothing runs a model that has not passed this.

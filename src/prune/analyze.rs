@@ -62,10 +62,10 @@ impl Scores {
     /// One line: what was scored, over how many images, written where.
     pub fn summary(&self, out: &Path) -> String {
         format!(
-            "scores of {} heads and {} key tokens over {} images → {}",
-            self.head_entropy.iter().map(|l| l.len()).sum::<usize>(),
-            self.token_importance.iter().flatten().flatten().count(),
-            self.images,
+            "scores of {} and {} over {} → {}",
+            crate::text::count(self.head_entropy.iter().map(|l| l.len()).sum::<usize>(), "head"),
+            crate::text::count(self.token_importance.iter().flatten().flatten().count(), "key token"),
+            crate::text::count(self.images, "image"),
             out.display()
         )
     }

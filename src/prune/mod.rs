@@ -18,11 +18,11 @@ use crate::train::run::{train, Scheduler, Start, TrainOptions, TrainRequest};
 use analyze::Scores;
 use criteria::{AnalyzeOptions, Calibration, Criterion, HeadCriterion, TokenCriterion};
 use policy::{remove_heads, remove_tokens, HeadWeighting, TokenWeighting};
-use serde::Serialize;
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// What a pruning iteration removes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Heads,
@@ -105,7 +105,7 @@ impl PruneOptions {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IterationRecord {
     pub phase: Phase,
     pub iteration: usize,
@@ -140,6 +140,96 @@ pub struct PruneRequest<'a> {
     pub out: &'a Path,
     /// Replace `out` if it exists and is not empty.
     pub force: bool,
+    /// Continue the interrupted run kept in `partial_dir(out)`.
+    pub resume: bool,
+}
+
+/// Where a run works until it is finished: `OUT.partial`, beside `OUT`. It holds the finished
+/// iterations (the model after each, its scores, the fine-tuning runs) and `progress.json`; an
+/// interrupted or failed run keeps it so that `--resume` continues from the last finished
+/// iteration; a finished run is renamed to `OUT`.
+pub fn partial_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "pruned".into());
+    out.with_file_name(format!("{name}.partial"))
+}
+
+/// Checks, before any work, that a run may write `out`: a non-empty `out` needs `force`; an
+/// interrupted run's `OUT.partial` needs `resume` (continue it) or `force` (start over); `resume`
+/// needs one.
+pub fn check_output(out: &Path, force: bool, resume: bool) -> Result<()> {
+    if out.is_file() {
+        return Err(Error::file(out, "exists and is a file; the output must be a directory"));
+    }
+    if !force && !crate::fsutil::is_absent_or_empty(out)? {
+        return Err(Error::file(out, "exists and is not empty; choose another --out or pass --force to replace it"));
+    }
+    let work = partial_dir(out);
+    if resume && !work.join(PROGRESS_FILE).is_file() {
+        return Err(Error::file(&work, "nothing to resume: no interrupted run here (start the run without --resume)"));
+    }
+    if !resume && !force && work.exists() {
+        return Err(Error::file(&work, "holds an interrupted run of `amg prune`: add --resume to continue it, or --force to start over (or delete it)"));
+    }
+    Ok(())
+}
+
+const PROGRESS_FILE: &str = "progress.json";
+const CURRENT_DIR: &str = "current";
+
+/// `progress.json` of an unfinished run.
+#[derive(Debug, Serialize, Deserialize)]
+struct Progress {
+    /// What the run was started with (options, model, data); a resumed run must match it.
+    run: serde_json::Map<String, serde_json::Value>,
+    /// The finished iterations, in order; the model after the last is in `current/`.
+    iterations: Vec<IterationRecord>,
+    /// Whether the final fine-tune finished (the model in `current/` is then the result).
+    final_done: bool,
+}
+
+/// What identifies a run for `--resume`: every option that changes the result, the model's
+/// fingerprint and the dataset.
+fn run_key(o: &PruneOptions, model: &ModelFiles, teacher: Option<&ModelFiles>, data: &Dataset) -> serde_json::Map<String, serde_json::Value> {
+    let v = serde_json::json!({
+        "heads": o.heads, "tokens": o.tokens, "iters": o.iters, "finetune_epochs": o.finetune_epochs,
+        "final_epochs": o.final_epochs, "criterion": crate::choice::Choice::name(o.criterion), "head_weighting": format!("{:?}", o.head_weighting),
+        "token_weighting": format!("{:?}", o.token_weighting), "seed": o.seed, "distill": o.distill.describe(),
+        "batch_size": o.batch_size, "lr": o.lr, "weight_decay": o.weight_decay, "calib_limit": o.calib_limit,
+        "model": model.fingerprint(), "teacher": teacher.map(|t| t.fingerprint()), "data": data.root.display().to_string(),
+    });
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("an object literal"),
+    }
+}
+
+impl Progress {
+    fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(PROGRESS_FILE);
+        if !path.is_file() {
+            return Err(Error::file(dir, "nothing to resume: no progress.json (start the run without --resume)"));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("not a pruning run's progress: {e}")))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        write_json(&dir.join(PROGRESS_FILE), self)
+    }
+
+    /// The resumed command must be the interrupted one: names every option that differs.
+    fn check_same_run(&self, now: &serde_json::Map<String, serde_json::Value>, dir: &Path) -> Result<()> {
+        let differ: Vec<String> = now
+            .iter()
+            .filter(|(k, v)| self.run.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}: {} then, {v} now", self.run.get(k).map(|x| x.to_string()).unwrap_or_else(|| "unset".into())))
+            .collect();
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::file(dir, format!("--resume continues the same run, but this command differs: {}", differ.join("; "))))
+        }
+    }
 }
 
 /// Chooses what each iteration removes: the criteria score the model as it is now (on the
@@ -151,22 +241,23 @@ struct Selector<'a> {
     heads: Box<dyn HeadCriterion>,
     tokens: Box<dyn TokenCriterion>,
     calib: AnalyzeOptions,
-    /// The random criterion's generator, seeded per run.
-    rng: Rng,
 }
 
 impl<'a> Selector<'a> {
     fn new(o: &'a PruneOptions, data: &'a Dataset) -> Self {
         let calib = AnalyzeOptions { batch_size: o.batch_size, limit: o.calib_limit, progress: true };
-        Selector { o, data, heads: o.criterion.heads(), tokens: o.criterion.tokens(), calib, rng: Rng::new(o.seed ^ 0x5C0E) }
+        Selector { o, data, heads: o.criterion.heads(), tokens: o.criterion.tokens(), calib }
     }
 
     /// The plan that removes `k` heads or key tokens from `model`, and the scores behind it (only
-    /// the criterion of this phase runs).
-    fn select(&mut self, phase: Phase, model: &ModelFiles, k: usize) -> Result<(Plan, Scores)> {
+    /// the criterion of this phase runs). `step` numbers the iterations of the run: the random
+    /// criterion draws from a generator seeded by (seed, step), so a resumed run draws what an
+    /// uninterrupted one would have.
+    fn select(&mut self, phase: Phase, model: &ModelFiles, k: usize, step: usize) -> Result<(Plan, Scores)> {
         let plan = Plan::of(&model.config);
         let mut scores = Scores::zeros(model, &self.calib, self.o.calib_limit.unwrap_or(usize::MAX).min(self.data.train.len()));
-        let calib = Calibration { model, data: self.data, options: &self.calib, rng: &mut self.rng };
+        let mut rng = Rng::new(self.o.seed ^ 0x5C0E).fork(step as u64);
+        let calib = Calibration { model, data: self.data, options: &self.calib, rng: &mut rng };
         let next = match phase {
             Phase::Heads => {
                 scores.head_entropy = self.heads.score_heads(calib)?;
@@ -215,8 +306,13 @@ impl FineTune<'_> {
             eval_every: 0,
         };
         let teacher = self.teacher.map(|t| (t.clone(), "the unpruned model".to_string()));
+        // The pruned model's history gets one note for the whole schedule (see `run_schedule`),
+        // not one per fine-tuning stage.
+        let source = model.config.source.clone();
         train(TrainRequest { data: self.data, run, start: Start::Model(model, opts), teacher, force: true, progress: true }, log)?;
-        ModelFiles::load(&run.join("last"))
+        let mut tuned = ModelFiles::load(&run.join("last"))?;
+        tuned.config.source = source;
+        Ok(tuned)
     }
 }
 
@@ -224,11 +320,13 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     crate::fsutil::write_bytes_atomic(path, serde_json::to_string_pretty(value).expect("serialisable").as_bytes())
 }
 
-/// Runs the whole schedule, writing the pruned model directory (plus `plan.json`, `scores/`,
-/// `stages/`, `iterations.json` and whatever `finish` adds) to `req.out`, atomically.
+/// Runs the whole schedule in `partial_dir(out)` and renames it to `out` when finished: the pruned
+/// model directory plus `plan.json`, `scores/`, `stages/`, `iterations.json` and whatever `finish`
+/// adds. An interrupted or failed run keeps its finished iterations there for `resume`.
 pub fn prune(req: PruneRequest, log: &mut dyn FnMut(&str), finish: Finish) -> Result<PruneSummary> {
-    let PruneRequest { model, teacher, data, options: o, out, force } = req;
+    let PruneRequest { model, teacher, data, options: o, out, force, resume } = req;
     o.check(teacher.is_some())?;
+    check_output(out, force, resume)?;
     let cfg = model.config.clone();
     let depth = cfg.arch.depth;
     let n_heads = (o.heads * (depth * cfg.arch.num_heads) as f64).floor() as usize;
@@ -237,64 +335,119 @@ pub fn prune(req: PruneRequest, log: &mut dyn FnMut(&str), finish: Finish) -> Re
         return Err(Error::invalid("nothing to prune: give --heads and/or --tokens budgets large enough to remove something"));
     }
     let teacher = if o.distill != Distill::None { Some(teacher.unwrap_or_else(|| model.clone())) } else { None };
-    let original = model.clone();
-    let mut iterations = Vec::new();
-    let mut result = None;
-    let mut selector = Selector::new(o, data);
-    let tuner = FineTune { data, o, teacher: teacher.as_ref() };
-    crate::fsutil::write_dir_atomic(out, force, |tmp| {
-        std::fs::create_dir_all(tmp.join("scores")).map_err(|e| Error::io(tmp.join("scores"), e))?;
-        let mut current = model;
-        for (phase, n) in [(Phase::Heads, n_heads), (Phase::Tokens, n_tokens)] {
-            for it in (0..o.iters).filter(|_| n > 0) {
-                let k = per_iteration(n, o.iters, it);
-                let (next, scores) = selector.select(phase, &current, k)?;
-                let file = format!("scores/{}-{:02}.json", phase.name(), it + 1);
-                write_json(&tmp.join(&file), &scores)?;
-                current = apply_plan(&current, &next)?;
-                let rec = IterationRecord {
-                    phase,
-                    iteration: it + 1,
-                    removed: k,
-                    heads_left: next.heads.iter().map(|h| h.len()).sum(),
-                    key_tokens_left: next.tokens.iter().map(|t| t.len()).sum(),
-                    scores_file: file,
-                };
-                log(&format!(
-                    "{} {}/{}: removed {k} ({} heads, {} key tokens left; {} criterion)",
-                    phase.name(),
-                    it + 1,
-                    o.iters,
-                    rec.heads_left,
-                    rec.key_tokens_left,
-                    o.criterion.title()
-                ));
-                iterations.push(rec);
-                let stage = tmp.join("stages").join(format!("{}-{:02}", phase.name(), it + 1));
-                current = tuner.run(current, &stage, o.finetune_epochs, false, log)?;
-            }
+    let key = run_key(o, &model, teacher.as_ref(), data);
+    let work = partial_dir(out);
+    crate::fsutil::clear_stale(&work)?;
+    let mut progress = if resume {
+        let p = Progress::load(&work)?;
+        p.check_same_run(&key, &work)?;
+        log(&format!("resuming from {}: {} finished", work.display(), crate::text::count(p.iterations.len(), "iteration")));
+        p
+    } else {
+        if work.exists() {
+            std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?; // with --force (checked above)
         }
-        current = tuner.run(current, &tmp.join("stages").join("final"), o.final_epochs, true, log)?;
-        current.config.source.notes.push(format!(
-            "pruned by amg ({} criterion): heads {:.0} %, key tokens {:.0} %, {} iteration(s), {} + {} fine-tune epochs",
-            o.criterion.title(),
-            100.0 * o.heads,
-            100.0 * o.tokens,
-            o.iters,
-            o.finetune_epochs,
-            o.final_epochs
-        ));
-        current.config.source.format = "amg-prune".into();
-        current.write_into(tmp)?;
-        let plan = Plan::of(&current.config);
-        write_json(&tmp.join("plan.json"), &plan)?;
-        write_json(&tmp.join("iterations.json"), &iterations)?;
-        finish(tmp, &original, &current, log)?;
-        result = Some(plan);
-        Ok(())
-    })?;
-    let plan = result.expect("set on success");
-    Ok(PruneSummary { plan, iterations })
+        std::fs::create_dir_all(work.join("scores")).map_err(|e| Error::io(work.join("scores"), e))?;
+        let p = Progress { run: key, iterations: Vec::new(), final_done: false };
+        p.save(&work)?;
+        p
+    };
+    let original = model.clone();
+    let result = run_schedule(&work, model, &original, teacher.as_ref(), data, o, (n_heads, n_tokens), &mut progress, log, finish);
+    match result {
+        Ok(plan) => {
+            crate::fsutil::publish_dir(&work, out, force)?;
+            Ok(PruneSummary { plan, iterations: progress.iterations })
+        }
+        Err(e) => {
+            if progress.iterations.is_empty() {
+                let _ = std::fs::remove_dir_all(&work); // nothing finished: nothing to resume
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The schedule itself, in the work directory `work`, skipping the iterations `progress` lists
+/// as finished and recording each one it finishes.
+#[allow(clippy::too_many_arguments)]
+fn run_schedule(
+    work: &Path,
+    model: ModelFiles,
+    original: &ModelFiles,
+    teacher: Option<&ModelFiles>,
+    data: &Dataset,
+    o: &PruneOptions,
+    (n_heads, n_tokens): (usize, usize),
+    progress: &mut Progress,
+    log: &mut dyn FnMut(&str),
+    finish: Finish,
+) -> Result<Plan> {
+    let mut selector = Selector::new(o, data);
+    let tuner = FineTune { data, o, teacher };
+    let saved = work.join(CURRENT_DIR);
+    let mut current = if progress.iterations.is_empty() { model } else { ModelFiles::load(&saved)? };
+    let mut step = 0;
+    for (phase, n) in [(Phase::Heads, n_heads), (Phase::Tokens, n_tokens)] {
+        for it in (0..o.iters).filter(|_| n > 0) {
+            step += 1;
+            if step <= progress.iterations.len() {
+                continue; // finished before the interruption
+            }
+            let k = per_iteration(n, o.iters, it);
+            let (next, scores) = selector.select(phase, &current, k, step)?;
+            let file = format!("scores/{}-{:02}.json", phase.name(), it + 1);
+            write_json(&work.join(&file), &scores)?;
+            current = apply_plan(&current, &next)?;
+            let rec = IterationRecord {
+                phase,
+                iteration: it + 1,
+                removed: k,
+                heads_left: next.heads.iter().map(|h| h.len()).sum(),
+                key_tokens_left: next.tokens.iter().map(|t| t.len()).sum(),
+                scores_file: file,
+            };
+            log(&format!(
+                "{} {}/{}: removed {k} ({} heads, {} key tokens left; {} criterion)",
+                phase.name(),
+                it + 1,
+                o.iters,
+                rec.heads_left,
+                rec.key_tokens_left,
+                o.criterion.title()
+            ));
+            let stage = work.join("stages").join(format!("{}-{:02}", phase.name(), it + 1));
+            current = tuner.run(current, &stage, o.finetune_epochs, false, log)?;
+            current.save(&saved, true)?;
+            progress.iterations.push(rec);
+            progress.save(work)?;
+        }
+    }
+    if !progress.final_done {
+        current = tuner.run(current, &work.join("stages").join("final"), o.final_epochs, true, log)?;
+        current.save(&saved, true)?;
+        progress.final_done = true;
+        progress.save(work)?;
+    }
+    current.config.source.notes.push(format!(
+        "pruned by amg ({} criterion): heads {:.0} %, key tokens {:.0} %, {}, {} + {} fine-tune epochs",
+        o.criterion.title(),
+        100.0 * o.heads,
+        100.0 * o.tokens,
+        crate::text::count(o.iters, "iteration"),
+        o.finetune_epochs,
+        o.final_epochs
+    ));
+    current.config.source.format = "amg-prune".into();
+    current.write_into(work)?;
+    let plan = Plan::of(&current.config);
+    write_json(&work.join("plan.json"), &plan)?;
+    write_json(&work.join("iterations.json"), &progress.iterations)?;
+    finish(work, original, &current, log)?;
+    // The work directory becomes the output: its resume state goes.
+    std::fs::remove_dir_all(&saved).map_err(|e| Error::io(&saved, e))?;
+    std::fs::remove_file(work.join(PROGRESS_FILE)).map_err(|e| Error::io(work.join(PROGRESS_FILE), e))?;
+    Ok(plan)
 }
 
 /// Applies an explicit plan (no fine-tuning) and writes the model with its `plan.json`.

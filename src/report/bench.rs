@@ -37,6 +37,7 @@ pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bo
         let t = std::time::Instant::now();
         engine.forward(&input, batch, &mut ws, Want::default())?;
         times.push(t.elapsed().as_secs_f64());
+        crate::interrupt::check()?;
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -157,6 +158,7 @@ fn time_steps(iters: usize, progress: bool, mut step: impl FnMut() -> Result<f64
         let t = std::time::Instant::now();
         fwd.push(step()?);
         total.push(t.elapsed().as_secs_f64());
+        crate::interrupt::check()?;
         pb.inc(1);
     }
     pb.finish_and_clear();

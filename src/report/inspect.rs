@@ -40,9 +40,12 @@ pub fn render(cfg: &ModelConfig) -> String {
             HeadKind::La => format!("LA, {} parts, {} classes", cfg.num_parts(), cfg.head.num_classes),
         }
     );
-    let _ = writeln!(s, "source: {} {}", cfg.source.format, cfg.source.path);
+    let _ = writeln!(s, "source: {}", cfg.source.describe());
     for n in &cfg.source.notes {
         let _ = writeln!(s, "  note: {n}");
+    }
+    if !cfg.source.command.is_empty() {
+        let _ = writeln!(s, "  written by amg {}: {}", cfg.source.amg_version, cfg.source.command);
     }
     let _ = writeln!(s);
     let _ = writeln!(s, "{:>5} {:>7} {:>10} {:>9} {:>9} {:>11} {:>12}", "layer", "heads", "key tokens", "params", "MSA", "MACs", "paper FLOPs");

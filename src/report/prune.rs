@@ -104,8 +104,13 @@ pub const SPEED_ROUNDS: usize = 3;
 pub fn build(original: &ModelFiles, pruned: &ModelFiles, data: &Dataset, quick: bool, log: &mut dyn FnMut(&str)) -> Result<Report> {
     let [o, p]: [ModelReport; 2] =
         reports(&[original, pruned], Some(data), !quick, log)?.try_into().map_err(|_| Error::invalid("expected two model reports"))?;
+    Ok(compare(o, p, data))
+}
+
+/// The report comparing two measured models.
+pub fn compare(o: ModelReport, p: ModelReport, data: &Dataset) -> Report {
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| b / a);
-    Ok(Report {
+    Report {
         mac_saving: 1.0 - p.macs as f64 / o.macs as f64,
         paper_flop_saving: 1.0 - p.paper_flops as f64 / o.paper_flops as f64,
         param_saving: 1.0 - p.params as f64 / o.params as f64,
@@ -116,7 +121,7 @@ pub fn build(original: &ModelFiles, pruned: &ModelFiles, data: &Dataset, quick: 
         dataset: data.root.display().to_string(),
         original: o,
         pruned: p,
-    })
+    }
 }
 
 fn g(v: u64) -> String {
@@ -124,51 +129,90 @@ fn g(v: u64) -> String {
 }
 
 fn pct(v: Option<f64>) -> String {
-    v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "–".into())
+    v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "not measured".into())
 }
 
 fn num(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into())
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "not measured".into())
+}
+
+/// What the report shows, in words: the cost saved, the speed gained, and the accuracy change.
+pub fn verdict(r: &Report) -> String {
+    let (a, b) = (&r.original, &r.pruned);
+    let mut s = format!(
+        "Pruning removed {:.1} % of the honest MACs ({:.2}× fewer) and {:.1} % of the parameters",
+        100.0 * r.mac_saving,
+        r.mac_ratio,
+        100.0 * r.param_saving
+    );
+    match (r.speedup_b1, r.speedup_b16) {
+        (Some(s1), Some(s16)) => {
+            s += &format!("; on this machine the pruned model runs {s1:.2}× as fast at batch 1 and {s16:.2}× at batch 16");
+        }
+        _ => s += "; speed was not measured",
+    }
+    match (a.map, b.map, a.rank1, b.rank1) {
+        (Some(m0), Some(m1), Some(r0), Some(r1)) => {
+            s += &format!(
+                ". Its mAP is {:.2} % against {:.2} % before ({}), Rank-1 {:.2} % against {:.2} % ({}).",
+                100.0 * m1,
+                100.0 * m0,
+                crate::text::signed(100.0 * (m1 - m0), 2, "pt"),
+                100.0 * r1,
+                100.0 * r0,
+                crate::text::signed(100.0 * (r1 - r0), 2, "pt")
+            );
+        }
+        _ => s += "; accuracy was not measured.",
+    }
+    s
 }
 
 pub fn markdown(r: &Report, o: &PruneOptions) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# AMG pruning report\n");
+    let _ = writeln!(s, "# {} pruning report\n", o.criterion.title());
+    let _ = writeln!(s, "{}\n", verdict(r));
     let _ = writeln!(
         s,
-        "Criterion: **{:?}** · heads {:.0} % · key tokens {:.0} % · {} iteration(s), {} fine-tune epoch(s) each, {} final · distillation: {:?} · data: `{}`\n",
-        o.criterion,
+        "Criterion: **{}** · heads removed: {:.0} % · key tokens removed: {:.0} % · {}, {} of fine-tuning after each, {} at the end · distillation: {} · data: `{}`\n",
+        o.criterion.title(),
         100.0 * o.heads,
         100.0 * o.tokens,
-        o.iters,
-        o.finetune_epochs,
-        o.final_epochs,
-        o.distill,
+        crate::text::count(o.iters, "iteration"),
+        crate::text::count(o.finetune_epochs, "epoch"),
+        crate::text::count(o.final_epochs, "epoch"),
+        o.distill.describe(),
         r.dataset
     );
     let _ = writeln!(s, "| | original | pruned | change |");
     let _ = writeln!(s, "|---|---|---|---|");
     let (a, b) = (&r.original, &r.pruned);
-    let rel = |x: u64, y: u64| format!("{:+.1} %", 100.0 * (y as f64 / x as f64 - 1.0));
+    let rel = |x: u64, y: u64| crate::text::signed(100.0 * (y as f64 / x as f64 - 1.0), 1, "%");
     let _ = writeln!(s, "| heads kept | {} | {} | {} |", a.heads, b.heads, rel(a.heads as u64, b.heads as u64));
     let _ = writeln!(s, "| key tokens kept | {} | {} | {} |", a.key_tokens, b.key_tokens, rel(a.key_tokens as u64, b.key_tokens as u64));
     let _ = writeln!(s, "| params (backbone) | {} | {} | {} |", g(a.params), g(b.params), rel(a.params, b.params));
     let _ = writeln!(s, "| MSA params | {} | {} | {} |", g(a.msa_params), g(b.msa_params), rel(a.msa_params, b.msa_params));
     let _ = writeln!(s, "| MACs, honest (what amg computes) | {} | {} | {} |", g(a.macs), g(b.macs), rel(a.macs, b.macs));
     let _ = writeln!(s, "| FLOPs, paper convention | {} | {} | {} |", g(a.paper_flops), g(b.paper_flops), rel(a.paper_flops, b.paper_flops));
-    let sp = |x: Option<f64>| x.map(|v| format!("{v:.2}×")).unwrap_or_else(|| "–".into());
+    let sp = |x: Option<f64>| x.map(|v| format!("{v:.2}×")).unwrap_or_else(|| "not measured".into());
     let _ = writeln!(s, "| img/s, batch 1 ({} threads) | {} | {} | {} |", r.threads, num(a.img_per_s_b1), num(b.img_per_s_b1), sp(r.speedup_b1));
     let _ = writeln!(s, "| img/s, batch 16 | {} | {} | {} |", num(a.img_per_s_b16), num(b.img_per_s_b16), sp(r.speedup_b16));
-    let d = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| format!("{:+.2} pt", 100.0 * (y - x))).unwrap_or_else(|| "–".into());
+    let d = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| crate::text::signed(100.0 * (y - x), 2, "pt")).unwrap_or_else(|| "–".into());
     let _ = writeln!(s, "| Rank-1 % | {} | {} | {} |", pct(a.rank1), pct(b.rank1), d(a.rank1, b.rank1));
     let _ = writeln!(s, "| mAP % | {} | {} | {} |", pct(a.map), pct(b.map), d(a.map, b.map));
     let _ = writeln!(s, "| mINP % | {} | {} | {} |", pct(a.minp), pct(b.minp), d(a.minp, b.minp));
     let _ = writeln!(
         s,
-        "\nHonest MACs count what this implementation computes (queries and the residual stream keep all N tokens; K and V only the kept ones; patch embedding included). The paper's convention charges projections and attention at the kept-token count and leaves out the patch embedding; it is shown for comparison with the paper's table, never mixed with the honest figure. Accuracy uses the standard protocol (same identity and camera removed, Rank-k CMC, mAP, mINP), not LA-Transformer's top-10 evaluation. Speed is measured on this machine with `amg`'s inference engine; MAC ratio {:.2}.",
+        "\nHonest MACs count what this implementation computes (queries and the residual stream keep all N tokens; K and V only the kept ones; patch embedding included). The paper's convention charges projections and attention at the kept-token count and leaves out the patch embedding; it is shown for comparison with the paper's table, never mixed with the honest figure. Accuracy uses the standard protocol (same identity and camera removed, Rank-k CMC, mAP, mINP), not LA-Transformer's top-10 evaluation. Speed is measured on this machine with amg's inference engine, the two models alternately, best of {SPEED_ROUNDS} rounds; MAC ratio {:.2}.",
         r.mac_ratio
     );
     s
+}
+
+/// Writes `report.json` and `report.md` into `dir`.
+pub fn write_report(dir: &std::path::Path, r: &Report, o: &PruneOptions) -> Result<()> {
+    write_json(&dir.join("report.json"), r)?;
+    crate::fsutil::write_bytes_atomic(&dir.join("report.md"), markdown(r, o).as_bytes())
 }
 
 /// Prunes (see `prune::prune`) and writes `report.json` and `report.md` beside the pruned model:
@@ -178,8 +222,7 @@ pub fn prune_and_report(req: PruneRequest, log: &mut dyn FnMut(&str)) -> Result<
     let mut report = None;
     let summary = crate::prune::prune(req, log, &mut |tmp, original, pruned, log| {
         let rep = build(original, pruned, data, o.quick_report, log)?;
-        write_json(&tmp.join("report.json"), &rep)?;
-        crate::fsutil::write_bytes_atomic(&tmp.join("report.md"), markdown(&rep, o).as_bytes())?;
+        write_report(tmp, &rep, o)?;
         report = Some(rep);
         Ok(())
     })?;

@@ -325,6 +325,7 @@ pub fn generate(opts: &SynthOptions, out: &Path, force: bool, progress: bool) ->
             std::fs::create_dir(tmp.join(s.dir())).map_err(|e| Error::io(tmp.join(s.dir()), e))?;
         }
         jobs.par_iter().zip(names.par_iter()).try_for_each(|(j, name)| {
+            crate::interrupt::check()?;
             let img = world.render(j.person.as_ref(), j.cam, j.occlusion, &mut Rng::new(j.seed));
             write_jpeg(&tmp.join(j.split.dir()).join(name), &img, world.cams[j.cam].jpeg_quality)?;
             pb.inc(1);
@@ -340,28 +341,51 @@ pub fn generate(opts: &SynthOptions, out: &Path, force: bool, progress: bool) ->
 /// A contact sheet: rows of test identities (a look-alike family first), one image per column
 /// from varied cameras; with `occluded`, the last rows show occluded query-like views.
 pub fn preview(opts: &SynthOptions, path: &Path) -> Result<()> {
+    use crate::draw::{text_width, Align, INK, WHITE};
     let world = World::new(opts)?;
     let (h, w) = opts.size;
-    let (rows, cols, gap) = (8usize, 10usize, 3usize);
+    // Rows: identities; columns: the cameras (one view of the identity per camera), so that the
+    // sheet shows what changes between cameras and what look-alike identities share.
+    let (rows, cols, gap) = (8usize.min(opts.ids), opts.cams.min(12), 4usize);
     // Start at a family of look-alikes in the second half (the test identities).
     let half = opts.ids / 2;
     let start = (half..opts.ids.saturating_sub(1)).find(|&i| world.family[i] == world.family[i + 1]).unwrap_or(half);
-    let (sheet_w, sheet_h) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
+    let occluded_rows = if opts.occluded { 2.min(rows) } else { 0 };
     let cells: Vec<(usize, usize, Rgb8)> = (0..rows * cols)
         .into_par_iter()
         .map(|cell| {
             let (r, c) = (cell / cols, cell % cols);
             let pid = (start + r) % opts.ids;
             let mut rng = Rng::new(opts.seed ^ 0x5EED).fork((pid * 100 + c) as u64);
-            let occl = opts.occluded && r >= rows - 2;
-            let occlusion = if occl { Some(rng.range(0.2, 0.5) as f32) } else { None };
-            (r, c, world.render(Some(&world.people[pid]), c % opts.cams, occlusion, &mut rng))
+            let occlusion = if r >= rows - occluded_rows { Some(rng.range(0.2, 0.5) as f32) } else { None };
+            (r, c, world.render(Some(&world.people[pid]), c, occlusion, &mut rng))
         })
         .collect();
-    let mut sheet = Sheet::new(sheet_w, sheet_h, [40, 40, 40]);
-    for (r, c, img) in cells {
-        sheet.blit((gap + c * (w + gap)) as i64, (gap + r * (h + gap)) as i64, &img);
+    let title = format!("Synthetic Re-ID benchmark ({} identities, {} cameras, {}x{})", opts.ids, opts.cams, h, w);
+    let mut caption = format!("Rows: {} identities (look-alike families adjacent); columns: {}", rows, crate::text::count(cols, "camera"));
+    if cols < opts.cams {
+        caption += &format!(" (first {cols} of {})", opts.cams);
     }
+    if occluded_rows > 0 {
+        caption += &format!("; last {occluded_rows} rows occluded");
+    }
+    let (left, top, foot) = (64usize, 58usize, 30usize);
+    let grid_w = cols * (w + gap) + gap;
+    let sheet_w = (left + grid_w).max(text_width(&title, 16.0) as usize + 24).max(text_width(&caption, 12.0) as usize + 24);
+    let sheet_h = top + rows * (h + gap) + gap + foot;
+    let mut sheet = Sheet::new(sheet_w, sheet_h, WHITE);
+    sheet.text(12, 8, &title, 16.0, INK, Align::Left);
+    for c in 0..cols {
+        sheet.text((left + gap + c * (w + gap) + w / 2) as i64, 36, &format!("cam {}", c + 1), 12.0, INK, Align::Center);
+    }
+    for r in 0..rows {
+        let pid = (start + r) % opts.ids;
+        sheet.text(left as i64 - 8, (top + gap + r * (h + gap) + h / 2) as i64 - 8, &format!("id {}", pid + 1), 12.0, INK, Align::Right);
+    }
+    for (r, c, img) in cells {
+        sheet.blit((left + gap + c * (w + gap)) as i64, (top + gap + r * (h + gap)) as i64, &img);
+    }
+    sheet.text(12, (sheet_h - foot + 8) as i64, &caption, 12.0, INK, Align::Left);
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;

@@ -256,6 +256,8 @@ pub struct TrainSummary {
     pub epochs_done: usize,
     pub history: Vec<EpochRecord>,
     pub best: Option<(f64, usize)>,
+    /// What `best` measures: "mAP" when the run evaluates, else "training accuracy".
+    pub best_by: &'static str,
 }
 
 /// Replaces the LA classifiers with freshly initialised ones for `classes` identities.
@@ -302,7 +304,22 @@ pub fn train(req: TrainRequest, log: &mut dyn FnMut(&str)) -> Result<TrainSummar
     if state.epochs_done >= o.epochs {
         write_metrics(req.run, &state.history)?;
     }
-    Ok(TrainSummary { epochs_done: state.epochs_done, history: state.history, best: state.best })
+    let best_by = if o.eval_every > 0 { "mAP" } else { "training accuracy" };
+    Ok(TrainSummary { epochs_done: state.epochs_done, history: state.history, best: state.best, best_by })
+}
+
+/// Checks, before any work, that a new run may use `run`: absent or empty, or `force`.
+pub fn check_new_run_dir(run: &Path, force: bool) -> Result<()> {
+    if run.is_file() {
+        return Err(Error::file(run, "exists and is a file; the run directory must be a directory"));
+    }
+    if run.join("last").exists() && !force {
+        return Err(Error::file(run, "already holds a run (last/): pass --resume to continue it or --force to start over"));
+    }
+    if !force && !fsutil::is_absent_or_empty(run)? {
+        return Err(Error::file(run, "exists and is not empty (and holds no training run): choose another --out or pass --force"));
+    }
+    Ok(())
 }
 
 /// Checks a new run's options before any work: distillation needs a teacher, BatchNorm a batch.
@@ -348,9 +365,7 @@ fn begin(
         }
         Start::Model(_, ref o) | Start::Random(_, ref o) => {
             check_options(o, teacher.is_some())?;
-            if run.join("last").exists() && !force {
-                return Err(Error::file(run, "already holds a run (last/): pass --resume to continue it or --force to start over"));
-            }
+            check_new_run_dir(run, force)?;
             let (files, o) = match start {
                 Start::Model(f, o) => (f, o),
                 Start::Random(cfg, o) => (ModelFiles { params: init_random(&cfg, o.seed), config: cfg }, o),
@@ -361,6 +376,14 @@ fn begin(
             } else {
                 files
             };
+            let mut files = files;
+            let from = files.config.source.clone();
+            files.config.source.format = "amg-train".into();
+            files.config.source.notes.push(format!(
+                "trained by amg from {} on {}",
+                if from.format == "init" { "random initialisation".to_string() } else { format!("`{}`", from.describe()) },
+                data.root.display()
+            ));
             std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
             let state = TrainState {
                 options: o.clone(),
@@ -469,7 +492,18 @@ impl EpochRunner<'_> {
             kd_sum += loss.distill;
             batches += 1;
             pb.inc(b as u64 + batch.failed.len() as u64);
-            pb.set_message(format!("epoch {}/{} loss {:.3} acc {:.3}", epoch + 1, o.epochs, loss_sum / batches as f64, correct as f64 / seen as f64));
+            // The bar's ETA covers this epoch; the message adds the whole run's, from this epoch's pace.
+            let done = pb.position() as f64 / paths.len().max(1) as f64;
+            let per_epoch = t0.elapsed().as_secs_f64() / done.max(1e-9);
+            let run_left = per_epoch * (1.0 - done) + per_epoch * (o.epochs - epoch - 1) as f64;
+            pb.set_message(format!(
+                "epoch {}/{} loss {:.3} acc {:.1} % · run ETA {}",
+                epoch + 1,
+                o.epochs,
+                loss_sum / batches as f64,
+                100.0 * correct as f64 / seen as f64,
+                crate::text::duration(run_left)
+            ));
             Ok(())
         })?;
         pb.finish_and_clear();
@@ -503,13 +537,13 @@ fn correct_predictions(logits: &[Tensor], labels: &[u32]) -> Result<usize> {
 
 fn epoch_line(rec: &EpochRecord, epochs: usize) -> String {
     format!(
-        "epoch {}/{}: loss {:.4} (ce {:.4}, distill {:.4}) acc {:.4} lr {:.2e} · {:.0} img/s{}",
+        "epoch {}/{}: loss {:.4} (ce {:.4}, distill {:.4}) · training accuracy {:.2} % · lr {:.2e} · {:.0} img/s{}",
         rec.epoch,
         epochs,
         rec.loss,
         rec.ce,
         rec.distill,
-        rec.accuracy,
+        100.0 * rec.accuracy,
         rec.lr,
         rec.img_per_s,
         match (rec.rank1, rec.map) {

@@ -15,19 +15,24 @@ pub struct Args {
     /// Output scores JSON.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 32)]
+    /// Images per batch.
+    #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
     batch_size: usize,
     /// Use only the first N calibration images.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::at_least_one)]
     limit: Option<usize>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    amg::fsutil::check_output_file(&a.out, a.force)?;
     let files = ModelFiles::load(&a.model)?;
     let data = Dataset::open(&a.data, None)?;
     eprint!("{}", data.summary());
     let s = analyze(&files, &data, &AnalyzeOptions { batch_size: a.batch_size, limit: a.limit, progress: true })?;
     amg::fsutil::write_bytes_atomic(&a.out, serde_json::to_string_pretty(&s)?.as_bytes())?;
-    eprintln!("{}", s.summary(&a.out));
+    println!("{}", s.summary(&a.out));
     Ok(())
 }

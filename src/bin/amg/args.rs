@@ -11,9 +11,66 @@ pub fn choice<T: Choice + Send + Sync + Clone>() -> impl TypedValueParser<Value 
     PossibleValuesParser::new(values).map(|s| T::parse(&s).unwrap_or(T::ALL[0]))
 }
 
-/// `HxW` (e.g. 256x128) or one number for a square size.
+/// `HxW`, e.g. 256x128.
 pub fn size(s: &str) -> Result<(usize, usize), String> {
     amg::model::config::parse_size(s).map_err(|e| e.to_string())
+}
+
+// Numbers are checked when the command line is read, so that a wrong value stops the command
+// before any work, with clap's usual message naming the option.
+
+fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim().parse::<T>().map_err(|_| format!("`{s}` is not a number"))
+}
+
+/// A finite number > 0 (learning rate, temperature, decay factor).
+pub fn positive(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not > 0"))
+    }
+}
+
+/// A finite number ≥ 0 (weight decay, warm-up epochs).
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not ≥ 0"))
+    }
+}
+
+/// A fraction in [0, 1): budgets, label smoothing, dropout.
+pub fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction in [0, 1) (e.g. 0.3 for 30 %)"))
+    }
+}
+
+/// A weight in [0, 1] (the distillation weight α).
+pub fn weight(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in [0, 1]"))
+    }
+}
+
+/// A count ≥ 1 (epochs, iterations, batch size, images).
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    let v: usize = number(s).map_err(|_| format!("`{s}` is not a whole number ≥ 1"))?;
+    if v >= 1 {
+        Ok(v)
+    } else {
+        Err("must be at least 1".into())
+    }
 }
 
 #[derive(clap::Args)]
@@ -21,11 +78,11 @@ pub struct DistillArgs {
     /// Distillation from the teacher: soft (KL at temperature τ) or hard (CE on its argmax).
     #[arg(long = "distill", value_parser = choice::<DistillKind>(), default_value = "none")]
     pub kind: DistillKind,
-    /// Weight of the distillation term.
-    #[arg(long, default_value_t = 0.2)]
+    /// Weight of the distillation term, in [0, 1].
+    #[arg(long, default_value_t = 0.2, value_parser = weight)]
     pub alpha: f64,
-    /// Softmax temperature of soft distillation.
-    #[arg(long, default_value_t = 1.0)]
+    /// Softmax temperature of soft distillation (> 0).
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
     pub tau: f64,
 }
 
@@ -33,4 +90,12 @@ impl DistillArgs {
     pub fn get(&self) -> Distill {
         Distill::new(self.kind, self.alpha, self.tau)
     }
+}
+
+/// Adds what was kept and how to resume to a Ctrl-C stop; other errors pass as they are.
+pub fn on_interrupt<T>(r: amg::Result<T>, hint: impl FnOnce() -> String) -> anyhow::Result<T> {
+    r.map_err(|e| match e {
+        amg::Error::Interrupted => anyhow::Error::new(e).context(hint()),
+        e => e.into(),
+    })
 }

@@ -1,4 +1,4 @@
-use crate::args::size;
+use crate::args::{at_least_one, size};
 use amg::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
 use amg::report::bench::{bench_la_step, bench_model, bench_toy_step};
 use anyhow::{anyhow, Result};
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory to measure (or give --arch).
+    /// Model directory to measure (or give --arch for an unpruned architecture with random weights).
     #[arg(long, conflicts_with = "arch", required_unless_present_any = ["arch", "toy"])]
     model: Option<PathBuf>,
     /// Or an unpruned architecture with random weights: tiny, small, base.
@@ -15,10 +15,11 @@ pub struct Args {
     /// Input size HxW for --arch (default 224x224).
     #[arg(long, value_parser = size, requires = "arch")]
     img_size: Option<(usize, usize)>,
-    #[arg(long, default_value_t = 16)]
+    /// Images per forward pass (or training step).
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     batch_size: usize,
     /// Timed iterations (after 2 warm-up ones).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     iters: usize,
     /// Print one JSON object.
     #[arg(long)]
@@ -31,7 +32,7 @@ pub struct Args {
     #[arg(long, requires = "train")]
     toy: bool,
     /// Identities of the LA head for --train.
-    #[arg(long, default_value_t = 751)]
+    #[arg(long, default_value_t = 751, value_parser = at_least_one)]
     classes: usize,
     /// Also measure the image loader on this dataset's training split (with augmentation) and
     /// gallery (without), at the model's input size.

@@ -9,6 +9,7 @@ pub struct Args {
     /// A much smaller run (for CI and a first look).
     #[arg(long)]
     quick: bool,
+    /// Seed of the data, training and pruning.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }

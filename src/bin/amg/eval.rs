@@ -26,7 +26,8 @@ pub struct Args {
     /// Average each image's feature with its mirror image's.
     #[arg(long)]
     flip: bool,
-    #[arg(long, default_value_t = 64)]
+    /// Images per batch.
+    #[arg(long, default_value_t = 64, value_parser = crate::args::at_least_one)]
     batch_size: usize,
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
@@ -41,7 +42,7 @@ pub fn run(a: Args) -> Result<()> {
         let data = Dataset::open(a.data.as_ref().ok_or_else(|| anyhow!("--data is needed unless --features is given"))?, a.layout)?;
         eprint!("{}", data.summary());
         if data.skipped_files > 0 {
-            eprintln!("warning: skipped {} non-image files", data.skipped_files);
+            eprintln!("warning: skipped {}", amg::text::count(data.skipped_files, "non-image file"));
         }
         match &a.model {
             Some(dir) => eval_model(&Engine::new(ModelFiles::load(dir)?)?, &data, &opts)?,

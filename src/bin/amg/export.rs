@@ -37,7 +37,7 @@ pub fn run(a: Args) -> Result<()> {
     let bytes = export(&ExportRequest { model: &files, format: a.format, outputs, out: &a.out, force: a.force })?;
     let c = &files.config();
     match a.format {
-        ExportFormat::Onnx => eprintln!(
+        ExportFormat::Onnx => println!(
             "exported {} → {} ({:.1} MB, ONNX opset {}): input images [batch, 3, {}, {}], output features [batch, {}]{}",
             a.model.display(),
             a.out.display(),
@@ -48,7 +48,7 @@ pub fn run(a: Args) -> Result<()> {
             c.feature_dim(),
             if outputs.logits { format!(", logits [batch, {}, {}]", c.num_parts(), c.head.num_classes) } else { String::new() }
         ),
-        ExportFormat::Pytorch => eprintln!(
+        ExportFormat::Pytorch => println!(
             "exported {} → {} ({:.1} MB, PyTorch checkpoint, AMG reference layout): load with torch.load(weights_only=True) or tools/amg_torch.py",
             a.model.display(),
             a.out.display(),

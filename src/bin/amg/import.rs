@@ -32,6 +32,6 @@ pub fn run(a: Args) -> Result<()> {
     let req = ImportRequest { format: a.from, checkpoint: a.checkpoint, img_size: a.img_size, heads: a.heads, checkpoint_img_size: a.checkpoint_img_size };
     let files = import(&req)?;
     files.save(&a.out, a.force)?;
-    eprintln!("{}", summary(&files, &req, &a.out));
+    println!("{}", summary(&files, &req, &a.out));
     Ok(())
 }

@@ -17,7 +17,7 @@ mod train;
 mod viz;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "amg", version, about = "Attention-map-guided pruning and fast CPU inference for ViT person re-identification")]
@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The whole pipeline on built-in synthetic data: benchmark, training, AMG and random pruning,
-    /// one comparison table and a plot (≈ 6 minutes on 2 cores; --quick takes seconds).
+    /// one comparison table and a plot (about 6½ minutes on 2 cores; --quick about 15 seconds).
     Demo(demo::Args),
     /// Convert a timm / LA-Transformer / AMG-reference checkpoint into an amg model directory.
     Import(import::Args),
@@ -85,9 +85,37 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The command line as clap reads it, with one change: a value may start with '-' when it is a
+/// number (`--tokens -0.1` is the value -0.1, then refused by the option's range check, not an
+/// unknown flag `-0`).
+fn parse() -> Cli {
+    let cmd = Cli::command().allow_negative_numbers(true).mut_subcommands(|s| s.allow_negative_numbers(true));
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Whether the error is a stop the user asked for (Ctrl-C / SIGTERM).
+fn interrupted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref::<amg::Error>(), Some(amg::Error::Interrupted)))
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse();
+    amg::model::config::set_command(std::env::args().enumerate().map(|(i, a)| if i == 0 { "amg".into() } else { a }));
+    if let Err(e) = amg::interrupt::install() {
+        eprintln!("warning: {e}; Ctrl-C will stop amg without cleaning up");
+    }
     if let Err(e) = run(cli) {
+        if interrupted(&e) {
+            // The command's context, if any, says what was kept and how to resume.
+            let hint = e.to_string();
+            if hint == "interrupted" {
+                eprintln!("interrupted: nothing was written (any earlier output is as it was)");
+            } else {
+                eprintln!("interrupted: {hint}");
+            }
+            std::process::exit(130);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

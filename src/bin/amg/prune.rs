@@ -1,4 +1,4 @@
-use crate::args::{choice, DistillArgs};
+use crate::args::{at_least_one, choice, fraction, non_negative, on_interrupt, positive, DistillArgs};
 use amg::data::Dataset;
 use amg::model::surgery::Plan;
 use amg::model::ModelFiles;
@@ -23,14 +23,14 @@ pub struct Args {
     /// Apply this plan ({"heads": [[…]…], "tokens": [[…]…]}) without fine-tuning.
     #[arg(long, conflicts_with_all = ["heads", "tokens", "criterion"])]
     plan: Option<PathBuf>,
-    /// Fraction of all heads to remove.
-    #[arg(long, default_value_t = 0.0)]
+    /// Fraction of all heads to remove, in [0, 1).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     heads: f64,
-    /// Fraction of all key tokens to remove.
-    #[arg(long, default_value_t = 0.0)]
+    /// Fraction of all key tokens to remove, in [0, 1).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     tokens: f64,
     /// Pruning rounds (calibrate → remove → fine-tune), each removing its share of the budget.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     iters: usize,
     /// Fine-tuning epochs after each pruning iteration.
     #[arg(long, default_value_t = 0)]
@@ -46,20 +46,28 @@ pub struct Args {
     teacher: Option<PathBuf>,
     #[command(flatten)]
     distill: DistillArgs,
-    #[arg(long, default_value_t = 32)]
+    /// Images per batch (calibration and fine-tuning).
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     batch_size: usize,
-    #[arg(long, default_value_t = 1e-4)]
+    /// Fine-tuning learning rate (Adam), > 0.
+    #[arg(long, default_value_t = 1e-4, value_parser = positive)]
     lr: f64,
-    #[arg(long, default_value_t = 1e-3)]
+    /// Fine-tuning L2 weight decay.
+    #[arg(long, default_value_t = 1e-3, value_parser = non_negative)]
     weight_decay: f64,
     /// Calibration images (default: the whole training split).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     calib_limit: Option<usize>,
+    /// Seed of the random criterion, data order and augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Replace --out if it exists and is not empty.
+    /// Replace --out if it exists and is not empty (and discard an interrupted run's OUT.partial).
     #[arg(long)]
     force: bool,
+    /// Continue an interrupted run from its last finished iteration (kept in OUT.partial); give
+    /// the same options as the interrupted command.
+    #[arg(long, conflicts_with = "plan")]
+    resume: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -67,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(plan) = &a.plan {
         let plan = Plan::load(plan)?;
         let pruned = amg::prune::prune_with_plan(&files, &plan, &a.out, a.force)?;
-        eprintln!("{}", plan_summary(&files, &pruned, &a.out));
+        println!("{}", plan_summary(&files, &pruned, &a.out));
         return Ok(());
     }
     let o = PruneOptions {
@@ -88,11 +96,27 @@ pub fn run(a: Args) -> Result<()> {
         quick_report: false,
     };
     o.check(a.teacher.is_some())?;
+    amg::prune::check_output(&a.out, a.force, a.resume)?;
     let data = Dataset::open(a.data.as_ref().ok_or_else(|| anyhow!("--data is needed unless --plan is given"))?, None)?;
     eprint!("{}", data.summary());
     let teacher = a.teacher.as_ref().map(|t| ModelFiles::load(t)).transpose()?;
-    let req = PruneRequest { model: files, teacher, data: &data, options: &o, out: &a.out, force: a.force };
-    let (_, r) = prune_and_report(req, &mut |m| eprintln!("{m}"))?;
-    eprint!("{}", markdown(&r, &o));
+    let req = PruneRequest { model: files, teacher, data: &data, options: &o, out: &a.out, force: a.force, resume: a.resume };
+    let partial = amg::prune::partial_dir(&a.out);
+    let result = prune_and_report(req, &mut |m| eprintln!("{m}"));
+    let kept = || {
+        if partial.join("progress.json").is_file() {
+            format!("the finished iterations are kept in {}: run the same command with --resume to continue from there", partial.display())
+        } else {
+            "no pruning iteration had finished; nothing was kept".into()
+        }
+    };
+    let (_, r) = match result {
+        Err(e) if !matches!(e, amg::Error::Interrupted) && partial.join("progress.json").is_file() => {
+            return Err(anyhow::Error::new(e).context(kept()));
+        }
+        r => on_interrupt(r, kept)?,
+    };
+    print!("{}", markdown(&r, &o));
+    println!("\npruned model → {} (report.md and report.json there)", a.out.display());
     Ok(())
 }

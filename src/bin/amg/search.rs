@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(long)]
     query: PathBuf,
     /// How many matches to print.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::at_least_one)]
     top: usize,
     /// Print the matches as one JSON list.
     #[arg(long)]
@@ -24,13 +24,22 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let (names, gallery, dim) = amg::eval::features::read_features(&a.gallery)?;
-    let engine = Engine::new(ModelFiles::load(&a.model)?)?;
+    let files = ModelFiles::load(&a.model)?;
+    let fingerprint = files.fingerprint();
+    let engine = Engine::new(files)?;
     if dim != engine.config().feature_dim() {
         bail!(
             "{}: features have {dim} dimensions but the model gives {}: embed the gallery with this model",
             a.gallery.display(),
             engine.config().feature_dim()
         );
+    }
+    let recorded = amg::eval::features::recorded_model(&a.gallery)?;
+    let gallery_name = a.gallery.display().to_string();
+    let model_name = format!("the query (embedded by --model {})", a.model.display());
+    amg::eval::features::check_same_model((&gallery_name, recorded.as_deref()), (&model_name, Some(&fingerprint)))?;
+    if recorded.is_none() {
+        eprintln!("warning: {gallery_name} does not record which model computed it; make sure it was --model {}", a.model.display());
     }
     let t = std::time::Instant::now();
     let input = amg::preprocess::load_input(&a.query, &engine.config().input, false)?;

@@ -1,4 +1,4 @@
-use crate::args::size;
+use crate::args::{at_least_one, size};
 use amg::synth::SynthOptions;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -9,17 +9,18 @@ pub struct Args {
     #[arg(long, required_unless_present = "preview")]
     out: Option<PathBuf>,
     /// Identities, half for training and half for testing.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = at_least_one)]
     ids: usize,
     /// Cameras.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = at_least_one)]
     cams: usize,
     /// Images per identity.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     images_per_id: usize,
     /// Occluded-Duke style: most queries and part of the gallery 20–50 % occluded.
     #[arg(long)]
     occluded: bool,
+    /// Seed of everything drawn (people, cameras, occluders).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Image size HxW.
@@ -28,7 +29,7 @@ pub struct Args {
     /// Write a contact sheet of samples to this PNG.
     #[arg(long)]
     preview: Option<PathBuf>,
-    /// Replace --out if it exists and is not empty.
+    /// Replace --out (and --preview) if it exists.
     #[arg(long)]
     force: bool,
 }
@@ -36,13 +37,14 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let opts = SynthOptions { ids: a.ids, cams: a.cams, images_per_id: a.images_per_id, occluded: a.occluded, seed: a.seed, size: a.size };
     if let Some(p) = &a.preview {
+        amg::fsutil::check_output_file(p, a.force)?;
         amg::synth::preview(&opts, p)?;
-        eprintln!("contact sheet → {}", p.display());
+        println!("contact sheet → {}", p.display());
     }
     if let Some(out) = &a.out {
         let t = std::time::Instant::now();
         let s = amg::synth::generate(&opts, out, a.force, true)?;
-        eprintln!("{}", s.text(out, t.elapsed().as_secs_f64()));
+        println!("{}", s.text(out, t.elapsed().as_secs_f64()));
         eprint!("{}", amg::data::Dataset::open(out, None)?.summary());
     }
     Ok(())

@@ -1,4 +1,4 @@
-use crate::args::{choice, size, DistillArgs};
+use crate::args::{at_least_one, choice, fraction, non_negative, on_interrupt, positive, size, DistillArgs};
 use amg::data::loader::Augment;
 use amg::data::Dataset;
 use amg::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
@@ -24,35 +24,43 @@ pub struct Args {
     /// Input size HxW for --arch (default 224x224).
     #[arg(long, value_parser = size, requires = "arch")]
     img_size: Option<(usize, usize)>,
-    #[arg(long, default_value_t = 10)]
+    /// Epochs to train (with --resume: the run's new total length).
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    /// Images per optimiser step (at least 2: BatchNorm in training mode needs a batch).
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     batch_size: usize,
-    /// Learning rate (default 5e-4). On --resume it keeps the run's unless given.
-    #[arg(long)]
+    /// Learning rate, > 0 (default 5e-4). On --resume it keeps the run's unless given.
+    #[arg(long, value_parser = positive)]
     lr: Option<f64>,
+    /// Optimiser.
     #[arg(long, value_parser = choice::<OptimKind>(), default_value = "adamw")]
     optimizer: OptimKind,
-    #[arg(long, default_value_t = 0.05)]
+    /// Weight decay (decoupled for AdamW, L2 for Adam and SGD).
+    #[arg(long, default_value_t = 0.05, value_parser = non_negative)]
     weight_decay: f64,
+    /// Learning-rate schedule after the warm-up.
     #[arg(long, value_parser = choice::<Scheduler>(), default_value = "cosine")]
     scheduler: Scheduler,
     /// StepLR: epochs between decays.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     step_size: usize,
-    /// StepLR: decay factor.
-    #[arg(long, default_value_t = 0.7)]
+    /// StepLR: decay factor (> 0).
+    #[arg(long, default_value_t = 0.7, value_parser = positive)]
     gamma: f64,
-    #[arg(long, default_value_t = 1.0)]
+    /// Epochs of linear learning-rate warm-up (may be fractional).
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     warmup_epochs: f64,
-    #[arg(long, default_value_t = 0.0)]
+    /// Label smoothing of the cross-entropy, in [0, 1).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     label_smoothing: f64,
-    /// Dropout in the LA classifiers.
-    #[arg(long, default_value_t = 0.5)]
-    dropout: f32,
+    /// Dropout in the LA classifiers, in [0, 1).
+    #[arg(long, default_value_t = 0.5, value_parser = fraction)]
+    dropout: f64,
     /// Train without flip / pad-crop / random erasing.
     #[arg(long)]
     no_augment: bool,
+    /// Seed of the initialisation, data order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Evaluate Rank-1/mAP on query/gallery every N epochs (0: never).
@@ -86,13 +94,14 @@ pub fn run(a: Args) -> Result<()> {
         warmup_epochs: a.warmup_epochs,
         label_smoothing: a.label_smoothing,
         distill: a.distill.get(),
-        dropout: a.dropout,
+        dropout: a.dropout as f32,
         augment: if a.no_augment { None } else { Some(Augment::reid_default()) },
         seed: a.seed,
         eval_every: a.eval_every,
     };
     if !a.resume {
         amg::train::run::check_options(&options, a.teacher.is_some())?;
+        amg::train::run::check_new_run_dir(&a.out, a.force)?;
     }
     let data = Dataset::open(&a.data, None)?;
     eprint!("{}", data.summary());
@@ -111,9 +120,33 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
     };
     let req = TrainRequest { data: &data, run: &a.out, start, teacher, force: a.force, progress: true };
-    let s = train(req, &mut |m| eprintln!("{m}"))?;
-    if let Some((score, epoch)) = s.best {
-        eprintln!("done: {} epochs; best {:.4} at epoch {epoch} → {}", s.epochs_done, score, a.out.join("best").display());
+    let existed = a.out.exists();
+    let result = train(req, &mut |m| eprintln!("{m}"));
+    if result.is_err() && !existed {
+        let _ = std::fs::remove_dir(&a.out); // only if empty: a run that never finished an epoch
+    }
+    let s = on_interrupt(result, || {
+        if a.out.join("last").join(amg::train::run::STATE_FILE).is_file() {
+            format!(
+                "{} keeps the last finished epoch (last/); continue with: amg train --data {} --out {} --resume",
+                a.out.display(),
+                a.data.display(),
+                a.out.display()
+            )
+        } else {
+            "no epoch had finished; nothing to resume".into()
+        }
+    })?;
+    match s.best {
+        Some((score, epoch)) => println!(
+            "trained {}; best {} {:.2} % at epoch {epoch} → {} (last epoch → {})",
+            amg::text::count(s.epochs_done, "epoch"),
+            s.best_by,
+            100.0 * score,
+            a.out.join("best").display(),
+            a.out.join("last").display()
+        ),
+        None => println!("trained {} → {}", amg::text::count(s.epochs_done, "epoch"), a.out.join("last").display()),
     }
     Ok(())
 }

@@ -17,14 +17,20 @@ pub struct Args {
     /// An image to draw attention maps over.
     #[arg(long)]
     image: Option<PathBuf>,
+    /// Replace --out if it exists and is not empty.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let files = ModelFiles::load(&a.model)?;
     let scores = a.scores.as_ref().map(|p| Scores::load(p)).transpose()?;
-    let out = amg::report::viz::render(&files, scores.as_ref(), a.image.as_deref(), &a.out)?;
+    let out = amg::report::viz::render(&files, scores.as_ref(), a.image.as_deref(), &a.out, a.force)?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
     for f in out.files {
-        eprintln!("wrote {}", f.display());
+        println!("wrote {}", f.display());
     }
     Ok(())
 }
