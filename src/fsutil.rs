@@ -113,11 +113,17 @@ pub fn publish_dir(ready: &Path, dir: &Path, force: bool) -> Result<()> {
     if dir.is_file() {
         return Err(Error::file(dir, "exists and is a file; the output must be a directory"));
     }
-    let had_old = dir.exists();
-    if had_old && !is_absent_or_empty(dir)? && !force {
+    if !is_absent_or_empty(dir)? && !force {
         return Err(Error::file(dir, "exists and is not empty; choose another --out or pass --force to replace it"));
     }
+    swap_in(ready, dir)
+}
+
+/// Renames the complete directory `ready` to `dir`; an existing `dir` is moved aside first (and
+/// put back if the rename fails) and removed once `ready` is in place.
+fn swap_in(ready: &Path, dir: &Path) -> Result<()> {
     let old = sibling(dir, "old");
+    let had_old = dir.exists();
     if had_old {
         fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
@@ -134,9 +140,9 @@ pub fn publish_dir(ready: &Path, dir: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// An existing directory moved aside while its replacement is made in its place: `restore` (or
-/// dropping the guard, e.g. on an error or Ctrl-C) removes whatever was made and puts the old one
-/// back; `commit` removes the old one.
+/// An existing directory moved aside while its replacement is made in its place: dropping the
+/// guard without `commit` (an error, Ctrl-C) removes whatever was made and puts the old one back;
+/// `commit` removes the old one.
 pub struct Aside {
     dir: PathBuf,
     old: Option<PathBuf>,
@@ -206,22 +212,7 @@ pub fn write_dir_atomic(dir: &Path, force: bool, fill: impl FnOnce(&Path) -> Res
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let old = sibling(dir, "old");
-    let had_old = dir.exists();
-    if had_old {
-        fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-    }
-    if let Err(e) = fs::rename(&tmp, dir) {
-        if had_old {
-            let _ = fs::rename(&old, dir);
-        }
-        return Err(Error::io(dir, e));
-    }
-    sync_dir(dir.parent().unwrap_or(Path::new(".")));
-    if had_old {
-        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    Ok(())
+    swap_in(&tmp, dir)
 }
 
 #[cfg(test)]

@@ -146,6 +146,14 @@ fn nothing_is_overwritten_without_force() {
     let err =
         fails_with(&amg(&["analyze", "--model", s(&model), "--data", s(&data), "--out", s(&dir.join("missing/s.json"))]), &["missing", "no such directory"]);
     assert!(!err.contains("Loaded"), "refused before reading the dataset:\n{err}");
+    // A missing model is reported before the dataset is read.
+    for args in [
+        vec!["eval", "--model", s(&dir.join("nope")), "--data", s(&data)],
+        vec!["train", "--init", s(&dir.join("nope")), "--data", s(&data), "--out", s(&dir.join("r2"))],
+    ] {
+        let err = fails_with(&amg(&args), &["nope"]);
+        assert!(!err.contains("Loaded"), "refused before reading the dataset:\n{err}");
+    }
     // A missing --image leaves no folder behind.
     let viz = dir.join("viz-missing");
     fails_with(&amg(&["viz", "--model", s(&model), "--out", s(&viz), "--image", s(&dir.join("nope.jpg"))]), &["nope.jpg"]);

@@ -90,7 +90,7 @@ for arch in args.archs.split(","):
     sessions = {k: ort.InferenceSession(W(f"{k}.onnx"), providers=["CPUExecutionProvider"]) for k in (arch, f"{arch}-pruned", f"{arch}-torch")}
     for b in [int(x) for x in args.batches.split(",")]:
         x = np.random.default_rng(0).standard_normal((b, 3, 224, 224), dtype=np.float32)
-        reps = max(3, 24 // b) if arch == "base" else max(5, 48 // b)
+        reps = max(5, 24 // b) if arch == "base" else max(5, 48 // b)
         best = {k: 0.0 for k in sessions}
         # Rotate the order every round: in a fixed order the model timed first in a round runs a few
         # per cent slower here than the same model timed later (measured both ways), which would bias

@@ -39,13 +39,15 @@ pub fn run(a: Args) -> Result<()> {
     let m = if let Some(f) = &a.features {
         eval_feature_files(&f[0], &f[1])?
     } else {
+        // The model is read before the dataset, so that its errors come first.
+        let engine = a.model.as_deref().map(|dir| ModelFiles::load(dir).and_then(Engine::new)).transpose()?;
         let data = Dataset::open(a.data.as_ref().ok_or_else(|| anyhow!("--data is needed unless --features is given"))?, a.layout)?;
         eprint!("{}", data.summary());
         if data.skipped_files > 0 {
             eprintln!("warning: skipped {}", amg::text::count(data.skipped_files, "non-image file"));
         }
-        match &a.model {
-            Some(dir) => eval_model(&Engine::new(ModelFiles::load(dir)?)?, &data, &opts)?,
+        match &engine {
+            Some(engine) => eval_model(engine, &data, &opts)?,
             None => eval_pixels(&data, (64, 32), &opts)?,
         }
     };

@@ -103,21 +103,25 @@ pub fn run(a: Args) -> Result<()> {
         amg::train::run::check_options(&options, a.teacher.is_some())?;
         amg::train::run::check_new_run_dir(&a.out, a.force)?;
     }
+    // The models are read (and an unknown --arch refused) before the dataset, so that their
+    // errors come before the dataset's summary.
+    let init = a.init.as_deref().map(ModelFiles::load).transpose()?;
+    let arch = if a.resume || init.is_some() { None } else { Some(Arch::preset(a.arch.as_deref().unwrap_or("tiny"))?) };
+    let teacher = match &a.teacher {
+        Some(t) => Some((ModelFiles::load(t)?, t.display().to_string())),
+        None => None,
+    };
     let data = Dataset::open(&a.data, None)?;
     eprint!("{}", data.summary());
     let start = if a.resume {
         Start::Resume(ResumeOverrides { epochs: Some(a.epochs), lr: a.lr })
-    } else if let Some(dir) = &a.init {
-        Start::Model(ModelFiles::load(dir)?, options)
+    } else if let Some(files) = init {
+        Start::Model(files, options)
     } else {
-        let arch = a.arch.as_deref().unwrap_or("tiny");
+        let arch = arch.ok_or_else(|| anyhow::anyhow!("give --init MODEL_DIR or --arch"))?;
         let (h, w) = a.img_size.unwrap_or((224, 224));
-        let cfg = ModelConfig::new(Arch::preset(arch)?, h, w, HeadConfig::la(data.num_classes), Source { format: "init".into(), ..Default::default() })?;
+        let cfg = ModelConfig::new(arch, h, w, HeadConfig::la(data.num_classes), Source { format: "init".into(), ..Default::default() })?;
         Start::Random(cfg, options)
-    };
-    let teacher = match &a.teacher {
-        Some(t) => Some((ModelFiles::load(t)?, t.display().to_string())),
-        None => None,
     };
     let req = TrainRequest { data: &data, run: &a.out, start, teacher, force: a.force, progress: true };
     let existed = a.out.exists();
