@@ -74,6 +74,30 @@ fn non_square_pth_under_model_key_matches_timm() {
     check_against(round_trip(&files, "timm-b"), "ref_timm_b.safetensors");
 }
 
+/// A distilled DeiT (class and distillation tokens, `head` and `head_dist` dropped) at a
+/// non-square input, against timm's VisionTransformerDistilled (tools/make_deit_fixtures.py); the
+/// distillation token stays a prefix token through pruning.
+#[test]
+fn distilled_deit_matches_timm() {
+    let mut o = opts(SourceFormat::Timm, "ckpt_deit_distilled.safetensors");
+    o.checkpoint_img_size = Some((64, 32));
+    let files = import(&o).unwrap();
+    assert!(files.config().arch.class_token && files.config().arch.dist_token);
+    assert_eq!(files.config().num_prefix(), 2);
+    check_against(round_trip(&files, "deit"), "ref_deit_distilled.safetensors");
+    // A plan that drops the distillation token (position 1) is refused; one that keeps both
+    // prefix tokens applies.
+    let mut plan = Plan::of(files.config());
+    plan.tokens[1].retain(|&p| p != 1);
+    let err = apply_plan(&files, &plan).unwrap_err().to_string();
+    assert!(err.contains("distillation token"), "{err}");
+    let mut plan = Plan::of(files.config());
+    plan.tokens[1].retain(|&p| p != 4);
+    plan.heads[0] = vec![1];
+    let pruned = apply_plan(&files, &plan).unwrap();
+    assert_eq!(pruned.config().layers[1].tokens, vec![0, 1, 2, 3, 5, 6, 7, 8, 9]);
+}
+
 #[test]
 fn la_transformer_pth_matches_pytorch() {
     let files = import(&opts(SourceFormat::LaTransformer, "ckpt_la.pth")).unwrap();

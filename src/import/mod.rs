@@ -91,12 +91,18 @@ pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
 pub fn summary(files: &ModelFiles, req: &ImportRequest, out: &Path) -> String {
     let c = &files.config;
     let mut s = format!(
-        "imported {} ({}): {}x{} input, {}, {} heads kept of {}, {} key tokens kept of {} → {}",
+        "imported {} ({}): {}x{} input, {}{}, {} heads kept of {}, {} key tokens kept of {} → {}",
         req.checkpoint.display(),
         req.format,
         c.input.height,
         c.input.width,
         crate::text::count(c.arch.depth, "layer"),
+        match (c.arch.class_token, c.arch.dist_token) {
+            (true, true) => ", class and distillation tokens (DeiT)",
+            (false, true) => ", distillation token",
+            (true, false) => "",
+            (false, false) => ", no class token",
+        },
         c.layers.iter().map(|l| l.heads.len()).sum::<usize>(),
         c.arch.depth * c.arch.num_heads,
         c.layers.iter().map(|l| l.tokens.len()).sum::<usize>(),

@@ -100,6 +100,9 @@ impl KeyScheme {
             || name.ends_with(".token_index")
             || name == format!("{}head.weight", self.backbone)
             || name == format!("{}head.bias", self.backbone)
+            // DeiT's classifier on the distillation token.
+            || name == format!("{}head_dist.weight", self.backbone)
+            || name == format!("{}head_dist.bias", self.backbone)
             || self.alias_of(name).is_some()
     }
 
