@@ -203,6 +203,13 @@ fn os_errors_are_printed_once() {
     let dir = temp_dir("user-oserror");
     let err = fails_with(&amg(&["eval", "--features", s(&dir.join("q.safetensors")), s(&dir.join("g.safetensors"))]), &["q.safetensors"]);
     assert_eq!(err.matches("os error").count(), 1, "{err}");
+    // A path that is not UTF-8 is a path like any other: a clear error, no panic.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = dir.join(std::ffi::OsStr::from_bytes(b"model-\xff"));
+    let out = Command::new(env!("CARGO_BIN_EXE_amg")).arg("inspect").arg("--model").arg(&odd).output().unwrap();
+    let err = fails_with(&out, &["model-", "No such file"]);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

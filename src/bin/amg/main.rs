@@ -101,7 +101,8 @@ fn interrupted(e: &anyhow::Error) -> bool {
 
 fn main() {
     let cli = parse();
-    amg::model::config::set_command(std::env::args().enumerate().map(|(i, a)| if i == 0 { "amg".into() } else { a }));
+    // args_os: a file name that is not UTF-8 is recorded lossily, not a panic.
+    amg::model::config::set_command(std::env::args_os().enumerate().map(|(i, a)| if i == 0 { "amg".into() } else { a.to_string_lossy().into_owned() }));
     if let Err(e) = amg::interrupt::install() {
         eprintln!("warning: {e}; Ctrl-C will stop amg without cleaning up");
     }
