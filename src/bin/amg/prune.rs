@@ -97,9 +97,9 @@ pub fn run(a: Args) -> Result<()> {
     };
     o.check(a.teacher.is_some())?;
     amg::prune::check_output(&a.out, a.force, a.resume)?;
+    let teacher = a.teacher.as_ref().map(|t| ModelFiles::load(t)).transpose()?; // before the dataset: errors first
     let data = Dataset::open(a.data.as_ref().ok_or_else(|| anyhow!("--data is needed unless --plan is given"))?, None)?;
     eprint!("{}", data.summary());
-    let teacher = a.teacher.as_ref().map(|t| ModelFiles::load(t)).transpose()?;
     let req = PruneRequest { model: files, teacher, data: &data, options: &o, out: &a.out, force: a.force, resume: a.resume };
     let partial = amg::prune::partial_dir(&a.out);
     let result = prune_and_report(req, &mut |m| eprintln!("{m}"));
