@@ -19,9 +19,19 @@ pub fn write_features(path: &Path, names: &[String], features: &[f32], dim: usiz
     write_safetensors(path, &t, Some(meta))
 }
 
+/// Image names, features `[N, dim]` row-major, and `dim`.
+pub type Features = (Vec<String>, Vec<f32>, usize);
+
 /// Reads features written by `amg embed` (all entries, names as written).
-pub fn read_features(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
+pub fn read_features(path: &Path) -> Result<Features> {
+    read_features_and_model(path).map(|(features, _)| features)
+}
+
+/// As `read_features`, with the fingerprint of the model that computed them when the file records
+/// one (files written by other tools may not) — read from the same opening of the file.
+pub fn read_features_and_model(path: &Path) -> Result<(Features, Option<String>)> {
     let st = crate::tensor::SafetensorsFile::open(path)?;
+    let model = st.metadata().get(FINGERPRINT_KEY).cloned();
     let names: Vec<String> =
         serde_json::from_str(st.metadata().get("names").ok_or_else(|| Error::file(path, "no `names` metadata (expected a file written by `amg embed`)"))?)
             .map_err(|e| Error::file(path, format!("`names` metadata is not a JSON list of strings: {e}")))?;
@@ -34,18 +44,11 @@ pub fn read_features(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
         return Err(Error::tensor(path, "features", format!("shape {:?}: rows of 0 values cannot be ranked", t.shape)));
     }
     check_finite(&t.data, dim, |row| format!("{}: tensor `features`, row {row} ({})", path.display(), names[row]))?;
-    Ok((names, t.data, dim))
+    Ok(((names, t.data, dim), model))
 }
 
 /// The metadata key holding the embedding model's fingerprint.
 pub const FINGERPRINT_KEY: &str = "model_fingerprint";
-
-/// The fingerprint of the model a feature file was computed with, when it records one (files
-/// written by other tools may not).
-pub fn recorded_model(path: &Path) -> Result<Option<String>> {
-    let st = crate::tensor::SafetensorsFile::open(path)?;
-    Ok(st.metadata().get(FINGERPRINT_KEY).cloned())
-}
 
 /// Refuses to compare features of two different models: `a` and `b` are (file, recorded
 /// fingerprint) pairs, or a model's own fingerprint with a description instead of a file.
@@ -76,13 +79,15 @@ pub struct LabelledFeatures {
     pub dim: usize,
     pub pids: Vec<i64>,
     pub cams: Vec<i64>,
+    /// The fingerprint of the model that computed them, if recorded.
+    pub model: Option<String>,
 }
 
 /// Reads a features file written by `amg embed` for evaluation: junk images (identity −1) are
 /// dropped; a name that does not parse as `<id>_c<camera>…` is an error naming it.
 pub fn read_labelled(path: &Path) -> Result<LabelledFeatures> {
-    let (names, data, dim) = read_features(path)?;
-    let mut out = LabelledFeatures { features: Vec::new(), dim, pids: Vec::new(), cams: Vec::new() };
+    let ((names, data, dim), model) = read_features_and_model(path)?;
+    let mut out = LabelledFeatures { features: Vec::new(), dim, pids: Vec::new(), cams: Vec::new(), model };
     for (name, row) in names.iter().zip(data.chunks_exact(dim.max(1))) {
         let base = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let (pid, cam) = parse_name(&base).ok_or_else(|| Error::file(path, format!("name `{name}` does not parse as `<id>_c<camera>…`")))?;

@@ -103,10 +103,9 @@ pub fn eval_pixels(data: &Dataset, (h, w): (usize, usize), opts: &EvalOptions) -
 
 /// Evaluates two feature files (query, gallery) written by `amg embed`.
 pub fn eval_feature_files(query: &Path, gallery: &Path) -> Result<Metrics> {
-    let (qm, gm) = (features::recorded_model(query)?, features::recorded_model(gallery)?);
-    features::check_same_model((&query.display().to_string(), qm.as_deref()), (&gallery.display().to_string(), gm.as_deref()))?;
     let q = features::read_labelled(query)?;
     let g = features::read_labelled(gallery)?;
+    features::check_same_model((&query.display().to_string(), q.model.as_deref()), (&gallery.display().to_string(), g.model.as_deref()))?;
     if q.dim != g.dim {
         return Err(Error::invalid(format!("query features have {} dimensions, gallery features {}: not from the same model", q.dim, g.dim)));
     }

@@ -164,13 +164,18 @@ pub fn check_output(out: &Path, force: bool, resume: bool) -> Result<()> {
         return Err(Error::file(out, "exists and is not empty; choose another --out or pass --force to replace it"));
     }
     let work = partial_dir(out);
-    if resume && !work.join(PROGRESS_FILE).is_file() {
+    if resume && !resumable(out) {
         return Err(Error::file(&work, "nothing to resume: no interrupted run here (start the run without --resume)"));
     }
     if !resume && !force && work.exists() {
         return Err(Error::file(&work, "holds an interrupted run of `amg prune`: add --resume to continue it, or --force to start over (or delete it)"));
     }
     Ok(())
+}
+
+/// Whether `partial_dir(out)` holds an unfinished run that `--resume` can continue.
+pub fn resumable(out: &Path) -> bool {
+    partial_dir(out).join(PROGRESS_FILE).is_file()
 }
 
 const PROGRESS_FILE: &str = "progress.json";

@@ -1,4 +1,4 @@
-use crate::args::{at_least_one, choice, fraction, non_negative, on_interrupt, positive, DistillArgs};
+use crate::args::{at_least_one, choice, fraction, non_negative, positive, DistillArgs};
 use amg::data::Dataset;
 use amg::model::surgery::Plan;
 use amg::model::ModelFiles;
@@ -101,21 +101,23 @@ pub fn run(a: Args) -> Result<()> {
     let data = Dataset::open(a.data.as_ref().ok_or_else(|| anyhow!("--data is needed unless --plan is given"))?, None)?;
     eprint!("{}", data.summary());
     let req = PruneRequest { model: files, teacher, data: &data, options: &o, out: &a.out, force: a.force, resume: a.resume };
-    let partial = amg::prune::partial_dir(&a.out);
-    let result = prune_and_report(req, &mut |m| eprintln!("{m}"));
-    let kept = || {
-        if partial.join("progress.json").is_file() {
-            format!("the finished iterations are kept in {}: run the same command with --resume to continue from there", partial.display())
+    // On a stop or an error, say whether finished iterations were kept for --resume.
+    let (_, r) = prune_and_report(req, &mut |m| eprintln!("{m}")).map_err(|e| {
+        let kept = amg::prune::resumable(&a.out);
+        let hint = if kept {
+            format!(
+                "the finished iterations are kept in {}: run the same command with --resume to continue from there",
+                amg::prune::partial_dir(&a.out).display()
+            )
         } else {
             "no pruning iteration had finished; nothing was kept".into()
+        };
+        if kept || matches!(e, amg::Error::Interrupted) {
+            anyhow::Error::new(e).context(hint)
+        } else {
+            e.into()
         }
-    };
-    let (_, r) = match result {
-        Err(e) if !matches!(e, amg::Error::Interrupted) && partial.join("progress.json").is_file() => {
-            return Err(anyhow::Error::new(e).context(kept()));
-        }
-        r => on_interrupt(r, kept)?,
-    };
+    })?;
     print!("{}", markdown(&r, &o));
     println!("\npruned model → {} (report.md and report.json there)", a.out.display());
     Ok(())

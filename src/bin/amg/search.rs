@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (names, gallery, dim) = amg::eval::features::read_features(&a.gallery)?;
+    let ((names, gallery, dim), recorded) = amg::eval::features::read_features_and_model(&a.gallery)?;
     let files = ModelFiles::load(&a.model)?;
     let fingerprint = files.fingerprint();
     let engine = Engine::new(files)?;
@@ -34,7 +34,6 @@ pub fn run(a: Args) -> Result<()> {
             engine.config().feature_dim()
         );
     }
-    let recorded = amg::eval::features::recorded_model(&a.gallery)?;
     let gallery_name = a.gallery.display().to_string();
     let model_name = format!("the query (embedded by --model {})", a.model.display());
     amg::eval::features::check_same_model((&gallery_name, recorded.as_deref()), (&model_name, Some(&fingerprint)))?;
