@@ -16,7 +16,7 @@ use crate::kernels::packed::{matmul_packed, matmul_packed_many, PackedB, Product
 use crate::kernels::prof::phase;
 use crate::kernels::rows::layer_norm;
 use crate::model::head::{la_blend, normalise_parts};
-use crate::model::params::{BlockParams, PartParams, VitParams};
+use crate::model::params::{BlockParams, NeckParams, PartParams, VitParams};
 use crate::model::{LayerPlan, ModelConfig, ModelFiles};
 use crate::tensor::HostTensor;
 use rayon::prelude::*;
@@ -50,14 +50,15 @@ fn bias_or_zeros(bias: Option<HostTensor>, n: usize) -> Vec<f32> {
 
 impl Layer {
     /// Packs one block's weights, consuming them (so loading holds one copy of each at a time).
-    fn new(p: BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig) -> Layer {
+    /// `n`: the tokens the block runs on (a plan keeping all of them needs no gather).
+    fn new(p: BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig, n: usize) -> Layer {
         let (d, m) = (cfg.arch.embed_dim, cfg.arch.mlp_dim);
         let inner = plan.heads.len() * cfg.arch.head_dim;
         // Weights are [out, in]; the products want [in, out].
         let pack = |w: HostTensor, out: usize, inp: usize, parts: &[usize]| PackedB::new(&transpose(&w.data, out, inp), inp, out, parts);
         Layer {
             heads: plan.heads.len(),
-            tokens: if plan.tokens.len() == cfg.num_tokens() { None } else { Some(plan.tokens.clone()) },
+            tokens: if plan.tokens.len() == n { None } else { Some(plan.tokens.clone()) },
             ln1_w: p.norm1.weight.data,
             ln1_b: p.norm1.bias.data,
             wqkv: pack(p.qkv.weight, 3 * inner, d, &[inner, 2 * inner]),
@@ -125,6 +126,55 @@ impl Part {
     }
 }
 
+/// One BNNeck in inference mode: BatchNorm folded to `y = x·scale + shift`, then the classifier.
+struct Neck {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    /// `[D, C]`, absent for a retrieval-only neck.
+    cls_t: Option<Vec<f32>>,
+}
+
+impl Neck {
+    fn new(p: NeckParams<HostTensor>, d: usize) -> Neck {
+        let bn = &p.bn;
+        let eps = crate::model::params::BatchNorm::<HostTensor>::EPS as f32;
+        let scale: Vec<f32> = (0..d).map(|j| bn.weight.data[j] / (bn.running_var.data[j] + eps).sqrt()).collect();
+        let shift: Vec<f32> = (0..d).map(|j| bn.bias.data[j] - bn.running_mean.data[j] * scale[j]).collect();
+        Neck { scale, shift, cls_t: p.classifier.map(|c| transpose(&c.weight.data, c.weight.shape[0], d)) }
+    }
+
+    /// The BatchNorm of `x` `[B, D]`.
+    fn norm(&self, x: &[f32]) -> Vec<f32> {
+        let d = self.scale.len();
+        let mut y = x.to_vec();
+        for row in y.chunks_exact_mut(d) {
+            for ((v, s), t) in row.iter_mut().zip(&self.scale).zip(&self.shift) {
+                *v = *v * s + t;
+            }
+        }
+        y
+    }
+
+    /// Logits `[B, C]` of normed features `[B, D]`.
+    fn logits(&self, y: &[f32], batch: usize) -> Option<Vec<f32>> {
+        let d = self.scale.len();
+        let w = self.cls_t.as_ref()?;
+        let c = w.len() / d.max(1);
+        let mut out = vec![0f32; batch * c];
+        matmul(Mat::dense(y, batch, d), Mat::dense(w, d, c), &mut out, c, Acc::Overwrite, 1.0, 1);
+        Some(out)
+    }
+}
+
+/// JPM's b2 branch.
+struct JpmBranch {
+    layer: Layer,
+    norm_w: Vec<f32>,
+    norm_b: Vec<f32>,
+    /// Per local group, the trunk positions it runs on (`ModelConfig::jpm_groups`).
+    groups: Vec<Vec<usize>>,
+}
+
 pub struct Engine {
     cfg: ModelConfig,
     /// `[3·p·p, D]`
@@ -134,10 +184,14 @@ pub struct Engine {
     prefix: Vec<f32>,
     /// `[N, D]`
     pos: Vec<f32>,
+    /// `[cameras, D]`, already multiplied by the SIE coefficient.
+    sie: Option<Vec<f32>>,
     layers: Vec<Layer>,
     norm_w: Vec<f32>,
     norm_b: Vec<f32>,
+    jpm: Option<JpmBranch>,
     parts: Vec<Part>,
+    necks: Vec<Neck>,
 }
 
 /// Buffers reused across forward passes (allocating them per batch costs page faults).
@@ -161,24 +215,42 @@ fn ensure(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
+/// A batch of model inputs: `batch` normalised CHW images and, for a model with a side information
+/// embedding, each image's camera index (0-based).
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    pub images: &'a [f32],
+    pub cameras: Option<&'a [usize]>,
+    pub batch: usize,
+}
+
+impl<'a> Input<'a> {
+    pub fn images(images: &'a [f32], batch: usize) -> Self {
+        Input { images, cameras: None, batch }
+    }
+}
+
 /// What a forward pass should return besides the retrieval features.
 #[derive(Clone, Copy, Default)]
 pub struct Want {
     /// The final-normed tokens `[B, N, D]`.
     pub tokens: bool,
-    /// The LA classifiers' logits (inference mode), per part `[B, C]`.
+    /// The classifiers' logits (inference mode): per LA part, or per BNNeck (global, then JPM's
+    /// local features), each `[B, C]`.
     pub logits: bool,
 }
 
 pub struct Outputs {
-    /// `[B, P·D]`, each image's concatenated, normalised part features (docs/method.md §1).
+    /// `[B, feature_dim]`, each image's retrieval feature, normalised (`ModelConfig::feature_groups`;
+    /// docs/method.md §1, docs/backbones.md).
     pub features: Vec<f32>,
     pub tokens: Option<Vec<f32>>,
     pub logits: Option<Vec<Vec<f32>>>,
 }
 
 /// Receives every layer's attention probabilities: `(layer, image, head, probs[n × nk])`, heads
-/// numbered among the kept ones.
+/// numbered among the kept ones. JPM's b2 block is layer `depth`, run on `divide` local sequences
+/// per image: its "image" is `image · divide + group`.
 pub type AttnObserver<'a> = &'a (dyn Fn(usize, usize, usize, &[f32]) + Sync);
 
 /// The operands of one layer's attention: queries, keys and values, and where each sits.
@@ -195,19 +267,37 @@ impl Engine {
     pub fn new(files: ModelFiles) -> Result<Self> {
         files.check()?;
         let ModelFiles { config: cfg, params } = files;
-        let (d, p) = (cfg.arch.embed_dim, cfg.arch.patch_size);
-        let VitParams { patch_embed, cls_token, dist_token, pos_embed, blocks, norm, parts } = params;
-        let layers = blocks.into_iter().zip(&cfg.layers).map(|(b, plan)| Layer::new(b, plan, &cfg)).collect();
+        let (d, p, n) = (cfg.arch.embed_dim, cfg.arch.patch_size, cfg.num_tokens());
+        let VitParams { patch_embed, cls_token, dist_token, pos_embed, sie_embed, blocks, norm, jpm, parts, necks } = params;
+        let layers = blocks.into_iter().zip(&cfg.layers).map(|(b, plan)| Layer::new(b, plan, &cfg, n)).collect();
         let parts = parts.into_iter().map(|part| Part::new(part, d)).collect();
+        let necks = necks.into_iter().map(|neck| Neck::new(neck, d)).collect();
+        let jpm = match (jpm, &cfg.arch.jpm) {
+            (Some(b2), Some(j)) => {
+                let t = cfg.jpm_tokens();
+                let plan = LayerPlan { heads: j.heads.clone(), tokens: (0..t).collect() };
+                Some(JpmBranch {
+                    layer: Layer::new(b2.block, &plan, &cfg, t),
+                    norm_w: b2.norm.weight.data,
+                    norm_b: b2.norm.bias.data,
+                    groups: cfg.jpm_groups(),
+                })
+            }
+            _ => None,
+        };
+        let coefficient = cfg.arch.sie.as_ref().map_or(0.0, |s| s.coefficient);
         Ok(Engine {
             patch_w_t: transpose(&patch_embed.weight.data, d, 3 * p * p),
             patch_b: bias_or_zeros(patch_embed.bias, d),
             prefix: cls_token.into_iter().chain(dist_token).flat_map(|t| t.data).collect(),
             pos: pos_embed.data,
+            sie: sie_embed.map(|t| t.data.iter().map(|v| v * coefficient).collect()),
             norm_w: norm.weight.data,
             norm_b: norm.bias.data,
             layers,
+            jpm,
             parts,
+            necks,
             cfg,
         })
     }
@@ -221,48 +311,142 @@ impl Engine {
         3 * self.cfg.input.height * self.cfg.input.width
     }
 
-    /// Runs `batch` normalised CHW images through the model.
+    /// Runs `batch` normalised CHW images through the model (one without a side information
+    /// embedding; see `run`).
     pub fn forward(&self, images: &[f32], batch: usize, ws: &mut Workspace, want: Want) -> Result<Outputs> {
-        self.forward_observed(images, batch, ws, want, None)
+        self.run(Input::images(images, batch), ws, want, None)
     }
 
     /// As `forward`, handing every layer's attention probabilities to `observe`.
     pub fn forward_observed(&self, images: &[f32], batch: usize, ws: &mut Workspace, want: Want, observe: Option<AttnObserver>) -> Result<Outputs> {
-        if images.len() != batch * self.image_len() {
+        self.run(Input::images(images, batch), ws, want, observe)
+    }
+
+    /// Checks an input against the model: its size and, for SIE, one known camera per image.
+    pub fn check_input(&self, input: &Input) -> Result<()> {
+        let batch = input.batch;
+        if input.images.len() != batch * self.image_len() {
             return Err(Error::invalid(format!(
                 "forward: {} input values for a batch of {batch}, expected {} ({}x{} RGB per image)",
-                images.len(),
+                input.images.len(),
                 batch * self.image_len(),
                 self.cfg.input.height,
                 self.cfg.input.width
             )));
         }
-        if want.logits && self.parts.is_empty() {
+        match (&self.cfg.arch.sie, input.cameras) {
+            (Some(_), None) => Err(Error::invalid("this model has a side information embedding (SIE): each image needs its camera")),
+            (Some(sie), Some(c)) => {
+                if c.len() != batch {
+                    return Err(Error::invalid(format!("forward: {} camera indices for a batch of {batch}", c.len())));
+                }
+                match c.iter().find(|&&c| c >= sie.cameras) {
+                    Some(bad) => Err(Error::invalid(format!(
+                        "camera index {bad} (c{} in a Market/Duke file name) is out of range: the model's SIE knows {} cameras (indices 0..{})",
+                        bad + 1,
+                        sie.cameras,
+                        sie.cameras
+                    ))),
+                    None => Ok(()),
+                }
+            }
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// Runs a batch through the model; `observe`, when given, sees every attention map.
+    pub fn run(&self, input: Input, ws: &mut Workspace, want: Want, observe: Option<AttnObserver>) -> Result<Outputs> {
+        self.check_input(&input)?;
+        let batch = input.batch;
+        if want.logits && self.parts.is_empty() && self.necks.iter().all(|n| n.cls_t.is_none()) {
             return Err(Error::invalid("this model has no classifier head (retrieval only): no logits to compute"));
         }
         let (d, n) = (self.cfg.arch.embed_dim, self.cfg.num_tokens());
         let rows = batch * n;
-        self.embed(images, batch, ws);
+        self.embed(input, ws);
         let mut pending_bias: Option<&[f32]> = None;
+        let depth = self.layers.len();
+        let mut trunk: Option<Vec<f32>> = None;
         for (li, layer) in self.layers.iter().enumerate() {
-            self.block(li, layer, batch, pending_bias, ws, observe);
+            if li + 1 == depth && self.jpm.is_some() {
+                // JPM's b2 branch starts from the input of the last block (b1).
+                let mut t = ws.x[..rows * d].to_vec();
+                if let Some(b) = pending_bias {
+                    t.par_chunks_mut(d).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+                }
+                trunk = Some(t);
+            }
+            self.block(li, layer, batch, n, pending_bias, ws, observe);
             // The block's last bias is folded into the next layer norm.
             pending_bias = Some(&layer.b2);
         }
         let xn = ensure(&mut ws.xn, rows * d);
         layer_norm(&mut ws.x[..rows * d], pending_bias, &self.norm_w, &self.norm_b, self.cfg.arch.ln_eps as f32, xn);
         let tokens = &ws.xn[..rows * d];
-        let raw_parts = self.pool_parts(tokens, batch);
-        let mut features = raw_parts.clone();
-        normalise_parts(&mut features, self.cfg.num_parts(), d);
-        let logits = want.logits.then(|| self.la_logits(tokens, &raw_parts, batch));
-        Ok(Outputs { features, tokens: want.tokens.then(|| tokens.to_vec()), logits })
+        let token_out = want.tokens.then(|| tokens.to_vec());
+        let (features, logits) = if self.necks.is_empty() {
+            let raw_parts = self.pool_parts(tokens, batch);
+            let mut features = raw_parts.clone();
+            normalise_parts(&mut features, self.cfg.num_parts(), d);
+            (features, want.logits.then(|| self.la_logits(tokens, &raw_parts, batch)))
+        } else {
+            // BNNeck: the class token of the global branch, then JPM's local features.
+            let mut raw: Vec<Vec<f32>> = vec![(0..batch).flat_map(|b| tokens[b * n * d..b * n * d + d].iter().copied()).collect()];
+            if let (Some(j), Some(t)) = (&self.jpm, &trunk) {
+                raw.extend(self.jpm_locals(j, t, batch, ws, observe));
+            }
+            self.neck_outputs(&raw, batch, want.logits)
+        };
+        Ok(Outputs { features, tokens: token_out, logits })
+    }
+
+    /// JPM's local features `[B, D]` each: b2 and its norm on every group of the trunk output,
+    /// each group's class token.
+    fn jpm_locals(&self, j: &JpmBranch, trunk: &[f32], batch: usize, ws: &mut Workspace, observe: Option<AttnObserver>) -> Vec<Vec<f32>> {
+        let (d, n) = (self.cfg.arch.embed_dim, self.cfg.num_tokens());
+        let (k, t) = (j.groups.len(), self.cfg.jpm_tokens());
+        let rows = batch * k * t;
+        // Local sequences in ws.x, image-major: sequence b·k + g.
+        let x = ensure(&mut ws.x, rows * d);
+        x.par_chunks_mut(t * d).enumerate().for_each(|(s, dst)| {
+            let (b, g) = (s / k, s % k);
+            for (r, &pos) in j.groups[g].iter().enumerate() {
+                dst[r * d..(r + 1) * d].copy_from_slice(&trunk[(b * n + pos) * d..(b * n + pos + 1) * d]);
+            }
+        });
+        self.block(self.layers.len(), &j.layer, batch * k, t, None, ws, observe);
+        let xn = ensure(&mut ws.xn, rows * d);
+        layer_norm(&mut ws.x[..rows * d], Some(&j.layer.b2), &j.norm_w, &j.norm_b, self.cfg.arch.ln_eps as f32, xn);
+        (0..k).map(|g| (0..batch).flat_map(|b| ws.xn[(b * k + g) * t * d..][..d].iter().copied()).collect()).collect()
+    }
+
+    /// BNNeck features and logits from the raw global (and local) features: TransReID's
+    /// `[global, local_1/k, …, local_k/k]`, before or after the BatchNorms, normalised as a whole.
+    fn neck_outputs(&self, raw: &[Vec<f32>], batch: usize, want_logits: bool) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
+        let d = self.cfg.arch.embed_dim;
+        let after = self.cfg.head.neck_feat == Some(crate::model::config::NeckFeat::After);
+        let normed: Vec<Vec<f32>> = raw.iter().zip(&self.necks).map(|(r, neck)| neck.norm(r)).collect();
+        let pieces = if after { &normed } else { raw };
+        let k = pieces.len();
+        let mut features = vec![0f32; batch * k * d];
+        for (i, piece) in pieces.iter().enumerate() {
+            let w = if i == 0 { 1.0 } else { 1.0 / (k - 1) as f32 };
+            for b in 0..batch {
+                for (o, v) in features[(b * k + i) * d..][..d].iter_mut().zip(&piece[b * d..(b + 1) * d]) {
+                    *o = v * w;
+                }
+            }
+        }
+        normalise_parts(&mut features, 1, k * d);
+        let logits = want_logits.then(|| normed.iter().zip(&self.necks).filter_map(|(y, neck)| neck.logits(y, batch)).collect());
+        (features, logits)
     }
 
     /// Patch embedding (im2col, then one product with the conv weight), prefix tokens and position
     /// embedding, into `ws.x` `[B, N, D]`.
-    fn embed(&self, images: &[f32], batch: usize, ws: &mut Workspace) {
-        let (d, p) = (self.cfg.arch.embed_dim, self.cfg.arch.patch_size);
+    fn embed(&self, input: Input, ws: &mut Workspace) {
+        let (images, batch) = (input.images, input.batch);
+        let (d, p, stride) = (self.cfg.arch.embed_dim, self.cfg.arch.patch_size, self.cfg.arch.stride());
         let (gh, gw) = self.cfg.grid();
         let (np, n, pre) = (gh * gw, self.cfg.num_tokens(), self.cfg.num_prefix());
         let (ih, iw) = (self.cfg.input.height, self.cfg.input.width);
@@ -273,7 +457,7 @@ impl Engine {
                 let (py, px) = (pi / gw, pi % gw);
                 for c in 0..3 {
                     for ky in 0..p {
-                        let src = &img[c * ih * iw + (py * p + ky) * iw + px * p..][..p];
+                        let src = &img[c * ih * iw + (py * stride + ky) * iw + px * stride..][..p];
                         patch[c * p * p + ky * p..][..p].copy_from_slice(src);
                     }
                 }
@@ -283,7 +467,7 @@ impl Engine {
         let threads = rayon::current_num_threads();
         phase("patch_embed", || matmul(Mat::dense(patches, batch * np, pp3), Mat::dense(&self.patch_w_t, pp3, d), embed, d, Acc::Overwrite, 1.0, threads));
         let x = ensure(&mut ws.x, batch * n * d);
-        x.par_chunks_mut(n * d).zip(embed.par_chunks(np * d)).for_each(|(xi, ei)| {
+        x.par_chunks_mut(n * d).zip(embed.par_chunks(np * d)).enumerate().for_each(|(b, (xi, ei))| {
             for t in 0..n {
                 let row = &mut xi[t * d..(t + 1) * d];
                 let pos = &self.pos[t * d..(t + 1) * d];
@@ -299,21 +483,30 @@ impl Engine {
                     }
                 }
             }
+            // SIE: the image's camera embedding (× coefficient) on every token (checked in range).
+            if let (Some(sie), Some(cams)) = (&self.sie, input.cameras) {
+                let cam = &sie[cams[b] * d..(cams[b] + 1) * d];
+                for row in xi.chunks_exact_mut(d) {
+                    row.iter_mut().zip(cam).for_each(|(v, c)| *v += c);
+                }
+            }
         });
     }
 
     /// One block on `ws.x` in place. `pending_bias` is the previous block's fc2 bias, not yet added.
-    fn block(&self, li: usize, layer: &Layer, batch: usize, pending_bias: Option<&[f32]>, ws: &mut Workspace, observe: Option<AttnObserver>) {
+    /// `n`: tokens per sequence.
+    #[allow(clippy::too_many_arguments)]
+    fn block(&self, li: usize, layer: &Layer, batch: usize, n: usize, pending_bias: Option<&[f32]>, ws: &mut Workspace, observe: Option<AttnObserver>) {
         let a = &self.cfg.arch;
         let (d, m, hd) = (a.embed_dim, a.mlp_dim, a.head_dim);
-        let (n, threads) = (self.cfg.num_tokens(), rayon::current_num_threads());
+        let threads = rayon::current_num_threads();
         let rows = batch * n;
         let inner = layer.heads * hd;
         let eps = a.ln_eps as f32;
         let Workspace { x, xn, qkv, xk, kv, attn, hidden, .. } = ws;
         let (x, xn) = (&mut x[..rows * d], ensure(xn, rows * d));
         phase("layer_norm", || layer_norm(x, pending_bias, &layer.ln1_w, &layer.ln1_b, eps, xn));
-        let inputs = self.attention_inputs(layer, xn, batch, qkv, xk, kv);
+        let inputs = self.attention_inputs(layer, xn, batch, n, qkv, xk, kv);
         let attn_out = ensure(attn, rows * inner);
         let shape = AttnShape { batch, n, nk: inputs.nk, heads: layer.heads, head_dim: hd };
         let sink = observe.map(|f| move |b: usize, h: usize, probs: &[f32]| f(li, b, h, probs));
@@ -330,8 +523,18 @@ impl Engine {
     /// Queries from every token; keys and values from the kept ones. With every token kept one
     /// product gives q, k and v; otherwise the kept rows of the normed input are gathered first and
     /// both products share one parallel region.
-    fn attention_inputs<'w>(&self, layer: &Layer, xn: &[f32], batch: usize, qkv: &'w mut Vec<f32>, xk: &mut Vec<f32>, kv: &'w mut Vec<f32>) -> AttnInputs<'w> {
-        let (d, hd, n) = (self.cfg.arch.embed_dim, self.cfg.arch.head_dim, self.cfg.num_tokens());
+    #[allow(clippy::too_many_arguments)]
+    fn attention_inputs<'w>(
+        &self,
+        layer: &Layer,
+        xn: &[f32],
+        batch: usize,
+        n: usize,
+        qkv: &'w mut Vec<f32>,
+        xk: &mut Vec<f32>,
+        kv: &'w mut Vec<f32>,
+    ) -> AttnInputs<'w> {
+        let (d, hd) = (self.cfg.arch.embed_dim, self.cfg.arch.head_dim);
         let (rows, inner, threads) = (batch * n, layer.heads * hd, rayon::current_num_threads());
         match &layer.tokens {
             None => {

@@ -180,6 +180,40 @@ pub fn resample_pos_embed(pos: &[f32], d: usize, prefix: usize, (gh, gw): (usize
     out
 }
 
+/// For each output sample of a linear resize (`F.interpolate(mode="bilinear",
+/// align_corners=False)`, no antialias): the two input indices and the second one's weight.
+fn linear_taps(in_size: usize, out_size: usize) -> Vec<(usize, usize, f64)> {
+    let scale = in_size as f64 / out_size as f64;
+    (0..out_size)
+        .map(|o| {
+            let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(in_size - 1);
+            let i1 = (i0 + 1).min(in_size - 1);
+            (i0, i1, src - i0 as f64)
+        })
+        .collect()
+}
+
+/// Resamples a ViT position embedding `[1, prefix + gh*gw, d]` to `nh`×`nw` bilinearly, as
+/// TransReID's `resize_pos_embed` does (`F.interpolate(mode="bilinear")`, prefix tokens untouched).
+pub fn resample_pos_embed_bilinear(pos: &[f32], d: usize, prefix: usize, (gh, gw): (usize, usize), (nh, nw): (usize, usize)) -> Vec<f32> {
+    assert_eq!(pos.len(), (prefix + gh * gw) * d);
+    let grid = &pos[prefix * d..];
+    let (ty, tx) = (linear_taps(gh, nh), linear_taps(gw, nw));
+    let mut out = pos[..prefix * d].to_vec();
+    for &(y0, y1, fy) in &ty {
+        for &(x0, x1, fx) in &tx {
+            let at = |y: usize, x: usize, c: usize| grid[(y * gw + x) * d + c] as f64;
+            out.extend((0..d).map(|c| {
+                let top = at(y0, x0, c) * (1.0 - fx) + at(y0, x1, c) * fx;
+                let bottom = at(y1, x0, c) * (1.0 - fx) + at(y1, x1, c) * fx;
+                (top * (1.0 - fy) + bottom * fy) as f32
+            }));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,7 @@ fn inference_mode_matches_pytorch() {
 fn training_mode_logits_and_running_statistics_match_pytorch() {
     let mut m = load(SourceFormat::LaTransformer, "ckpt_la.pth");
     let r = load_ref("ref_la_train.safetensors");
-    let out = m.forward(&input(&r), Mode { train: true, dropout: 0.0, rng: None, gates: None }).unwrap();
+    let out = m.forward(&input(&r), Mode { train: true, dropout: 0.0, rng: None, gates: None, cameras: None }).unwrap();
     assert_eq!(out.logits.len(), 4);
     for (i, l) in out.logits.iter().enumerate() {
         assert_close(&format!("train logits.{i}"), &to_host(l).unwrap().data, &r[&format!("logits.{i}")].data, 1e-4);
@@ -61,7 +61,7 @@ fn dropout_is_reproducible_per_seed() {
     let x = input(&load_ref("ref_la_train.safetensors"));
     let mut run = |seed| {
         let mut rng = amg::rng::Rng::new(seed);
-        let out = m.forward(&x, Mode { train: true, dropout: 0.5, rng: Some(&mut rng), gates: None }).unwrap();
+        let out = m.forward(&x, Mode { train: true, dropout: 0.5, rng: Some(&mut rng), gates: None, cameras: None }).unwrap();
         to_host(&out.logits[0]).unwrap().data
     };
     let (a, b, c) = (run(1), run(1), run(2));

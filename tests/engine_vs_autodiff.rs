@@ -10,7 +10,7 @@
 
 mod common;
 
-use amg::engine::{Engine, Want, Workspace};
+use amg::engine::{Engine, Input, Want, Workspace};
 use amg::model::surgery::apply_plan;
 use amg::model::vit::{to_host, Mode, Vit};
 use amg::model::ModelFiles;
@@ -24,7 +24,8 @@ use common::max_abs_diff;
 fn engine_equals_differentiable_model_on_random_pruned_models() {
     let tol = 1e-5;
     let mut worst = 0f32;
-    for case in 0..60u64 {
+    let mut kinds = std::collections::BTreeSet::new();
+    for case in 0..80u64 {
         let mut rng = Rng::new(1000 + case);
         let cfg = random_config(&mut rng);
         let unpruned = {
@@ -36,27 +37,33 @@ fn engine_equals_differentiable_model_on_random_pruned_models() {
         let cfg = files.config().clone();
         let batch = 1 + rng.below(3);
         let images: Vec<f32> = (0..batch * 3 * cfg.input.height * cfg.input.width).map(|_| rng.normal() as f32).collect();
-        let la = !files.params().parts.is_empty();
+        let la = !files.params().parts.is_empty() || files.params().necks.iter().any(|n| n.classifier.is_some());
+        let cameras: Option<Vec<usize>> = cfg.arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
         let what = format!(
-            "case {case}: D={} heads={}x{} mlp={} depth={} patch={} input {}x{} prefix={} qkv_bias={} la={la} batch={batch} plan={:?}",
+            "case {case}: D={} heads={}x{} mlp={} depth={} patch={} stride={} input {}x{} prefix={} qkv_bias={} head={} sie={:?} jpm={:?} logits={la} batch={batch} plan={:?}",
             cfg.arch.embed_dim,
             cfg.arch.num_heads,
             cfg.arch.head_dim,
             cfg.arch.mlp_dim,
             cfg.arch.depth,
             cfg.arch.patch_size,
+            cfg.arch.stride(),
             cfg.input.height,
             cfg.input.width,
             cfg.num_prefix(),
             cfg.arch.qkv_bias,
+            cfg.describe_head(),
+            cfg.arch.sie,
+            cfg.arch.jpm,
             plan
         );
 
         let engine = Engine::new(files.clone()).unwrap();
-        let e = engine.forward(&images, batch, &mut Workspace::default(), Want { tokens: true, logits: la }).unwrap();
+        let input = Input { images: &images, cameras: cameras.as_deref(), batch };
+        let e = engine.run(input, &mut Workspace::default(), Want { tokens: true, logits: la }, None).unwrap();
         let mut vit = Vit::new(&files, &Device::Cpu).unwrap();
         let x = Tensor::from_vec(images, (batch, 3, cfg.input.height, cfg.input.width), &Device::Cpu).unwrap();
-        let v = vit.forward(&x, Mode::eval()).unwrap();
+        let v = vit.forward(&x, Mode { cameras: cameras.as_deref(), ..Mode::eval() }).unwrap();
 
         let tokens = to_host(&v.tokens).unwrap().data;
         assert!(tokens.iter().map(|t| t.abs()).fold(0.0, f32::max) > 0.5, "{what}: tokens are ~0, the comparison would prove nothing");
@@ -69,10 +76,17 @@ fn engine_equals_differentiable_model_on_random_pruned_models() {
                 diffs.push(("logits", max_abs_diff(el, &to_host(vl).unwrap().data)));
             }
         }
+        kinds.insert((cfg.head.kind as u8, cfg.arch.jpm.is_some(), cfg.arch.sie.is_some(), cfg.arch.patch_stride.is_some()));
         for (name, d) in diffs {
             worst = worst.max(d);
             assert!(d <= tol, "{what}: {name} differ by {d:e} > {tol:e}");
         }
     }
     eprintln!("largest difference over all cases: {worst:e}");
+    // Every head kind, JPM, SIE and overlapping patches were drawn.
+    type Kind = (u8, bool, bool, bool);
+    let probes: [fn(&Kind) -> bool; 6] = [|k| k.0 == 0, |k| k.0 == 1, |k| k.0 == 2, |k| k.1, |k| k.2, |k| k.3];
+    for probe in probes {
+        assert!(kinds.iter().any(probe), "the random configurations missed a model variant: {kinds:?}");
+    }
 }

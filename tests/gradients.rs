@@ -22,7 +22,7 @@ fn every_parameter_gradient_matches_pytorch() {
     let t = teacher.forward(&x, Mode::eval()).unwrap();
     let t0: Vec<f32> = serde_json::from_value(g["teacher_logits_0"].clone()).unwrap();
     assert_close("teacher logits", &to_host(&t.logits[0]).unwrap().data, &t0, 1e-4);
-    let s = student.forward(&x, Mode { train: true, dropout: 0.0, rng: None, gates: None }).unwrap();
+    let s = student.forward(&x, Mode { train: true, dropout: 0.0, rng: None, gates: None, cameras: None }).unwrap();
     let cfg = LossConfig {
         label_smoothing: g["label_smoothing"].as_f64().unwrap(),
         distill: Distill::Soft { alpha: g["alpha"].as_f64().unwrap(), tau: g["tau"].as_f64().unwrap() },

@@ -81,20 +81,20 @@ fn bad_plans_are_rejected() {
     let n = files.config().num_tokens();
     let all: Vec<usize> = (0..n).collect();
     let cases: Vec<(Plan, &str)> = vec![
-        (Plan { heads: vec![vec![0, 1]], tokens: vec![all.clone()] }, "`heads` has 1 layers, the model has 2"),
-        (Plan { heads: vec![vec![0, 1], vec![]], tokens: vec![all.clone(), all.clone()] }, "layer 1 keeps no head"),
-        (Plan { heads: vec![vec![0, 2], vec![0]], tokens: vec![all.clone(), all.clone()] }, "layer 0 heads index 2 is out of range 0..2"),
-        (Plan { heads: vec![vec![0], vec![0]], tokens: vec![all[1..].to_vec(), all.clone()] }, "layer 0 does not keep token 0"),
-        (Plan { heads: vec![vec![0], vec![0]], tokens: vec![all.clone(), vec![0, 3, 3]] }, "layer 1 lists tokens index 3 twice"),
-        (Plan { heads: vec![vec![0], vec![0]], tokens: vec![all.clone(), vec![0, n]] }, "out of range"),
+        (Plan { heads: vec![vec![0, 1]], tokens: vec![all.clone()], jpm_heads: None }, "`heads` has 1 layers, the model has 2"),
+        (Plan { heads: vec![vec![0, 1], vec![]], tokens: vec![all.clone(), all.clone()], jpm_heads: None }, "layer 1 keeps no head"),
+        (Plan { heads: vec![vec![0, 2], vec![0]], tokens: vec![all.clone(), all.clone()], jpm_heads: None }, "layer 0 heads index 2 is out of range 0..2"),
+        (Plan { heads: vec![vec![0], vec![0]], tokens: vec![all[1..].to_vec(), all.clone()], jpm_heads: None }, "layer 0 does not keep token 0"),
+        (Plan { heads: vec![vec![0], vec![0]], tokens: vec![all.clone(), vec![0, 3, 3]], jpm_heads: None }, "layer 1 lists tokens index 3 twice"),
+        (Plan { heads: vec![vec![0], vec![0]], tokens: vec![all.clone(), vec![0, n]], jpm_heads: None }, "out of range"),
     ];
     for (plan, msg) in cases {
         let e = apply_plan(&files, &plan).unwrap_err().to_string();
         assert!(e.contains(msg), "{e} lacks {msg}");
     }
     // Once removed, a head cannot be asked back.
-    let pruned = apply_plan(&files, &Plan { heads: vec![vec![1], vec![0, 1]], tokens: vec![all.clone(), all.clone()] }).unwrap();
-    let e = apply_plan(&pruned, &Plan { heads: vec![vec![0], vec![0, 1]], tokens: vec![all.clone(), all] }).unwrap_err().to_string();
+    let pruned = apply_plan(&files, &Plan { heads: vec![vec![1], vec![0, 1]], tokens: vec![all.clone(), all.clone()], jpm_heads: None }).unwrap();
+    let e = apply_plan(&pruned, &Plan { heads: vec![vec![0], vec![0, 1]], tokens: vec![all.clone(), all], jpm_heads: None }).unwrap_err().to_string();
     assert!(e.contains("already removed"), "{e}");
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use amg::engine::{Engine, Want, Workspace};
+use amg::engine::{Engine, Input, Want, Workspace};
 use amg::export::onnx::{export_onnx, OnnxOutputs};
 use amg::import::{import, ImportRequest, SourceFormat};
 use amg::model::surgery::{apply_plan, Plan};
@@ -14,25 +14,30 @@ use amg::rng::Rng;
 use common::*;
 use tract_onnx::prelude::*;
 
-/// Runs `bytes` in tract on `images` `[batch, 3, H, W]`; returns every output, flattened.
-fn run_tract(bytes: &[u8], images: &[f32], batch: usize, h: usize, w: usize) -> Vec<Vec<f32>> {
-    let model = tract_onnx::onnx()
+/// Runs `bytes` in tract on `images` `[batch, 3, H, W]` (and, for SIE, `cameras` `[batch]`);
+/// returns every output, flattened.
+fn run_tract(bytes: &[u8], images: &[f32], cameras: Option<&[usize]>, batch: usize, h: usize, w: usize) -> Vec<Vec<f32>> {
+    let mut model = tract_onnx::onnx()
         .model_for_read(&mut std::io::Cursor::new(bytes))
         .expect("tract reads the model")
         .with_input_fact(0, f32::fact([batch, 3, h, w]).into())
-        .expect("input fact")
-        .into_optimized()
-        .expect("tract optimises the model")
-        .into_runnable()
-        .expect("runnable");
-    let input = Tensor::from_shape(&[batch, 3, h, w], images).expect("input tensor");
-    let out = model.run(tvec!(input.into())).expect("tract runs the model");
+        .expect("input fact");
+    if cameras.is_some() {
+        model = model.with_input_fact(1, i64::fact([batch]).into()).expect("cameras fact");
+    }
+    let model = model.into_optimized().expect("tract optimises the model").into_runnable().expect("runnable");
+    let mut inputs: TVec<TValue> = tvec!(Tensor::from_shape(&[batch, 3, h, w], images).expect("input tensor").into());
+    if let Some(c) = cameras {
+        let c: Vec<i64> = c.iter().map(|&v| v as i64).collect();
+        inputs.push(Tensor::from_shape(&[batch], &c).expect("cameras tensor").into());
+    }
+    let out = model.run(inputs).expect("tract runs the model");
     out.iter().map(|t| t.to_plain_array_view::<f32>().expect("f32 output").iter().copied().collect()).collect()
 }
 
 /// Exports `files` and compares tract's outputs with the engine's at batch 1 and 3.
 fn check(files: &ModelFiles, what: &str, seed: u64) -> f32 {
-    let la = !files.params().parts.is_empty();
+    let la = !files.params().parts.is_empty() || files.params().necks.iter().any(|n| n.classifier.is_some());
     let bytes = export_onnx(files, OnnxOutputs { logits: la }).unwrap_or_else(|e| panic!("{what}: export failed: {e}"));
     let (h, w) = (files.config().input.height, files.config().input.width);
     let engine = Engine::new(files.clone()).unwrap();
@@ -40,14 +45,16 @@ fn check(files: &ModelFiles, what: &str, seed: u64) -> f32 {
     let mut worst = 0f32;
     for batch in [1, 3] {
         let images: Vec<f32> = (0..batch * 3 * h * w).map(|_| rng.normal() as f32).collect();
-        let want = engine.forward(&images, batch, &mut Workspace::default(), Want { tokens: false, logits: la }).unwrap();
-        let got = run_tract(&bytes, &images, batch, h, w);
+        let cameras: Option<Vec<usize>> = files.config().arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
+        let input = Input { images: &images, cameras: cameras.as_deref(), batch };
+        let want = engine.run(input, &mut Workspace::default(), Want { tokens: false, logits: la }, None).unwrap();
+        let got = run_tract(&bytes, &images, cameras.as_deref(), batch, h, w);
         assert_eq!(got.len(), if la { 2 } else { 1 }, "{what}: outputs");
         let d = max_abs_diff(&got[0], &want.features);
         assert!(d <= 1e-4, "{what} batch {batch}: features differ by {d:e}");
         worst = worst.max(d);
         if la {
-            // The engine gives logits per part [B, C]; the graph stacks them [B, P, C].
+            // The engine gives logits per part (or BNNeck) [B, C]; the graph stacks them [B, P, C].
             let parts = want.logits.unwrap();
             let c = parts[0].len() / batch;
             let stacked: Vec<f32> = (0..batch).flat_map(|b| parts.iter().flat_map(move |p| p[b * c..(b + 1) * c].to_vec())).collect();
@@ -83,12 +90,24 @@ fn exported_fixtures_equal_the_engine() {
     plan.tokens[1] = vec![0, 2, 3, 5, 8, 13];
     let pruned = apply_plan(&files, &plan).unwrap();
     eprintln!("LA pruned by a plan: max abs diff {:e}", check(&pruned, "LA pruned by a plan", 9));
+    // TransReID: JPM + SIE at stride 12 (camera input), and pruned in the trunk, b1 and b2.
+    let mut o = ImportRequest::new(SourceFormat::TransReid, fixture("ckpt_transreid_jpm_sie.pth"));
+    (o.checkpoint_img_size, o.stride, o.heads) = (Some((64, 40)), Some(12), Some(2));
+    let files = import(&o).unwrap();
+    eprintln!("TransReID JPM+SIE: max abs diff {:e}", check(&files, "TransReID JPM+SIE", 10));
+    let mut plan = Plan::of(files.config());
+    (plan.heads[0], plan.tokens[2], plan.jpm_heads) = (vec![1], vec![0, 1, 4, 6, 7, 10], Some(vec![0]));
+    let pruned = apply_plan(&files, &plan).unwrap();
+    eprintln!("TransReID pruned: max abs diff {:e}", check(&pruned, "TransReID pruned", 11));
+    let o = ImportRequest::new(SourceFormat::TransReid, fixture("ckpt_transreid_stride12_256x128.pth"));
+    eprintln!("TransReID 256x128 stride 12: max abs diff {:e}", check(&import(&o).unwrap(), "TransReID 256x128", 12));
 }
 
 #[test]
 fn exported_random_pruned_models_equal_the_engine() {
-    // Prefix tokens (class, distillation, none), heads, depth, grid and pruning all vary.
-    for case in 0..12u64 {
+    // Prefix tokens (class, distillation, none), heads, depth, grid, stride, SIE, the head (LA,
+    // BNNeck with or without JPM, none) and pruning all vary.
+    for case in 0..16u64 {
         let mut rng = Rng::new(5000 + case);
         let files = random_pruned_model(&mut rng);
         check(&files, &format!("random case {case} (prefix {}, pruned {})", files.config().num_prefix(), files.config().is_pruned()), case);

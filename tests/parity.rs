@@ -196,3 +196,95 @@ fn parameter_counts_match_timm() {
         assert_eq!(amg::model::cost::model_cost(&cfg).params, counts[preset].as_u64().unwrap(), "{preset}");
     }
 }
+
+/// TransReID (tools/make_transreid_fixtures.py): a checkpoint as its training code saves it, run
+/// by the engine and by the differentiable model on the reference batch (with each image's camera
+/// for SIE): the global branch's tokens, the TransReID feature (L2-normalised, as its evaluator
+/// does) and every BNNeck's logits. `pre` selects the reference outputs (`""` or `"pruned."`).
+fn check_transreid(files: &ModelFiles, reference: &str, pre: &str) {
+    use amg::engine::Input;
+    use amg::model::vit::{to_host, Mode, Vit};
+    let r = load_ref(reference);
+    let input = &r["input"];
+    let batch = input.shape[0];
+    let cameras: Vec<usize> = r["cameras"].data.iter().map(|&c| c as usize).collect();
+    let cams = files.config().arch.sie.is_some().then_some(cameras.as_slice());
+    let engine = Engine::new(files.clone()).unwrap();
+    let out = engine.run(Input { images: &input.data, cameras: cams, batch }, &mut Workspace::default(), Want { tokens: true, logits: true }, None).unwrap();
+    assert_close(&format!("{reference} {pre}tokens"), out.tokens.as_ref().unwrap(), &r[&format!("{pre}tokens")].data, 1e-4);
+    assert_close(&format!("{reference} {pre}features"), &out.features, &r[&format!("{pre}features")].data, 1e-4);
+    let logits = out.logits.unwrap();
+    for (i, l) in logits.iter().enumerate() {
+        assert_close(&format!("{reference} {pre}logits.{i}"), l, &r[&format!("{pre}logits.{i}")].data, 1e-4);
+    }
+    assert!(!r.contains_key(&format!("{pre}logits.{}", logits.len())), "fewer BNNecks than the reference");
+    // The differentiable model (training, Taylor importance) computes the same.
+    let mut vit = Vit::new(files, &candle_core::Device::Cpu).unwrap();
+    let c = files.config();
+    let x = candle_core::Tensor::from_vec(input.data.clone(), (batch, 3, c.input.height, c.input.width), &candle_core::Device::Cpu).unwrap();
+    let v = vit.forward(&x, Mode { cameras: cams, ..Mode::eval() }).unwrap();
+    assert_close(&format!("{reference} {pre}features (autodiff)"), &to_host(&v.features).unwrap().data, &r[&format!("{pre}features")].data, 1e-4);
+}
+
+fn transreid(ckpt: &str, ck_size: Option<(usize, usize)>, stride: Option<usize>, heads: Option<usize>) -> ImportRequest {
+    let mut o = opts(SourceFormat::TransReid, ckpt);
+    o.checkpoint_img_size = ck_size;
+    o.stride = stride;
+    o.heads = heads;
+    o
+}
+
+/// JPM and SIE at stride 12 on a non-square input whose 15 patches make the shuffle pad one;
+/// under nn.DataParallel's `module.` prefix; then pruned (heads in the trunk, b1 and b2, key
+/// tokens in the trunk and b1) against the reference computation with the same removals.
+#[test]
+fn transreid_jpm_sie_matches_the_reference() {
+    let mut o = transreid("ckpt_transreid_jpm_sie.pth", Some((64, 40)), Some(12), Some(2));
+    o.transreid.neck_feat = amg::model::config::NeckFeat::Before;
+    let files = import(&o).unwrap();
+    let c = files.config();
+    assert_eq!((c.grid(), c.num_tokens(), c.arch.patch_stride), ((5, 3), 16, Some(12)));
+    assert_eq!(c.arch.sie.as_ref().map(|s| (s.cameras, s.coefficient)), Some((3, 3.0)));
+    assert_eq!(c.arch.jpm.as_ref().map(|j| (j.divide, j.shift, j.groups, j.rearrange)), Some((4, 5, 2, true)));
+    assert_eq!((c.input.mean, c.input.std), ([0.5; 3], [0.5; 3]));
+    assert_eq!(c.feature_dim(), 5 * 64);
+    let files = round_trip(&files, "transreid-jpm-sie");
+    check_transreid(&files, "ref_transreid_jpm_sie.safetensors", "");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("transreid.json")).unwrap()).unwrap();
+    let plan: Plan = serde_json::from_value(meta["jpm_sie_plan"].clone()).unwrap();
+    let pruned = apply_plan(&files, &plan).unwrap();
+    check_transreid(&round_trip(&pruned, "transreid-pruned"), "ref_transreid_jpm_sie.safetensors", "pruned.");
+}
+
+/// TransReID's real token count: 256x128 at stride 12 is a 21x10 grid, 211 tokens; the importer
+/// works out the input size and stride from the position embedding. Feature after the BatchNorm.
+#[test]
+fn transreid_stride_12_at_256x128_matches_the_reference() {
+    let mut o = transreid("ckpt_transreid_stride12_256x128.pth", None, None, None);
+    o.transreid.neck_feat = amg::model::config::NeckFeat::After;
+    let files = import(&o).unwrap();
+    let c = files.config();
+    assert_eq!((c.input.height, c.input.width, c.grid(), c.num_tokens()), (256, 128, (21, 10), 211));
+    assert!(c.source.notes.iter().any(|n| n.contains("trained at 256x128 with stride 12")), "{:?}", c.source.notes);
+    check_transreid(&round_trip(&files, "transreid-s12"), "ref_transreid_stride12_256x128.safetensors", "");
+}
+
+/// Stride 16, SIE, JPM without re-arrangement, feature after the BatchNorms.
+#[test]
+fn transreid_jpm_without_rearrangement_matches_the_reference() {
+    let mut o = transreid("ckpt_transreid_jpm_plain_sie.safetensors", Some((64, 32)), None, Some(2));
+    o.transreid.neck_feat = amg::model::config::NeckFeat::After;
+    o.transreid.rearrange = false;
+    let files = import(&o).unwrap();
+    assert_eq!(files.config().arch.patch_stride, None);
+    check_transreid(&round_trip(&files, "transreid-plain"), "ref_transreid_jpm_plain_sie.safetensors", "");
+}
+
+/// TransReID's ViT-S style: no qkv bias and attention scaled by embed_dim^-0.5, folded into the
+/// query rows at import.
+#[test]
+fn transreid_small_matches_the_reference() {
+    let files = import(&transreid("ckpt_transreid_small.safetensors", Some((64, 32)), None, Some(2))).unwrap();
+    assert!(files.config().source.notes.iter().any(|n| n.contains("folded into the query rows")));
+    check_transreid(&round_trip(&files, "transreid-small"), "ref_transreid_small.safetensors", "");
+}

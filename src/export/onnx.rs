@@ -11,8 +11,8 @@
 //! The protobuf messages are `onnx-protobuf`'s, written by the `protobuf` crate.
 
 use crate::error::{Error, Result};
-use crate::model::params::{BlockParams, Key, PartParams, VitParams};
-use crate::model::{HeadKind, LayerPlan, ModelConfig, ModelFiles};
+use crate::model::params::{BlockParams, JpmParams, Key, PartParams, VitParams};
+use crate::model::{HeadKind, ModelConfig, ModelFiles};
 use crate::tensor::HostTensor;
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
@@ -43,7 +43,8 @@ pub struct OnnxOutputs {
 pub fn export_onnx(files: &ModelFiles, outputs: OnnxOutputs) -> Result<Vec<u8>> {
     let cfg = &files.config;
     files.check()?;
-    if outputs.logits && cfg.head.kind != HeadKind::La {
+    let has_classifiers = !files.params.parts.is_empty() || files.params.necks.iter().any(|n| n.classifier.is_some());
+    if outputs.logits && !has_classifiers {
         return Err(Error::invalid("--outputs logits: this model has no classifier head (retrieval only)"));
     }
     let weight_bytes: u64 = files.params.entries().iter().map(|(_, t)| 4 * t.numel() as u64).sum();
@@ -56,17 +57,35 @@ pub fn export_onnx(files: &ModelFiles, outputs: OnnxOutputs) -> Result<Vec<u8>> 
     let mut g = Builder::new(cfg);
     let keys = files.params.map(|k, _| k.clone());
     let mut x = g.embed(&files.params, &keys);
-    for ((block, bkeys), plan) in files.params.blocks.iter().zip(&keys.blocks).zip(&cfg.layers) {
-        x = g.block(&x, block, bkeys, plan);
+    let n = cfg.num_tokens();
+    let mut trunk = None;
+    for (l, ((block, bkeys), plan)) in files.params.blocks.iter().zip(&keys.blocks).zip(&cfg.layers).enumerate() {
+        if l + 1 == cfg.layers.len() && cfg.arch.jpm.is_some() {
+            trunk = Some(x.clone());
+        }
+        let keep = (plan.tokens.len() != n).then_some(plan.tokens.as_slice());
+        x = g.block(&x, block, bkeys, plan.heads.len(), keep, n);
     }
     let tokens = g.layer_norm(&key_name(&keys.norm.weight.up()), &x, &files.params.norm.weight, &files.params.norm.bias);
-    let tokens = g.unrows(&tokens, "tokens", cfg.num_tokens(), cfg.arch.embed_dim);
-    let parts = g.pool_parts(&tokens);
-    let features = g.features(&parts);
-    g.output(&features, "features", vec![Dim::Batch, Dim::Fixed(cfg.feature_dim())]);
-    if outputs.logits {
-        let logits = g.logits(&tokens, &parts, &files.params.parts, &keys.parts);
-        g.output(&logits, "logits", vec![Dim::Batch, Dim::Fixed(cfg.num_parts()), Dim::Fixed(cfg.head.num_classes)]);
+    let tokens = g.unrows(&tokens, "tokens", n, cfg.arch.embed_dim);
+    if cfg.head.kind == HeadKind::Bnneck {
+        let locals = match (trunk, &files.params.jpm, &keys.jpm) {
+            (Some(t), Some(p), Some(k)) => Some(g.jpm_locals(&t, p, k)),
+            _ => None,
+        };
+        let (features, logits) = g.necks(&tokens, locals.as_deref(), &files.params, outputs.logits);
+        g.output(&features, "features", vec![Dim::Batch, Dim::Fixed(cfg.feature_dim())]);
+        if let Some(logits) = logits {
+            g.output(&logits, "logits", vec![Dim::Batch, Dim::Fixed(cfg.num_necks()), Dim::Fixed(cfg.head.num_classes)]);
+        }
+    } else {
+        let parts = g.pool_parts(&tokens);
+        let features = g.features(&parts);
+        g.output(&features, "features", vec![Dim::Batch, Dim::Fixed(cfg.feature_dim())]);
+        if outputs.logits {
+            let logits = g.logits(&tokens, &parts, &files.params.parts, &keys.parts);
+            g.output(&logits, "logits", vec![Dim::Batch, Dim::Fixed(cfg.num_parts()), Dim::Fixed(cfg.head.num_classes)]);
+        }
     }
     let model = g.finish(files);
     let size = model.compute_size();
@@ -82,7 +101,17 @@ pub fn metadata(files: &ModelFiles) -> Vec<(String, String)> {
     let list = |v: &[f32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
     let heads: Vec<&Vec<usize>> = cfg.layers.iter().map(|l| &l.heads).collect();
     let tokens: Vec<&Vec<usize>> = cfg.layers.iter().map(|l| &l.tokens).collect();
-    vec![
+    let features = match cfg.head.kind {
+        HeadKind::Bnneck => format!(
+            "features: float32 [batch, {}], TransReID's feature ([global{}], {} the BNNeck BatchNorm{}) L2-normalised: compare by inner product",
+            cfg.feature_dim(),
+            if cfg.arch.jpm.is_some() { ", local_1/k, ..., local_k/k" } else { "" },
+            cfg.head.neck_feat.map_or("before", crate::choice::Choice::name),
+            if cfg.arch.jpm.is_some() { "s" } else { "" }
+        ),
+        _ => "features: float32 [batch, parts x embed_dim], each part scaled to norm 1/sqrt(parts): compare by inner product".into(),
+    };
+    let mut meta: Vec<(String, String)> = vec![
         ("amg_version".into(), env!("CARGO_PKG_VERSION").into()),
         ("input".into(), "images: float32 [batch, 3, H, W], RGB, bicubic-resized to H x W, scaled to [0, 1], then (x - mean) / std per channel".into()),
         ("input_height".into(), cfg.input.height.to_string()),
@@ -94,16 +123,21 @@ pub fn metadata(files: &ModelFiles) -> Vec<(String, String)> {
             match cfg.head.kind {
                 HeadKind::None => "none".into(),
                 HeadKind::La => "la".into(),
+                HeadKind::Bnneck => "bnneck".into(),
             },
         ),
         ("parts".into(), cfg.num_parts().to_string()),
         ("feature_dim".into(), cfg.feature_dim().to_string()),
-        ("features".into(), "features: float32 [batch, parts x embed_dim], each part scaled to norm 1/sqrt(parts): compare by inner product".into()),
+        ("features".into(), features),
         ("prefix_tokens".into(), cfg.num_prefix().to_string()),
         ("kept_heads".into(), serde_json::to_string(&heads).unwrap_or_default()),
         ("kept_tokens".into(), serde_json::to_string(&tokens).unwrap_or_default()),
         ("amg_config".into(), cfg.to_json()),
-    ]
+    ];
+    if let Some(sie) = &cfg.arch.sie {
+        meta.push(("cameras".into(), format!("cameras: int64 [batch], each image's camera index 0..{} (c1 in a Market/Duke file name is 0)", sie.cameras)));
+    }
+    meta
 }
 
 fn key_name(k: &Key) -> String {
@@ -129,6 +163,10 @@ fn attr_float(name: &str, v: f32) -> AttributeProto {
 }
 
 fn value_info(name: &str, dims: Vec<Dim>) -> ValueInfoProto {
+    value_info_of(name, dims, DataType::FLOAT)
+}
+
+fn value_info_of(name: &str, dims: Vec<Dim>, dtype: DataType) -> ValueInfoProto {
     let dim = dims
         .into_iter()
         .map(|d| Dimension {
@@ -139,7 +177,7 @@ fn value_info(name: &str, dims: Vec<Dim>) -> ValueInfoProto {
             ..Default::default()
         })
         .collect();
-    let tensor = TensorType { elem_type: DataType::FLOAT as i32, shape: Some(TensorShapeProto { dim, ..Default::default() }).into(), ..Default::default() };
+    let tensor = TensorType { elem_type: dtype as i32, shape: Some(TensorShapeProto { dim, ..Default::default() }).into(), ..Default::default() };
     ValueInfoProto {
         name: name.into(),
         type_: Some(TypeProto { value: Some(TypeValue::TensorType(tensor)), ..Default::default() }).into(),
@@ -271,7 +309,7 @@ impl<'a> Builder<'a> {
 
     /// Patch embedding (a strided convolution), prefix tokens and position embedding: `[B, N, D]`.
     fn embed(&mut self, p: &VitParams<HostTensor>, k: &VitParams<Key>) -> String {
-        let (d, patch) = (self.cfg.arch.embed_dim, self.cfg.arch.patch_size as i64);
+        let (d, patch, stride) = (self.cfg.arch.embed_dim, self.cfg.arch.patch_size as i64, self.cfg.arch.stride() as i64);
         let pe = key_name(&k.patch_embed.weight.up());
         let w = self.init(&format!("{pe}.weight"), &p.patch_embed.weight.shape, p.patch_embed.weight.data.clone());
         let mut inputs = vec!["images".to_string(), w];
@@ -279,7 +317,7 @@ impl<'a> Builder<'a> {
             inputs.push(self.init(&format!("{pe}.bias"), &b.shape, b.data.clone()));
         }
         let inputs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
-        let conv = self.node("Conv", &pe, &inputs, vec![attr_ints("kernel_shape", &[patch, patch]), attr_ints("strides", &[patch, patch])]);
+        let conv = self.node("Conv", &pe, &inputs, vec![attr_ints("kernel_shape", &[patch, patch]), attr_ints("strides", &[stride, stride])]);
         let flat_shape = self.init_i64("patch_embed/flat_shape", &[3], &[0, d as i64, -1]);
         let flat = self.node("Reshape", "patch_embed/flatten", &[&conv, &flat_shape], vec![]);
         let mut x = self.node("Transpose", "patch_embed/tokens", &[&flat], vec![attr_ints("perm", &[0, 2, 1])]);
@@ -302,7 +340,17 @@ impl<'a> Builder<'a> {
         }
         let pos = key_name(&k.pos_embed);
         let pos_init = self.init(&pos, &p.pos_embed.shape, p.pos_embed.data.clone());
-        let x = self.node("Add", &format!("{pos}/add"), &[&x, &pos_init], vec![]);
+        let mut x = self.node("Add", &format!("{pos}/add"), &[&x, &pos_init], vec![]);
+        if let (Some(sie), Some(table), Some(key)) = (&self.cfg.arch.sie, &p.sie_embed, &k.sie_embed) {
+            // SIE: the coefficient times each image's camera embedding, on every token.
+            let name = key_name(key);
+            let scaled: Vec<f32> = table.data.iter().map(|v| v * sie.coefficient).collect();
+            let table = self.init(&format!("{name}_scaled"), &[sie.cameras, d], scaled);
+            let cam = self.node("Gather", &format!("{name}/camera"), &[&table, "cameras"], vec![attr_int("axis", 0)]);
+            let axis1 = self.init_i64(&format!("{name}/axis1"), &[1], &[1]);
+            let cam = self.node("Unsqueeze", &format!("{name}/per_token"), &[&cam, &axis1], vec![]);
+            x = self.node("Add", &format!("{name}/add"), &[&x, &cam], vec![]);
+        }
         self.rows(&x, "tokens/rows")
     }
 
@@ -319,26 +367,22 @@ impl<'a> Builder<'a> {
         self.node("Reshape", name, &[x, &shape], vec![])
     }
 
-    /// One pre-norm block on the token rows `x` `[B·N, D]`.
-    fn block(&mut self, x: &str, p: &BlockParams<HostTensor>, k: &BlockParams<Key>, plan: &LayerPlan) -> String {
+    /// One pre-norm block with `heads` heads on the token rows `x` `[B·n, D]`; `keep`: the kept
+    /// key/value positions when not all.
+    fn block(&mut self, x: &str, p: &BlockParams<HostTensor>, k: &BlockParams<Key>, heads: usize, keep: Option<&[usize]>, n: usize) -> String {
         let a = &self.cfg.arch;
-        let (heads, hd, d, n) = (plan.heads.len(), a.head_dim, a.embed_dim, self.cfg.num_tokens());
+        let (hd, d) = (a.head_dim, a.embed_dim);
         let inner = heads * hd;
         let y = self.layer_norm(&key_name(&k.norm1.weight.up()), x, &p.norm1.weight, &p.norm1.bias);
         let qkv = key_name(&k.qkv.weight.up());
         let attn = key_name(&k.qkv.weight.up().up());
         // Heads laid out [B, H, T, d_h] as PyTorch's own exports do (one transpose for q, k and v
         // together), so runtimes fuse the key transpose and the scale into the score product.
-        let (q, key, value) = if plan.tokens.len() == self.cfg.num_tokens() {
-            // Every token kept: one product for q | k | v.
-            let all = self.linear(&qkv, &y, &p.qkv.weight, p.qkv.bias.as_ref());
-            let [q, kk, v] = self.split_heads(&format!("{attn}/q|k|v"), &all, n, heads, hd);
-            (q, kk, v)
-        } else {
+        let (q, key, value) = if let Some(keep) = keep {
             // Queries from every token; keys and values from the kept tokens only.
             let q = self.linear(&format!("{qkv}.q"), &y, &row_range(&p.qkv.weight, 0, inner), p.qkv.bias.as_ref().map(|b| row_range(b, 0, inner)).as_ref());
             let [q] = self.split_heads(&format!("{attn}/q"), &q, n, heads, hd);
-            let idx: Vec<i64> = plan.tokens.iter().map(|&t| t as i64).collect();
+            let idx: Vec<i64> = keep.iter().map(|&t| t as i64).collect();
             let idx = self.init_i64(&format!("{qkv}/kept_tokens"), &[idx.len()], &idx);
             let per_image = self.unrows(&y, &format!("{qkv}/per_image"), n, d);
             let kept = self.node("Gather", &format!("{qkv}/gather_kept"), &[&per_image, &idx], vec![attr_int("axis", 1)]);
@@ -349,7 +393,12 @@ impl<'a> Builder<'a> {
                 &row_range(&p.qkv.weight, inner, 3 * inner),
                 p.qkv.bias.as_ref().map(|b| row_range(b, inner, 3 * inner)).as_ref(),
             );
-            let [kk, v] = self.split_heads(&format!("{attn}/k|v"), &kv, plan.tokens.len(), heads, hd);
+            let [kk, v] = self.split_heads(&format!("{attn}/k|v"), &kv, keep.len(), heads, hd);
+            (q, kk, v)
+        } else {
+            // Every token kept: one product for q | k | v.
+            let all = self.linear(&qkv, &y, &p.qkv.weight, p.qkv.bias.as_ref());
+            let [q, kk, v] = self.split_heads(&format!("{attn}/q|k|v"), &all, n, heads, hd);
             (q, kk, v)
         };
         let scale = self.init(&format!("{attn}/scale"), &[], vec![(hd as f32).powf(-0.5)]);
@@ -370,6 +419,81 @@ impl<'a> Builder<'a> {
         let h = self.gelu(&format!("{fc1}/gelu"), &h);
         let h = self.linear(&key_name(&k.fc2.weight.up()), &h, &p.fc2.weight, p.fc2.bias.as_ref());
         self.node("Add", &format!("{block}/residual2"), &[&x, &h], vec![])
+    }
+
+    /// JPM's b2 branch on the trunk rows `[B·N, D]` (the last block's input): every local group
+    /// gathered behind the class token, b2 and its norm, each group's class token: `[B, k, D]`.
+    fn jpm_locals(&mut self, trunk: &str, p: &JpmParams<HostTensor>, k: &JpmParams<Key>) -> String {
+        let cfg = self.cfg;
+        let (n, d, t) = (cfg.num_tokens(), cfg.arch.embed_dim, cfg.jpm_tokens());
+        let groups = cfg.jpm_groups();
+        let heads = cfg.arch.jpm.as_ref().map_or(0, |j| j.heads.len());
+        let per_image = self.unrows(trunk, "jpm/trunk", n, d);
+        let idx: Vec<i64> = groups.iter().flatten().map(|&p| p as i64).collect();
+        let idx = self.init_i64("jpm/group_positions", &[idx.len()], &idx);
+        let local = self.node("Gather", "jpm/shift_shuffle_groups", &[&per_image, &idx], vec![attr_int("axis", 1)]);
+        let local = self.rows(&local, "jpm/local_rows");
+        let local = self.block(&local, &p.block, &k.block, heads, None, t);
+        let local = self.layer_norm(&key_name(&k.norm.weight.up()), &local, &p.norm.weight, &p.norm.bias);
+        let local = self.unrows(&local, "jpm/local_sequences", t, d);
+        let zero = self.init_i64("jpm/class_token_index", &[], &[0]);
+        let cls = self.node("Gather", "jpm/local_class_tokens", &[&local, &zero], vec![attr_int("axis", 1)]);
+        let shape = self.init_i64("jpm/locals_shape", &[3], &[-1, groups.len() as i64, d as i64]);
+        self.node("Reshape", "jpm/locals", &[&cls, &shape], vec![])
+    }
+
+    /// The BNNeck head on the final tokens `[B, N, D]` (and JPM's locals `[B, k, D]`): the
+    /// feature `[B, (1+k)·D]` as TransReID computes it, L2-normalised, and if asked the logits
+    /// `[B, 1+k, C]`. The BatchNorms (inference mode) are folded to one scale and shift per neck.
+    fn necks(&mut self, tokens: &str, locals: Option<&str>, p: &VitParams<HostTensor>, logits: bool) -> (String, Option<String>) {
+        let d = self.cfg.arch.embed_dim;
+        let k = self.cfg.num_necks();
+        let zero = self.init_i64("neck/class_token_index", &[1], &[0]);
+        let global = self.node("Gather", "neck/global", &[tokens, &zero], vec![attr_int("axis", 1)]);
+        let raw = match locals {
+            Some(l) => self.node("Concat", "neck/pieces", &[&global, l], vec![attr_int("axis", 1)]),
+            None => global,
+        };
+        let eps = crate::model::params::BatchNorm::<HostTensor>::EPS as f32;
+        let (mut scale, mut shift) = (Vec::with_capacity(k * d), Vec::with_capacity(k * d));
+        for neck in &p.necks {
+            let bn = &neck.bn;
+            for j in 0..d {
+                let s = bn.weight.data[j] / (bn.running_var.data[j] + eps).sqrt();
+                scale.push(s);
+                shift.push(bn.bias.data[j] - bn.running_mean.data[j] * s);
+            }
+        }
+        let scale = self.init("necks/bn_scale", &[k, d], scale);
+        let shift = self.init("necks/bn_shift", &[k, d], shift);
+        let normed = self.node("Mul", "necks/bn_scaled", &[&raw, &scale], vec![]);
+        let normed = self.node("Add", "necks/bn", &[&normed, &shift], vec![]);
+        let after = self.cfg.head.neck_feat == Some(crate::model::config::NeckFeat::After);
+        let pieces = if after { normed.clone() } else { raw };
+        let weights: Vec<f32> = (0..k).map(|i| if i == 0 { 1.0 } else { 1.0 / (k - 1) as f32 }).collect();
+        let weights = self.init("features/piece_weights", &[k, 1], weights);
+        let weighted = self.node("Mul", "features/weighted", &[&pieces, &weights], vec![]);
+        let flat = self.init_i64("features/shape", &[2], &[0, -1]);
+        let flat = self.node("Reshape", "features/concat", &[&weighted, &flat], vec![]);
+        let norm = self.node("ReduceL2", "features/norm", &[&flat], vec![attr_ints("axes", &[-1]), attr_int("keepdims", 1)]);
+        let floor = self.init("features/min_norm", &[], vec![1e-12]);
+        let norm = self.node("Max", "features/norm_floor", &[&norm, &floor], vec![]);
+        let features = self.node("Div", "features/normalised", &[&flat, &norm], vec![]);
+        if !logits {
+            return (features, None);
+        }
+        // Per neck: its normed piece times its classifier (no bias), stacked.
+        let axis1 = self.init_i64("logits/axis1", &[1], &[1]);
+        let mut per_neck = Vec::new();
+        for (i, neck) in p.necks.iter().enumerate() {
+            let Some(c) = &neck.classifier else { continue };
+            let idx = self.init_i64(&format!("necks.{i}/index"), &[], &[i as i64]);
+            let y = self.node("Gather", &format!("necks.{i}/piece"), &[&normed, &idx], vec![attr_int("axis", 1)]);
+            let z = self.linear(&format!("necks.{i}.classifier"), &y, &c.weight, None);
+            per_neck.push(self.node("Unsqueeze", &format!("necks.{i}/unsqueeze"), &[&z, &axis1], vec![]));
+        }
+        let per_neck: Vec<&str> = per_neck.iter().map(|s| s.as_str()).collect();
+        (features, Some(self.node("Concat", "logits/stack", &per_neck, vec![attr_int("axis", 1)])))
     }
 
     /// The LA parts `[B, P, D]`: each row of the patch grid averaged (`ModelConfig::part_tokens`).
@@ -440,12 +564,15 @@ impl<'a> Builder<'a> {
 
     fn finish(self, files: &ModelFiles) -> ModelProto {
         let cfg = self.cfg;
-        let input = value_info("images", vec![Dim::Batch, Dim::Fixed(3), Dim::Fixed(cfg.input.height), Dim::Fixed(cfg.input.width)]);
+        let mut inputs = vec![value_info("images", vec![Dim::Batch, Dim::Fixed(3), Dim::Fixed(cfg.input.height), Dim::Fixed(cfg.input.width)])];
+        if cfg.arch.sie.is_some() {
+            inputs.push(value_info_of("cameras", vec![Dim::Batch], DataType::INT64));
+        }
         let graph = GraphProto {
             name: "amg".into(),
             node: self.nodes,
             initializer: self.inits,
-            input: vec![input],
+            input: inputs,
             output: self.outputs,
             doc_string: format!("amg ViT Re-ID model ({} pruned); see metadata_props for input and output", if cfg.is_pruned() { "head/token" } else { "not" }),
             ..Default::default()

@@ -30,6 +30,11 @@ struct Storage {
 pub fn export_pytorch(files: &ModelFiles, out: &Path) -> Result<()> {
     let cfg = &files.config;
     files.check()?;
+    if cfg.arch.patch_stride.is_some() || cfg.arch.sie.is_some() || cfg.arch.jpm.is_some() || cfg.head.kind == crate::model::HeadKind::Bnneck {
+        return Err(crate::error::Error::invalid(
+            "a PyTorch checkpoint in the AMG reference layout cannot hold a TransReID model (overlapping patches, SIE, JPM or a BNNeck head): export it to ONNX",
+        ));
+    }
     let scheme = SourceFormat::Amg.scheme();
     let mut storages: Vec<Storage> = Vec::new();
     let mut add = |bytes: Vec<u8>, dtype: StorageType, shape: Vec<usize>| {

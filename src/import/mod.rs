@@ -12,9 +12,10 @@ pub mod scheme;
 
 use crate::choice::Choice;
 use crate::error::{Error, Result};
+use crate::model::config::{grid_of, NeckFeat};
 use crate::model::params::{Key, VitParams};
 use crate::model::{Arch, HeadConfig, LayerPlan, ModelConfig, ModelFiles, Source};
-use crate::resample::resample_pos_embed;
+use crate::resample::{resample_pos_embed, resample_pos_embed_bilinear};
 use crate::tensor::{shape_str, HostTensor, RawTensor};
 use pth::{read_checkpoint, PthFile};
 pub use scheme::{KeyScheme, SourceFormat};
@@ -32,11 +33,49 @@ pub struct ImportRequest {
     pub heads: Option<usize>,
     /// The input size the checkpoint was trained at, needed only when its patch grid is not square.
     pub checkpoint_img_size: Option<(usize, usize)>,
+    /// The patch embedding's stride (default: the patch size; TransReID: worked out from the
+    /// position embedding's patch count at its usual input sizes).
+    pub stride: Option<usize>,
+    /// Input normalisation (mean, std per RGB channel); default ImageNet's, TransReID's 0.5.
+    pub normalise: Option<([f32; 3], [f32; 3])>,
+    /// What a TransReID checkpoint does not store.
+    pub transreid: TransReidOptions,
 }
+
+/// TransReID training settings that its checkpoints do not record (defaults: its configurations').
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransReidOptions {
+    /// `MODEL.SIE_COE`.
+    pub sie_coefficient: f32,
+    /// `TEST.NECK_FEAT`.
+    pub neck_feat: NeckFeat,
+    /// `MODEL.SHIFT_NUM`, `MODEL.SHUFFLE_GROUP`, `MODEL.RE_ARRANGE`.
+    pub shift: usize,
+    pub groups: usize,
+    pub rearrange: bool,
+}
+
+impl Default for TransReidOptions {
+    fn default() -> Self {
+        TransReidOptions { sie_coefficient: 3.0, neck_feat: NeckFeat::Before, shift: 5, groups: 2, rearrange: true }
+    }
+}
+
+/// TransReID's ViT configurations normalise with mean = std = 0.5 per channel.
+pub const TRANSREID_NORMALISATION: ([f32; 3], [f32; 3]) = ([0.5; 3], [0.5; 3]);
 
 impl ImportRequest {
     pub fn new(format: SourceFormat, checkpoint: impl Into<PathBuf>) -> Self {
-        ImportRequest { format, checkpoint: checkpoint.into(), img_size: None, heads: None, checkpoint_img_size: None }
+        ImportRequest {
+            format,
+            checkpoint: checkpoint.into(),
+            img_size: None,
+            heads: None,
+            checkpoint_img_size: None,
+            stride: None,
+            normalise: None,
+            transreid: TransReidOptions::default(),
+        }
     }
 }
 
@@ -52,22 +91,30 @@ struct Checkpoint<'a> {
     keys: VitParams<Key>,
     /// The configuration an `amg export --format pytorch` checkpoint carries (`amg_config`).
     amg_config: Option<ModelConfig>,
+    /// A factor folded into the query rows (TransReID's ViT-S attention scale), once known.
+    q_scale: std::cell::Cell<Option<f32>>,
 }
 
-/// Patch grids: the checkpoint's (from its position embedding) and the model's.
+/// Patch grids: the checkpoint's (from its position embedding) and the model's, with the input
+/// sizes they come from and the patch embedding's stride.
 #[derive(Debug, Clone, Copy)]
 struct Grids {
     checkpoint: (usize, usize),
     model: (usize, usize),
+    model_size: (usize, usize),
+    stride: usize,
 }
 
 /// Reads a checkpoint and converts it into an amg model (not yet written anywhere).
 pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
     let mut ck = Checkpoint::read(req)?;
-    let arch = ck.architecture(req)?;
-    let grids = ck.grids(req, &arch)?;
-    let head = ck.head(grids, arch.patch_size)?;
-    let (p, (gh, gw)) = (arch.patch_size, grids.model);
+    let mut notes = Vec::new();
+    let mut arch = ck.architecture(req, &mut notes)?;
+    let grids = ck.grids(req, &arch, &mut notes)?;
+    arch.patch_stride = (grids.stride != arch.patch_size).then_some(grids.stride);
+    ck.side_information(req, &mut arch)?;
+    let head = ck.head(req, grids, arch.patch_size)?;
+    let (h, w) = grids.model_size;
     let source = Source {
         format: req.format.name().into(),
         path: display_path(ck.path),
@@ -75,8 +122,11 @@ pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
         amg_version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
-    let mut cfg = ModelConfig::new(arch, gh * p, gw * p, head, source)?;
-    let mut notes = Vec::new();
+    let mut cfg = ModelConfig::new(arch, h, w, head, source)?;
+    if let Some((mean, std)) = req.normalise.or((req.format == SourceFormat::TransReid).then_some(TRANSREID_NORMALISATION)) {
+        cfg.input.mean = mean;
+        cfg.input.std = std;
+    }
     ck.plan(&mut cfg, grids, &mut notes)?;
     ck.restore_amg_config(&mut cfg, grids, &mut notes)?;
     let params = ck.tensors(&cfg, grids, &mut notes)?;
@@ -91,7 +141,7 @@ pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
 pub fn summary(files: &ModelFiles, req: &ImportRequest, out: &Path) -> String {
     let c = &files.config;
     let mut s = format!(
-        "imported {} ({}): {}x{} input, {}{}, {} heads kept of {}, {} key tokens kept of {} → {}",
+        "imported {} ({}): {}x{} input, {}{}{}, head {}, {} heads kept of {}, {} key tokens kept of {} → {}",
         req.checkpoint.display(),
         req.format,
         c.input.height,
@@ -103,6 +153,13 @@ pub fn summary(files: &ModelFiles, req: &ImportRequest, out: &Path) -> String {
             (true, false) => "",
             (false, false) => ", no class token",
         },
+        match (&c.arch.patch_stride, &c.arch.sie) {
+            (Some(s), Some(sie)) => format!(", overlapping patches (stride {s}), SIE over {} cameras", sie.cameras),
+            (Some(s), None) => format!(", overlapping patches (stride {s})"),
+            (None, Some(sie)) => format!(", SIE over {} cameras", sie.cameras),
+            (None, None) => String::new(),
+        },
+        c.describe_head(),
         c.layers.iter().map(|l| l.heads.len()).sum::<usize>(),
         c.arch.depth * c.arch.num_heads,
         c.layers.iter().map(|l| l.tokens.len()).sum::<usize>(),
@@ -125,7 +182,7 @@ impl<'a> Checkpoint<'a> {
             tensors = tensors.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
         }
         let scheme = req.format.scheme();
-        let probe = VitParams::keys(1, 0);
+        let probe = VitParams::keys(1, 0, 0);
         let pe = scheme.key(&probe.patch_embed.weight);
         if !tensors.contains_key(&pe) {
             let timm = SourceFormat::Timm.scheme().key(&probe.patch_embed.weight);
@@ -149,18 +206,27 @@ impl<'a> Checkpoint<'a> {
                 .transpose()?,
             None => None,
         };
-        let mut ck = Checkpoint { path, format: req.format, scheme, tensors, pth, used: BTreeSet::new(), keys: probe, amg_config };
+        let mut ck = Checkpoint { path, format: req.format, scheme, tensors, pth, used: BTreeSet::new(), keys: probe, amg_config, q_scale: Default::default() };
         // Counted against the configuration limits, so a file listing a million blocks is refused
         // in linear time.
         use crate::model::config::{LIMIT_DEPTH, LIMIT_SIDE};
-        let probe = VitParams::keys(LIMIT_DEPTH + 1, 0);
+        let probe = VitParams::keys(LIMIT_DEPTH + 1, 0, 0);
         let depth = probe.blocks.iter().take_while(|b| ck.has(&b.norm1.weight)).count();
         if depth > LIMIT_DEPTH {
             return Err(Error::file(path, format!("more than {LIMIT_DEPTH} transformer blocks (`blocks.N.…`): not a model amg supports")));
         }
+        if req.format == SourceFormat::TransReid && ck.tensors.contains_key("b1.0.norm1.weight") {
+            ck.scheme = ck.scheme.with_jpm(depth);
+        }
+        let necks = if req.format == SourceFormat::TransReid {
+            let probe = VitParams::keys(0, 0, 65);
+            probe.necks.iter().take_while(|n| ck.has(&n.bn.weight)).count()
+        } else {
+            0
+        };
         let la = req.format.has_la_head() && ck.amg_config.as_ref().is_none_or(|c| c.head.kind == crate::model::HeadKind::La);
         let parts = if la {
-            let probe = VitParams::keys(0, LIMIT_SIDE + 1);
+            let probe = VitParams::keys(0, LIMIT_SIDE + 1, 0);
             let parts = probe.parts.iter().take_while(|p| ck.has(&p.bottleneck.weight)).count();
             if parts > LIMIT_SIDE {
                 return Err(Error::file(path, format!("more than {LIMIT_SIDE} part classifiers: not a model amg supports")));
@@ -169,7 +235,7 @@ impl<'a> Checkpoint<'a> {
         } else {
             0
         };
-        ck.keys = VitParams::keys(depth, parts);
+        ck.keys = VitParams::keys(depth, parts, necks);
         Ok(ck)
     }
 
@@ -202,7 +268,7 @@ impl<'a> Checkpoint<'a> {
     }
 
     /// Width, depth, heads, MLP width and patch size from the tensors' shapes.
-    fn architecture(&self, req: &ImportRequest) -> Result<Arch> {
+    fn architecture(&self, req: &ImportRequest, notes: &mut Vec<String>) -> Result<Arch> {
         let k = &self.keys;
         let pe = self.shape(&k.patch_embed.weight)?;
         if pe.len() != 4 || pe[1] != 3 || pe[2] != pe[3] {
@@ -212,13 +278,16 @@ impl<'a> Checkpoint<'a> {
         let Some(first) = k.blocks.first() else {
             return Err(Error::tensor(
                 self.path,
-                self.name(&VitParams::keys(1, 0).blocks[0].norm1.weight),
+                self.name(&VitParams::keys(1, 0, 0).blocks[0].norm1.weight),
                 "missing: the checkpoint has no transformer blocks",
             ));
         };
         let mlp = self.shape(&first.fc1.weight)?[0];
-        // An amg export records its head count; the reference code's checkpoints use 64-dim heads.
-        let recorded = self.amg_config.as_ref().map(|c| c.arch.num_heads);
+        let qkv_bias = first.qkv.bias.as_ref().is_some_and(|b| self.has(b));
+        // An amg export records its head count; the reference code's checkpoints use 64-dim heads;
+        // TransReID's ViT-S (its only variant without a qkv bias) has 8 heads of 96 at width 768.
+        let transreid_small = req.format == SourceFormat::TransReid && !qkv_bias;
+        let recorded = self.amg_config.as_ref().map(|c| c.arch.num_heads).or((transreid_small && d == 768).then_some(8));
         let (num_heads, head_dim) = match req.heads.or(recorded) {
             Some(h) if h == 0 || d % h != 0 => return Err(Error::invalid(format!("--heads {h}: embed_dim {d} is not divisible by it"))),
             Some(h) if req.format.may_be_pruned() && recorded.is_none() && d / h != 64 => {
@@ -228,6 +297,15 @@ impl<'a> Checkpoint<'a> {
             None if d % 64 == 0 => (d / 64, 64),
             None => return Err(Error::invalid(format!("embed_dim {d} is not a multiple of 64: give the number of heads with --heads"))),
         };
+        if transreid_small {
+            // TransReID's ViT-S scales attention logits by embed_dim^-0.5, not head_dim^-0.5:
+            // q·kᵀ·D^-½ = (c·q)·kᵀ·d_h^-½ with c = (d_h / D)^½, folded into the query rows.
+            let c = (head_dim as f64 / d as f64).sqrt() as f32;
+            notes.push(format!(
+                "TransReID ViT-S (no qkv bias): {num_heads} heads of {head_dim}; its attention scale {d}^-0.5 is folded into the query rows (× {c:.6})"
+            ));
+            self.q_scale.set(Some(c));
+        }
         let arch = Arch {
             preset: None,
             embed_dim: d,
@@ -237,16 +315,19 @@ impl<'a> Checkpoint<'a> {
             mlp_dim: mlp,
             patch_size: p,
             ln_eps: 1e-6,
-            qkv_bias: first.qkv.bias.as_ref().is_some_and(|b| self.has(b)),
+            qkv_bias,
             class_token: k.cls_token.as_ref().is_some_and(|t| self.has(t)),
             dist_token: k.dist_token.as_ref().is_some_and(|t| self.has(t)),
+            patch_stride: None,
+            sie: None,
+            jpm: None,
         };
         Ok(Arch { preset: arch.infer_preset(), ..arch })
     }
 
     /// The checkpoint's patch grid (from its position embedding, or `--checkpoint-img-size`) and
-    /// the model's (`--img-size`, default the checkpoint's).
-    fn grids(&self, req: &ImportRequest, arch: &Arch) -> Result<Grids> {
+    /// the model's (`--img-size`, default the checkpoint's), and the stride.
+    fn grids(&self, req: &ImportRequest, arch: &Arch, notes: &mut Vec<String>) -> Result<Grids> {
         let pos = &self.keys.pos_embed;
         let shape = self.shape(pos)?;
         let (d, p) = (arch.embed_dim, arch.patch_size);
@@ -254,50 +335,127 @@ impl<'a> Checkpoint<'a> {
         if shape.len() != 3 || shape[0] != 1 || shape[2] != d || shape[1] <= prefix {
             return Err(Error::tensor(self.path, self.name(pos), format!("shape {}, expected [1, {prefix} + patches, {d}]", shape_str(&shape))));
         }
+        if let Some(s) = req.stride {
+            if s == 0 || s > p {
+                return Err(Error::invalid(format!("--stride {s}: expected 1 to the patch size {p}")));
+            }
+        }
         let patches = shape[1] - prefix;
-        let exported = self.amg_config.as_ref().map(|c| (c.input.height, c.input.width));
-        let checkpoint = match req.checkpoint_img_size.or(exported) {
-            Some((h, w)) => {
-                if h % p != 0 || w % p != 0 || (h / p) * (w / p) != patches {
+        let exported = self.amg_config.as_ref().map(|c| ((c.input.height, c.input.width), c.arch.stride()));
+        let fits = |(h, w): (usize, usize), s: usize| h >= p && w >= p && grid_of(h, w, p, s).0 * grid_of(h, w, p, s).1 == patches;
+        let (ck_size, stride) = match (req.checkpoint_img_size, exported) {
+            (Some(size), _) => {
+                let s = req.stride.unwrap_or(p);
+                if !fits(size, s) {
+                    let (gh, gw) = grid_of(size.0.max(p), size.1.max(p), p, s);
                     return Err(Error::invalid(format!(
-                        "--checkpoint-img-size {h}x{w} gives a {}x{} grid, but the checkpoint's position embedding has {patches} patches",
-                        h / p,
-                        w / p
+                        "--checkpoint-img-size {}x{} at stride {s} gives a {gh}x{gw} grid, but the checkpoint's position embedding has {patches} patches",
+                        size.0, size.1
                     )));
                 }
-                (h / p, w / p)
+                (size, s)
             }
-            None => {
-                let s = (patches as f64).sqrt().round() as usize;
-                if s * s != patches {
+            (None, Some((size, s))) => (size, req.stride.unwrap_or(s)),
+            (None, None) if self.format == SourceFormat::TransReid => {
+                // TransReID trains at 256x128 or 384x128 with stride 16 or 12: the patch count says which.
+                let strides: Vec<usize> = match req.stride {
+                    Some(s) => vec![s],
+                    None => vec![p, p * 3 / 4],
+                };
+                let found: Vec<((usize, usize), usize)> =
+                    [(256, 128), (384, 128)].into_iter().flat_map(|size| strides.iter().map(move |&s| (size, s))).filter(|&(size, s)| fits(size, s)).collect();
+                match found.as_slice() {
+                    [(size, s)] => {
+                        let (gh, gw) = grid_of(size.0, size.1, p, *s);
+                        notes.push(format!(
+                            "trained at {}x{} with stride {s}, as the position embedding's {patches} patches ({gh}x{gw}) say; give --checkpoint-img-size and --stride otherwise",
+                            size.0, size.1
+                        ));
+                        (*size, *s)
+                    }
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "the checkpoint's position embedding has {patches} patches, which TransReID's usual 256x128 and 384x128 inputs at stride {} do not give: give its input size with --checkpoint-img-size HxW and its stride with --stride",
+                            strides.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" or ")
+                        )))
+                    }
+                }
+            }
+            (None, None) => {
+                let sq = (patches as f64).sqrt().round() as usize;
+                if sq * sq != patches {
                     return Err(Error::invalid(format!(
                         "the checkpoint's position embedding has {patches} patches, not a square grid: give its input size with --checkpoint-img-size HxW"
                     )));
                 }
-                (s, s)
+                let s = req.stride.unwrap_or(p);
+                let side = (sq - 1) * s + p;
+                ((side, side), s)
             }
         };
-        let model = match req.img_size {
-            Some((h, w)) => (h / p, w / p),
-            None => checkpoint,
-        };
-        if let Some((h, w)) = req.img_size {
-            if h == 0 || w == 0 || h % p != 0 || w % p != 0 {
-                return Err(Error::invalid(format!("--img-size {h}x{w} must be a positive multiple of the patch size {p} in both dimensions")));
-            }
+        let model_size = req.img_size.unwrap_or(ck_size);
+        let (h, w) = model_size;
+        if h < p || w < p || (stride == p && (h % p != 0 || w % p != 0)) {
+            return Err(Error::invalid(format!("--img-size {h}x{w} must be a positive multiple of the patch size {p} in both dimensions")));
         }
-        Ok(Grids { checkpoint, model })
+        Ok(Grids { checkpoint: grid_of(ck_size.0, ck_size.1, p, stride), model: grid_of(h, w, p, stride), model_size, stride })
     }
 
-    /// The LA head (one classifier per row of the model's patch grid), or none for timm.
-    fn head(&self, grids: Grids, p: usize) -> Result<HeadConfig> {
+    /// TransReID's side information embedding: its camera count from `base.sie_embed`, its
+    /// coefficient from the request (checkpoints do not store it).
+    /// With JPM, the local feature count from the checkpoint's BNNecks (`bottleneck_1..k`).
+    fn side_information(&self, req: &ImportRequest, arch: &mut Arch) -> Result<()> {
+        if self.scheme_has_jpm() {
+            let o = req.transreid;
+            let divide = self.keys.necks.len().saturating_sub(1);
+            if divide == 0 {
+                return Err(Error::tensor(
+                    self.path,
+                    "bottleneck_1.weight",
+                    "missing: a TransReID checkpoint with JPM (`b1.*`, `b2.*`) has a BNNeck per local feature",
+                ));
+            }
+            arch.jpm = Some(crate::model::config::Jpm { shift: o.shift, groups: o.groups, divide, rearrange: o.rearrange, heads: vec![] });
+        } else if self.keys.necks.len() > 1 {
+            return Err(Error::tensor(self.path, "bottleneck_1.weight", "a local-feature BNNeck without the JPM branches `b1.*` and `b2.*`"));
+        }
+        let Some(key) = self.keys.sie_embed.as_ref().filter(|k| self.has(k)) else { return Ok(()) };
+        let shape = self.shape(key)?;
+        if shape.len() != 3 || shape[1] != 1 || shape[2] != arch.embed_dim || shape[0] == 0 {
+            return Err(Error::tensor(self.path, self.name(key), format!("shape {}, expected [cameras, 1, {}]", shape_str(&shape), arch.embed_dim)));
+        }
+        let coefficient = req.transreid.sie_coefficient;
+        if !coefficient.is_finite() {
+            return Err(Error::invalid(format!("--sie-coefficient {coefficient}: expected a finite number")));
+        }
+        arch.sie = Some(crate::model::config::Sie { cameras: shape[0], coefficient });
+        Ok(())
+    }
+
+    fn scheme_has_jpm(&self) -> bool {
+        self.format == SourceFormat::TransReid && self.tensors.contains_key("b1.0.norm1.weight")
+    }
+
+    /// The LA head (one classifier per row of the model's patch grid), TransReID's BNNeck, or none
+    /// for timm.
+    fn head(&self, req: &ImportRequest, grids: Grids, p: usize) -> Result<HeadConfig> {
+        if self.format == SourceFormat::TransReid {
+            let Some(first) = self.keys.necks.first() else {
+                return Err(Error::tensor(self.path, "bottleneck.weight", "missing: a TransReID checkpoint has its BNNeck (`bottleneck.*`)"));
+            };
+            let classes = match &first.classifier {
+                Some(c) if self.has(&c.weight) => self.shape(&c.weight)?[0],
+                _ => 0,
+            };
+            return Ok(HeadConfig::bnneck(classes, req.transreid.neck_feat));
+        }
         if !self.format.has_la_head() || self.amg_config.as_ref().is_some_and(|c| c.head.kind == crate::model::HeadKind::None) {
             return Ok(HeadConfig::none());
         }
         let Some(first) = self.keys.parts.first() else {
             return Err(Error::tensor(
                 self.path,
-                self.name(&VitParams::keys(0, 1).parts[0].bottleneck.weight),
+                self.name(&VitParams::keys(0, 1, 0).parts[0].bottleneck.weight),
                 "missing: an LA-Transformer checkpoint has one classifier per part",
             ));
         };
@@ -414,12 +572,29 @@ impl<'a> Checkpoint<'a> {
         layout.pos_embed = vec![1, prefix + gh * gw, d];
         let mut params = layout.try_map(&mut |key, shape| self.f32(key, shape))?;
         if grids.model != grids.checkpoint {
+            // timm resamples bicubically; TransReID's `resize_pos_embed` bilinearly.
+            let transreid = self.format == SourceFormat::TransReid;
             notes.push(format!(
-                "position embedding resampled bicubically from a {}x{} to a {}x{} patch grid",
-                grids.checkpoint.0, grids.checkpoint.1, grids.model.0, grids.model.1
+                "position embedding resampled {} from a {}x{} to a {}x{} patch grid",
+                if transreid { "bilinearly (as TransReID does)" } else { "bicubically" },
+                grids.checkpoint.0,
+                grids.checkpoint.1,
+                grids.model.0,
+                grids.model.1
             ));
-            let data = resample_pos_embed(&params.pos_embed.data, d, prefix, grids.checkpoint, grids.model);
+            let resample = if transreid { resample_pos_embed_bilinear } else { resample_pos_embed };
+            let data = resample(&params.pos_embed.data, d, prefix, grids.checkpoint, grids.model);
             params.pos_embed = HostTensor::new(vec![1, cfg.num_tokens(), d], data);
+        }
+        if let Some(c) = self.q_scale.get() {
+            // The query rows are the first third of every qkv weight (and bias).
+            for block in params.blocks.iter_mut().chain(params.jpm.iter_mut().map(|j| &mut j.block)) {
+                let q_rows = block.qkv.weight.shape[0] / 3;
+                block.qkv.weight.data[..q_rows * d].iter_mut().for_each(|v| *v *= c);
+                if let Some(b) = &mut block.qkv.bias {
+                    b.data[..q_rows].iter_mut().for_each(|v| *v *= c);
+                }
+            }
         }
         Ok(params)
     }

@@ -15,16 +15,20 @@ pub enum SourceFormat {
     LaTransformer,
     /// The AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks.
     Amg,
+    /// TransReID: `base.*` backbone (overlapping patches, SIE), `bottleneck`/`classifier` BNNeck,
+    /// with JPM also `b1.*`, `b2.*` and `bottleneck_1..4`/`classifier_1..4`.
+    TransReid,
 }
 
 impl Choice for SourceFormat {
-    const ALL: &'static [SourceFormat] = &[SourceFormat::Timm, SourceFormat::LaTransformer, SourceFormat::Amg];
+    const ALL: &'static [SourceFormat] = &[SourceFormat::Timm, SourceFormat::LaTransformer, SourceFormat::Amg, SourceFormat::TransReid];
 
     fn name(self) -> &'static str {
         match self {
             SourceFormat::Timm => "timm",
             SourceFormat::LaTransformer => "la-transformer",
             SourceFormat::Amg => "amg",
+            SourceFormat::TransReid => "transreid",
         }
     }
 
@@ -33,6 +37,7 @@ impl Choice for SourceFormat {
             SourceFormat::Timm => "a timm VisionTransformer state dict (retrieval only; any classifier is dropped)",
             SourceFormat::LaTransformer => "LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers",
             SourceFormat::Amg => "the AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks",
+            SourceFormat::TransReid => "TransReID (ViT-B, ViT-S, DeiT-S; overlapping patches, SIE, JPM, BNNeck head)",
         }
     }
 }
@@ -40,7 +45,7 @@ impl Choice for SourceFormat {
 impl SourceFormat {
     /// Whether the checkpoint carries LA part classifiers.
     pub fn has_la_head(self) -> bool {
-        self != SourceFormat::Timm
+        matches!(self, SourceFormat::LaTransformer | SourceFormat::Amg)
     }
 
     /// Whether the checkpoint may be head- or token-pruned.
@@ -51,8 +56,9 @@ impl SourceFormat {
     /// The key naming of this format.
     pub fn scheme(self) -> KeyScheme {
         match self {
-            SourceFormat::Timm => KeyScheme { backbone: "" },
-            SourceFormat::LaTransformer | SourceFormat::Amg => KeyScheme { backbone: "model." },
+            SourceFormat::Timm => KeyScheme { backbone: "", transreid: false, jpm_last: None },
+            SourceFormat::LaTransformer | SourceFormat::Amg => KeyScheme { backbone: "model.", transreid: false, jpm_last: None },
+            SourceFormat::TransReid => KeyScheme { backbone: "base.", transreid: true, jpm_last: None },
         }
     }
 }
@@ -64,16 +70,37 @@ impl fmt::Display for SourceFormat {
 }
 
 /// A checkpoint's key naming: the backbone's tensors under a prefix (timm's own names below it),
-/// the LA classifiers as LA-Transformer writes them.
+/// the LA classifiers as LA-Transformer writes them, TransReID's BNNecks and JPM branches as its
+/// `build_transformer(_local)` registers them.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyScheme {
     backbone: &'static str,
+    transreid: bool,
+    /// With JPM: the index of amg's last block, which is TransReID's `b1.0` (its `base.blocks`
+    /// has one more block that the JPM model never runs).
+    jpm_last: Option<usize>,
 }
 
 impl KeyScheme {
+    /// The scheme of a TransReID checkpoint with JPM, whose amg model has `depth` blocks.
+    pub fn with_jpm(self, depth: usize) -> KeyScheme {
+        KeyScheme { jpm_last: depth.checked_sub(1), ..self }
+    }
+
     /// The checkpoint key of amg's tensor `key`.
     pub fn key(&self, key: &Key) -> String {
+        let rest = |from: usize| Key::from_segs(&key.segs()[from..]).to_string();
         match key.segs() {
+            // TransReID: BNNeck i is `bottleneck` / `classifier` (global), `bottleneck_i` /
+            // `classifier_i` (JPM's local features).
+            [Seg::Name("necks"), Seg::Index(i), Seg::Name(module), ..] if self.transreid => {
+                let name = if *module == "bn" { "bottleneck" } else { "classifier" };
+                let suffix = if *i == 0 { String::new() } else { format!("_{i}") };
+                format!("{name}{suffix}.{}", rest(3))
+            }
+            [Seg::Name("jpm"), Seg::Name(part), ..] if self.transreid => format!("b2.{}.{}", if *part == "block" { 0 } else { 1 }, rest(2)),
+            [Seg::Name("blocks"), Seg::Index(i), ..] if self.jpm_last == Some(*i) => format!("b1.0.{}", rest(2)),
+            [Seg::Name("norm"), ..] if self.jpm_last.is_some() => format!("b1.1.{}", rest(1)),
             // LA-Transformer's ClassBlock: add_block = [Linear, BatchNorm1d, Dropout], classifier = [Linear].
             [Seg::Name("parts"), Seg::Index(i), Seg::Name(module), Seg::Name(leaf)] => {
                 let at = match *module {
@@ -96,7 +123,12 @@ impl KeyScheme {
     /// counters, token masks (read separately), timm's ImageNet classifier, and the top-level
     /// `cls_token` / `pos_embed` aliases LA-Transformer registers (checked to equal the backbone's).
     pub fn ignorable(&self, name: &str) -> bool {
-        name.ends_with("num_batches_tracked")
+        let transreid_unused = self.transreid
+            && (name.starts_with("base.fc.")
+                // JPM runs b1 and b2 (copies of the last block) instead of the base's last block and norm.
+                || self.jpm_last.is_some_and(|last| name.starts_with("base.norm.") || name.starts_with(&format!("base.blocks.{last}."))));
+        transreid_unused
+            || name.ends_with("num_batches_tracked")
             || name.ends_with(".token_index")
             || name == format!("{}head.weight", self.backbone)
             || name == format!("{}head.bias", self.backbone)
@@ -124,7 +156,7 @@ mod tests {
 
     #[test]
     fn la_keys_follow_the_class_block_layout() {
-        let k = VitParams::keys(2, 3);
+        let k = VitParams::keys(2, 3, 0);
         let la = SourceFormat::LaTransformer.scheme();
         assert_eq!(la.key(&k.blocks[1].qkv.weight), "model.blocks.1.attn.qkv.weight");
         assert_eq!(la.key(&k.parts[2].bottleneck.weight), "classifier2.add_block.0.weight");

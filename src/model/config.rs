@@ -30,6 +30,42 @@ pub struct Arch {
     /// DeiT's distillation token, after the class token.
     #[serde(default)]
     pub dist_token: bool,
+    /// Stride of the patch embedding's convolution when it differs from the patch size: TransReID's
+    /// overlapping patches (stride 12 with 16-pixel patches). Absent: non-overlapping patches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_stride: Option<usize>,
+    /// TransReID's side information embedding (docs/backbones.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sie: Option<Sie>,
+    /// TransReID's jigsaw patch module (docs/backbones.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jpm: Option<Jpm>,
+}
+
+/// Side information embedding: a learned vector per camera, times `coefficient`, added to every
+/// token after the position embedding. The camera of each image is an input of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sie {
+    pub cameras: usize,
+    /// TransReID's `SIE_COE` (not stored in its checkpoints; its configurations use 3.0).
+    pub coefficient: f32,
+}
+
+/// The jigsaw patch module: the last block is the global branch (b1); a second copy of it with its
+/// own norm (b2) runs on `divide` groups of the shifted and shuffled patches, each group behind the
+/// class token, and each group's class token is a local feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Jpm {
+    /// TransReID's `SHIFT_NUM`: the patch sequence is rotated to start at position `shift`.
+    pub shift: usize,
+    /// `SHUFFLE_GROUP`: the rotated patches are interleaved from this many equal runs.
+    pub groups: usize,
+    /// `DEVIDE_LENGTH`: how many local groups (and local features).
+    pub divide: usize,
+    /// `RE_ARRANGE`: shift and shuffle (true) or take consecutive runs of patches (false).
+    pub rearrange: bool,
+    /// The b2 block's kept heads (its keys are never pruned: see `ModelConfig::validate`).
+    pub heads: Vec<usize>,
 }
 
 fn yes() -> bool {
@@ -56,7 +92,15 @@ impl Arch {
             qkv_bias: true,
             class_token: true,
             dist_token: false,
+            patch_stride: None,
+            sie: None,
+            jpm: None,
         })
+    }
+
+    /// The patch embedding's stride: `patch_stride`, or the patch size.
+    pub fn stride(&self) -> usize {
+        self.patch_stride.unwrap_or(self.patch_size)
     }
 
     /// The preset name matching these dimensions, if any.
@@ -88,6 +132,35 @@ pub enum HeadKind {
     None,
     /// LA-Transformer: one classifier per row of the patch grid (docs/method.md §1).
     La,
+    /// TransReID's BNNeck: the class token (and, with JPM, the local features) through a BatchNorm
+    /// each, with an ID classifier after it (docs/backbones.md).
+    Bnneck,
+}
+
+/// Which side of the BNNeck's BatchNorm the retrieval feature is taken (TransReID's
+/// `TEST.NECK_FEAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NeckFeat {
+    #[default]
+    Before,
+    After,
+}
+
+impl crate::choice::Choice for NeckFeat {
+    const ALL: &'static [NeckFeat] = &[NeckFeat::Before, NeckFeat::After];
+    fn name(self) -> &'static str {
+        match self {
+            NeckFeat::Before => "before",
+            NeckFeat::After => "after",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            NeckFeat::Before => "the class token itself (TransReID's released configurations)",
+            NeckFeat::After => "the class token after the BatchNorm",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,14 +174,20 @@ pub struct HeadConfig {
     /// Weight of the part token against the CLS token in g_i = (cls + λ·p_i) / (1 + λ).
     #[serde(default)]
     pub lambda: f32,
+    /// BNNeck only: the retrieval feature before or after the BatchNorm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neck_feat: Option<NeckFeat>,
 }
 
 impl HeadConfig {
     pub fn none() -> Self {
-        HeadConfig { kind: HeadKind::None, num_classes: 0, bottleneck: 0, lambda: 0.0 }
+        HeadConfig { kind: HeadKind::None, num_classes: 0, bottleneck: 0, lambda: 0.0, neck_feat: None }
     }
     pub fn la(num_classes: usize) -> Self {
-        HeadConfig { kind: HeadKind::La, num_classes, bottleneck: 256, lambda: 8.0 }
+        HeadConfig { kind: HeadKind::La, num_classes, bottleneck: 256, lambda: 8.0, neck_feat: None }
+    }
+    pub fn bnneck(num_classes: usize, neck_feat: NeckFeat) -> Self {
+        HeadConfig { kind: HeadKind::Bnneck, num_classes, bottleneck: 0, lambda: 0.0, neck_feat: Some(neck_feat) }
     }
 }
 
@@ -191,12 +270,18 @@ impl ModelConfig {
         cfg.check_input()?;
         let n = cfg.num_tokens();
         cfg.layers = (0..cfg.arch.depth).map(|_| LayerPlan { heads: (0..cfg.arch.num_heads).collect(), tokens: (0..n).collect() }).collect();
+        if let Some(j) = &mut cfg.arch.jpm {
+            j.heads = (0..cfg.arch.num_heads).collect();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// Rows and columns of patches: (side − patch) / stride + 1 each way (a convolution without
+    /// padding; with overlapping patches a remainder at the bottom and right is not covered, as in
+    /// TransReID).
     pub fn grid(&self) -> (usize, usize) {
-        (self.input.height / self.arch.patch_size, self.input.width / self.arch.patch_size)
+        grid_of(self.input.height, self.input.width, self.arch.patch_size, self.arch.stride())
     }
     pub fn num_patches(&self) -> usize {
         let (h, w) = self.grid();
@@ -219,26 +304,78 @@ impl ModelConfig {
     pub fn num_parts(&self) -> usize {
         self.grid().0
     }
+    /// BNNeck BatchNorms (and classifiers): the global feature's, then one per JPM local feature.
+    pub fn num_necks(&self) -> usize {
+        match self.head.kind {
+            HeadKind::Bnneck => 1 + self.arch.jpm.as_ref().map_or(0, |j| j.divide),
+            _ => 0,
+        }
+    }
+    /// How the retrieval feature is laid out: `groups` pieces of `embed_dim`, normalised per piece
+    /// (LA: each part to norm 1/√P) or as a whole (TransReID normalises the concatenation).
+    pub fn feature_groups(&self) -> FeatureGroups {
+        let d = self.arch.embed_dim;
+        match self.head.kind {
+            HeadKind::Bnneck => FeatureGroups { count: 1, dim: d * self.num_necks() },
+            _ => FeatureGroups { count: self.num_parts(), dim: d },
+        }
+    }
+    /// The JPM local groups: for each, the trunk-output positions b2 runs on — the class token, then
+    /// that group's patches after TransReID's shift and shuffle (docs/backbones.md).
+    pub fn jpm_groups(&self) -> Vec<Vec<usize>> {
+        let Some(j) = &self.arch.jpm else { return Vec::new() };
+        let n = self.num_tokens();
+        let patches = n - 1;
+        let order: Vec<usize> = if j.rearrange {
+            // Rotate: positions shift..n, then 1..shift.
+            let mut v: Vec<usize> = (j.shift..n).chain(1..j.shift).collect();
+            if !v.len().is_multiple_of(j.groups) {
+                // TransReID pads with the second-to-last token once (validated to be enough).
+                v.push(v[v.len() - 2]);
+            }
+            // Interleave: view as [groups, len/groups], transpose.
+            let per = v.len() / j.groups;
+            (0..per).flat_map(|i| (0..j.groups).map(move |g| (g, i))).map(|(g, i)| v[g * per + i]).collect()
+        } else {
+            (1..n).collect()
+        };
+        let len = patches / j.divide;
+        (0..j.divide).map(|k| std::iter::once(0).chain(order[k * len..(k + 1) * len].iter().copied()).collect()).collect()
+    }
+    /// Tokens in each JPM local sequence (class token + a group of patches).
+    pub fn jpm_tokens(&self) -> usize {
+        self.arch.jpm.as_ref().map_or(0, |j| 1 + (self.num_patches() / j.divide.max(1)))
+    }
     /// The token positions LA part `i` averages: row `i` of the patch grid.
     pub fn part_tokens(&self, i: usize) -> std::ops::Range<usize> {
         self.patch_position(i, 0)..self.patch_position(i, 0) + self.grid().1
     }
     /// Length of the retrieval feature.
     pub fn feature_dim(&self) -> usize {
-        self.num_parts() * self.arch.embed_dim
+        let g = self.feature_groups();
+        g.count * g.dim
     }
     pub fn is_pruned(&self) -> bool {
         let n = self.num_tokens();
         self.layers.iter().any(|l| l.heads.len() != self.arch.num_heads || l.tokens.len() != n)
+            || self.arch.jpm.as_ref().is_some_and(|j| j.heads.len() != self.arch.num_heads)
     }
 
     fn check_input(&self) -> Result<()> {
-        let p = self.arch.patch_size;
+        let (p, s) = (self.arch.patch_size, self.arch.stride());
         let (h, w) = (self.input.height, self.input.width);
-        if p == 0 || h == 0 || w == 0 || h % p != 0 || w % p != 0 || h > LIMIT_SIDE || w > LIMIT_SIDE {
+        if p == 0 || s == 0 || s > p || h == 0 || w == 0 || h > LIMIT_SIDE || w > LIMIT_SIDE {
+            return Err(Error::invalid(format!(
+                "input size {h}x{w}, patch size {p}, stride {s}: sides must be positive and at most {LIMIT_SIDE}, the stride at most the patch size"
+            )));
+        }
+        if s == p && (h % p != 0 || w % p != 0) {
             return Err(Error::invalid(format!(
                 "input size {h}x{w} must be a positive multiple of the patch size {p} in both dimensions, at most {LIMIT_SIDE}"
             )));
+        }
+        if h < p || w < p {
+            return Err(Error::invalid(format!("input size {h}x{w} is smaller than one {p}-pixel patch")));
         }
         Ok(())
     }
@@ -297,7 +434,64 @@ impl ModelConfig {
         if self.head.kind == HeadKind::La && !a.class_token {
             return Err(Error::invalid("`head`: an LA head blends the class token into every part, but `arch.class_token` is false"));
         }
+        if self.head.kind == HeadKind::Bnneck && (!a.class_token || self.head.neck_feat.is_none()) {
+            return Err(Error::invalid("`head`: a BNNeck head needs `arch.class_token` and `head.neck_feat` (before or after)"));
+        }
+        if self.head.kind != HeadKind::Bnneck && self.head.neck_feat.is_some() {
+            return Err(Error::invalid("`head.neck_feat` applies to a BNNeck head only"));
+        }
+        if let Some(sie) = &a.sie {
+            if sie.cameras == 0 || sie.cameras > LIMIT_CAMERAS || !sie.coefficient.is_finite() {
+                return Err(Error::invalid(format!(
+                    "`arch.sie`: {} cameras with coefficient {}; expected 1..={LIMIT_CAMERAS} cameras and a finite coefficient",
+                    sie.cameras, sie.coefficient
+                )));
+            }
+        }
+        if let Some(j) = &a.jpm {
+            self.check_jpm(j)?;
+        }
         Ok(())
+    }
+
+    fn check_jpm(&self, j: &Jpm) -> Result<()> {
+        if self.head.kind != HeadKind::Bnneck || self.num_prefix() != 1 {
+            return Err(Error::invalid("`arch.jpm`: the jigsaw patch module needs a BNNeck head and exactly one prefix token (the class token)"));
+        }
+        if self.arch.depth < 2 {
+            return Err(Error::invalid("`arch.jpm`: the jigsaw patch module needs at least 2 blocks (its branches copy the last)"));
+        }
+        let patches = self.num_patches();
+        if j.divide == 0 || j.divide > patches || j.groups == 0 || j.groups > patches || (j.rearrange && (j.shift == 0 || j.shift > patches)) {
+            return Err(Error::invalid(format!(
+                "`arch.jpm`: divide {}, groups {}, shift {} do not fit {patches} patches (each must be 1..={patches})",
+                j.divide, j.groups, j.shift
+            )));
+        }
+        if j.rearrange && !patches.is_multiple_of(j.groups) && (patches < 2 || !(patches + 1).is_multiple_of(j.groups)) {
+            return Err(Error::invalid(format!("`arch.jpm`: {patches} patches cannot be shuffled in {} groups (TransReID pads at most one patch)", j.groups)));
+        }
+        if j.heads.is_empty() {
+            return Err(Error::invalid("`arch.jpm.heads`: the b2 block keeps no head; it needs at least one"));
+        }
+        check_sorted_unique(&j.heads, self.arch.num_heads, "`arch.jpm.heads`")
+    }
+
+    /// The head in words, for summaries.
+    pub fn describe_head(&self) -> String {
+        let c = self.head.num_classes;
+        match self.head.kind {
+            HeadKind::None => "none (retrieval only)".into(),
+            HeadKind::La => format!("LA, {} parts, {c} classes", self.num_parts()),
+            HeadKind::Bnneck => format!(
+                "BNNeck, feature {} the BatchNorm, {c} classes{}",
+                self.head.neck_feat.map_or("before", |f| crate::choice::Choice::name(f)),
+                match &self.arch.jpm {
+                    Some(j) => format!(", JPM with {} local features", j.divide),
+                    None => String::new(),
+                }
+            ),
+        }
     }
 
     /// What prefix position `p` holds.
@@ -332,6 +526,22 @@ pub const LIMIT_HEADS: usize = 1 << 10;
 pub const LIMIT_SIDE: usize = 1 << 14;
 /// Most identities a classifier may have.
 pub const LIMIT_CLASSES: usize = 1 << 24;
+/// Most cameras a side information embedding may have.
+pub const LIMIT_CAMERAS: usize = 1 << 16;
+
+/// The pieces of a retrieval feature: `count` pieces of `dim` values, each normalised on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureGroups {
+    pub count: usize,
+    pub dim: usize,
+}
+
+/// The patch grid of an `h`×`w` input (see `ModelConfig::grid`); callers have checked `h, w ≥ p`
+/// and `s > 0`.
+pub fn grid_of(h: usize, w: usize, p: usize, s: usize) -> (usize, usize) {
+    let s = s.max(1);
+    (h.saturating_sub(p) / s + 1, w.saturating_sub(p) / s + 1)
+}
 
 fn check_sorted_unique(v: &[usize], bound: usize, what: &str) -> Result<()> {
     for w in v.windows(2) {

@@ -31,34 +31,61 @@ pub struct ModelCost {
     pub patch_embed_macs: u64,
 }
 
-pub fn model_cost(cfg: &ModelConfig) -> ModelCost {
+/// One block's parameters, MSA parameters, honest MACs and paper FLOPs, with `h` heads, `n` query
+/// tokens and `nk` key/value tokens.
+fn block_cost(cfg: &ModelConfig, h: u64, n: u64, nk: u64) -> (u64, u64, u64, u64) {
     let a = &cfg.arch;
     let (d, m, hd) = (a.embed_dim as u64, a.mlp_dim as u64, a.head_dim as u64);
+    let inner = h * hd;
+    let bias = if a.qkv_bias { 3 * inner } else { 0 };
+    let msa = 3 * inner * d + bias + inner * d + d;
+    let mlp = d * m + m + m * d + d;
+    let norms = 4 * d;
+    let macs = n * d * inner + 2 * nk * d * inner + 2 * h * n * nk * hd + n * inner * d + 2 * n * d * m;
+    let paper = 3 * nk * inner * d + 2 * nk * inner * nk + h * nk * nk + nk * inner * d + 2 * n * d * m;
+    (msa + mlp + norms, msa, macs, paper)
+}
+
+pub fn model_cost(cfg: &ModelConfig) -> ModelCost {
+    let a = &cfg.arch;
+    let d = a.embed_dim as u64;
     let n = cfg.num_tokens() as u64;
     let np = cfg.num_patches() as u64;
     let p2 = (a.patch_size * a.patch_size) as u64;
-    let bias = |k: u64| if a.qkv_bias { k } else { 0 };
     let mut layers = Vec::new();
     for (l, plan) in cfg.layers.iter().enumerate() {
-        let h = plan.heads.len() as u64;
-        let inner = h * hd;
-        let nk = plan.tokens.len() as u64;
-        let msa = 3 * inner * d + bias(3 * inner) + inner * d + d;
-        let mlp = d * m + m + m * d + d;
-        let norms = 4 * d;
-        let macs = n * d * inner + 2 * nk * d * inner + 2 * h * n * nk * hd + n * inner * d + 2 * n * d * m;
-        let paper = 3 * nk * inner * d + 2 * nk * inner * nk + h * nk * nk + nk * inner * d + 2 * n * d * m;
-        layers.push(LayerCost { layer: l, heads: h as usize, key_tokens: nk as usize, params: msa + mlp + norms, msa_params: msa, macs, paper_flops: paper });
+        let (h, nk) = (plan.heads.len() as u64, plan.tokens.len() as u64);
+        let (params, msa_params, macs, paper_flops) = block_cost(cfg, h, n, nk);
+        layers.push(LayerCost { layer: l, heads: h as usize, key_tokens: nk as usize, params, msa_params, macs, paper_flops });
+    }
+    // JPM's b2 branch: a block (plus its norm) run once per local group on 1 + N/divide tokens.
+    if let Some(j) = &a.jpm {
+        let (t, h) = (cfg.jpm_tokens() as u64, j.heads.len() as u64);
+        let (params, msa_params, macs, paper_flops) = block_cost(cfg, h, t, t);
+        let runs = j.divide as u64;
+        layers.push(LayerCost {
+            layer: cfg.layers.len(),
+            heads: h as usize,
+            key_tokens: t as usize,
+            params: params + 2 * d,
+            msa_params,
+            macs: runs * macs,
+            paper_flops: runs * paper_flops,
+        });
     }
     let patch_embed_macs = np * 3 * p2 * d;
-    // Patch embedding (weight and bias), prefix tokens, position embedding.
-    let embed_params = d * 3 * p2 + d + cfg.num_prefix() as u64 * d + n * d;
+    // Patch embedding (weight and bias), prefix tokens, position and camera embeddings.
+    let sie = a.sie.as_ref().map_or(0, |s| s.cameras as u64 * d);
+    let embed_params = d * 3 * p2 + d + cfg.num_prefix() as u64 * d + n * d + sie;
+    let c = cfg.head.num_classes as u64;
     let head_params = match cfg.head.kind {
         HeadKind::None => 0,
         HeadKind::La => {
-            let (nb, c) = (cfg.head.bottleneck as u64, cfg.head.num_classes as u64);
+            let nb = cfg.head.bottleneck as u64;
             cfg.num_parts() as u64 * (d * nb + nb + 2 * nb + nb * c + c)
         }
+        // BatchNorm weight and bias, classifier without bias.
+        HeadKind::Bnneck => cfg.num_necks() as u64 * (2 * d + d * c),
     };
     ModelCost {
         params: embed_params + layers.iter().map(|l| l.params).sum::<u64>() + 2 * d,
@@ -96,10 +123,35 @@ mod tests {
         c.layers[4].tokens = vec![0, 5, 9];
         let t = init_random(&c, 0);
         let cost = model_cost(&c);
-        let in_head = |k: &crate::model::params::Key| k.segs()[0] == Seg::Name("parts");
+        let in_head = |k: &crate::model::params::Key| matches!(k.segs()[0], Seg::Name("parts" | "necks"));
         assert_eq!(cost.params as usize, t.num_params(|k| !in_head(k)));
         assert_eq!(cost.head_params as usize, t.num_params(in_head));
         assert_eq!(cost.msa_params as usize, t.num_params(|k| k.segs().contains(&Seg::Name("attn"))));
+    }
+
+    #[test]
+    fn transreid_parameter_count_matches_the_tensors() {
+        use crate::model::config::{Jpm, NeckFeat, Sie};
+        // Overlapping patches, SIE, JPM (b2 counted with its norm) and five BNNecks.
+        let arch = Arch {
+            patch_stride: Some(12),
+            sie: Some(Sie { cameras: 6, coefficient: 3.0 }),
+            jpm: Some(Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] }),
+            ..Arch::preset("tiny").unwrap()
+        };
+        let c = ModelConfig::new(arch, 256, 128, HeadConfig::bnneck(9, NeckFeat::Before), Source::default()).unwrap();
+        assert_eq!((c.grid(), c.num_tokens(), c.jpm_tokens()), ((21, 10), 211, 53));
+        let t = init_random(&c, 0);
+        let cost = model_cost(&c);
+        let in_head = |k: &crate::model::params::Key| k.segs()[0] == Seg::Name("necks");
+        assert_eq!(cost.params as usize, t.num_params(|k| !in_head(k)));
+        assert_eq!(cost.head_params as usize, t.num_params(in_head));
+        // b2 runs 4 times on 1 + 210/4 = 53 tokens: per run, q/k/v and output projections
+        // 4·n·D², scores and weighted values 2·n²·D, MLP 2·n·D·4D (D = 192).
+        let b2 = cost.layers.last().unwrap();
+        assert_eq!((b2.layer, b2.key_tokens), (12, 53));
+        let (n, d) = (53u64, 192u64);
+        assert_eq!(b2.macs, 4 * (4 * n * d * d + 2 * n * n * d + 8 * n * d * d));
     }
 
     #[test]

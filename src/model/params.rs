@@ -35,6 +35,10 @@ impl Key {
     pub fn root() -> Key {
         Key(Vec::new())
     }
+    /// A key from its segments.
+    pub fn from_segs(segs: &[Seg]) -> Key {
+        Key(segs.to_vec())
+    }
     /// The key one field further down (candle's `vb.pp(name)`).
     pub fn pp(&self, name: &'static str) -> Key {
         let mut v = self.0.clone();
@@ -67,6 +71,10 @@ impl Key {
             Some(Seg::Name(n)) => n,
             _ => "",
         }
+    }
+    /// Parameters held fixed in training: the BNNecks' BatchNorm bias (TransReID freezes it at 0).
+    pub fn is_frozen(&self) -> bool {
+        matches!(self.segs(), [Seg::Name("necks"), Seg::Index(_), Seg::Name("bn"), Seg::Name("bias")])
     }
     /// BatchNorm running statistics: state the model keeps, not parameters it learns.
     pub fn is_buffer(&self) -> bool {
@@ -185,8 +193,37 @@ impl<T> PartParams<T> {
     }
 }
 
-/// The whole model: patch embedding, prefix tokens (class, distillation) and position embedding,
-/// the blocks, the final norm, and the LA part classifiers (empty for a retrieval-only model).
+/// One BNNeck: BatchNorm1d(D) (its bias frozen at zero in training, as TransReID does), then an ID
+/// classifier Linear(D, C) without bias (absent for a retrieval-only neck).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeckParams<T> {
+    pub bn: BatchNorm<T>,
+    pub classifier: Option<Linear<T>>,
+}
+
+impl<T> NeckParams<T> {
+    pub fn try_map<'a, U>(&'a self, k: &Key, f: &mut MapFn<'_, 'a, T, U>) -> Result<NeckParams<U>> {
+        Ok(NeckParams { bn: self.bn.try_map(&k.pp("bn"), f)?, classifier: self.classifier.as_ref().map(|c| c.try_map(&k.pp("classifier"), f)).transpose()? })
+    }
+}
+
+/// JPM's b2 branch: a copy of the last block with its own final norm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JpmParams<T> {
+    pub block: BlockParams<T>,
+    pub norm: LayerNorm<T>,
+}
+
+impl<T> JpmParams<T> {
+    pub fn try_map<'a, U>(&'a self, k: &Key, f: &mut MapFn<'_, 'a, T, U>) -> Result<JpmParams<U>> {
+        Ok(JpmParams { block: self.block.try_map(&k.pp("block"), f)?, norm: self.norm.try_map(&k.pp("norm"), f)? })
+    }
+}
+
+/// The whole model: patch embedding, prefix tokens (class, distillation), position and camera
+/// embeddings, the blocks, the final norm (with JPM: the last block and this norm are the global
+/// branch b1), JPM's b2 branch, and the head: LA part classifiers or BNNecks (both empty for a
+/// retrieval-only model).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VitParams<T> {
     pub patch_embed: Linear<T>,
@@ -195,9 +232,13 @@ pub struct VitParams<T> {
     pub dist_token: Option<T>,
     /// `[1, N, D]`, prefix tokens first.
     pub pos_embed: T,
+    /// `[cameras, 1, D]`: SIE's camera embeddings.
+    pub sie_embed: Option<T>,
     pub blocks: Vec<BlockParams<T>>,
     pub norm: LayerNorm<T>,
+    pub jpm: Option<JpmParams<T>>,
     pub parts: Vec<PartParams<T>>,
+    pub necks: Vec<NeckParams<T>>,
 }
 
 impl<T> VitParams<T> {
@@ -206,14 +247,18 @@ impl<T> VitParams<T> {
         let k = Key::root();
         let blocks = k.pp("blocks");
         let parts = k.pp("parts");
+        let necks = k.pp("necks");
         Ok(VitParams {
             patch_embed: self.patch_embed.try_map(&k.pp("patch_embed").pp("proj"), f)?,
             cls_token: self.cls_token.as_ref().map(|t| f(&k.pp("cls_token"), t)).transpose()?,
             dist_token: self.dist_token.as_ref().map(|t| f(&k.pp("dist_token"), t)).transpose()?,
             pos_embed: f(&k.pp("pos_embed"), &self.pos_embed)?,
+            sie_embed: self.sie_embed.as_ref().map(|t| f(&k.pp("sie_embed"), t)).transpose()?,
             blocks: self.blocks.iter().enumerate().map(|(i, b)| b.try_map(&blocks.at(i), f)).collect::<Result<_>>()?,
             norm: self.norm.try_map(&k.pp("norm"), f)?,
+            jpm: self.jpm.as_ref().map(|j| j.try_map(&k.pp("jpm"), f)).transpose()?,
             parts: self.parts.iter().enumerate().map(|(i, p)| p.try_map(&parts.at(i), f)).collect::<Result<_>>()?,
+            necks: self.necks.iter().enumerate().map(|(i, p)| p.try_map(&necks.at(i), f)).collect::<Result<_>>()?,
         })
     }
 
@@ -236,21 +281,26 @@ impl<T> VitParams<T> {
 }
 
 impl VitParams<Key> {
-    /// The keys of a model with `depth` blocks and `parts` LA parts, every optional tensor
-    /// included: for finding tensors in a checkpoint before its configuration is known.
-    pub fn keys(depth: usize, parts: usize) -> VitParams<Key> {
+    /// The keys of a model with `depth` blocks, `parts` LA parts and `necks` BNNecks, every
+    /// optional tensor included (SIE, JPM): for finding tensors in a checkpoint before its
+    /// configuration is known.
+    pub fn keys(depth: usize, parts: usize, necks: usize) -> VitParams<Key> {
         let lin = || Linear { weight: (), bias: Some(()) };
         let ln = || LayerNorm { weight: (), bias: () };
+        let bn = || BatchNorm { weight: (), bias: (), running_mean: (), running_var: () };
         let block = || BlockParams { norm1: ln(), qkv: lin(), proj: lin(), norm2: ln(), fc1: lin(), fc2: lin() };
-        let part = || PartParams { bottleneck: lin(), bn: BatchNorm { weight: (), bias: (), running_mean: (), running_var: () }, classifier: lin() };
+        let part = || PartParams { bottleneck: lin(), bn: bn(), classifier: lin() };
         let skeleton = VitParams {
             patch_embed: lin(),
             cls_token: Some(()),
             dist_token: Some(()),
             pos_embed: (),
+            sie_embed: Some(()),
             blocks: (0..depth).map(|_| block()).collect(),
             norm: ln(),
+            jpm: Some(JpmParams { block: block(), norm: ln() }),
             parts: (0..parts).map(|_| part()).collect(),
+            necks: (0..necks).map(|_| NeckParams { bn: bn(), classifier: Some(lin()) }).collect(),
         };
         skeleton.map(|k, _| k.clone())
     }
@@ -269,37 +319,38 @@ impl VitParams<Shape> {
     pub fn layout(cfg: &ModelConfig) -> VitParams<Shape> {
         let a = &cfg.arch;
         let (d, m, p) = (a.embed_dim, a.mlp_dim, a.patch_size);
-        let blocks = cfg
-            .layers
-            .iter()
-            .map(|plan| {
-                let inner = plan.heads.len() * a.head_dim;
-                BlockParams {
-                    norm1: norm(d),
-                    qkv: linear(3 * inner, d, a.qkv_bias),
-                    proj: linear(d, inner, true),
-                    norm2: norm(d),
-                    fc1: linear(m, d, true),
-                    fc2: linear(d, m, true),
-                }
-            })
-            .collect();
-        let parts = match cfg.head.kind {
-            HeadKind::None => Vec::new(),
-            HeadKind::La => {
-                let (nb, c) = (cfg.head.bottleneck, cfg.head.num_classes);
-                let bn = BatchNorm { weight: vec![nb], bias: vec![nb], running_mean: vec![nb], running_var: vec![nb] };
-                (0..cfg.num_parts()).map(|_| PartParams { bottleneck: linear(nb, d, true), bn: bn.clone(), classifier: linear(c, nb, true) }).collect()
+        let block = |heads: usize| {
+            let inner = heads * a.head_dim;
+            BlockParams {
+                norm1: norm(d),
+                qkv: linear(3 * inner, d, a.qkv_bias),
+                proj: linear(d, inner, true),
+                norm2: norm(d),
+                fc1: linear(m, d, true),
+                fc2: linear(d, m, true),
             }
         };
+        let bn = |n: usize| BatchNorm { weight: vec![n], bias: vec![n], running_mean: vec![n], running_var: vec![n] };
+        let c = cfg.head.num_classes;
+        let parts = match cfg.head.kind {
+            HeadKind::La => {
+                let nb = cfg.head.bottleneck;
+                (0..cfg.num_parts()).map(|_| PartParams { bottleneck: linear(nb, d, true), bn: bn(nb), classifier: linear(c, nb, true) }).collect()
+            }
+            _ => Vec::new(),
+        };
+        let necks = (0..cfg.num_necks()).map(|_| NeckParams { bn: bn(d), classifier: (c > 0).then(|| linear(c, d, false)) }).collect();
         VitParams {
             patch_embed: Linear { weight: vec![d, 3, p, p], bias: Some(vec![d]) },
             cls_token: a.class_token.then(|| vec![1, 1, d]),
             dist_token: a.dist_token.then(|| vec![1, 1, d]),
             pos_embed: vec![1, cfg.num_tokens(), d],
-            blocks,
+            sie_embed: a.sie.as_ref().map(|s| vec![s.cameras, 1, d]),
+            blocks: cfg.layers.iter().map(|plan| block(plan.heads.len())).collect(),
             norm: norm(d),
+            jpm: a.jpm.as_ref().map(|j| JpmParams { block: block(j.heads.len()), norm: norm(d) }),
             parts,
+            necks,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! slicing their rows out of the qkv projection and their columns out of the output projection
 //! (docs/method.md §2.4); key/value tokens by shortening each layer's kept-position list (§3.4).
 
+use super::params::BlockParams;
 use super::{ModelConfig, ModelFiles};
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
@@ -13,12 +14,19 @@ use serde::{Deserialize, Serialize};
 pub struct Plan {
     pub heads: Vec<Vec<usize>>,
     pub tokens: Vec<Vec<usize>>,
+    /// JPM's b2 block: its kept heads (its keys are never pruned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jpm_heads: Option<Vec<usize>>,
 }
 
 impl Plan {
     /// The plan a model currently follows.
     pub fn of(cfg: &ModelConfig) -> Plan {
-        Plan { heads: cfg.layers.iter().map(|l| l.heads.clone()).collect(), tokens: cfg.layers.iter().map(|l| l.tokens.clone()).collect() }
+        Plan {
+            heads: cfg.layers.iter().map(|l| l.heads.clone()).collect(),
+            tokens: cfg.layers.iter().map(|l| l.tokens.clone()).collect(),
+            jpm_heads: cfg.arch.jpm.as_ref().map(|j| j.heads.clone()),
+        }
     }
 
     pub fn load(path: &std::path::Path) -> Result<Plan> {
@@ -61,6 +69,20 @@ impl Plan {
                 return Err(Error::invalid(format!("plan: layer {l} keeps no key/value token")));
             }
         }
+        match (&mut out.jpm_heads, &cfg.arch.jpm) {
+            (None, _) => out.jpm_heads = cfg.arch.jpm.as_ref().map(|j| j.heads.clone()),
+            (Some(_), None) => return Err(Error::invalid("plan: `jpm_heads` given, but the model has no JPM branch")),
+            (Some(list), Some(j)) => {
+                list.sort_unstable();
+                list.dedup();
+                if list.is_empty() {
+                    return Err(Error::invalid("plan: `jpm_heads` keeps no head; the b2 block needs at least one"));
+                }
+                if let Some(&i) = list.iter().find(|i| j.heads.binary_search(i).is_err()) {
+                    return Err(Error::invalid(format!("plan: `jpm_heads` index {i} is out of range or already removed")));
+                }
+            }
+        }
         Ok(out)
     }
 }
@@ -71,23 +93,32 @@ pub fn apply_plan(model: &ModelFiles, plan: &Plan) -> Result<ModelFiles> {
     let mut out = model.clone();
     let hd = model.config.arch.head_dim;
     for (l, block) in out.params.blocks.iter_mut().enumerate() {
-        let cur = &model.config.layers[l].heads;
-        // Positions, among the model's kept heads, of the heads the plan keeps (checked above).
-        let pos: Vec<usize> = plan.heads[l].iter().filter_map(|h| cur.binary_search(h).ok()).collect();
-        if pos.len() != cur.len() {
-            let inner = cur.len() * hd;
-            // qkv rows are [q heads | k heads | v heads], each head hd rows; proj columns likewise.
-            let rows: Vec<usize> = (0..3).flat_map(|s| pos.iter().flat_map(move |&p| (s * inner + p * hd)..(s * inner + (p + 1) * hd))).collect();
-            let cols: Vec<usize> = pos.iter().flat_map(|&p| (p * hd)..((p + 1) * hd)).collect();
-            block.qkv.weight = select_rows(&block.qkv.weight, &rows);
-            block.qkv.bias = block.qkv.bias.as_ref().map(|b| select_rows(b, &rows));
-            block.proj.weight = select_cols(&block.proj.weight, &cols);
-        }
+        keep_heads(block, &model.config.layers[l].heads, &plan.heads[l], hd);
         out.config.layers[l].heads = plan.heads[l].clone();
         out.config.layers[l].tokens = plan.tokens[l].clone();
     }
+    if let (Some(b2), Some(j), Some(keep)) = (&mut out.params.jpm, &mut out.config.arch.jpm, &plan.jpm_heads) {
+        keep_heads(&mut b2.block, &j.heads, keep, hd);
+        j.heads = keep.clone();
+    }
     out.config.validate()?;
     Ok(out)
+}
+
+/// Slices a block down from its current heads `cur` to `keep` (a checked subset).
+fn keep_heads(block: &mut BlockParams<HostTensor>, cur: &[usize], keep: &[usize], hd: usize) {
+    // Positions, among the model's kept heads, of the heads the plan keeps.
+    let pos: Vec<usize> = keep.iter().filter_map(|h| cur.binary_search(h).ok()).collect();
+    if pos.len() == cur.len() {
+        return;
+    }
+    let inner = cur.len() * hd;
+    // qkv rows are [q heads | k heads | v heads], each head hd rows; proj columns likewise.
+    let rows: Vec<usize> = (0..3).flat_map(|s| pos.iter().flat_map(move |&p| (s * inner + p * hd)..(s * inner + (p + 1) * hd))).collect();
+    let cols: Vec<usize> = pos.iter().flat_map(|&p| (p * hd)..((p + 1) * hd)).collect();
+    block.qkv.weight = select_rows(&block.qkv.weight, &rows);
+    block.qkv.bias = block.qkv.bias.as_ref().map(|b| select_rows(b, &rows));
+    block.proj.weight = select_cols(&block.proj.weight, &cols);
 }
 
 /// Rows `rows` of a `[r, c]` (or `[r]`) tensor.

@@ -8,7 +8,7 @@
 //! times slower.
 
 use super::config::ModelConfig;
-use super::params::{BatchNorm, LayerNorm, Linear, PartParams, VitParams};
+use super::params::{BatchNorm, BlockParams, LayerNorm, Linear, PartParams, VitParams};
 use super::ModelFiles;
 use crate::error::{Error, Result};
 use crate::kernels::autodiff as ops;
@@ -28,22 +28,26 @@ pub struct Mode<'a> {
     /// Per-layer gates multiplied into the attention probabilities over the kept keys
     /// (`[N_k]` each), for first-order key importance: ∂L/∂g = Σ A·∂L/∂A (docs/method.md §3).
     pub gates: Option<&'a [Tensor]>,
+    /// Each image's camera index, for a model with a side information embedding.
+    pub cameras: Option<&'a [usize]>,
 }
 
 impl Mode<'_> {
     pub fn eval() -> Mode<'static> {
-        Mode { train: false, dropout: 0.0, rng: None, gates: None }
+        Mode { train: false, dropout: 0.0, rng: None, gates: None, cameras: None }
     }
 }
 
 pub struct Output {
     /// Final-normed tokens `[B, N, D]`.
     pub tokens: Tensor,
-    /// The LA parts `[B, P, D]`: means of `ModelConfig::part_tokens`.
+    /// The pooled features before the head `[B, P, D]`: the LA parts (means of
+    /// `ModelConfig::part_tokens`), or for a BNNeck head the class token and JPM's local features
+    /// (TransReID's triplet-loss features).
     pub parts: Tensor,
-    /// Retrieval feature `[B, P·D]` (each part scaled to norm 1/√P).
+    /// Retrieval feature `[B, feature_dim]`, normalised as `ModelConfig::feature_groups` says.
     pub features: Tensor,
-    /// Per part `[B, C]` (LA head only).
+    /// Per LA part or per BNNeck `[B, C]`.
     pub logits: Vec<Tensor>,
 }
 
@@ -70,7 +74,7 @@ impl Vit {
 
     /// The learned parameters by name, for the optimiser (its state is saved under these names).
     pub fn trainable(&self) -> BTreeMap<String, Var> {
-        self.params.entries().into_iter().filter(|(k, _)| !k.is_buffer()).map(|(k, v)| (k.to_string(), v.clone())).collect()
+        self.params.entries().into_iter().filter(|(k, _)| !k.is_buffer() && !k.is_frozen()).map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
 
     /// `x·Wᵀ + b` over the last dimension of `x` (`[rows, in]`), as one fused op.
@@ -89,28 +93,39 @@ impl Vit {
     /// Runs a batch `[B, 3, H, W]` of normalised images.
     pub fn forward(&mut self, x: &Tensor, mut mode: Mode) -> Result<Output> {
         let cfg = &self.cfg;
-        let (d, p) = (cfg.arch.embed_dim, cfg.arch.patch_size);
-        let (gh, gw) = cfg.grid();
+        let d = cfg.arch.embed_dim;
         let (b, c, h, w) = x.dims4()?;
         if (c, h, w) != (3, cfg.input.height, cfg.input.width) {
             return Err(Error::invalid(format!("input is [{b}, {c}, {h}, {w}], the model takes [B, 3, {}, {}]", cfg.input.height, cfg.input.width)));
         }
-        // Patch embedding as im2col + product (the conv weight flattened in (c, ky, kx) order).
-        let patches = x.reshape((b, 3, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * gh * gw, 3 * p * p))?;
-        let pe = &self.params.patch_embed;
-        let pw = pe.weight.as_tensor().reshape((d, 3 * p * p))?;
-        let pb = match &pe.bias {
-            Some(bias) => bias.as_tensor().clone(),
-            None => Tensor::zeros(d, DType::F32, &self.device)?,
-        };
-        let emb = patches.apply_op3(&pw, &pb, ops::Linear)?.reshape((b, gh * gw, d))?;
+        let emb = self.patch_embed(x)?;
         let mut seq: Vec<Tensor> =
             self.params.prefix_tokens().into_iter().map(|t| t.as_tensor().broadcast_as((b, 1, d))).collect::<candle_core::Result<_>>()?;
         seq.push(emb);
-        let z = Tensor::cat(&seq, 1)?.broadcast_add(self.params.pos_embed.as_tensor())?;
+        let mut z = Tensor::cat(&seq, 1)?.broadcast_add(self.params.pos_embed.as_tensor())?;
+        if let (Some(sie), Some(table)) = (&cfg.arch.sie, &self.params.sie_embed) {
+            let cams = mode.cameras.ok_or_else(|| Error::invalid("this model has a side information embedding (SIE): each image needs its camera"))?;
+            if cams.len() != b || cams.iter().any(|&c| c >= sie.cameras) {
+                return Err(Error::invalid(format!("{} camera indices for a batch of {b}, each below {}", cams.len(), sie.cameras)));
+            }
+            let idx = Tensor::from_vec(cams.iter().map(|&c| c as u32).collect::<Vec<_>>(), b, &self.device)?;
+            z = z.broadcast_add(&(table.as_tensor().index_select(&idx, 0)? * sie.coefficient as f64)?)?;
+        }
 
-        let z = self.forward_blocks(z, &mode)?;
+        let depth = self.params.blocks.len();
+        let gates = mode.gates;
+        let mut trunk = None;
+        for l in 0..depth {
+            if l + 1 == depth && cfg.arch.jpm.is_some() {
+                trunk = Some(z.clone());
+            }
+            let plan = &cfg.layers[l];
+            z = self.block(z, &self.params.blocks[l], plan.heads.len(), &plan.tokens, gates.map(|g| &g[l]))?;
+        }
         let tokens = self.layer_norm(&z, &self.params.norm)?;
+        if !self.params.necks.is_empty() {
+            return self.neck_head(tokens, trunk, &mut mode);
+        }
         let parts = (0..cfg.num_parts())
             .map(|i| {
                 let r = cfg.part_tokens(i);
@@ -133,6 +148,78 @@ impl Vit {
         Ok(Output { tokens, parts, features, logits })
     }
 
+    /// The patch embedding `[B, patches, D]`: im2col, then the conv weight as one product (flattened
+    /// in (c, ky, kx) order). Overlapping patches are gathered by index.
+    fn patch_embed(&self, x: &Tensor) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (d, p, s) = (cfg.arch.embed_dim, cfg.arch.patch_size, cfg.arch.stride());
+        let (gh, gw) = cfg.grid();
+        let (b, _, h, w) = x.dims4()?;
+        let patches = if s == p {
+            x.reshape((b, 3, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * gh * gw, 3 * p * p))?
+        } else {
+            let idx: Vec<u32> = (0..gh * gw)
+                .flat_map(|i| {
+                    let (py, px) = (i / gw, i % gw);
+                    (0..3 * p * p).map(move |j| {
+                        let (c, ky, kx) = (j / (p * p), (j / p) % p, j % p);
+                        (c * h * w + (py * s + ky) * w + px * s + kx) as u32
+                    })
+                })
+                .collect();
+            let n = idx.len();
+            x.reshape((b, 3 * h * w))?.index_select(&Tensor::from_vec(idx, n, &self.device)?, 1)?.reshape((b * gh * gw, 3 * p * p))?
+        };
+        let pe = &self.params.patch_embed;
+        let pw = pe.weight.as_tensor().reshape((d, 3 * p * p))?;
+        let pb = match &pe.bias {
+            Some(bias) => bias.as_tensor().clone(),
+            None => Tensor::zeros(d, DType::F32, &self.device)?,
+        };
+        Ok(patches.apply_op3(&pw, &pb, ops::Linear)?.reshape((b, gh * gw, d))?)
+    }
+
+    /// The BNNeck head on the final tokens (and JPM's b2 branch on `trunk`, the last block's
+    /// input): features, the pooled pieces and the logits, as TransReID computes them.
+    fn neck_head(&self, tokens: Tensor, trunk: Option<Tensor>, mode: &mut Mode) -> Result<Output> {
+        let cfg = &self.cfg;
+        let d = cfg.arch.embed_dim;
+        let b = tokens.dims()[0];
+        let mut raw = vec![tokens.narrow(1, 0, 1)?.squeeze(1)?];
+        if let (Some(j), Some(b2), Some(trunk)) = (&cfg.arch.jpm, &self.params.jpm, trunk) {
+            let groups = cfg.jpm_groups();
+            let (k, t) = (groups.len(), cfg.jpm_tokens());
+            let idx: Vec<u32> = groups.iter().flatten().map(|&p| p as u32).collect();
+            let local = trunk.index_select(&Tensor::from_vec(idx, k * t, &self.device)?, 1)?.reshape((b * k, t, d))?;
+            let all: Vec<usize> = (0..t).collect();
+            let local = self.block(local, &b2.block, j.heads.len(), &all, None)?;
+            let local = self.layer_norm(&local.narrow(1, 0, 1)?.reshape((b * k, d))?, &b2.norm)?.reshape((b, k, d))?;
+            for g in 0..k {
+                raw.push(local.narrow(1, g, 1)?.squeeze(1)?);
+            }
+        }
+        let k = raw.len();
+        let mut normed = Vec::with_capacity(k);
+        let mut logits = Vec::new();
+        for (r, neck) in raw.iter().zip(&self.params.necks) {
+            let y = batch_norm(r, &neck.bn, mode.train)?;
+            if let Some(c) = &neck.classifier {
+                logits.push(self.linear(&y, c)?);
+            }
+            normed.push(y);
+        }
+        let after = cfg.head.neck_feat == Some(super::config::NeckFeat::After);
+        let pieces: Vec<Tensor> = (if after { &normed } else { &raw })
+            .iter()
+            .enumerate()
+            .map(|(i, t)| if i == 0 { Ok(t.clone()) } else { t / (k - 1) as f64 })
+            .collect::<candle_core::Result<_>>()?;
+        let cat = Tensor::cat(&pieces, 1)?;
+        let norm = cat.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        let features = cat.broadcast_div(&norm)?;
+        Ok(Output { tokens, parts: Tensor::stack(&raw, 1)?, features, logits })
+    }
+
     /// One LA classifier on its blended input `g` `[B, D]`.
     fn part_logits(&self, g: &Tensor, i: usize, mode: &mut Mode) -> Result<Tensor> {
         let part: &PartParams<Var> = &self.params.parts[i];
@@ -149,20 +236,20 @@ impl Vit {
 
     /// The transformer blocks on a token sequence `[B, N, D]`.
     pub fn forward_blocks(&self, mut z: Tensor, mode: &Mode) -> Result<Tensor> {
-        for l in 0..self.params.blocks.len() {
-            z = self.block(z, l, mode)?;
+        for (l, p) in self.params.blocks.iter().enumerate() {
+            let plan = &self.cfg.layers[l];
+            z = self.block(z, p, plan.heads.len(), &plan.tokens, mode.gates.map(|g| &g[l]))?;
         }
         Ok(z)
     }
 
-    /// One block. Attention gates, when given, scale the value rows of the kept keys:
+    /// One block with `heads` kept heads and keys/values from positions `keep` of the sequence.
+    /// Attention gates, when given, scale the value rows of the kept keys:
     /// (A·diag g)·V = A·(diag g·V), so ∂L/∂g is the same Σ A·∂L/∂A as gating A itself.
-    fn block(&self, z: Tensor, l: usize, mode: &Mode) -> Result<Tensor> {
+    fn block(&self, z: Tensor, p: &BlockParams<Var>, heads: usize, keep: &[usize], gate: Option<&Tensor>) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (plan, p) = (&cfg.layers[l], &self.params.blocks[l]);
         let (hd, d) = (cfg.arch.head_dim, cfg.arch.embed_dim);
         let (b, n, _) = z.dims3()?;
-        let heads = plan.heads.len();
         let inner = heads * hd;
         let y = self.layer_norm(&z.reshape((b * n, d))?, &p.norm1)?;
         let wqkv = p.qkv.weight.as_tensor();
@@ -170,17 +257,16 @@ impl Vit {
             Some(v) => v.as_tensor().clone(),
             None => Tensor::zeros(3 * inner, DType::F32, &self.device)?,
         };
-        let gate = mode.gates.map(|g| &g[l]);
-        let o = if plan.tokens.len() == n && gate.is_none() {
+        let o = if keep.len() == n && gate.is_none() {
             let qkv = y.apply_op3(wqkv, &bqkv, ops::Linear)?;
             qkv.apply_op1(ops::AttentionPacked { batch: b, n, heads, head_dim: hd })?
         } else {
-            let nk = plan.tokens.len();
+            let nk = keep.len();
             let q = y.apply_op3(&wqkv.narrow(0, 0, inner)?, &bqkv.narrow(0, 0, inner)?, ops::Linear)?;
             let yk = if nk == n {
                 y.clone()
             } else {
-                let idx = Tensor::from_vec(plan.tokens.iter().map(|&t| t as u32).collect::<Vec<_>>(), nk, &self.device)?;
+                let idx = Tensor::from_vec(keep.iter().map(|&t| t as u32).collect::<Vec<_>>(), nk, &self.device)?;
                 y.reshape((b, n, d))?.index_select(&idx, 1)?.reshape((b * nk, d))?
             };
             let mut kv = yk.apply_op3(&wqkv.narrow(0, inner, 2 * inner)?, &bqkv.narrow(0, inner, 2 * inner)?, ops::Linear)?;

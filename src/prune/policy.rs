@@ -132,7 +132,7 @@ mod tests {
 
     fn plan(heads: Vec<Vec<usize>>, n: usize) -> Plan {
         let tokens = heads.iter().map(|_| (0..n).collect()).collect();
-        Plan { heads, tokens }
+        Plan { heads, tokens, jpm_heads: None }
     }
 
     #[test]
@@ -165,7 +165,7 @@ mod tests {
 
     #[test]
     fn the_lowest_scoring_tokens_go_across_layers() {
-        let p = Plan { heads: vec![vec![0], vec![0]], tokens: vec![vec![0, 1, 2, 3], vec![0, 1, 3]] };
+        let p = Plan { heads: vec![vec![0], vec![0]], tokens: vec![vec![0, 1, 2, 3], vec![0, 1, 3]], jpm_heads: None };
         let scores = vec![vec![Some(0.5), Some(0.1), Some(0.7)], vec![Some(0.2), None, Some(0.05)]];
         let out = remove_tokens(&p, &scores, 1, 2).unwrap();
         assert_eq!(out.tokens, vec![vec![0, 1, 3], vec![0, 1]]);
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn token_scores_skip_every_prefix_token() {
         // Two prefix tokens (class and distillation): scores start at position 2, which goes first.
-        let p = Plan { heads: vec![vec![0]], tokens: vec![vec![0, 1, 2, 3, 4]] };
+        let p = Plan { heads: vec![vec![0]], tokens: vec![vec![0, 1, 2, 3, 4]], jpm_heads: None };
         let out = remove_tokens(&p, &[vec![Some(0.1), Some(0.5), Some(0.9)]], 2, 1).unwrap();
         assert_eq!(out.tokens, vec![vec![0, 1, 3, 4]]);
         assert!(remove_tokens(&p, &[vec![Some(0.1), Some(0.5), Some(0.9)]], 2, 4).is_err(), "prefix tokens cannot go");

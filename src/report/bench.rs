@@ -182,7 +182,7 @@ pub fn bench_la_step(arch: Arch, (h, w): (usize, usize), batch: usize, classes: 
     let loss_cfg = LossConfig { label_smoothing: 0.0, distill: Distill::None };
     let (step, fwd) = time_steps(iters, progress, || {
         let t = std::time::Instant::now();
-        let out = model.forward(&x, Mode { train: true, dropout: 0.5, rng: Some(&mut rng), gates: None })?;
+        let out = model.forward(&x, Mode { train: true, dropout: 0.5, rng: Some(&mut rng), gates: None, cameras: None })?;
         let loss = la_loss(&out.logits, &labels, None, &loss_cfg)?;
         let f = t.elapsed().as_secs_f64();
         let grads = prof::phase("backward", || loss.total.backward())?;

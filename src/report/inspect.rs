@@ -2,7 +2,7 @@
 
 use super::human;
 use crate::model::cost::{model_cost, ModelCost};
-use crate::model::{HeadKind, ModelConfig};
+use crate::model::ModelConfig;
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -23,8 +23,9 @@ pub fn render(cfg: &ModelConfig) -> String {
     let arch = a.preset.clone().map(|p| format!("ViT-{p}")).unwrap_or_else(|| "ViT".into());
     let _ = writeln!(
         s,
-        "{arch}/{}: D={} depth={} heads={}×{} MLP={} · input {}x{} ({}x{} patches, N={}) · head: {}",
+        "{arch}/{}{}: D={} depth={} heads={}×{} MLP={} · input {}x{} ({}x{} patches, N={}){} · head: {}",
         a.patch_size,
+        a.patch_stride.map(|s| format!(" (overlapping, stride {s})")).unwrap_or_default(),
         a.embed_dim,
         a.depth,
         a.num_heads,
@@ -35,10 +36,8 @@ pub fn render(cfg: &ModelConfig) -> String {
         cfg.grid().0,
         cfg.grid().1,
         cfg.num_tokens(),
-        match cfg.head.kind {
-            HeadKind::None => "none (retrieval only)".to_string(),
-            HeadKind::La => format!("LA, {} parts, {} classes", cfg.num_parts(), cfg.head.num_classes),
-        }
+        a.sie.as_ref().map(|s| format!(" · SIE: {} cameras × {}", s.cameras, s.coefficient)).unwrap_or_default(),
+        cfg.describe_head()
     );
     let _ = writeln!(s, "source: {}", cfg.source.describe());
     for n in &cfg.source.notes {
@@ -49,13 +48,17 @@ pub fn render(cfg: &ModelConfig) -> String {
     }
     let _ = writeln!(s);
     let _ = writeln!(s, "{:>5} {:>7} {:>10} {:>9} {:>9} {:>11} {:>12}", "layer", "heads", "key tokens", "params", "MSA", "MACs", "paper FLOPs");
-    let n = cfg.num_tokens();
-    for (l, plan) in c.layers.iter().zip(&cfg.layers) {
-        let heads = if plan.heads.len() == a.num_heads { format!("{}", plan.heads.len()) } else { format!("{}/{}", plan.heads.len(), a.num_heads) };
+    for l in &c.layers {
+        // Past the blocks: JPM's b2, its MACs counted once per local group.
+        let (label, n) = match &a.jpm {
+            Some(j) if l.layer >= cfg.layers.len() => (format!("b2×{}", j.divide), cfg.jpm_tokens()),
+            _ => (l.layer.to_string(), cfg.num_tokens()),
+        };
+        let heads = if l.heads == a.num_heads { format!("{}", l.heads) } else { format!("{}/{}", l.heads, a.num_heads) };
         let _ = writeln!(
             s,
             "{:>5} {:>7} {:>10} {:>9} {:>9} {:>11} {:>12}",
-            l.layer,
+            label,
             heads,
             format!("{}/{}", l.key_tokens, n),
             human(l.params),
@@ -65,7 +68,14 @@ pub fn render(cfg: &ModelConfig) -> String {
         );
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "params        {:>10}  (backbone; LA classifiers add {})", human(c.params), human(c.head_params));
+    let head = match cfg.head.kind {
+        crate::model::HeadKind::Bnneck => "BNNecks and ID classifiers",
+        _ => "LA classifiers",
+    };
+    let _ = writeln!(s, "params        {:>10}  (backbone; {head} add {})", human(c.params), human(c.head_params));
+    if a.jpm.is_some() {
+        let _ = writeln!(s, "              the last block is JPM's global branch b1; its b2 copy runs once per local group");
+    }
     let _ = writeln!(s, "MSA params    {:>10}", human(c.msa_params));
     let _ = writeln!(s, "MACs (honest) {:>10}  per image, patch embedding ({}) included — what amg computes", human(c.macs), human(c.patch_embed_macs));
     let _ = writeln!(s, "FLOPs (paper) {:>10}  the reference code's counter: projections and attention at N_k, no patch embedding", human(c.paper_flops));

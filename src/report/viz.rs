@@ -288,7 +288,9 @@ fn attention(files: &ModelFiles, img: &Rgb8) -> Result<Canvas> {
     // The class token's (first query's) attention of every kept head: probs row 0.
     let maps: Mutex<Vec<Vec<Vec<f32>>>> = Mutex::new(cfg.layers.iter().map(|l| vec![Vec::new(); l.heads.len()]).collect());
     let observe = |layer: usize, _b: usize, head: usize, probs: &[f32]| {
-        let nk = cfg.layers[layer].tokens.len();
+        // The class token's maps over the image: JPM's b2 block (layer `depth`) is not drawn.
+        let Some(plan) = cfg.layers.get(layer) else { return };
+        let nk = plan.tokens.len();
         let mut m = maps.lock().unwrap_or_else(|e| e.into_inner());
         m[layer][head] = probs[..nk].to_vec();
     };

@@ -472,7 +472,7 @@ impl EpochRunner<'_> {
                 }
                 None => None,
             };
-            let out = model.forward(&x, Mode { train: true, dropout: o.dropout, rng: Some(&mut dropout_rng), gates: None })?;
+            let out = model.forward(&x, Mode { train: true, dropout: o.dropout, rng: Some(&mut dropout_rng), gates: None, cameras: None })?;
             let loss = la_loss(&out.logits, &yt, teacher_logits.as_deref(), &loss_cfg)?;
             let value = loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {

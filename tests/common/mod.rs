@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 //! Helpers shared by the integration tests.
 
+use amg::model::config::{Jpm, NeckFeat, Sie};
 use amg::model::params::VitParams;
 use amg::model::surgery::Plan;
 use amg::model::{Arch, HeadConfig, ModelConfig, Source};
@@ -49,12 +50,18 @@ pub fn random_config(rng: &mut Rng) -> ModelConfig {
     let head_dim = [8, 16, 32][rng.below(3)];
     let d = heads * head_dim;
     let patch = [4, 8, 16][rng.below(3)];
-    let la = rng.bool(0.6);
-    let class_token = la || rng.bool(0.7);
+    // Heads: LA, BNNeck (TransReID, optionally with JPM), or none.
+    let kind = rng.below(3);
+    let (la, bnneck) = (kind == 0, kind == 1);
+    let class_token = la || bnneck || rng.bool(0.7);
+    let depth = 1 + rng.below(3);
+    let jpm = bnneck && depth >= 2 && rng.bool(0.6);
+    // Overlapping patches (TransReID's stride 12 for 16-pixel patches, scaled).
+    let stride = if rng.bool(0.4) { Some(patch * 3 / 4) } else { None };
     let arch = Arch {
         preset: None,
         embed_dim: d,
-        depth: 1 + rng.below(3),
+        depth,
         num_heads: heads,
         head_dim,
         mlp_dim: d * (1 + rng.below(4)),
@@ -62,11 +69,35 @@ pub fn random_config(rng: &mut Rng) -> ModelConfig {
         ln_eps: 1e-6,
         qkv_bias: rng.bool(0.7),
         class_token,
-        dist_token: rng.bool(0.4),
+        dist_token: !jpm && rng.bool(0.4),
+        patch_stride: stride,
+        sie: rng.bool(0.4).then(|| Sie { cameras: 1 + rng.below(4), coefficient: 0.5 + 2.5 * rng.f64() as f32 }),
+        jpm: None,
     };
     let (gh, gw) = (1 + rng.below(5), 1 + rng.below(4));
-    let head = if la { HeadConfig { bottleneck: 8 + rng.below(24), lambda: 8.0, ..HeadConfig::la(2 + rng.below(6)) } } else { HeadConfig::none() };
-    ModelConfig::new(arch, gh * patch, gw * patch, head, Source::default()).unwrap()
+    let (gh, gw) = if jpm { (gh + 1, gw + 1) } else { (gh, gw) };
+    let head = if la {
+        HeadConfig { bottleneck: 8 + rng.below(24), lambda: 8.0, ..HeadConfig::la(2 + rng.below(6)) }
+    } else if bnneck {
+        HeadConfig::bnneck(rng.below(6), if rng.bool(0.5) { NeckFeat::Before } else { NeckFeat::After })
+    } else {
+        HeadConfig::none()
+    };
+    // A side of g patches at stride s: (g − 1)·s + p pixels, plus a remainder the stride leaves.
+    let mut side = |g: usize| match stride {
+        Some(s) => (g - 1) * s + patch + rng.below(s),
+        None => g * patch,
+    };
+    let (h, w) = (side(gh), side(gw));
+    let mut cfg = ModelConfig::new(arch.clone(), h, w, head.clone(), Source::default()).unwrap();
+    if jpm {
+        let patches = cfg.num_patches();
+        let divide = [1, 2, 4].into_iter().filter(|&k| k <= patches).nth(rng.below(3)).unwrap_or(1);
+        let groups = [1, 2, 3].into_iter().filter(|&g| patches.is_multiple_of(g) || (patches + 1).is_multiple_of(g)).nth(rng.below(2)).unwrap_or(1);
+        let j = Jpm { shift: 1 + rng.below(patches), groups, divide, rearrange: rng.bool(0.7), heads: vec![] };
+        cfg = ModelConfig::new(Arch { jpm: Some(j), ..arch }, h, w, head, Source::default()).unwrap();
+    }
+    cfg
 }
 
 /// Weights of order one (norms near one, running variances positive), so that every block and the
@@ -116,6 +147,13 @@ pub fn random_plan(cfg: &ModelConfig, rng: &mut Rng) -> Plan {
             }
             plan.tokens[l] = tokens;
         }
+    }
+    if let (Some(j), true) = (&cfg.arch.jpm, rng.bool(0.6)) {
+        let mut heads: Vec<usize> = j.heads.iter().copied().filter(|_| rng.bool(0.5)).collect();
+        if heads.is_empty() {
+            heads.push(j.heads[0]);
+        }
+        plan.jpm_heads = Some(heads);
     }
     plan
 }

@@ -63,6 +63,25 @@ pub fn weight(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Three finite numbers `R,G,B` (input mean and std); a std must be > 0, which `rgb_positive` checks.
+pub fn rgb(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s.split(',').map(number::<f32>).collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [r, g, b] if v.iter().all(|x| x.is_finite()) => Ok([*r, *g, *b]),
+        _ => Err(format!("`{s}`: expected three numbers R,G,B such as 0.5,0.5,0.5")),
+    }
+}
+
+/// Three numbers `R,G,B`, each > 0 (a standard deviation).
+pub fn rgb_positive(s: &str) -> Result<[f32; 3], String> {
+    let v = rgb(s)?;
+    if v.iter().all(|x| *x > 0.0) {
+        Ok(v)
+    } else {
+        Err(format!("`{s}`: each standard deviation must be > 0"))
+    }
+}
+
 /// A count ≥ 1 (epochs, iterations, batch size, images).
 pub fn at_least_one(s: &str) -> Result<usize, String> {
     let v: usize = number(s).map_err(|_| format!("`{s}` is not a whole number ≥ 1"))?;

@@ -27,7 +27,9 @@ impl HeadCriterion for Entropy {
         let sums: Vec<Vec<Mutex<Vec<f64>>>> =
             cfg.layers.iter().map(|l| (0..l.heads.len()).map(|_| Mutex::new(vec![0f64; n * l.tokens.len()])).collect()).collect();
         let observe = |layer: usize, _img: usize, head: usize, probs: &[f32]| {
-            let mut acc = sums[layer][head].lock().unwrap_or_else(|e| e.into_inner());
+            // JPM's b2 block (layer `depth`) is not scored here.
+            let Some(slot) = sums.get(layer).and_then(|l| l.get(head)) else { return };
+            let mut acc = slot.lock().unwrap_or_else(|e| e.into_inner());
             for (a, &p) in acc.iter_mut().zip(probs) {
                 *a += p as f64;
             }

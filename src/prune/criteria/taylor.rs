@@ -46,7 +46,7 @@ impl TokenCriterion for FirstOrder {
             let gate_tensors: Vec<Tensor> = gates.iter().map(|g| g.as_tensor().clone()).collect();
             let x = Tensor::from_slice(&b.inputs, (bs, 3, h, w), &dev)?;
             let y = Tensor::from_vec(b.indices.iter().map(|&i| labels[i]).collect::<Vec<_>>(), bs, &dev)?;
-            let out = model.forward(&x, Mode { train: false, dropout: 0.0, rng: None, gates: Some(&gate_tensors) })?;
+            let out = model.forward(&x, Mode { train: false, dropout: 0.0, rng: None, gates: Some(&gate_tensors), cameras: None })?;
             let loss = la_loss(&out.logits, &y, None, &loss_cfg)?;
             let grads = loss.total.backward()?;
             for (l, (g, plan)) in gates.iter().zip(&cfg.layers).enumerate() {
