@@ -184,6 +184,8 @@ fn train_base(out: &Path, settings: &DemoSettings, data: &Dataset, log: &mut dyn
         augment: Some(crate::data::loader::Augment::reid_default()),
         seed: settings.seed,
         eval_every: 0,
+        triplet: None,
+        instances: 0,
     };
     let run_dir = out.join("train");
     train(TrainRequest { data, run: &run_dir, start: Start::Random(cfg, topts), teacher: None, force: true, progress: true }, log)?;

@@ -1,7 +1,8 @@
 //! `amg embed`: images in, retrieval features out.
 
+use crate::data::cameras::batch_cameras;
 use crate::data::loader::{for_each_batch, LoaderOptions};
-use crate::engine::{Engine, Want, Workspace};
+use crate::engine::{Engine, Input, Want, Workspace};
 use crate::error::Result;
 use std::path::PathBuf;
 
@@ -43,8 +44,10 @@ pub fn display_names(files: &[PathBuf]) -> Vec<String> {
 }
 
 /// Embeds `files` in batches; decoding runs ahead of the model on a loader thread. A file that
-/// cannot be decoded is an error naming it, unless `skip_bad`.
-pub fn embed_files(engine: &Engine, files: &[PathBuf], batch_size: usize, skip_bad: bool, progress: bool) -> Result<EmbedResult> {
+/// cannot be decoded is an error naming it, unless `skip_bad`. For a model with SIE, each image's
+/// camera comes from its file name, or `camera` for all (checked for every file before any runs).
+pub fn embed_files(engine: &Engine, files: &[PathBuf], batch_size: usize, skip_bad: bool, progress: bool, camera: Option<usize>) -> Result<EmbedResult> {
+    let cameras = crate::data::cameras::cameras_for(engine.config(), files, camera)?;
     let pb = crate::progress::bar(files.len() as u64, "embed", "img", progress);
     let start = std::time::Instant::now();
     let order: Vec<usize> = (0..files.len()).collect();
@@ -53,7 +56,8 @@ pub fn embed_files(engine: &Engine, files: &[PathBuf], batch_size: usize, skip_b
     let mut ws = Workspace::default();
     for_each_batch(files, &order, &engine.config().input, &opts, |batch| {
         if !batch.is_empty() {
-            let out = engine.forward(&batch.inputs, batch.len(), &mut ws, Want::default())?;
+            let cams = batch_cameras(cameras.as_deref(), &batch.indices, 1);
+            let out = engine.run(Input { images: &batch.inputs, cameras: cams.as_deref(), batch: batch.len() }, &mut ws, Want::default(), None)?;
             let fdim = engine.config().feature_dim();
             crate::eval::features::check_finite(&out.features, fdim, |r| format!("{}: the model's feature", files[batch.indices[r]].display()))?;
             features.extend_from_slice(&out.features);

@@ -26,6 +26,7 @@ fn every_parameter_gradient_matches_pytorch() {
     let cfg = LossConfig {
         label_smoothing: g["label_smoothing"].as_f64().unwrap(),
         distill: Distill::Soft { alpha: g["alpha"].as_f64().unwrap(), tau: g["tau"].as_f64().unwrap() },
+        triplet: None,
     };
     let loss = la_loss(&s.logits, &labels, Some(&t.logits), &cfg).unwrap();
     let total = loss.total.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
@@ -91,4 +92,64 @@ fn optimiser_steps_match_torch_optim() {
             assert_close(&format!("{label} {n}"), &to_host(v.as_tensor()).unwrap().data, &want[&format!("{label}.{n}")].data, 2e-6);
         }
     }
+}
+
+/// One TransReID training step (tools/make_transreid_fixtures.py): JPM + SIE at stride 12,
+/// BatchNorms in training mode, the BNNeck biases frozen, label smoothing 0.1, ID loss
+/// ½·CE(global) + ½·mean CE(local) plus the soft-margin batch-hard triplet loss likewise — the loss
+/// and every parameter's gradient against PyTorch's.
+#[test]
+fn transreid_training_step_matches_pytorch() {
+    use amg::import::{import, ImportRequest, SourceFormat};
+    use amg::train::loss::{model_loss, Triplet};
+    let dev = Device::Cpu;
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("transreid.json")).unwrap()).unwrap();
+    let g = &meta["grad"];
+    let r = load_ref("ref_transreid_grad.safetensors");
+    let mut req = ImportRequest::new(SourceFormat::TransReid, fixture("ckpt_transreid_grad.safetensors"));
+    (req.checkpoint_img_size, req.stride, req.heads) = (Some((64, 40)), Some(12), Some(2));
+    let files = import(&req).unwrap();
+    let depth = files.config().arch.depth;
+    let mut model = Vit::new(&files, &dev).unwrap();
+    let x = Tensor::from_slice(&r["input"].data, r["input"].shape.as_slice(), &dev).unwrap();
+    let labels = Tensor::from_vec(r["labels"].data.iter().map(|&v| v as u32).collect::<Vec<_>>(), 4, &dev).unwrap();
+    let cameras: Vec<usize> = r["cameras"].data.iter().map(|&c| c as usize).collect();
+    let out = model.forward(&x, Mode { train: true, dropout: 0.0, rng: None, gates: None, cameras: Some(&cameras) }).unwrap();
+    let cfg = LossConfig { label_smoothing: g["label_smoothing"].as_f64().unwrap(), distill: Distill::None, triplet: Some(Triplet { margin: None }) };
+    let loss = model_loss(files.config().head.kind, &out, &labels, None, &cfg).unwrap();
+    let total = loss.total.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    for (what, got, want) in [("loss", total, &g["loss"]), ("ID loss", loss.ce, &g["id"]), ("triplet loss", loss.triplet, &g["triplet"])] {
+        let want = want.as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4 * want.abs(), "{what} {got} vs PyTorch {want}");
+    }
+    let grads = loss.total.backward().unwrap();
+    let scheme = SourceFormat::TransReid.scheme().with_jpm(depth);
+    let trainable = model.trainable();
+    let mut checked = 0;
+    for (key, _) in files.params().entries() {
+        let name = key.to_string();
+        let Some(var) = trainable.get(&name) else {
+            assert!(key.is_buffer() || key.is_frozen(), "{name} is neither trained nor a buffer");
+            continue;
+        };
+        let want = &r[&format!("grad.{}", scheme.key(&key))].data;
+        let got = to_host(grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"))).unwrap().data;
+        let norm = want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let diff = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        if norm < 1e-5 {
+            // The final norms' biases shift every sample's feature alike: the BatchNorms (training
+            // mode) subtract it and the triplet distances ignore it, so the gradient is exactly 0
+            // and both sides hold round-off.
+            let gn = got.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(name == "norm.bias" || name == "jpm.norm.bias", "{name}: unexpected zero gradient");
+            assert!(gn < 1e-5, "{name}: gradient {gn:e} should be zero");
+        } else {
+            assert!(diff <= 1e-4 * norm, "{name}: relative error {:.2e}", diff / norm);
+        }
+        checked += 1;
+    }
+    // Every PyTorch gradient of a tensor the model runs (not base.blocks.2 / base.norm, which JPM
+    // replaces by b1, nor base.fc) was compared.
+    let used = r.keys().filter(|k| k.starts_with("grad.") && !k.starts_with("grad.base.fc.")).count();
+    assert_eq!(checked, used);
 }

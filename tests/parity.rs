@@ -182,7 +182,7 @@ fn image_preprocessing_and_embedding_match_torchvision_and_timm() {
     let engine = Engine::new(files).unwrap();
     let (paths, skipped) = amg::preprocess::collect_images(&[fixture("images")]).unwrap();
     assert_eq!(skipped, 0);
-    let out = amg::embed::embed_files(&engine, &paths, 3, false, false).unwrap();
+    let out = amg::embed::embed_files(&engine, &paths, 3, false, false, None).unwrap();
     assert_eq!(out.names, names, "sorted file-name order");
     assert_close("embedded features", &out.features, &r["features"].data, 1e-4);
 }

@@ -62,6 +62,8 @@ fn schedules_and_data_order() {
         augment: None,
         seed: 1,
         eval_every: 0,
+        triplet: None,
+        instances: 0,
     };
     assert_eq!(learning_rate(&o, 0, 0.5), 1.0);
     assert_eq!(learning_rate(&o, 3, 0.0), 0.5);
@@ -204,5 +206,95 @@ fn distillation_from_a_teacher() {
     // Without --teacher the flag is refused.
     let o = run(&with(train_args(&data, &dir.join("x"), "1"), &["--init", &init, "--distill", "soft"]));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--teacher"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The TransReID pipeline on a model trained here: a ViT-Ti with overlapping patches, SIE over the
+/// dataset's cameras, JPM and a BNNeck head, trained with ID + triplet loss over P×K batches; then
+/// analysed, pruned (b2's heads among the candidates), exported; and the camera the SIE needs is
+/// asked for where a file name does not give it.
+#[test]
+fn a_transreid_model_trains_prunes_and_exports() {
+    let (dir, data) = setup("train-transreid");
+    let out = dir.join("run");
+    let args = with(
+        train_args(&data, &out, "3"),
+        &[
+            "--arch",
+            "tiny",
+            "--img-size",
+            "64x32",
+            "--head",
+            "bnneck",
+            "--sie",
+            "--jpm",
+            "--stride",
+            "12",
+            "--loss",
+            "ce,triplet",
+            "--instances",
+            "4",
+            "--no-augment",
+            "--warmup-epochs",
+            "0",
+        ],
+    );
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = metrics(&out);
+    let (loss, tri) = (|i: usize| m[i]["loss"].as_f64().unwrap(), |i: usize| m[i]["triplet"].as_f64().unwrap());
+    assert!(tri(0) > 0.0 && loss(2) < loss(0), "the ID + triplet loss does not fall: {m:?}");
+    let model = out.join("last");
+    let cfg = amg::model::ModelFiles::load(&model).unwrap().config().clone();
+    assert_eq!((cfg.arch.patch_stride, cfg.arch.sie.as_ref().map(|s| s.cameras), cfg.num_necks()), (Some(12), Some(3), 5));
+    // Without --instances the triplet loss has no positives: refused before any work.
+    let o = run(&with(train_args(&data, &dir.join("bad"), "1"), &["--arch", "tiny", "--img-size", "64x32", "--head", "bnneck", "--loss", "ce,triplet"]));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--instances"));
+    // Analyse: b2 is the last attention layer scored.
+    let scores = dir.join("scores.json");
+    let o = amg(&["--threads", "2", "analyze", "--model", &s(&model), "--data", &s(&data), "--out", &s(&scores), "--limit", "16"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&scores).unwrap()).unwrap();
+    assert_eq!(sc["head_entropy"].as_array().unwrap().len(), 13, "12 blocks + b2");
+    // Prune with fine-tuning (ID + triplet, P×K) and export to ONNX.
+    let pruned = dir.join("pruned");
+    let o = amg(&[
+        "--threads",
+        "2",
+        "prune",
+        "--model",
+        &s(&model),
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&pruned),
+        "--heads",
+        "0.3",
+        "--tokens",
+        "0.2",
+        "--finetune-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--calib-limit",
+        "16",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = amg::model::ModelFiles::load(&pruned).unwrap();
+    let removed: usize = 13 * 3 - p.config().attention_heads().iter().map(|h| h.len()).sum::<usize>();
+    assert_eq!(removed, 11, "30 % of 39 heads");
+    let onnx = dir.join("pruned.onnx");
+    let o = amg(&["export", "--model", &s(&pruned), "--format", "onnx", "--out", &s(&onnx)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // An image whose name gives no camera needs --camera; an unknown camera is refused.
+    let img = dir.join("person.png");
+    std::fs::copy(std::fs::read_dir(data.join("query")).unwrap().next().unwrap().unwrap().path(), &img).unwrap();
+    let feats = dir.join("f.safetensors");
+    let e = amg(&["embed", "--model", &s(&model), "--images", &s(&img), "--out", &s(&feats)]);
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("--camera"), "{}", String::from_utf8_lossy(&e.stderr));
+    let e = amg(&["embed", "--model", &s(&model), "--images", &s(&img), "--out", &s(&feats), "--camera", "3"]);
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("3 cameras"), "{}", String::from_utf8_lossy(&e.stderr));
+    let e = amg(&["embed", "--model", &s(&model), "--images", &s(&img), "--out", &s(&feats), "--camera", "1"]);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
     std::fs::remove_dir_all(&dir).unwrap();
 }

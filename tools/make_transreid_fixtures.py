@@ -156,6 +156,7 @@ class TransReID(nn.Module):
         return tokens, feat, logits
 
 
+@torch.no_grad()
 def randomise(m, g):
     for name, p in m.named_parameters():
         if name.endswith("bias") and "bottleneck" in name:
@@ -223,6 +224,67 @@ with torch.no_grad():
             save_file(state_dict(m), path)
         save_file(ref, os.path.join(OUT, f"ref_transreid_{name}.safetensors"))
         print(name, "tokens", tuple(tokens.shape), "feature", tuple(feat.shape), "->", path)
+
+
+
+def soft_triplet(feat, labels):
+    """Batch-hard triplet loss with a soft margin: Euclidean distances (clamped at 1e-12 before
+    the square root), the farthest positive and nearest negative per anchor, softplus(ap - an)."""
+    sq = (feat * feat).sum(1, keepdim=True)
+    dist = (sq + sq.t() - 2 * feat @ feat.t()).clamp(min=1e-12).sqrt()
+    same = labels[:, None] == labels[None, :]
+    ap = torch.where(same, dist, torch.full_like(dist, -1e9)).max(1).values
+    an = torch.where(same, torch.full_like(dist, 1e9), dist).min(1).values
+    return F.softplus(ap - an).mean()
+
+
+def transreid_loss(logits, pieces, labels, smoothing):
+    """TransReID's loss with JPM: ID = 0.5 CE(global) + 0.5 mean CE(local), the triplet term
+    likewise on the BNNeck inputs."""
+    ce = [F.cross_entropy(l, labels, label_smoothing=smoothing) for l in logits]
+    tri = [soft_triplet(p, labels) for p in pieces]
+    idl = 0.5 * ce[0] + 0.5 * sum(ce[1:]) / len(ce[1:])
+    tl = 0.5 * tri[0] + 0.5 * sum(tri[1:]) / len(tri[1:])
+    return idl + tl, idl, tl
+
+
+# One training step of the JPM + SIE model: BatchNorms in training mode (batch statistics), the
+# BNNeck biases frozen, label smoothing 0.1, P x K = 2 x 2 batch; every parameter's gradient.
+c = dict(cases["jpm_sie"])
+c.pop("file")
+m = TransReID(**c)
+randomise(m, g)
+for name, p in m.named_parameters():
+    if "bottleneck" in name and name.endswith("bias"):
+        p.requires_grad_(False)
+m.train()
+x = torch.randn(4, 3, *c["size"], generator=g)
+labels = torch.tensor([3, 3, 5, 5])
+cams = torch.tensor([0, 2, 1, 0])
+
+
+def train_forward(model, x, cams):
+    trunk = model.base(x, cams, model.coe, True, [])
+    g_ = model.b1[1](model.b1[0](trunk))[:, 0]
+    n = trunk.shape[1] - 1
+    xs = shift_and_shuffle(trunk, model.shift, model.groups)
+    locs = [model.b2[1](model.b2[0](torch.cat([trunk[:, 0:1], xs[:, k * (n // 4):(k + 1) * (n // 4)]], 1)))[:, 0] for k in range(4)]
+    pieces = [g_] + locs
+    logits = [getattr(model, "classifier" + ("" if i == 0 else f"_{i}"))(getattr(model, "bottleneck" + ("" if i == 0 else f"_{i}"))(p))
+              for i, p in enumerate(pieces)]
+    return logits, pieces
+
+
+start = {k: v.clone() for k, v in m.state_dict().items()}
+logits, pieces = train_forward(m, x, cams)
+loss, idl, tl = transreid_loss(logits, pieces, labels, 0.1)
+loss.backward()
+grads = {f"grad.{n}": p.grad.contiguous() for n, p in m.named_parameters() if p.grad is not None}
+save_file(dict(**grads, input=x, labels=labels.float(), cameras=cams.float()),
+          os.path.join(OUT, "ref_transreid_grad.safetensors"))
+save_file({k: v.contiguous() for k, v in start.items()}, os.path.join(OUT, "ckpt_transreid_grad.safetensors"))
+meta["grad"] = {"loss": loss.item(), "id": idl.item(), "triplet": tl.item(), "label_smoothing": 0.1}
+print("grad step: loss", loss.item(), "id", idl.item(), "triplet", tl.item(), len(grads), "gradients")
 
 with open(os.path.join(OUT, "transreid.json"), "w") as f:
     json.dump(meta, f, indent=1)

@@ -6,7 +6,7 @@ pub mod metrics;
 
 use crate::data::loader::{for_each_batch, LoaderOptions, Views};
 use crate::data::{Dataset, Sample};
-use crate::engine::{Engine, Want, Workspace};
+use crate::engine::{Engine, Input, Want, Workspace};
 use crate::error::{Error, Result};
 use metrics::{evaluate_features, Labels, Metrics};
 use std::path::Path;
@@ -22,20 +22,22 @@ pub struct EvalOptions {
     pub progress: bool,
 }
 
-/// The feature of an image and its mirror: their mean, each part renormalised to norm 1/√P so the
+/// The feature of an image and its mirror: their mean, renormalised as the model normalises its
+/// features (`groups` pieces: LA's parts each to norm 1/√P, a BNNeck feature as a whole), so the
 /// result has the same form as a single view's feature.
-pub fn average_views(a: &[f32], b: &[f32], parts: usize) -> Vec<f32> {
+pub fn average_views(a: &[f32], b: &[f32], groups: usize) -> Vec<f32> {
     let mut out: Vec<f32> = a.iter().zip(b).map(|(x, y)| 0.5 * (x + y)).collect();
-    crate::model::head::normalise_parts(&mut out, parts, a.len() / parts.max(1));
+    crate::model::head::normalise_parts(&mut out, groups, a.len() / groups.max(1));
     out
 }
 
-/// Features `[n, F]` of `samples`, in order.
+/// Features `[n, F]` of `samples`, in order (with SIE, each image's camera from its file name).
 pub fn extract(engine: &Engine, samples: &[Sample], opts: &EvalOptions, what: &str) -> Result<Vec<f32>> {
     let paths: Vec<_> = samples.iter().map(|s| s.path.clone()).collect();
+    let cameras = crate::data::cameras::cameras_for(engine.config(), &paths, None)?;
     let order: Vec<usize> = (0..paths.len()).collect();
     let fdim = engine.config().feature_dim();
-    let parts = engine.config().num_parts();
+    let parts = engine.config().feature_groups().count;
     let pb = crate::progress::bar(paths.len() as u64, what, "img", opts.progress);
     let lopts = LoaderOptions { views: if opts.flip { Views::WithMirror } else { Views::Plain }, ..LoaderOptions::inference(opts.batch_size) };
     let mut feats = Vec::with_capacity(paths.len() * fdim);
@@ -43,7 +45,8 @@ pub fn extract(engine: &Engine, samples: &[Sample], opts: &EvalOptions, what: &s
     for_each_batch(&paths, &order, &engine.config().input, &lopts, |batch| {
         let n = batch.len();
         let views = if opts.flip { 2 } else { 1 };
-        let out = engine.forward(&batch.inputs, views * n, &mut ws, Want::default())?;
+        let cams = crate::data::cameras::batch_cameras(cameras.as_deref(), &batch.indices, views);
+        let out = engine.run(Input { images: &batch.inputs, cameras: cams.as_deref(), batch: views * n }, &mut ws, Want::default(), None)?;
         features::check_finite(&out.features, fdim, |r| format!("{}: the model's feature", paths[batch.indices[r % n]].display()))?;
         if opts.flip {
             for i in 0..n {

@@ -477,6 +477,28 @@ impl ModelConfig {
         check_sorted_unique(&j.heads, self.arch.num_heads, "`arch.jpm.heads`")
     }
 
+    /// The kept heads of every attention layer: the blocks', then JPM's b2 (scored and pruned like
+    /// any layer; docs/backbones.md §3).
+    pub fn attention_heads(&self) -> Vec<&[usize]> {
+        self.layers.iter().map(|l| l.heads.as_slice()).chain(self.arch.jpm.as_ref().map(|j| j.heads.as_slice())).collect()
+    }
+    /// For attention layer `l` (as `attention_heads` numbers them): queries and key/value tokens
+    /// per sequence, and sequences per image (b2 runs once per local group).
+    pub fn attention_shape(&self, l: usize) -> (usize, usize, usize) {
+        match self.layers.get(l) {
+            Some(plan) => (self.num_tokens(), plan.tokens.len(), 1),
+            None => (self.jpm_tokens(), self.jpm_tokens(), self.arch.jpm.as_ref().map_or(1, |j| j.divide)),
+        }
+    }
+    /// A short name of attention layer `l`: its index, or `b2` for JPM's local branch.
+    pub fn attention_layer_name(&self, l: usize) -> String {
+        if l < self.layers.len() {
+            l.to_string()
+        } else {
+            "b2".into()
+        }
+    }
+
     /// The head in words, for summaries.
     pub fn describe_head(&self) -> String {
         let c = self.head.num_classes;

@@ -29,6 +29,20 @@ impl Plan {
         }
     }
 
+    /// Kept heads per attention layer: the blocks', then JPM's b2 if the plan has it.
+    pub fn head_lists(&self) -> Vec<Vec<usize>> {
+        self.heads.iter().cloned().chain(self.jpm_heads.clone()).collect()
+    }
+
+    /// Sets the kept heads from `head_lists`' form.
+    pub fn set_head_lists(&mut self, mut lists: Vec<Vec<usize>>) {
+        if self.jpm_heads.is_some() && lists.len() > self.heads.len() {
+            self.jpm_heads = lists.pop();
+        }
+        lists.truncate(self.heads.len());
+        self.heads = lists;
+    }
+
     pub fn load(path: &std::path::Path) -> Result<Plan> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid plan (expected {{\"heads\": [[…]…], \"tokens\": [[…]…]}}): {e}")))

@@ -19,13 +19,13 @@ pub use super::criteria::AnalyzeOptions;
 pub struct Scores {
     pub batch_size: usize,
     pub images: usize,
-    /// Per layer, the head criterion's score of each kept head (in the order of `heads`): AMG's is
-    /// the attention entropy.
+    /// Per attention layer (the blocks, then JPM's b2), the head criterion's score of each kept
+    /// head (in the order of `heads`): AMG's is the attention entropy.
     pub head_entropy: Vec<Vec<f64>>,
     /// Per layer, the token criterion's score of each patch key position (position − prefix
     /// tokens; `None` where already pruned): AMG's is the first-order importance.
     pub token_importance: Vec<Vec<Option<f64>>>,
-    /// Per layer, the original indices of the kept heads the entropies belong to.
+    /// Per attention layer, the original indices of the kept heads the entropies belong to.
     #[serde(default)]
     pub heads: Vec<Vec<usize>>,
     /// Which criteria produced the scores (absent in files from older versions: AMG's).
@@ -42,13 +42,13 @@ impl Scores {
         Scores {
             batch_size: o.batch_size,
             images,
-            head_entropy: cfg.layers.iter().map(|l| vec![0.0; l.heads.len()]).collect(),
+            head_entropy: cfg.attention_heads().iter().map(|h| vec![0.0; h.len()]).collect(),
             token_importance: cfg
                 .layers
                 .iter()
                 .map(|l| (cfg.num_prefix()..cfg.num_tokens()).map(|p| l.tokens.binary_search(&p).ok().map(|_| 0.0)).collect())
                 .collect(),
-            heads: cfg.layers.iter().map(|l| l.heads.clone()).collect(),
+            heads: cfg.attention_heads().iter().map(|h| h.to_vec()).collect(),
             head_criterion: None,
             token_criterion: None,
         }

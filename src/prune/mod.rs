@@ -293,6 +293,9 @@ impl FineTune<'_> {
             return Ok(model);
         }
         let o = self.o;
+        // A BNNeck (TransReID) model fine-tunes with its own loss, ID + triplet over P×K batches
+        // (4 images per identity, TransReID's NUM_INSTANCE), when the batch allows it.
+        let transreid = model.config.head.kind == crate::model::HeadKind::Bnneck && o.batch_size.is_multiple_of(4) && o.batch_size >= 8;
         let opts = TrainOptions {
             epochs,
             batch_size: o.batch_size,
@@ -309,6 +312,8 @@ impl FineTune<'_> {
             augment: Some(Augment::reid_default()),
             seed: o.seed,
             eval_every: 0,
+            triplet: transreid.then_some(crate::train::loss::Triplet { margin: None }),
+            instances: if transreid { 4 } else { 0 },
         };
         let teacher = self.teacher.map(|t| (t.clone(), "the unpruned model".to_string()));
         // The pruned model's history gets one note for the whole schedule (see `run_schedule`),
@@ -334,7 +339,8 @@ pub fn prune(req: PruneRequest, log: &mut dyn FnMut(&str), finish: Finish) -> Re
     check_output(out, force, resume)?;
     let cfg = model.config.clone();
     let depth = cfg.arch.depth;
-    let n_heads = (o.heads * (depth * cfg.arch.num_heads) as f64).floor() as usize;
+    // Every attention layer's heads count, JPM's b2 included (docs/backbones.md §3).
+    let n_heads = (o.heads * (cfg.attention_heads().len() * cfg.arch.num_heads) as f64).floor() as usize;
     let n_tokens = (o.tokens * (depth * cfg.num_patches()) as f64).floor() as usize;
     if n_heads == 0 && n_tokens == 0 {
         return Err(Error::invalid("nothing to prune: give --heads and/or --tokens budgets large enough to remove something"));
@@ -408,7 +414,7 @@ fn run_schedule(
                 phase,
                 iteration: it + 1,
                 removed: k,
-                heads_left: next.heads.iter().map(|h| h.len()).sum(),
+                heads_left: next.head_lists().iter().map(|h| h.len()).sum(),
                 key_tokens_left: next.tokens.iter().map(|t| t.len()).sum(),
                 scores_file: file,
             };

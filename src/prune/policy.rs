@@ -60,9 +60,11 @@ impl TokenWeighting {
 }
 
 /// Removes the `n` heads with the highest scores (ties: earlier layer, then lower head first),
-/// never a layer's last head. `scores[l][j]` belongs to `plan.heads[l][j]`.
+/// never a layer's last head. `scores[l][j]` belongs to `plan.head_lists()[l][j]` (the blocks,
+/// then JPM's b2).
 pub fn remove_heads(plan: &Plan, scores: &[Vec<Option<f64>>], n: usize) -> Result<Plan> {
-    if scores.len() != plan.heads.len() || scores.iter().zip(&plan.heads).any(|(s, h)| s.len() != h.len()) {
+    let lists = plan.head_lists();
+    if scores.len() != lists.len() || scores.iter().zip(&lists).any(|(s, h)| s.len() != h.len()) {
         return Err(Error::invalid("head scores do not match the model's kept heads (were they computed for another model?)"));
     }
     let mut cand: Vec<(f64, usize, usize)> = Vec::new();
@@ -74,8 +76,8 @@ pub fn remove_heads(plan: &Plan, scores: &[Vec<Option<f64>>], n: usize) -> Resul
         }
     }
     cand.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    let mut left: Vec<usize> = plan.heads.iter().map(|h| h.len()).collect();
-    let mut drop: Vec<Vec<bool>> = plan.heads.iter().map(|h| vec![false; h.len()]).collect();
+    let mut left: Vec<usize> = lists.iter().map(|h| h.len()).collect();
+    let mut drop: Vec<Vec<bool>> = lists.iter().map(|h| vec![false; h.len()]).collect();
     let mut removed = 0;
     for (_, l, j) in cand {
         if removed == n {
@@ -91,9 +93,7 @@ pub fn remove_heads(plan: &Plan, scores: &[Vec<Option<f64>>], n: usize) -> Resul
         return Err(Error::invalid(format!("cannot remove {n} heads: only {removed} can go while every layer keeps one")));
     }
     let mut out = plan.clone();
-    for (l, heads) in out.heads.iter_mut().enumerate() {
-        *heads = heads.iter().zip(&drop[l]).filter(|(_, d)| !**d).map(|(h, _)| *h).collect();
-    }
+    out.set_head_lists(lists.iter().zip(&drop).map(|(heads, d)| heads.iter().zip(d).filter(|(_, d)| !**d).map(|(h, _)| *h).collect()).collect());
     Ok(out)
 }
 

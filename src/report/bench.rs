@@ -1,6 +1,6 @@
 //! `amg bench`: measured inference throughput, loader throughput and training-step time.
 
-use crate::engine::{Engine, Want, Workspace};
+use crate::engine::{Engine, Input, Want, Workspace};
 use crate::error::Result;
 use crate::kernels::prof;
 use crate::model::vit::{Mode, Vit};
@@ -25,17 +25,20 @@ pub struct BenchResult {
 /// the median.
 pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bool) -> Result<BenchResult> {
     let mut rng = Rng::new(0);
-    let input: Vec<f32> = (0..batch * engine.image_len()).map(|_| rng.normal() as f32).collect();
+    let images: Vec<f32> = (0..batch * engine.image_len()).map(|_| rng.normal() as f32).collect();
+    // A model with SIE takes a camera per image: camera 0 for all (it costs the same for any).
+    let cameras = engine.config().arch.sie.as_ref().map(|_| vec![0; batch]);
+    let input = Input { images: &images, cameras: cameras.as_deref(), batch };
     let mut ws = Workspace::default();
     for _ in 0..2 {
-        engine.forward(&input, batch, &mut ws, Want::default())?;
+        engine.run(input, &mut ws, Want::default(), None)?;
     }
     crate::kernels::prof::reset();
     let pb = crate::progress::bar(iters as u64, "bench", "batches", progress);
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         let t = std::time::Instant::now();
-        engine.forward(&input, batch, &mut ws, Want::default())?;
+        engine.run(input, &mut ws, Want::default(), None)?;
         times.push(t.elapsed().as_secs_f64());
         crate::interrupt::check()?;
         pb.inc(1);
@@ -179,7 +182,7 @@ pub fn bench_la_step(arch: Arch, (h, w): (usize, usize), batch: usize, classes: 
     let x = Tensor::from_vec((0..batch * 3 * h * w).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (batch, 3, h, w), &dev)?;
     let labels = Tensor::from_vec((0..batch).map(|_| rng.below(classes) as u32).collect::<Vec<_>>(), batch, &dev)?;
     let mut opt = Optimizer::new(OptimConfig::new(OptimKind::Adamw, 1e-3));
-    let loss_cfg = LossConfig { label_smoothing: 0.0, distill: Distill::None };
+    let loss_cfg = LossConfig::ce(0.0, Distill::None);
     let (step, fwd) = time_steps(iters, progress, || {
         let t = std::time::Instant::now();
         let out = model.forward(&x, Mode { train: true, dropout: 0.5, rng: Some(&mut rng), gates: None, cameras: None })?;

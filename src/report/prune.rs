@@ -51,7 +51,7 @@ pub struct Report {
 pub fn model_report(files: &ModelFiles, data: Option<&Dataset>, log: &mut dyn FnMut(&str)) -> Result<ModelReport> {
     let c = model_cost(&files.config);
     let mut r = ModelReport {
-        heads: files.config.layers.iter().map(|l| l.heads.len()).sum(),
+        heads: files.config.attention_heads().iter().map(|h| h.len()).sum(),
         key_tokens: files.config.layers.iter().map(|l| l.tokens.len()).sum(),
         params: c.params,
         msa_params: c.msa_params,

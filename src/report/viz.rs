@@ -95,17 +95,19 @@ fn legend(c: &mut Canvas, x: i64, y: i64, color: Color, what: &str) -> i64 {
 /// A one-line description of the model the pictures are of.
 fn model_line(files: &ModelFiles) -> String {
     let cfg = &files.config;
-    let heads: usize = cfg.layers.iter().map(|l| l.heads.len()).sum();
+    let attn = cfg.attention_heads();
+    let heads: usize = attn.iter().map(|h| h.len()).sum();
     let keys: usize = cfg.layers.iter().map(|l| l.tokens.len()).sum();
     format!(
-        "Model: {} layers × {} heads, {}x{} input ({} heads and {} key tokens kept of {} and {})",
+        "Model: {} layers{} × {} heads, {}x{} input ({} heads and {} key tokens kept of {} and {})",
         cfg.arch.depth,
+        if cfg.arch.jpm.is_some() { " + JPM's b2" } else { "" },
         cfg.arch.num_heads,
         cfg.input.height,
         cfg.input.width,
         heads,
         keys,
-        cfg.arch.depth * cfg.arch.num_heads,
+        attn.len() * cfg.arch.num_heads,
         cfg.arch.depth * cfg.num_tokens()
     )
 }
@@ -114,7 +116,7 @@ fn model_line(files: &ModelFiles) -> String {
 /// model's scores drawn over a pruned model).
 pub fn scores_mismatch(files: &ModelFiles, sc: &Scores) -> Option<String> {
     let cfg = &files.config;
-    let heads_differ = sc.heads.iter().zip(&cfg.layers).any(|(h, l)| *h != l.heads);
+    let heads_differ = sc.heads.iter().zip(cfg.attention_heads()).any(|(h, l)| h.as_slice() != l);
     let prefix = cfg.num_prefix();
     let keys_differ = sc.token_importance.iter().zip(&cfg.layers).any(|(t, l)| {
         let scored: Vec<usize> = t.iter().enumerate().filter(|(_, v)| v.is_some()).map(|(p, _)| p + prefix).collect();
@@ -134,25 +136,36 @@ pub struct VizOutput {
 
 /// Draws the pictures into the directory `out`, written as a whole (a non-empty `out` needs
 /// `force`); the image is read and the scores checked before anything is drawn.
-pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>, out: &Path, force: bool) -> Result<VizOutput> {
+/// `camera`: the image's camera index for a model with SIE (default: from its file name).
+pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>, camera: Option<usize>, out: &Path, force: bool) -> Result<VizOutput> {
     let cfg = &files.config;
     let mut warnings = Vec::new();
     if let Some(sc) = scores {
-        if sc.head_entropy.len() != cfg.arch.depth || sc.token_importance.len() != cfg.arch.depth {
-            return Err(Error::invalid(format!("the scores cover {} layers, the model has {}", sc.head_entropy.len(), cfg.arch.depth)));
+        let attn = cfg.attention_heads().len();
+        if sc.head_entropy.len() != attn || sc.token_importance.len() != cfg.arch.depth {
+            return Err(Error::invalid(format!(
+                "the scores cover {} attention layers ({} with key scores), the model has {attn} ({})",
+                sc.head_entropy.len(),
+                sc.token_importance.len(),
+                cfg.arch.depth
+            )));
         }
         warnings.extend(scores_mismatch(files, sc));
     }
+    let camera = match image {
+        Some(p) => crate::data::cameras::cameras_for(cfg, &[p.to_path_buf()], camera)?.map(|c| c[0]),
+        None => None,
+    };
     let image = image.map(load_rgb).transpose()?;
     let mut names = Vec::new();
     crate::fsutil::write_dir_atomic(out, force, |tmp| {
-        names = draw_all(files, scores, image.as_ref(), tmp)?;
+        names = draw_all(files, scores, image.as_ref().map(|i| (i, camera)), tmp)?;
         Ok(())
     })?;
     Ok(VizOutput { files: names.into_iter().map(|n| out.join(n)).collect(), warnings })
 }
 
-fn draw_all(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Rgb8>, out: &Path) -> Result<Vec<&'static str>> {
+fn draw_all(files: &ModelFiles, scores: Option<&Scores>, image: Option<(&Rgb8, Option<usize>)>, out: &Path) -> Result<Vec<&'static str>> {
     let mut written = Vec::new();
     if let Some(sc) = scores {
         head_scores(files, sc).save_png(&out.join("head_entropy.png"))?;
@@ -163,7 +176,7 @@ fn draw_all(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Rgb8>, o
     kept_tokens(files).save_png(&out.join("kept_tokens.png"))?;
     written.push("kept_tokens.png");
     if let Some(img) = image {
-        attention(files, img)?.save_png(&out.join("attention.png"))?;
+        attention(files, img.0, img.1)?.save_png(&out.join("attention.png"))?;
         written.push("attention.png");
     }
     Ok(written)
@@ -172,7 +185,8 @@ fn draw_all(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Rgb8>, o
 /// The layer × head grid of head scores.
 fn head_scores(files: &ModelFiles, sc: &Scores) -> Canvas {
     let cfg = &files.config;
-    let (depth, heads) = (cfg.arch.depth, cfg.arch.num_heads);
+    let attn = cfg.attention_heads();
+    let (depth, heads) = (attn.len(), cfg.arch.num_heads);
     let entropy = sc.head_criterion.as_deref().is_none_or(|c| c == "attention entropy");
     let mut notes = vec![(model_line(files), INK)];
     notes.push((
@@ -204,15 +218,15 @@ fn head_scores(files: &ModelFiles, sc: &Scores) -> Canvas {
         c.text((left + h * cell + cell / 2) as i64, top as i64 - 17, &h.to_string(), SMALL, INK, Align::Center);
     }
     c.text_up(12, (top + depth * cell / 2) as i64, "layer", NOTE, INK);
-    for l in 0..depth {
-        c.text(left as i64 - 8, (top + l * cell + cell / 2) as i64 - 7, &l.to_string(), SMALL, INK, Align::Right);
-        let scored = sc.heads.get(l).cloned().unwrap_or_else(|| cfg.layers[l].heads.clone());
+    for (l, kept) in attn.iter().enumerate() {
+        c.text(left as i64 - 8, (top + l * cell + cell / 2) as i64 - 7, &cfg.attention_layer_name(l), SMALL, INK, Align::Right);
+        let scored = sc.heads.get(l).cloned().unwrap_or_else(|| kept.to_vec());
         for h in 0..heads {
-            let has = cfg.layers[l].heads.contains(&h);
+            let has = kept.contains(&h);
             let color = scored
                 .iter()
                 .position(|&x| x == h)
-                .and_then(|j| sc.head_entropy[l].get(j))
+                .and_then(|j| sc.head_entropy.get(l)?.get(j))
                 .filter(|_| has)
                 .map(|&e| viridis(if hi > lo { (e - lo) / (hi - lo) } else { 0.5 }))
                 .unwrap_or(GREY);
@@ -277,7 +291,7 @@ fn kept_tokens(files: &ModelFiles) -> Canvas {
 }
 
 /// The class token's attention of every kept head, over the image.
-fn attention(files: &ModelFiles, img: &Rgb8) -> Result<Canvas> {
+fn attention(files: &ModelFiles, img: &Rgb8, camera: Option<usize>) -> Result<Canvas> {
     let cfg = &files.config;
     let prefix = cfg.num_prefix();
     let (h, w) = (cfg.input.height, cfg.input.width);
@@ -294,7 +308,9 @@ fn attention(files: &ModelFiles, img: &Rgb8) -> Result<Canvas> {
         let mut m = maps.lock().unwrap_or_else(|e| e.into_inner());
         m[layer][head] = probs[..nk].to_vec();
     };
-    engine.forward_observed(&input, 1, &mut Workspace::default(), Want::default(), Some(&observe))?;
+    let cameras = camera.map(|c| [c]);
+    let input = crate::engine::Input { images: &input, cameras: cameras.as_ref().map(|c| c.as_slice()), batch: 1 };
+    engine.run(input, &mut Workspace::default(), Want::default(), Some(&observe))?;
     let maps = maps.into_inner().unwrap_or_else(|e| e.into_inner());
     let (gh, gw) = cfg.grid();
     let cols = cfg.layers.iter().map(|l| l.heads.len()).max().unwrap_or(1);

@@ -7,12 +7,12 @@
 //! the previous checkpoint is intact; `--resume` continues from `last/` with the optimiser, the
 //! schedule and the data order of the next epoch exactly as an uninterrupted run would have had.
 
-use super::loss::{la_loss, Distill, LossConfig};
+use super::loss::{model_loss, Distill, LossConfig, Triplet};
 use super::optim::{OptimConfig, Optimizer, Slot};
 use crate::choice::Choice;
 use crate::data::loader::{for_each_batch, Augment, LoaderOptions};
 use crate::data::Dataset;
-use crate::engine::{Engine, Want, Workspace};
+use crate::engine::{Engine, Input, Want, Workspace};
 use crate::error::{Error, Result};
 use crate::eval::{eval_model, EvalOptions};
 use crate::fsutil;
@@ -68,6 +68,12 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Evaluate on query/gallery every N epochs (0: never; the last epoch is always evaluated if N > 0).
     pub eval_every: usize,
+    /// TransReID's triplet loss next to the ID loss (BNNeck heads; `--loss ce,triplet`).
+    #[serde(default)]
+    pub triplet: Option<Triplet>,
+    /// Images per identity in a batch (the P×K sampler, `--instances`); 0: a plain shuffle.
+    #[serde(default)]
+    pub instances: usize,
 }
 
 /// One line of `metrics.jsonl`.
@@ -78,6 +84,8 @@ pub struct EpochRecord {
     pub loss: f64,
     pub ce: f64,
     pub distill: f64,
+    #[serde(default)]
+    pub triplet: f64,
     pub accuracy: f64,
     pub img_per_s: f64,
     pub seconds: f64,
@@ -260,8 +268,15 @@ pub struct TrainSummary {
     pub best_by: &'static str,
 }
 
-/// Replaces the LA classifiers with freshly initialised ones for `classes` identities.
+/// Replaces the classifiers with freshly initialised ones for `classes` identities: new BNNecks
+/// for a BNNeck head, new LA classifiers otherwise.
 fn with_new_classifiers(mut files: ModelFiles, classes: usize, seed: u64) -> ModelFiles {
+    if files.config.head.kind == HeadKind::Bnneck {
+        files.config.head.num_classes = classes;
+        files.params.necks = init_random(&files.config, seed).necks;
+        files.config.source.notes.push(format!("new BNNecks and ID classifiers for {classes} identities"));
+        return files;
+    }
     let bottleneck = if files.config.head.kind == HeadKind::La { files.config.head.bottleneck } else { 256 };
     files.config.head = HeadConfig { bottleneck, ..HeadConfig::la(classes) };
     files.params.parts = init_random(&files.config, seed).parts;
@@ -330,6 +345,15 @@ pub fn check_options(o: &TrainOptions, has_teacher: bool) -> Result<()> {
     if o.batch_size < 2 {
         return Err(Error::invalid("--batch-size must be at least 2 (BatchNorm in training mode needs a batch)"));
     }
+    if o.triplet.is_some() && o.instances < 2 {
+        return Err(Error::invalid("--loss ce,triplet needs positives in every batch: give --instances K (≥ 2 images per identity; TransReID uses 4)"));
+    }
+    if o.instances > 0 && (!o.batch_size.is_multiple_of(o.instances) || o.batch_size < 2 * o.instances) {
+        return Err(Error::invalid(format!(
+            "--instances {}: --batch-size {} must be a multiple of it holding at least 2 identities",
+            o.instances, o.batch_size
+        )));
+    }
     Ok(())
 }
 
@@ -371,7 +395,7 @@ fn begin(
                 Start::Random(cfg, o) => (ModelFiles { params: init_random(&cfg, o.seed), config: cfg }, o),
                 Start::Resume(_) => unreachable!("matched above"),
             };
-            let files = if files.config.head.kind != HeadKind::La || files.config.head.num_classes != data.num_classes {
+            let files = if files.config.head.kind == HeadKind::None || files.config.head.num_classes != data.num_classes {
                 with_new_classifiers(files, data.num_classes, o.seed ^ 0xC1A5)
             } else {
                 files
@@ -418,9 +442,11 @@ fn teacher_engine(o: &TrainOptions, teacher: Option<(ModelFiles, String)>, stude
         (Distill::None, _) => Ok(None),
         (_, None) => Err(Error::invalid("distillation needs --teacher MODEL_DIR")),
         (_, Some((t, name))) => {
-            if t.config.head.kind != HeadKind::La || t.config.head.num_classes != data.num_classes || t.config.input != student.config.input {
+            let same_head = t.config.head.kind == student.config.head.kind && t.config.num_necks() == student.config.num_necks();
+            if !same_head || t.config.head.num_classes != data.num_classes || t.config.input != student.config.input {
                 return Err(Error::invalid(format!(
-                    "teacher {name}: needs an LA head over the same {} identities and the same input as the student",
+                    "teacher {name}: needs the student's kind of head ({}) over the same {} identities and the same input",
+                    student.config.describe_head(),
                     data.num_classes
                 )));
             }
@@ -447,13 +473,20 @@ impl EpochRunner<'_> {
         let paths: Vec<PathBuf> = data.train.iter().map(|s| s.path.clone()).collect();
         let labels: Vec<u32> = data.train.iter().map(|s| s.label as u32).collect();
         let spec = model.cfg.input.clone();
-        let loss_cfg = LossConfig { label_smoothing: o.label_smoothing, distill: o.distill };
-        let steps_per_epoch = (paths.len() / o.batch_size + usize::from(paths.len() % o.batch_size >= 2)).max(1);
-        let order = epoch_order(paths.len(), o.seed, epoch);
+        let loss_cfg = LossConfig { label_smoothing: o.label_smoothing, distill: o.distill, triplet: o.triplet };
+        let order = if o.instances > 0 {
+            let ids: Vec<usize> = data.train.iter().map(|s| s.label).collect();
+            crate::data::sampler::identity_order(&ids, o.instances, o.batch_size, o.seed, epoch)?
+        } else {
+            epoch_order(paths.len(), o.seed, epoch)
+        };
+        let steps_per_epoch = (order.len() / o.batch_size + usize::from(order.len() % o.batch_size >= 2)).max(1);
+        let cameras = crate::data::cameras::cameras_for(&model.cfg, &paths, None)?;
+        let head = model.cfg.head.kind;
         let lopts = LoaderOptions { batch_size: o.batch_size, augment: o.augment, seed: o.seed, epoch: epoch as u64, ..LoaderOptions::inference(o.batch_size) };
-        let pb = crate::progress::bar(paths.len() as u64, &format!("epoch {}/{}", epoch + 1, o.epochs), "img", self.progress);
+        let pb = crate::progress::bar(order.len() as u64, &format!("epoch {}/{}", epoch + 1, o.epochs), "img", self.progress);
         let mut dropout_rng = Rng::new(o.seed ^ 0xD50).fork(epoch as u64);
-        let (mut seen, mut correct, mut loss_sum, mut ce_sum, mut kd_sum, mut batches) = (0usize, 0usize, 0.0, 0.0, 0.0, 0usize);
+        let (mut seen, mut correct, mut loss_sum, mut ce_sum, mut kd_sum, mut tri_sum, mut batches) = (0usize, 0usize, 0.0, 0.0, 0.0, 0.0, 0usize);
         let mut lr = o.lr;
         for_each_batch(&paths, &order, &spec, &lopts, |batch| {
             let b = batch.len();
@@ -464,16 +497,18 @@ impl EpochRunner<'_> {
             let x = Tensor::from_slice(&batch.inputs, (b, 3, spec.height, spec.width), &dev)?;
             let y: Vec<u32> = batch.indices.iter().map(|&i| labels[i]).collect();
             let yt = Tensor::from_vec(y.clone(), b, &dev)?;
+            let cams = crate::data::cameras::batch_cameras(cameras.as_deref(), &batch.indices, 1);
             let teacher_logits = match self.teacher {
                 Some(e) => {
-                    let out = e.forward(&batch.inputs, b, &mut self.ws, Want { tokens: false, logits: true })?;
+                    let input = Input { images: &batch.inputs, cameras: cams.as_deref(), batch: b };
+                    let out = e.run(input, &mut self.ws, Want { tokens: false, logits: true }, None)?;
                     let logits = out.logits.ok_or_else(|| Error::invalid("the teacher returned no logits"))?;
                     Some(logits.into_iter().map(|l| Tensor::from_vec(l, (b, data.num_classes), &dev)).collect::<candle_core::Result<Vec<_>>>()?)
                 }
                 None => None,
             };
-            let out = model.forward(&x, Mode { train: true, dropout: o.dropout, rng: Some(&mut dropout_rng), gates: None, cameras: None })?;
-            let loss = la_loss(&out.logits, &yt, teacher_logits.as_deref(), &loss_cfg)?;
+            let out = model.forward(&x, Mode { train: true, dropout: o.dropout, rng: Some(&mut dropout_rng), gates: None, cameras: cams.as_deref() })?;
+            let loss = model_loss(head, &out, &yt, teacher_logits.as_deref(), &loss_cfg)?;
             let value = loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
                 return Err(Error::invalid(format!(
@@ -490,10 +525,11 @@ impl EpochRunner<'_> {
             loss_sum += value;
             ce_sum += loss.ce;
             kd_sum += loss.distill;
+            tri_sum += loss.triplet;
             batches += 1;
             pb.inc(b as u64 + batch.failed.len() as u64);
             // The bar's ETA covers this epoch; the message adds the whole run's, from this epoch's pace.
-            let done = pb.position() as f64 / paths.len().max(1) as f64;
+            let done = pb.position() as f64 / order.len().max(1) as f64;
             let per_epoch = t0.elapsed().as_secs_f64() / done.max(1e-9);
             let run_left = per_epoch * (1.0 - done) + per_epoch * (o.epochs - epoch - 1) as f64;
             pb.set_message(format!(
@@ -515,6 +551,7 @@ impl EpochRunner<'_> {
             loss: per_batch(loss_sum),
             ce: per_batch(ce_sum),
             distill: per_batch(kd_sum),
+            triplet: per_batch(tri_sum),
             accuracy: correct as f64 / seen.max(1) as f64,
             img_per_s: seen as f64 / secs,
             seconds: secs,
@@ -537,12 +574,13 @@ fn correct_predictions(logits: &[Tensor], labels: &[u32]) -> Result<usize> {
 
 fn epoch_line(rec: &EpochRecord, epochs: usize) -> String {
     format!(
-        "epoch {}/{}: loss {:.4} (ce {:.4}, distill {:.4}) · training accuracy {:.2} % · lr {:.2e} · {:.0} img/s{}",
+        "epoch {}/{}: loss {:.4} (ce {:.4}, distill {:.4}{}) · training accuracy {:.2} % · lr {:.2e} · {:.0} img/s{}",
         rec.epoch,
         epochs,
         rec.loss,
         rec.ce,
         rec.distill,
+        if rec.triplet > 0.0 { format!(", triplet {:.4}", rec.triplet) } else { String::new() },
         100.0 * rec.accuracy,
         rec.lr,
         rec.img_per_s,

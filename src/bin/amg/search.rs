@@ -1,4 +1,4 @@
-use amg::engine::{Engine, Want, Workspace};
+use amg::engine::{Engine, Input, Want, Workspace};
 use amg::model::ModelFiles;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -20,6 +20,10 @@ pub struct Args {
     /// Print the matches as one JSON list.
     #[arg(long)]
     json: bool,
+    /// For a model with SIE (TransReID): the query's camera index (0 is c1); by default its
+    /// Market/Duke file name gives it.
+    #[arg(long)]
+    camera: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -40,9 +44,10 @@ pub fn run(a: Args) -> Result<()> {
     if recorded.is_none() {
         eprintln!("warning: {gallery_name} does not record which model computed it; make sure it was --model {}", a.model.display());
     }
+    let cameras = amg::data::cameras::cameras_for(engine.config(), std::slice::from_ref(&a.query), a.camera)?;
     let t = std::time::Instant::now();
     let input = amg::preprocess::load_input(&a.query, &engine.config().input, false)?;
-    let out = engine.forward(&input, 1, &mut Workspace::default(), Want::default())?;
+    let out = engine.run(Input { images: &input, cameras: cameras.as_deref(), batch: 1 }, &mut Workspace::default(), Want::default(), None)?;
     let matches = amg::embed::search(&out.features, &gallery, &names, a.top);
     if a.json {
         println!("{}", serde_json::to_string(&matches)?);

@@ -1,7 +1,10 @@
 use crate::args::{at_least_one, choice, fraction, non_negative, on_interrupt, positive, size, DistillArgs};
+use amg::choice::Choice;
 use amg::data::loader::Augment;
 use amg::data::Dataset;
-use amg::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
+use amg::model::config::{Jpm, NeckFeat, Sie};
+use amg::model::{Arch, HeadConfig, HeadKind, ModelConfig, ModelFiles, Source};
+use amg::train::loss::Triplet;
 use amg::train::optim::{OptimConfig, OptimKind};
 use amg::train::run::{train, ResumeOverrides, Scheduler, Start, TrainOptions, TrainRequest};
 use anyhow::{bail, Result};
@@ -24,6 +27,37 @@ pub struct Args {
     /// Input size HxW for --arch (default 224x224).
     #[arg(long, value_parser = size, requires = "arch")]
     img_size: Option<(usize, usize)>,
+    /// Head for --arch: la (LA-Transformer's part classifiers) or bnneck (TransReID's).
+    #[arg(long, value_parser = choice::<HeadChoice>(), default_value = "la", requires = "arch")]
+    head: HeadChoice,
+    /// For --arch: patch-embedding stride (TransReID's overlapping patches use 12 with 16-pixel
+    /// patches); default the patch size.
+    #[arg(long, value_parser = at_least_one, requires = "arch")]
+    stride: Option<usize>,
+    /// For --arch: a side information embedding over the dataset's cameras (TransReID's SIE).
+    #[arg(long, requires = "arch")]
+    sie: bool,
+    /// SIE's coefficient (TransReID's SIE_COE).
+    #[arg(long, default_value_t = 3.0, requires = "sie")]
+    sie_coefficient: f32,
+    /// For --arch with --head bnneck: TransReID's jigsaw patch module (4 local features; shift 5,
+    /// 2 shuffle groups).
+    #[arg(long, requires = "arch")]
+    jpm: bool,
+    /// For --head bnneck: the retrieval feature before or after the BNNeck's BatchNorm.
+    #[arg(long, value_parser = choice::<NeckFeat>(), default_value = "before")]
+    neck_feat: NeckFeat,
+    /// Loss: ce (cross-entropy) or ce,triplet (TransReID's ID + batch-hard triplet loss; BNNeck
+    /// heads, needs --instances).
+    #[arg(long, value_parser = choice::<LossChoice>(), default_value = "ce")]
+    loss: LossChoice,
+    /// Triplet margin (hinge); default TransReID's soft margin log(1 + exp(d_ap − d_an)).
+    #[arg(long, value_parser = positive)]
+    triplet_margin: Option<f64>,
+    /// Images per identity in each batch (the P×K identity sampler; TransReID's NUM_INSTANCE
+    /// is 4); default a plain shuffle.
+    #[arg(long, value_parser = at_least_one)]
+    instances: Option<usize>,
     /// Epochs to train (with --resume: the run's new total length).
     #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     epochs: usize,
@@ -98,7 +132,12 @@ pub fn run(a: Args) -> Result<()> {
         augment: if a.no_augment { None } else { Some(Augment::reid_default()) },
         seed: a.seed,
         eval_every: a.eval_every,
+        triplet: (a.loss == LossChoice::CeTriplet).then_some(Triplet { margin: a.triplet_margin }),
+        instances: a.instances.unwrap_or(0),
     };
+    if a.jpm && a.head != HeadChoice::Bnneck {
+        bail!("--jpm: the jigsaw patch module goes with --head bnneck (TransReID)");
+    }
     if !a.resume {
         amg::train::run::check_options(&options, a.teacher.is_some())?;
         amg::train::run::check_new_run_dir(&a.out, a.force)?;
@@ -107,6 +146,15 @@ pub fn run(a: Args) -> Result<()> {
     // errors come before the dataset's summary.
     let init = a.init.as_deref().map(ModelFiles::load).transpose()?;
     let arch = if a.resume || init.is_some() { None } else { Some(Arch::preset(a.arch.as_deref().unwrap_or("tiny"))?) };
+    if let Some(m) = &init {
+        if a.loss == LossChoice::CeTriplet && m.config().head.kind != HeadKind::Bnneck {
+            bail!(
+                "--loss ce,triplet: {} has {}; the triplet loss is for BNNeck heads (TransReID)",
+                a.init.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                m.config().describe_head()
+            );
+        }
+    }
     let teacher = match &a.teacher {
         Some(t) => Some((ModelFiles::load(t)?, t.display().to_string())),
         None => None,
@@ -118,9 +166,22 @@ pub fn run(a: Args) -> Result<()> {
     } else if let Some(files) = init {
         Start::Model(files, options)
     } else {
-        let arch = arch.ok_or_else(|| anyhow::anyhow!("give --init MODEL_DIR or --arch"))?;
+        let mut arch = arch.ok_or_else(|| anyhow::anyhow!("give --init MODEL_DIR or --arch"))?;
         let (h, w) = a.img_size.unwrap_or((224, 224));
-        let cfg = ModelConfig::new(arch, h, w, HeadConfig::la(data.num_classes), Source { format: "init".into(), ..Default::default() })?;
+        arch.patch_stride = a.stride.filter(|&s| s != arch.patch_size);
+        if a.sie {
+            // Cameras as the dataset's file names number them (c1 is index 0).
+            let cameras = data.train.iter().chain(&data.query).chain(&data.gallery).map(|s| s.camid).max().unwrap_or(0).max(1) as usize;
+            arch.sie = Some(Sie { cameras, coefficient: a.sie_coefficient });
+        }
+        if a.jpm {
+            arch.jpm = Some(Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] });
+        }
+        let head = match a.head {
+            HeadChoice::La => HeadConfig::la(data.num_classes),
+            HeadChoice::Bnneck => HeadConfig::bnneck(data.num_classes, a.neck_feat),
+        };
+        let cfg = ModelConfig::new(arch, h, w, head, Source { format: "init".into(), ..Default::default() })?;
         Start::Random(cfg, options)
     };
     let req = TrainRequest { data: &data, run: &a.out, start, teacher, force: a.force, progress: true };
@@ -153,4 +214,50 @@ pub fn run(a: Args) -> Result<()> {
         None => println!("trained {} → {}", amg::text::count(s.epochs_done, "epoch"), a.out.join("last").display()),
     }
     Ok(())
+}
+
+/// `--head` for a model trained from scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadChoice {
+    La,
+    Bnneck,
+}
+
+impl Choice for HeadChoice {
+    const ALL: &'static [HeadChoice] = &[HeadChoice::La, HeadChoice::Bnneck];
+    fn name(self) -> &'static str {
+        match self {
+            HeadChoice::La => "la",
+            HeadChoice::Bnneck => "bnneck",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            HeadChoice::La => "LA-Transformer: one classifier per row of patches",
+            HeadChoice::Bnneck => "TransReID: BatchNorm neck and ID classifier on the class token",
+        }
+    }
+}
+
+/// `--loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossChoice {
+    Ce,
+    CeTriplet,
+}
+
+impl Choice for LossChoice {
+    const ALL: &'static [LossChoice] = &[LossChoice::Ce, LossChoice::CeTriplet];
+    fn name(self) -> &'static str {
+        match self {
+            LossChoice::Ce => "ce",
+            LossChoice::CeTriplet => "ce,triplet",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            LossChoice::Ce => "cross-entropy on every classifier (with --label-smoothing)",
+            LossChoice::CeTriplet => "TransReID's ID loss plus batch-hard triplet loss (BNNeck heads; needs --instances)",
+        }
+    }
 }

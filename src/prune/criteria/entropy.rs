@@ -7,7 +7,7 @@
 
 use super::{Calibration, HeadCriterion};
 use crate::data::loader::{for_each_batch, LoaderOptions};
-use crate::engine::{Engine, Want, Workspace};
+use crate::engine::{Engine, Input, Want, Workspace};
 use crate::error::Result;
 use std::sync::Mutex;
 
@@ -22,12 +22,19 @@ impl HeadCriterion for Entropy {
         let cfg = &c.model.config;
         let (paths, _) = c.images()?;
         let engine = Engine::new(c.model.clone())?;
-        let n = cfg.num_tokens();
-        // Sums of attention maps per (layer, kept head), in f64.
-        let sums: Vec<Vec<Mutex<Vec<f64>>>> =
-            cfg.layers.iter().map(|l| (0..l.heads.len()).map(|_| Mutex::new(vec![0f64; n * l.tokens.len()])).collect()).collect();
+        let heads = cfg.attention_heads();
+        // Sums of attention maps per (attention layer, kept head), in f64 (JPM's b2 summed over its
+        // local groups).
+        let sums: Vec<Vec<Mutex<Vec<f64>>>> = heads
+            .iter()
+            .enumerate()
+            .map(|(l, h)| {
+                let (nq, nk, _) = cfg.attention_shape(l);
+                (0..h.len()).map(|_| Mutex::new(vec![0f64; nq * nk])).collect()
+            })
+            .collect();
+        let cameras = crate::data::cameras::cameras_for(cfg, &paths, None)?;
         let observe = |layer: usize, _img: usize, head: usize, probs: &[f32]| {
-            // JPM's b2 block (layer `depth`) is not scored here.
             let Some(slot) = sums.get(layer).and_then(|l| l.get(head)) else { return };
             let mut acc = slot.lock().unwrap_or_else(|e| e.into_inner());
             for (a, &p) in acc.iter_mut().zip(probs) {
@@ -38,7 +45,8 @@ impl HeadCriterion for Entropy {
         let order: Vec<usize> = (0..paths.len()).collect();
         let mut ws = Workspace::default();
         for_each_batch(&paths, &order, &cfg.input, &LoaderOptions::inference(c.options.batch_size), |b| {
-            engine.forward_observed(&b.inputs, b.len(), &mut ws, Want::default(), Some(&observe))?;
+            let cams = crate::data::cameras::batch_cameras(cameras.as_deref(), &b.indices, 1);
+            engine.run(Input { images: &b.inputs, cameras: cams.as_deref(), batch: b.len() }, &mut ws, Want::default(), Some(&observe))?;
             pb.inc(b.len() as u64);
             Ok(())
         })?;
@@ -46,9 +54,10 @@ impl HeadCriterion for Entropy {
         let images = paths.len() as f64;
         Ok(sums
             .into_iter()
-            .zip(&cfg.layers)
-            .map(|(heads, plan)| {
-                let nk = plan.tokens.len();
+            .enumerate()
+            .map(|(l, heads)| {
+                let (nq, nk, per_image) = cfg.attention_shape(l);
+                let maps = images * per_image as f64;
                 heads
                     .into_iter()
                     .map(|m| {
@@ -56,13 +65,13 @@ impl HeadCriterion for Entropy {
                         let mut e = 0.0;
                         for row in s.chunks_exact(nk) {
                             for &v in row {
-                                let a = v / images;
+                                let a = v / maps;
                                 if a > 0.0 {
                                     e -= a * a.log2();
                                 }
                             }
                         }
-                        e / n as f64
+                        e / nq as f64
                     })
                     .collect()
             })

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::kernels::autodiff::with_f32;
 use crate::model::vit::{Mode, Vit};
 use crate::model::HeadKind;
-use crate::train::loss::{la_loss, Distill, LossConfig};
+use crate::train::loss::{model_loss, Distill, LossConfig};
 use candle_core::{DType, Device, Tensor, Var};
 
 pub struct FirstOrder;
@@ -22,8 +22,8 @@ impl TokenCriterion for FirstOrder {
 
     fn score_tokens(&mut self, c: Calibration) -> Result<Vec<Vec<Option<f64>>>> {
         let cfg = &c.model.config;
-        if cfg.head.kind != HeadKind::La {
-            return Err(Error::invalid("token importance needs the training loss: the model has no LA classifiers (import it with its LA head)"));
+        if cfg.head.num_classes == 0 || cfg.head.kind == HeadKind::None {
+            return Err(Error::invalid("token importance needs the training loss: the model has no ID classifiers (import it with its LA or BNNeck head)"));
         }
         if cfg.head.num_classes != c.data.num_classes {
             return Err(Error::invalid(format!(
@@ -36,7 +36,10 @@ impl TokenCriterion for FirstOrder {
         let mut model = Vit::new(c.model, &dev)?;
         let n = cfg.num_tokens();
         let mut importance: Vec<Vec<f64>> = cfg.layers.iter().map(|l| vec![0f64; l.tokens.len()]).collect();
-        let loss_cfg = LossConfig { label_smoothing: 0.0, distill: Distill::None };
+        // The ID loss (LA's per-part cross-entropy; TransReID's over its BNNecks): calibration
+        // batches are not sampled identity by identity, so no triplet term.
+        let loss_cfg = LossConfig::ce(0.0, Distill::None);
+        let cameras = crate::data::cameras::cameras_for(cfg, &paths, None)?;
         let pb = crate::progress::bar(paths.len() as u64, "importance", "img", c.options.progress);
         let order: Vec<usize> = (0..paths.len()).collect();
         let (h, w) = (cfg.input.height, cfg.input.width);
@@ -46,8 +49,9 @@ impl TokenCriterion for FirstOrder {
             let gate_tensors: Vec<Tensor> = gates.iter().map(|g| g.as_tensor().clone()).collect();
             let x = Tensor::from_slice(&b.inputs, (bs, 3, h, w), &dev)?;
             let y = Tensor::from_vec(b.indices.iter().map(|&i| labels[i]).collect::<Vec<_>>(), bs, &dev)?;
-            let out = model.forward(&x, Mode { train: false, dropout: 0.0, rng: None, gates: Some(&gate_tensors), cameras: None })?;
-            let loss = la_loss(&out.logits, &y, None, &loss_cfg)?;
+            let cams = crate::data::cameras::batch_cameras(cameras.as_deref(), &b.indices, 1);
+            let out = model.forward(&x, Mode { train: false, dropout: 0.0, rng: None, gates: Some(&gate_tensors), cameras: cams.as_deref() })?;
+            let loss = model_loss(cfg.head.kind, &out, &y, None, &loss_cfg)?;
             let grads = loss.total.backward()?;
             for (l, (g, plan)) in gates.iter().zip(&cfg.layers).enumerate() {
                 let denom = (bs * plan.heads.len() * n) as f64;
