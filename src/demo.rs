@@ -21,9 +21,47 @@ use std::path::Path;
 
 pub const MARKER: &str = "demo.json";
 
+/// Which model the demo trains and prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoHead {
+    /// A ViT-Ti with LA-Transformer's part classifiers (the paper's setting).
+    La,
+    /// A TransReID-style ViT-Ti: overlapping patches (stride 12), SIE over the cameras, JPM and
+    /// BNNecks, trained with ID + triplet loss over P×K batches.
+    Transreid,
+}
+
+impl Choice for DemoHead {
+    const ALL: &'static [DemoHead] = &[DemoHead::La, DemoHead::Transreid];
+    fn name(self) -> &'static str {
+        match self {
+            DemoHead::La => "la",
+            DemoHead::Transreid => "transreid",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            DemoHead::La => "a ViT-Ti with LA-Transformer's part classifiers (the paper's setting)",
+            DemoHead::Transreid => "a TransReID-style ViT-Ti: stride-12 patches, SIE, JPM, BNNeck; ID + triplet loss",
+        }
+    }
+}
+
+impl DemoHead {
+    /// The unpruned model's name in the table.
+    pub fn model_name(self) -> &'static str {
+        match self {
+            DemoHead::La => "ViT-Ti",
+            DemoHead::Transreid => "TransReID-Ti",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoSettings {
     pub quick: bool,
+    pub head: DemoHead,
     pub ids: usize,
     pub images_per_id: usize,
     pub image_size: (usize, usize),
@@ -37,9 +75,14 @@ pub struct DemoSettings {
 
 impl DemoSettings {
     pub fn new(quick: bool, seed: u64) -> Self {
+        Self::with_head(quick, seed, DemoHead::La)
+    }
+
+    pub fn with_head(quick: bool, seed: u64, head: DemoHead) -> Self {
         if quick {
             DemoSettings {
                 quick,
+                head,
                 ids: 40,
                 images_per_id: 8,
                 image_size: (64, 32),
@@ -53,6 +96,7 @@ impl DemoSettings {
         } else {
             DemoSettings {
                 quick,
+                head,
                 ids: 300,
                 images_per_id: 16,
                 image_size: (128, 64),
@@ -121,7 +165,7 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
     let (base_dir, base) = train_base(out, settings, &data, log)?;
     let pruned = prune_both(out, settings, &data, &base, log)?;
     log("5/5 measuring cost, speed and accuracy");
-    let mut models = vec![("unpruned ViT-Ti".to_string(), base_dir, base)];
+    let mut models = vec![(format!("unpruned {}", settings.head.model_name()), base_dir, base)];
     for (criterion, dir) in &pruned {
         models.push((format!("{} heads+tokens", criterion.title()), dir.clone(), ModelFiles::load(dir)?));
     }
@@ -164,11 +208,29 @@ fn benchmark(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> 
     Dataset::open(&data_dir, None)
 }
 
-/// Step 2: a ViT-Ti trained from scratch, under `out/train`; returns its final checkpoint.
+/// Step 2: a ViT-Ti (or TransReID-Ti) trained from scratch, under `out/train`; returns its final
+/// checkpoint.
 fn train_base(out: &Path, settings: &DemoSettings, data: &Dataset, log: &mut dyn FnMut(&str)) -> Result<(std::path::PathBuf, ModelFiles)> {
-    log(&format!("2/5 training a ViT-Ti from scratch at {}x{} for {} epochs", settings.model_input.0, settings.model_input.1, settings.train_epochs));
+    let transreid = settings.head == DemoHead::Transreid;
+    log(&format!(
+        "2/5 training a {} from scratch at {}x{} for {} epochs",
+        if transreid { "TransReID-Ti (stride-12 patches, SIE, JPM, BNNeck; ID + triplet loss)" } else { "ViT-Ti" },
+        settings.model_input.0,
+        settings.model_input.1,
+        settings.train_epochs
+    ));
     let (h, w) = settings.model_input;
-    let cfg = ModelConfig::new(Arch::preset("tiny")?, h, w, HeadConfig::la(data.num_classes), Source { format: "init".into(), ..Default::default() })?;
+    let mut arch = Arch::preset("tiny")?;
+    let head = if transreid {
+        let cameras = data.train.iter().chain(&data.query).chain(&data.gallery).map(|s| s.camid).max().unwrap_or(1).max(1) as usize;
+        arch.patch_stride = Some(12);
+        arch.sie = Some(crate::model::config::Sie { cameras, coefficient: 3.0 });
+        arch.jpm = Some(crate::model::config::Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] });
+        HeadConfig::bnneck(data.num_classes, crate::model::config::NeckFeat::Before)
+    } else {
+        HeadConfig::la(data.num_classes)
+    };
+    let cfg = ModelConfig::new(arch, h, w, head, Source { format: "init".into(), ..Default::default() })?;
     let topts = TrainOptions {
         epochs: settings.train_epochs,
         batch_size: 64,
@@ -184,8 +246,9 @@ fn train_base(out: &Path, settings: &DemoSettings, data: &Dataset, log: &mut dyn
         augment: Some(crate::data::loader::Augment::reid_default()),
         seed: settings.seed,
         eval_every: 0,
-        triplet: None,
-        instances: 0,
+        // TransReID's loss: ID + soft-margin triplet over batches of 16 identities × 4 images.
+        triplet: transreid.then_some(crate::train::loss::Triplet { margin: None }),
+        instances: if transreid { 4 } else { 0 },
     };
     let run_dir = out.join("train");
     train(TrainRequest { data, run: &run_dir, start: Start::Random(cfg, topts), teacher: None, force: true, progress: true }, log)?;
@@ -275,10 +338,14 @@ fn write_report(out: &Path, result: &DemoResult, train_ids: usize) -> Result<()>
     let _ = writeln!(md, "{}\n", verdict(&result.rows));
     let _ = writeln!(
         md,
-        "A synthetic occluded Re-ID benchmark ({} identities × {} images, {} train identities), a ViT-Ti trained from scratch for {} epochs at {}x{}, then {:.0} % of heads and {:.0} % of key tokens pruned by AMG and at random, each fine-tuned for {} with distillation from the unpruned model. Standard evaluation protocol; speed measured on this machine ({} threads). Took {}.\n",
+        "A synthetic occluded Re-ID benchmark ({} identities × {} images, {} train identities), a {} trained from scratch for {} epochs at {}x{}, then {:.0} % of heads and {:.0} % of key tokens pruned by AMG and at random, each fine-tuned for {} with distillation from the unpruned model. Standard evaluation protocol; speed measured on this machine ({} threads). Took {}.\n",
         settings.ids,
         settings.images_per_id,
         train_ids,
+        match settings.head {
+            DemoHead::La => "ViT-Ti with LA-Transformer's part classifiers",
+            DemoHead::Transreid => "TransReID-style ViT-Ti (16-pixel patches at stride 12, SIE over the cameras, JPM, BNNeck heads; ID + triplet loss over 16 identities × 4 images per batch)",
+        },
         settings.train_epochs,
         settings.model_input.0,
         settings.model_input.1,

@@ -206,6 +206,8 @@ pub struct Workspace {
     kv: Vec<f32>,
     attn: Vec<f32>,
     hidden: Vec<f32>,
+    /// JPM: the last block's input, which b2's groups are gathered from.
+    trunk: Vec<f32>,
 }
 
 fn ensure(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -366,15 +368,14 @@ impl Engine {
         self.embed(input, ws);
         let mut pending_bias: Option<&[f32]> = None;
         let depth = self.layers.len();
-        let mut trunk: Option<Vec<f32>> = None;
         for (li, layer) in self.layers.iter().enumerate() {
             if li + 1 == depth && self.jpm.is_some() {
                 // JPM's b2 branch starts from the input of the last block (b1).
-                let mut t = ws.x[..rows * d].to_vec();
+                let t = ensure(&mut ws.trunk, rows * d);
+                t.copy_from_slice(&ws.x[..rows * d]);
                 if let Some(b) = pending_bias {
                     t.par_chunks_mut(d).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
                 }
-                trunk = Some(t);
             }
             self.block(li, layer, batch, n, pending_bias, ws, observe);
             // The block's last bias is folded into the next layer norm.
@@ -392,8 +393,11 @@ impl Engine {
         } else {
             // BNNeck: the class token of the global branch, then JPM's local features.
             let mut raw: Vec<Vec<f32>> = vec![(0..batch).flat_map(|b| tokens[b * n * d..b * n * d + d].iter().copied()).collect()];
-            if let (Some(j), Some(t)) = (&self.jpm, &trunk) {
-                raw.extend(self.jpm_locals(j, t, batch, ws, observe));
+            if let Some(j) = &self.jpm {
+                // The trunk is moved out of the workspace while b2 uses the other buffers.
+                let trunk = std::mem::take(&mut ws.trunk);
+                raw.extend(self.jpm_locals(j, &trunk[..rows * d], batch, ws, observe));
+                ws.trunk = trunk;
             }
             self.neck_outputs(&raw, batch, want.logits)
         };

@@ -466,6 +466,16 @@ fn mutated_checkpoints_give_results_or_errors() {
             readers::checkpoint(&s, &f)
         });
     }
+    // A TransReID checkpoint (JPM, SIE, BNNecks) through the whole importer: its pickle mutated.
+    let bytes = std::fs::read(fixture("ckpt_transreid_jpm_sie.pth")).unwrap();
+    let e = entries(&bytes);
+    let pkl_at = e.iter().position(|(n, _)| n.ends_with("data.pkl")).unwrap();
+    let (_, ok) = sweep("ckpt_transreid_jpm_sie.pth: data.pkl (import)", mutants(&e[pkl_at].1, 500, 8), |m| {
+        let mut e2 = e.clone();
+        e2[pkl_at].1 = m.to_vec();
+        readers::transreid_import(&s, &archive(&e2))
+    });
+    assert!(ok > 0, "no TransReID mutant imported; the sweep would not reach the model definition");
     // Truncation at every byte of the small archive.
     let small = std::fs::read(fixture("ckpt_opaque.pth")).unwrap();
     for n in 0..small.len() {
@@ -487,6 +497,20 @@ fn mutated_model_directories_plans_and_features_give_results_or_errors() {
         w.extend_from_slice(&weights[header..]);
         readers::model_dir(&s, &config, &w)
     });
+
+    // A TransReID model directory (overlapping patches, SIE, JPM, BNNecks): its config mutated.
+    let mut req = amg::import::ImportRequest::new(amg::import::SourceFormat::TransReid, fixture("ckpt_transreid_jpm_sie.pth"));
+    (req.checkpoint_img_size, req.stride, req.heads) = (Some((64, 40)), Some(12), Some(2));
+    let tr = amg::import::import(&req).unwrap();
+    let tr_dir = s.dir.join("transreid");
+    tr.save(&tr_dir, false).unwrap();
+    let tr_config = std::fs::read(tr_dir.join("config.json")).unwrap();
+    let tr_weights = std::fs::read(tr_dir.join("model.safetensors")).unwrap();
+    let (_, ok) = sweep("TransReID config.json", mutants(&tr_config, 1500, 9), |m| readers::model_dir(&s, m, &tr_weights));
+    assert!(ok > 0);
+    let plan = serde_json::to_vec(&amg::model::surgery::Plan::of(tr.config())).unwrap();
+    let (_, ok) = sweep("TransReID plan.json", mutants(&plan, 800, 10), |m| readers::plan(&s, m, tr.config()));
+    assert!(ok > 0);
 
     let files = ModelFiles::load(&fixture("analyze_model")).unwrap();
     let plan = serde_json::to_vec(&amg::model::surgery::Plan::of(files.config())).unwrap();

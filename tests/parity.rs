@@ -278,6 +278,13 @@ fn transreid_jpm_without_rearrangement_matches_the_reference() {
     let files = import(&o).unwrap();
     assert_eq!(files.config().arch.patch_stride, None);
     check_transreid(&round_trip(&files, "transreid-plain"), "ref_transreid_jpm_plain_sie.safetensors", "");
+    // At another input size the position embedding is resampled as TransReID resizes it
+    // (bilinear, the class token's row untouched).
+    let resized = import(&ImportRequest { img_size: Some((80, 48)), ..o }).unwrap();
+    assert_eq!(resized.config().grid(), (5, 3));
+    assert!(resized.config().source.notes.iter().any(|n| n.contains("bilinearly")));
+    let r = load_ref("ref_transreid_jpm_plain_sie.safetensors");
+    assert_close("pos_embed resampled to 80x48", &resized.params().pos_embed.data, &r["pos_embed_80x48"].data, 1e-6);
 }
 
 /// TransReID's ViT-S style: no qkv bias and attention scaled by embed_dim^-0.5, folded into the

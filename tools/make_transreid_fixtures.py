@@ -203,6 +203,14 @@ with torch.no_grad():
         ref = {"input": x, "cameras": cams.float(), "tokens": tokens.contiguous(), "raw_features": feat.contiguous(),
                "features": F.normalize(feat, dim=1).contiguous()}
         ref.update({f"logits.{i}": l.contiguous() for i, l in enumerate(logits)})
+        if name == "jpm_plain_sie":
+            # The position embedding resampled to 80x48 (a 5x3 grid) as TransReID resizes it:
+            # bilinear interpolation of the patch grid, the class token's row untouched.
+            pos = m.base.pos_embed
+            gh, gw = (c["size"][0] - 16) // c["stride"] + 1, (c["size"][1] - 16) // c["stride"] + 1
+            grid = pos[0, 1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+            grid = F.interpolate(grid, size=(5, 3), mode="bilinear").permute(0, 2, 3, 1).reshape(1, 15, -1)
+            ref["pos_embed_80x48"] = torch.cat([pos[:, :1], grid], dim=1).contiguous()
         if name == "jpm_sie":
             # Pruned: layer 0 keeps head 1, layer 1 (b1's input block) keeps some key tokens, the
             # b1 block keeps head 0 and drops key tokens, b2 keeps head 1.

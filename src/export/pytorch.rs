@@ -30,12 +30,15 @@ struct Storage {
 pub fn export_pytorch(files: &ModelFiles, out: &Path) -> Result<()> {
     let cfg = &files.config;
     files.check()?;
-    if cfg.arch.patch_stride.is_some() || cfg.arch.sie.is_some() || cfg.arch.jpm.is_some() || cfg.head.kind == crate::model::HeadKind::Bnneck {
-        return Err(crate::error::Error::invalid(
-            "a PyTorch checkpoint in the AMG reference layout cannot hold a TransReID model (overlapping patches, SIE, JPM or a BNNeck head): export it to ONNX",
-        ));
-    }
-    let scheme = SourceFormat::Amg.scheme();
+    // A BNNeck model in TransReID's layout (`base.*`, `b1`/`b2`, `bottleneck_i`), any other in the
+    // AMG reference code's.
+    let (scheme, layout) = match cfg.head.kind {
+        crate::model::HeadKind::Bnneck => {
+            let scheme = SourceFormat::TransReid.scheme();
+            (if cfg.arch.jpm.is_some() { scheme.with_jpm(cfg.arch.depth) } else { scheme }, "TransReID")
+        }
+        _ => (SourceFormat::Amg.scheme(), "AMG reference (LA-Transformer)"),
+    };
     let mut storages: Vec<Storage> = Vec::new();
     let mut add = |bytes: Vec<u8>, dtype: StorageType, shape: Vec<usize>| {
         storages.push(Storage { bytes });
@@ -57,13 +60,18 @@ pub fn export_pytorch(files: &ModelFiles, out: &Path) -> Result<()> {
         }
         state.push((scheme.token_index(&keys.qkv.weight), add(mask, StorageType::Bool, vec![n])));
     }
+    // JPM's b2 keeps every key of its local sequences.
+    if let Some(k) = &files.params.map(|k, _| k.clone()).jpm {
+        let t = cfg.jpm_tokens();
+        state.push((scheme.token_index(&k.block.qkv.weight), add(vec![1u8; t], StorageType::Bool, vec![t])));
+    }
     let counts = |f: &dyn Fn(&crate::model::LayerPlan) -> usize| PyValue::List(cfg.layers.iter().map(|p| PyValue::Int(f(p) as i64)).collect());
     let root = PyValue::Dict(vec![
         ("state_dict".into(), PyValue::OrderedDict(state)),
         ("heads".into(), counts(&|p| p.heads.len())),
         ("channels".into(), counts(&|p| p.tokens.len())),
         ("amg_config".into(), PyValue::Str(cfg.to_json())),
-        ("format".into(), PyValue::Str(format!("amg {} export, AMG reference (LA-Transformer) layout", env!("CARGO_PKG_VERSION")))),
+        ("format".into(), PyValue::Str(format!("amg {} export, {layout} layout", env!("CARGO_PKG_VERSION")))),
     ]);
     let pickle = dumps(&root);
     fsutil::write_atomic(out, |f| write_zip(f, &pickle, &storages).map_err(std::io::Error::other))?;

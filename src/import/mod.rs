@@ -160,8 +160,8 @@ pub fn summary(files: &ModelFiles, req: &ImportRequest, out: &Path) -> String {
             (None, None) => String::new(),
         },
         c.describe_head(),
-        c.layers.iter().map(|l| l.heads.len()).sum::<usize>(),
-        c.arch.depth * c.arch.num_heads,
+        c.attention_heads().iter().map(|h| h.len()).sum::<usize>(),
+        c.attention_heads().len() * c.arch.num_heads,
         c.layers.iter().map(|l| l.tokens.len()).sum::<usize>(),
         c.arch.depth * c.num_tokens(),
         out.display()
@@ -211,11 +211,16 @@ impl<'a> Checkpoint<'a> {
         // in linear time.
         use crate::model::config::{LIMIT_DEPTH, LIMIT_SIDE};
         let probe = VitParams::keys(LIMIT_DEPTH + 1, 0, 0);
-        let depth = probe.blocks.iter().take_while(|b| ck.has(&b.norm1.weight)).count();
+        let mut depth = probe.blocks.iter().take_while(|b| ck.has(&b.norm1.weight)).count();
         if depth > LIMIT_DEPTH {
             return Err(Error::file(path, format!("more than {LIMIT_DEPTH} transformer blocks (`blocks.N.…`): not a model amg supports")));
         }
         if req.format == SourceFormat::TransReid && ck.tensors.contains_key("b1.0.norm1.weight") {
+            // TransReID's base keeps the last block JPM never runs (b1 replaces it): amg's depth is
+            // the base's. An amg export leaves that block out, so b1 adds one.
+            if ck.amg_config.is_some() {
+                depth += 1;
+            }
             ck.scheme = ck.scheme.with_jpm(depth);
         }
         let necks = if req.format == SourceFormat::TransReid {
@@ -286,7 +291,8 @@ impl<'a> Checkpoint<'a> {
         let qkv_bias = first.qkv.bias.as_ref().is_some_and(|b| self.has(b));
         // An amg export records its head count; the reference code's checkpoints use 64-dim heads;
         // TransReID's ViT-S (its only variant without a qkv bias) has 8 heads of 96 at width 768.
-        let transreid_small = req.format == SourceFormat::TransReid && !qkv_bias;
+        // (An amg export has it folded already.)
+        let transreid_small = req.format == SourceFormat::TransReid && !qkv_bias && self.amg_config.is_none();
         let recorded = self.amg_config.as_ref().map(|c| c.arch.num_heads).or((transreid_small && d == 768).then_some(8));
         let (num_heads, head_dim) = match req.heads.or(recorded) {
             Some(h) if h == 0 || d % h != 0 => return Err(Error::invalid(format!("--heads {h}: embed_dim {d} is not divisible by it"))),
@@ -479,7 +485,8 @@ impl<'a> Checkpoint<'a> {
     fn plan(&mut self, cfg: &mut ModelConfig, grids: Grids, notes: &mut Vec<String>) -> Result<()> {
         let (num_heads, head_dim) = (cfg.arch.num_heads, cfg.arch.head_dim);
         let ck_n = cfg.num_prefix() + grids.checkpoint.0 * grids.checkpoint.1;
-        let pruned_ok = self.format.may_be_pruned();
+        // The AMG reference code's checkpoints and amg's own exports may be pruned.
+        let pruned_ok = self.format.may_be_pruned() || self.amg_config.is_some();
         for l in 0..cfg.arch.depth {
             let qkv = self.keys.blocks[l].qkv.weight.clone();
             let rows = self.shape(&qkv)?[0];
@@ -525,6 +532,15 @@ impl<'a> Checkpoint<'a> {
                 cfg.layers[l].tokens = kept;
             }
         }
+        if let (Some(j), Some(b2)) = (&mut cfg.arch.jpm, &self.keys.jpm) {
+            let qkv = b2.block.qkv.weight.clone();
+            let rows = self.shape(&qkv)?[0];
+            let kept = rows / (3 * head_dim);
+            if rows % (3 * head_dim) != 0 || kept == 0 || kept > num_heads || (kept != num_heads && !pruned_ok) {
+                return Err(Error::tensor(self.path, self.name(&qkv), format!("has {rows} rows, expected 3 × {num_heads} heads × {head_dim}")));
+            }
+            j.heads = (0..kept).collect();
+        }
         if pruned_ok {
             if cfg.layers.iter().any(|l| l.heads.len() != num_heads) {
                 notes.push(format!(
@@ -550,9 +566,25 @@ impl<'a> Checkpoint<'a> {
         if !same_arch || !same_plan {
             return Err(Error::file(self.path, "`amg_config` does not describe the checkpoint's tensors (was the checkpoint changed after `amg export`?)"));
         }
+        let same_branches = match (&saved.arch.jpm, &cfg.arch.jpm) {
+            (Some(s), Some(c)) => s.heads.len() == c.heads.len(),
+            (None, None) => true,
+            _ => false,
+        } && saved.arch.sie.as_ref().map(|s| s.cameras) == cfg.arch.sie.as_ref().map(|s| s.cameras)
+            && saved.head.kind == cfg.head.kind;
+        if !same_branches {
+            return Err(Error::file(
+                self.path,
+                "`amg_config` does not describe the checkpoint's SIE, JPM or head (was the checkpoint changed after `amg export`?)",
+            ));
+        }
         for (c, s) in cfg.layers.iter_mut().zip(&saved.layers) {
             c.heads = s.heads.clone();
         }
+        // What TransReID's tensors do not say: the SIE coefficient, JPM's settings, the neck feature.
+        cfg.arch.sie = saved.arch.sie.clone();
+        cfg.arch.jpm = saved.arch.jpm.clone();
+        cfg.head.neck_feat = saved.head.neck_feat;
         cfg.input.mean = saved.input.mean;
         cfg.input.std = saved.input.std;
         cfg.arch.ln_eps = saved.arch.ln_eps;

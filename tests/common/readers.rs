@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use amg::engine::{Engine, Want, Workspace};
+use amg::engine::{Engine, Input, Want, Workspace};
 use amg::model::surgery::Plan;
 use amg::model::{ModelConfig, ModelFiles};
 use std::path::{Path, PathBuf};
@@ -53,6 +53,24 @@ pub fn checkpoint(s: &Scratch, bytes: &[u8]) -> bool {
     }
 }
 
+/// A TransReID checkpoint imported as the JPM + SIE fixture is (64x40, stride 12, 2 heads).
+pub fn transreid_import(s: &Scratch, bytes: &[u8]) -> bool {
+    use amg::import::{import, ImportRequest, SourceFormat};
+    let p = s.file("transreid.pth", bytes);
+    let mut req = ImportRequest::new(SourceFormat::TransReid, &p);
+    (req.checkpoint_img_size, req.stride, req.heads) = (Some((64, 40)), Some(12), Some(2));
+    match import(&req) {
+        Ok(files) => {
+            assert!(files.check().is_ok());
+            true
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            false
+        }
+    }
+}
+
 /// A model directory; when it loads, the engine is built and run on one zero image if it is small.
 pub fn model_dir(s: &Scratch, config: &[u8], weights: &[u8]) -> bool {
     let dir = s.dir.join("model");
@@ -64,7 +82,10 @@ pub fn model_dir(s: &Scratch, config: &[u8], weights: &[u8]) -> bool {
     let Ok(engine) = Engine::new(files) else { return false };
     let pixels = 3 * cfg.input.height * cfg.input.width;
     if pixels <= 3 * 256 * 256 && cfg.num_tokens() <= 1024 {
-        let out = engine.forward(&vec![0.0; pixels], 1, &mut Workspace::default(), Want::default());
+        let cameras = cfg.arch.sie.as_ref().map(|_| vec![0]);
+        let images = vec![0.0; pixels];
+        let input = Input { images: &images, cameras: cameras.as_deref(), batch: 1 };
+        let out = engine.run(input, &mut Workspace::default(), Want::default(), None);
         if let Ok(out) = out {
             assert_eq!(out.features.len(), cfg.feature_dim());
         }

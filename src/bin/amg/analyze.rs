@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (with its LA classifiers: key importance needs the training loss).
+    /// Model directory (with its ID classifiers, LA or BNNeck: key importance needs the training
+    /// loss).
     #[arg(long)]
     model: PathBuf,
     /// Dataset root; its training split (sorted by file name) is the calibration set.

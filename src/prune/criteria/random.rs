@@ -13,7 +13,7 @@ impl HeadCriterion for Random {
         "random"
     }
     fn score_heads(&mut self, c: Calibration) -> Result<Vec<Vec<f64>>> {
-        Ok(c.model.config.layers.iter().map(|l| l.heads.iter().map(|_| c.rng.f64()).collect()).collect())
+        Ok(c.model.config.attention_heads().iter().map(|heads| heads.iter().map(|_| c.rng.f64()).collect()).collect())
     }
 }
 
