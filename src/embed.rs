@@ -1,6 +1,6 @@
 //! `amg embed`: images in, retrieval features out.
 
-use crate::data::cameras::batch_cameras;
+use crate::data::cameras::{batch_cameras, SideInfo};
 use crate::data::loader::{for_each_batch, LoaderOptions};
 use crate::engine::{Engine, Input, Want, Workspace};
 use crate::error::Result;
@@ -45,9 +45,9 @@ pub fn display_names(files: &[PathBuf]) -> Vec<String> {
 
 /// Embeds `files` in batches; decoding runs ahead of the model on a loader thread. A file that
 /// cannot be decoded is an error naming it, unless `skip_bad`. For a model with SIE, each image's
-/// camera comes from its file name, or `camera` for all (checked for every file before any runs).
-pub fn embed_files(engine: &Engine, files: &[PathBuf], batch_size: usize, skip_bad: bool, progress: bool, camera: Option<usize>) -> Result<EmbedResult> {
-    let cameras = crate::data::cameras::cameras_for(engine.config(), files, camera)?;
+/// camera comes from its file name, or `side` for all (checked for every file before any runs).
+pub fn embed_files(engine: &Engine, files: &[PathBuf], batch_size: usize, skip_bad: bool, progress: bool, side: &SideInfo) -> Result<EmbedResult> {
+    let cameras = crate::data::cameras::cameras_for(engine.config(), files, side)?;
     let pb = crate::progress::bar(files.len() as u64, "embed", "img", progress);
     let start = std::time::Instant::now();
     let order: Vec<usize> = (0..files.len()).collect();

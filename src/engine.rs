@@ -218,7 +218,8 @@ fn ensure(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// A batch of model inputs: `batch` normalised CHW images and, for a model with a side information
-/// embedding, each image's camera index (0-based).
+/// embedding, each image's row of it: its camera index (0-based), or `camera · views + view` for a
+/// table with viewpoints (`data::cameras` works them out).
 #[derive(Clone, Copy)]
 pub struct Input<'a> {
     pub images: &'a [f32],
@@ -342,13 +343,14 @@ impl Engine {
                 if c.len() != batch {
                     return Err(Error::invalid(format!("forward: {} camera indices for a batch of {batch}", c.len())));
                 }
-                match c.iter().find(|&&c| c >= sie.cameras) {
-                    Some(bad) => Err(Error::invalid(format!(
+                match c.iter().find(|&&c| c >= sie.rows()) {
+                    Some(bad) if sie.views == 1 => Err(Error::invalid(format!(
                         "camera index {bad} (c{} in a Market/Duke file name) is out of range: the model's SIE knows {} cameras (indices 0..{})",
                         bad + 1,
                         sie.cameras,
                         sie.cameras
                     ))),
+                    Some(bad) => Err(Error::invalid(format!("SIE row {bad} is out of range: the model's SIE has {}", sie.describe()))),
                     None => Ok(()),
                 }
             }

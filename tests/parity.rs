@@ -182,7 +182,7 @@ fn image_preprocessing_and_embedding_match_torchvision_and_timm() {
     let engine = Engine::new(files).unwrap();
     let (paths, skipped) = amg::preprocess::collect_images(&[fixture("images")]).unwrap();
     assert_eq!(skipped, 0);
-    let out = amg::embed::embed_files(&engine, &paths, 3, false, false, None).unwrap();
+    let out = amg::embed::embed_files(&engine, &paths, 3, false, false, &amg::data::cameras::SideInfo::FROM_NAMES).unwrap();
     assert_eq!(out.names, names, "sorted file-name order");
     assert_close("embedded features", &out.features, &r["features"].data, 1e-4);
 }
@@ -294,4 +294,34 @@ fn transreid_small_matches_the_reference() {
     let files = import(&transreid("ckpt_transreid_small.safetensors", Some((64, 32)), None, Some(2))).unwrap();
     assert!(files.config().source.notes.iter().any(|n| n.contains("folded into the query rows")));
     check_transreid(&round_trip(&files, "transreid-small"), "ref_transreid_small.safetensors", "");
+}
+
+/// SIE over cameras × viewpoints (TransReID's vehicle configurations, `--sie-views`): each image's
+/// row is camera · views + view, worked out from its file name's camera and its viewpoint.
+#[test]
+fn transreid_sie_with_viewpoints_matches_the_reference() {
+    use amg::data::cameras::{cameras_for, SideInfo};
+    let mut o = transreid("ckpt_transreid_sie_views.safetensors", Some((64, 32)), None, None);
+    o.transreid.sie_views = 2;
+    let files = import(&o).unwrap();
+    let sie = files.config().arch.sie.clone().unwrap();
+    assert_eq!((sie.cameras, sie.views), (3, 2));
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("transreid.json")).unwrap()).unwrap();
+    let cams: Vec<usize> = serde_json::from_value(meta["sie_views"]["cameras"].clone()).unwrap();
+    let views: Vec<usize> = serde_json::from_value(meta["sie_views"]["views"].clone()).unwrap();
+    let rows: Vec<usize> = cams
+        .iter()
+        .zip(&views)
+        .map(|(&c, &v)| {
+            let path = std::path::PathBuf::from(format!("0001_c{}s1_000001_00.jpg", c + 1));
+            cameras_for(files.config(), &[path], &SideInfo { camera: None, view: Some(v) }).unwrap().unwrap()[0]
+        })
+        .collect();
+    let r = load_ref("ref_transreid_sie_views.safetensors");
+    assert_eq!(rows, r["cameras"].data.iter().map(|&x| x as usize).collect::<Vec<_>>());
+    check_transreid(&round_trip(&files, "transreid-views"), "ref_transreid_sie_views.safetensors", "");
+    // A table that is not a whole number of cameras × viewpoints is refused, naming the tensor.
+    o.transreid.sie_views = 4;
+    let e = import(&o).unwrap_err().to_string();
+    assert!(e.contains("sie_embed") && e.contains("--sie-views 4"), "{e}");
 }

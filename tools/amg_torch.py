@@ -74,6 +74,16 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def add_sie(module, x, cameras):
+    """SIE: the coefficient times each image's row of the table (its camera index, or
+    camera * views + view with viewpoints), on every token (no-op without)."""
+    if not module.sie:
+        return x
+    if cameras is None:
+        raise ValueError("this model has a side information embedding: pass each image's camera index (c1 is 0)")
+    return x + module.sie["coefficient"] * module.sie_embed[cameras]
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, dim, patch, stride):
         super().__init__()
@@ -94,7 +104,7 @@ class Backbone(nn.Module):
         self.patch_embed = PatchEmbed(d, p, a.get("patch_stride") or p)
         self.sie = a.get("sie")
         if self.sie:
-            self.sie_embed = nn.Parameter(torch.zeros(self.sie["cameras"], 1, d))
+            self.sie_embed = nn.Parameter(torch.zeros(self.sie["cameras"] * self.sie.get("views", 1), 1, d))
         if a.get("class_token", True):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         if a.get("dist_token", False):
@@ -107,10 +117,7 @@ class Backbone(nn.Module):
         x = self.patch_embed(x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (getattr(self, "cls_token", None), getattr(self, "dist_token", None)) if t is not None]
         x = torch.cat(prefix + [x], dim=1) + self.pos_embed
-        if self.sie:
-            if cameras is None:
-                raise ValueError("this model has a side information embedding: pass each image's camera index (c1 is 0)")
-            x = x + self.sie["coefficient"] * self.sie_embed[cameras]
+        x = add_sie(self, x, cameras)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -169,7 +176,7 @@ class TransReIDBase(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n, d))
         self.sie = a.get("sie")
         if self.sie:
-            self.sie_embed = nn.Parameter(torch.zeros(self.sie["cameras"], 1, d))
+            self.sie_embed = nn.Parameter(torch.zeros(self.sie["cameras"] * self.sie.get("views", 1), 1, d))
         layers = cfg["layers"][:-1] if a.get("jpm") else cfg["layers"]
         self.blocks = nn.ModuleList(Block(a, layer, n) for layer in layers)
         if not a.get("jpm"):
@@ -178,10 +185,7 @@ class TransReIDBase(nn.Module):
     def forward(self, x, cameras=None):
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        if self.sie:
-            if cameras is None:
-                raise ValueError("this model has a side information embedding: pass each image's camera index (c1 is 0)")
-            x = x + self.sie["coefficient"] * self.sie_embed[cameras]
+        x = add_sie(self, x, cameras)
         for blk in self.blocks:
             x = blk(x)
         return x if not hasattr(self, "norm") else self.norm(x)

@@ -185,6 +185,8 @@ cases = {
     "stride12_256x128": dict(size=(256, 128), stride=12, d=64, depth=2, heads=1, mlp=128, classes=5, neck_after=True, file="pth", batch=1),
     # Stride 16, SIE, JPM without re-arrangement, feature after the BatchNorms.
     "jpm_plain_sie": dict(size=(64, 32), stride=16, d=64, depth=2, heads=2, mlp=128, classes=4, cameras=2, jpm=True, neck_after=True, rearrange=False),
+    # SIE over cameras x viewpoints (TransReID's vehicle configurations): row camera * views + view.
+    "sie_views": dict(size=(64, 32), stride=16, d=64, depth=2, heads=1, mlp=128, classes=3, cameras=6, views=2),
     # TransReID's ViT-S style: no qkv bias, attention scaled by embed_dim^-0.5.
     "small": dict(size=(64, 32), stride=16, d=64, depth=2, heads=2, mlp=192, classes=3, bias=False, scale=64 ** -0.5),
 }
@@ -194,10 +196,15 @@ g = torch.Generator().manual_seed(2021)
 with torch.no_grad():
     for name, c in cases.items():
         c = dict(c)
-        file, batch = c.pop("file", "safetensors"), c.pop("batch", 2)
+        file, batch, views = c.pop("file", "safetensors"), c.pop("batch", 2), c.pop("views", 1)
         m = TransReID(**c).eval()
         randomise(m, g)
-        cams = torch.randint(0, max(c.get("cameras", 1), 1), (batch,), generator=g)
+        cams = torch.randint(0, max(c.get("cameras", 1) // views, 1), (batch,), generator=g)
+        if views > 1:
+            # The table has cameras x views rows: the reference indexes camera * views + view.
+            view = torch.tensor([1, 0])[:batch]
+            cams = cams * views + view
+            meta["sie_views"] = {"cameras": (cams // views).tolist(), "views": view.tolist()}
         x = torch.randn(batch, 3, *c["size"], generator=g)
         tokens, feat, logits = m(x, cams)
         ref = {"input": x, "cameras": cams.float(), "tokens": tokens.contiguous(), "raw_features": feat.contiguous(),

@@ -34,7 +34,7 @@ pub fn average_views(a: &[f32], b: &[f32], groups: usize) -> Vec<f32> {
 /// Features `[n, F]` of `samples`, in order (with SIE, each image's camera from its file name).
 pub fn extract(engine: &Engine, samples: &[Sample], opts: &EvalOptions, what: &str) -> Result<Vec<f32>> {
     let paths: Vec<_> = samples.iter().map(|s| s.path.clone()).collect();
-    let cameras = crate::data::cameras::cameras_for(engine.config(), &paths, None)?;
+    let cameras = crate::data::cameras::cameras_for(engine.config(), &paths, &crate::data::cameras::SideInfo::FROM_NAMES)?;
     let order: Vec<usize> = (0..paths.len()).collect();
     let fdim = engine.config().feature_dim();
     let parts = engine.config().feature_groups().count;

@@ -135,7 +135,12 @@ pub fn metadata(files: &ModelFiles) -> Vec<(String, String)> {
         ("amg_config".into(), cfg.to_json()),
     ];
     if let Some(sie) = &cfg.arch.sie {
-        meta.push(("cameras".into(), format!("cameras: int64 [batch], each image's camera index 0..{} (c1 in a Market/Duke file name is 0)", sie.cameras)));
+        let what = if sie.views == 1 {
+            format!("cameras: int64 [batch], each image's camera index 0..{} (c1 in a Market/Duke file name is 0)", sie.cameras)
+        } else {
+            format!("cameras: int64 [batch], each image's SIE row: camera x {} + viewpoint ({})", sie.views, sie.describe())
+        };
+        meta.push(("cameras".into(), what));
     }
     meta
 }
@@ -345,7 +350,7 @@ impl<'a> Builder<'a> {
             // SIE: the coefficient times each image's camera embedding, on every token.
             let name = key_name(key);
             let scaled: Vec<f32> = table.data.iter().map(|v| v * sie.coefficient).collect();
-            let table = self.init(&format!("{name}_scaled"), &[sie.cameras, d], scaled);
+            let table = self.init(&format!("{name}_scaled"), &[sie.rows(), d], scaled);
             let cam = self.node("Gather", &format!("{name}/camera"), &[&table, "cameras"], vec![attr_int("axis", 0)]);
             let axis1 = self.init_i64(&format!("{name}/axis1"), &[1], &[1]);
             let cam = self.node("Unsqueeze", &format!("{name}/per_token"), &[&cam, &axis1], vec![]);

@@ -47,6 +47,8 @@ pub struct ImportRequest {
 pub struct TransReidOptions {
     /// `MODEL.SIE_COE`.
     pub sie_coefficient: f32,
+    /// Viewpoints per camera in the SIE table (1: cameras only, TransReID's person configurations).
+    pub sie_views: usize,
     /// `TEST.NECK_FEAT`.
     pub neck_feat: NeckFeat,
     /// `MODEL.SHIFT_NUM`, `MODEL.SHUFFLE_GROUP`, `MODEL.RE_ARRANGE`.
@@ -57,7 +59,7 @@ pub struct TransReidOptions {
 
 impl Default for TransReidOptions {
     fn default() -> Self {
-        TransReidOptions { sie_coefficient: 3.0, neck_feat: NeckFeat::Before, shift: 5, groups: 2, rearrange: true }
+        TransReidOptions { sie_coefficient: 3.0, sie_views: 1, neck_feat: NeckFeat::Before, shift: 5, groups: 2, rearrange: true }
     }
 }
 
@@ -154,9 +156,9 @@ pub fn summary(files: &ModelFiles, req: &ImportRequest, out: &Path) -> String {
             (false, false) => ", no class token",
         },
         match (&c.arch.patch_stride, &c.arch.sie) {
-            (Some(s), Some(sie)) => format!(", overlapping patches (stride {s}), SIE over {} cameras", sie.cameras),
+            (Some(s), Some(sie)) => format!(", overlapping patches (stride {s}), SIE over {}", sie.describe()),
             (Some(s), None) => format!(", overlapping patches (stride {s})"),
-            (None, Some(sie)) => format!(", SIE over {} cameras", sie.cameras),
+            (None, Some(sie)) => format!(", SIE over {}", sie.describe()),
             (None, None) => String::new(),
         },
         c.describe_head(),
@@ -434,7 +436,13 @@ impl<'a> Checkpoint<'a> {
         if !coefficient.is_finite() {
             return Err(Error::invalid(format!("--sie-coefficient {coefficient}: expected a finite number")));
         }
-        arch.sie = Some(crate::model::config::Sie { cameras: shape[0], coefficient });
+        // TransReID's table has a row per camera, or per (camera, viewpoint) when its configuration
+        // set SIE_VIEW: the rows alone cannot tell, so viewpoints are a request (`--sie-views`).
+        let views = req.transreid.sie_views;
+        if views == 0 || !shape[0].is_multiple_of(views) {
+            return Err(Error::tensor(self.path, self.name(key), format!("has {} rows, not a whole number of cameras × --sie-views {views}", shape[0])));
+        }
+        arch.sie = Some(crate::model::config::Sie { cameras: shape[0] / views, views, coefficient });
         Ok(())
     }
 
@@ -570,7 +578,7 @@ impl<'a> Checkpoint<'a> {
             (Some(s), Some(c)) => s.heads.len() == c.heads.len(),
             (None, None) => true,
             _ => false,
-        } && saved.arch.sie.as_ref().map(|s| s.cameras) == cfg.arch.sie.as_ref().map(|s| s.cameras)
+        } && saved.arch.sie.as_ref().map(|s| s.rows()) == cfg.arch.sie.as_ref().map(|s| s.rows())
             && saved.head.kind == cfg.head.kind;
         if !same_branches {
             return Err(Error::file(

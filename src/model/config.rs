@@ -42,13 +42,40 @@ pub struct Arch {
     pub jpm: Option<Jpm>,
 }
 
-/// Side information embedding: a learned vector per camera, times `coefficient`, added to every
-/// token after the position embedding. The camera of each image is an input of the model.
+/// Side information embedding: a learned vector per camera (or per camera and viewpoint), times
+/// `coefficient`, added to every token after the position embedding. Which row each image takes —
+/// `camera · views + view`, as TransReID indexes it — is an input of the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sie {
     pub cameras: usize,
+    /// Viewpoints per camera (TransReID's `SIE_VIEW`, its vehicle configurations); 1: cameras only.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub views: usize,
     /// TransReID's `SIE_COE` (not stored in its checkpoints; its configurations use 3.0).
     pub coefficient: f32,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+impl Sie {
+    /// "6 cameras", or "20 cameras × 8 viewpoints".
+    pub fn describe(&self) -> String {
+        match self.views {
+            1 => crate::text::count(self.cameras, "camera"),
+            v => format!("{} × {}", crate::text::count(self.cameras, "camera"), crate::text::count(v, "viewpoint")),
+        }
+    }
+
+    /// Rows of the embedding table: cameras × viewpoints.
+    pub fn rows(&self) -> usize {
+        self.cameras.saturating_mul(self.views)
+    }
 }
 
 /// The jigsaw patch module: the last block is the global branch (b1); a second copy of it with its
@@ -441,10 +468,10 @@ impl ModelConfig {
             return Err(Error::invalid("`head.neck_feat` applies to a BNNeck head only"));
         }
         if let Some(sie) = &a.sie {
-            if sie.cameras == 0 || sie.cameras > LIMIT_CAMERAS || !sie.coefficient.is_finite() {
+            if sie.cameras == 0 || sie.views == 0 || sie.rows() > LIMIT_CAMERAS || !sie.coefficient.is_finite() {
                 return Err(Error::invalid(format!(
-                    "`arch.sie`: {} cameras with coefficient {}; expected 1..={LIMIT_CAMERAS} cameras and a finite coefficient",
-                    sie.cameras, sie.coefficient
+                    "`arch.sie`: {} cameras × {} viewpoints with coefficient {}; expected at least one of each, at most {LIMIT_CAMERAS} in all, and a finite coefficient",
+                    sie.cameras, sie.views, sie.coefficient
                 )));
             }
         }

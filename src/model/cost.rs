@@ -75,7 +75,7 @@ pub fn model_cost(cfg: &ModelConfig) -> ModelCost {
     }
     let patch_embed_macs = np * 3 * p2 * d;
     // Patch embedding (weight and bias), prefix tokens, position and camera embeddings.
-    let sie = a.sie.as_ref().map_or(0, |s| s.cameras as u64 * d);
+    let sie = a.sie.as_ref().map_or(0, |s| s.rows() as u64 * d);
     let embed_params = d * 3 * p2 + d + cfg.num_prefix() as u64 * d + n * d + sie;
     let c = cfg.head.num_classes as u64;
     let head_params = match cfg.head.kind {
@@ -135,7 +135,7 @@ mod tests {
         // Overlapping patches, SIE, JPM (b2 counted with its norm) and five BNNecks.
         let arch = Arch {
             patch_stride: Some(12),
-            sie: Some(Sie { cameras: 6, coefficient: 3.0 }),
+            sie: Some(Sie { cameras: 6, views: 1, coefficient: 3.0 }),
             jpm: Some(Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] }),
             ..Arch::preset("tiny").unwrap()
         };

@@ -345,7 +345,7 @@ impl VitParams<Shape> {
             cls_token: a.class_token.then(|| vec![1, 1, d]),
             dist_token: a.dist_token.then(|| vec![1, 1, d]),
             pos_embed: vec![1, cfg.num_tokens(), d],
-            sie_embed: a.sie.as_ref().map(|s| vec![s.cameras, 1, d]),
+            sie_embed: a.sie.as_ref().map(|s| vec![s.rows(), 1, d]),
             blocks: cfg.layers.iter().map(|plan| block(plan.heads.len())).collect(),
             norm: norm(d),
             jpm: a.jpm.as_ref().map(|j| JpmParams { block: block(j.heads.len()), norm: norm(d) }),

@@ -105,8 +105,8 @@ impl Vit {
         let mut z = Tensor::cat(&seq, 1)?.broadcast_add(self.params.pos_embed.as_tensor())?;
         if let (Some(sie), Some(table)) = (&cfg.arch.sie, &self.params.sie_embed) {
             let cams = mode.cameras.ok_or_else(|| Error::invalid("this model has a side information embedding (SIE): each image needs its camera"))?;
-            if cams.len() != b || cams.iter().any(|&c| c >= sie.cameras) {
-                return Err(Error::invalid(format!("{} camera indices for a batch of {b}, each below {}", cams.len(), sie.cameras)));
+            if cams.len() != b || cams.iter().any(|&c| c >= sie.rows()) {
+                return Err(Error::invalid(format!("{} SIE indices for a batch of {b}, each below {}", cams.len(), sie.rows())));
             }
             let idx = Tensor::from_vec(cams.iter().map(|&c| c as u32).collect::<Vec<_>>(), b, &self.device)?;
             z = z.broadcast_add(&(table.as_tensor().index_select(&idx, 0)? * sie.coefficient as f64)?)?;

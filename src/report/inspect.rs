@@ -36,7 +36,7 @@ pub fn render(cfg: &ModelConfig) -> String {
         cfg.grid().0,
         cfg.grid().1,
         cfg.num_tokens(),
-        a.sie.as_ref().map(|s| format!(" · SIE over {} cameras (coefficient {})", s.cameras, s.coefficient)).unwrap_or_default(),
+        a.sie.as_ref().map(|s| format!(" · SIE over {} (coefficient {})", s.describe(), s.coefficient)).unwrap_or_default(),
         cfg.describe_head()
     );
     let _ = writeln!(s, "source: {}", cfg.source.describe());

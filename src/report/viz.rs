@@ -136,8 +136,15 @@ pub struct VizOutput {
 
 /// Draws the pictures into the directory `out`, written as a whole (a non-empty `out` needs
 /// `force`); the image is read and the scores checked before anything is drawn.
-/// `camera`: the image's camera index for a model with SIE (default: from its file name).
-pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>, camera: Option<usize>, out: &Path, force: bool) -> Result<VizOutput> {
+/// `side`: the image's camera (and viewpoint) for a model with SIE (default: from its file name).
+pub fn render(
+    files: &ModelFiles,
+    scores: Option<&Scores>,
+    image: Option<&Path>,
+    side: &crate::data::cameras::SideInfo,
+    out: &Path,
+    force: bool,
+) -> Result<VizOutput> {
     let cfg = &files.config;
     let mut warnings = Vec::new();
     if let Some(sc) = scores {
@@ -153,7 +160,7 @@ pub fn render(files: &ModelFiles, scores: Option<&Scores>, image: Option<&Path>,
         warnings.extend(scores_mismatch(files, sc));
     }
     let camera = match image {
-        Some(p) => crate::data::cameras::cameras_for(cfg, &[p.to_path_buf()], camera)?.map(|c| c[0]),
+        Some(p) => crate::data::cameras::cameras_for(cfg, &[p.to_path_buf()], side)?.map(|c| c[0]),
         None => None,
     };
     let image = image.map(load_rgb).transpose()?;

@@ -481,7 +481,7 @@ impl EpochRunner<'_> {
             epoch_order(paths.len(), o.seed, epoch)
         };
         let steps_per_epoch = (order.len() / o.batch_size + usize::from(order.len() % o.batch_size >= 2)).max(1);
-        let cameras = crate::data::cameras::cameras_for(&model.cfg, &paths, None)?;
+        let cameras = crate::data::cameras::cameras_for(&model.cfg, &paths, &crate::data::cameras::SideInfo::FROM_NAMES)?;
         let head = model.cfg.head.kind;
         let lopts = LoaderOptions { batch_size: o.batch_size, augment: o.augment, seed: o.seed, epoch: epoch as u64, ..LoaderOptions::inference(o.batch_size) };
         let pb = crate::progress::bar(order.len() as u64, &format!("epoch {}/{}", epoch + 1, o.epochs), "img", self.progress);

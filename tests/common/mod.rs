@@ -71,7 +71,7 @@ pub fn random_config(rng: &mut Rng) -> ModelConfig {
         class_token,
         dist_token: !jpm && rng.bool(0.4),
         patch_stride: stride,
-        sie: rng.bool(0.4).then(|| Sie { cameras: 1 + rng.below(4), coefficient: 0.5 + 2.5 * rng.f64() as f32 }),
+        sie: rng.bool(0.4).then(|| Sie { cameras: 1 + rng.below(4), views: 1 + rng.below(2), coefficient: 0.5 + 2.5 * rng.f64() as f32 }),
         jpm: None,
     };
     let (gh, gw) = (1 + rng.below(5), 1 + rng.below(4));

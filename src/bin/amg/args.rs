@@ -82,6 +82,25 @@ pub fn rgb_positive(s: &str) -> Result<[f32; 3], String> {
     }
 }
 
+/// `--camera` and `--view` for a model with a side information embedding (TransReID's SIE).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct SideInfoArgs {
+    /// For a model with SIE: the camera index of every image (0 is c1); by default each
+    /// Market/Duke file name gives its own.
+    #[arg(long)]
+    camera: Option<usize>,
+    /// For a model whose SIE has viewpoints (TransReID's vehicle configurations): the viewpoint
+    /// index of every image.
+    #[arg(long)]
+    view: Option<usize>,
+}
+
+impl SideInfoArgs {
+    pub fn get(&self) -> amg::data::cameras::SideInfo {
+        amg::data::cameras::SideInfo { camera: self.camera, view: self.view }
+    }
+}
+
 /// A count ≥ 1 (epochs, iterations, batch size, images).
 pub fn at_least_one(s: &str) -> Result<usize, String> {
     let v: usize = number(s).map_err(|_| format!("`{s}` is not a whole number ≥ 1"))?;

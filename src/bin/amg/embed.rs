@@ -21,10 +21,8 @@ pub struct Args {
     /// Skip images that cannot be decoded (and list them) instead of stopping.
     #[arg(long)]
     skip_bad: bool,
-    /// For a model with SIE (TransReID): the camera index of every image (0 is c1); by default
-    /// each Market/Duke file name gives its own.
-    #[arg(long)]
-    camera: Option<usize>,
+    #[command(flatten)]
+    side: crate::args::SideInfoArgs,
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
@@ -45,7 +43,7 @@ pub fn run(a: Args) -> Result<()> {
     let model = ModelFiles::load(&a.model)?;
     let fingerprint = model.fingerprint();
     let engine = Engine::new(model)?;
-    let r = amg::embed::embed_files(&engine, &files, a.batch_size, a.skip_bad, true, a.camera)?;
+    let r = amg::embed::embed_files(&engine, &files, a.batch_size, a.skip_bad, true, &a.side.get())?;
     for (_, why) in &r.skipped {
         eprintln!("skipped: {why}"); // the reason names the file
     }

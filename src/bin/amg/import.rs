@@ -39,6 +39,10 @@ pub struct Args {
     /// TransReID: SIE_COE, the weight of the camera embedding (not stored in checkpoints).
     #[arg(long, default_value_t = TransReidOptions::default().sie_coefficient, allow_negative_numbers = true)]
     sie_coefficient: f32,
+    /// TransReID: viewpoints per camera in the SIE table (its SIE_VIEW vehicle configurations); the
+    /// table's rows are cameras × viewpoints.
+    #[arg(long, value_parser = at_least_one, default_value_t = TransReidOptions::default().sie_views)]
+    sie_views: usize,
     /// TransReID: TEST.NECK_FEAT, the retrieval feature before or after the BNNeck's BatchNorm.
     #[arg(long, value_parser = choice::<NeckFeat>(), default_value = "before")]
     neck_feat: NeckFeat,
@@ -67,6 +71,7 @@ pub fn run(a: Args) -> Result<()> {
         normalise: a.mean.zip(a.std),
         transreid: TransReidOptions {
             sie_coefficient: a.sie_coefficient,
+            sie_views: a.sie_views,
             neck_feat: a.neck_feat,
             shift: a.jpm_shift,
             groups: a.jpm_groups,

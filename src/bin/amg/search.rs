@@ -20,10 +20,8 @@ pub struct Args {
     /// Print the matches as one JSON list.
     #[arg(long)]
     json: bool,
-    /// For a model with SIE (TransReID): the query's camera index (0 is c1); by default its
-    /// Market/Duke file name gives it.
-    #[arg(long)]
-    camera: Option<usize>,
+    #[command(flatten)]
+    side: crate::args::SideInfoArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -44,7 +42,7 @@ pub fn run(a: Args) -> Result<()> {
     if recorded.is_none() {
         eprintln!("warning: {gallery_name} does not record which model computed it; make sure it was --model {}", a.model.display());
     }
-    let cameras = amg::data::cameras::cameras_for(engine.config(), std::slice::from_ref(&a.query), a.camera)?;
+    let cameras = amg::data::cameras::cameras_for(engine.config(), std::slice::from_ref(&a.query), &a.side.get())?;
     let t = std::time::Instant::now();
     let input = amg::preprocess::load_input(&a.query, &engine.config().input, false)?;
     let out = engine.run(Input { images: &input, cameras: cameras.as_deref(), batch: 1 }, &mut Workspace::default(), Want::default(), None)?;

@@ -172,7 +172,7 @@ pub fn run(a: Args) -> Result<()> {
         if a.sie {
             // Cameras as the dataset's file names number them (c1 is index 0).
             let cameras = data.train.iter().chain(&data.query).chain(&data.gallery).map(|s| s.camid).max().unwrap_or(0).max(1) as usize;
-            arch.sie = Some(Sie { cameras, coefficient: a.sie_coefficient });
+            arch.sie = Some(Sie { cameras, views: 1, coefficient: a.sie_coefficient });
         }
         if a.jpm {
             arch.jpm = Some(Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] });

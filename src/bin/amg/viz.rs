@@ -17,10 +17,8 @@ pub struct Args {
     /// An image to draw attention maps over.
     #[arg(long)]
     image: Option<PathBuf>,
-    /// For a model with SIE (TransReID): the image's camera index (0 is c1); by default its
-    /// Market/Duke file name gives it.
-    #[arg(long, requires = "image")]
-    camera: Option<usize>,
+    #[command(flatten)]
+    side: crate::args::SideInfoArgs,
     /// Replace --out if it exists and is not empty.
     #[arg(long)]
     force: bool,
@@ -29,7 +27,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let files = ModelFiles::load(&a.model)?;
     let scores = a.scores.as_ref().map(|p| Scores::load(p)).transpose()?;
-    let out = amg::report::viz::render(&files, scores.as_ref(), a.image.as_deref(), a.camera, &a.out, a.force)?;
+    let out = amg::report::viz::render(&files, scores.as_ref(), a.image.as_deref(), &a.side.get(), &a.out, a.force)?;
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }

@@ -33,7 +33,7 @@ impl HeadCriterion for Entropy {
                 (0..h.len()).map(|_| Mutex::new(vec![0f64; nq * nk])).collect()
             })
             .collect();
-        let cameras = crate::data::cameras::cameras_for(cfg, &paths, None)?;
+        let cameras = crate::data::cameras::cameras_for(cfg, &paths, &crate::data::cameras::SideInfo::FROM_NAMES)?;
         let observe = |layer: usize, _img: usize, head: usize, probs: &[f32]| {
             let Some(slot) = sums.get(layer).and_then(|l| l.get(head)) else { return };
             let mut acc = slot.lock().unwrap_or_else(|e| e.into_inner());

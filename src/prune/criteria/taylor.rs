@@ -39,7 +39,7 @@ impl TokenCriterion for FirstOrder {
         // The ID loss (LA's per-part cross-entropy; TransReID's over its BNNecks): calibration
         // batches are not sampled identity by identity, so no triplet term.
         let loss_cfg = LossConfig::ce(0.0, Distill::None);
-        let cameras = crate::data::cameras::cameras_for(cfg, &paths, None)?;
+        let cameras = crate::data::cameras::cameras_for(cfg, &paths, &crate::data::cameras::SideInfo::FROM_NAMES)?;
         let pb = crate::progress::bar(paths.len() as u64, "importance", "img", c.options.progress);
         let order: Vec<usize> = (0..paths.len()).collect();
         let (h, w) = (cfg.input.height, cfg.input.width);
