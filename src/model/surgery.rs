@@ -88,7 +88,9 @@ impl Plan {
             (Some(_), None) => return Err(Error::invalid("plan: `jpm_heads` given, but the model has no JPM branch")),
             (Some(list), Some(j)) => {
                 list.sort_unstable();
-                list.dedup();
+                if let Some(w) = list.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(Error::invalid(format!("plan: `jpm_heads` lists head {} twice", w[0])));
+                }
                 if list.is_empty() {
                     return Err(Error::invalid("plan: `jpm_heads` keeps no head; the b2 block needs at least one"));
                 }
