@@ -1,5 +1,5 @@
-//! `amg train`: LA-Transformer training and fine-tuning, with distillation, evaluation, and
-//! checkpoints that survive being killed at any moment.
+//! `amg train`: training and fine-tuning (LA-Transformer, or TransReID-style with its ID + triplet
+//! loss), with distillation, evaluation, and checkpoints that survive being killed at any moment.
 //!
 //! A run directory holds `last/` and `best/` (model directories; `last/` also carries the optimiser
 //! moments and `train_state.json`) and `metrics.jsonl` (one line per finished epoch). Each of them

@@ -34,9 +34,9 @@ enum Cmd {
     /// The whole pipeline on built-in synthetic data: benchmark, training, AMG and random pruning,
     /// one comparison table and a plot (about 6½ minutes on 2 cores; --quick about 15 seconds).
     Demo(demo::Args),
-    /// Convert a timm / LA-Transformer / AMG-reference checkpoint into an amg model directory.
+    /// Convert a timm / DeiT / LA-Transformer / AMG-reference / TransReID checkpoint into an amg model directory.
     Import(import::Args),
-    /// Write a model for other runtimes: ONNX (ONNX Runtime, TensorRT, OpenVINO), pruning kept.
+    /// Write a model for other runtimes: ONNX (ONNX Runtime, TensorRT, OpenVINO) or PyTorch, pruning kept.
     Export(export::Args),
     /// Compute retrieval features of images.
     Embed(embed::Args),
@@ -48,7 +48,7 @@ enum Cmd {
     Bench(bench::Args),
     /// Generate a synthetic Re-ID benchmark (Market-1501 layout), or a contact sheet of it.
     Synth(synth::Args),
-    /// Train or fine-tune an LA-Transformer (optionally distilling from a teacher).
+    /// Train or fine-tune a model: LA-Transformer or TransReID-style (BNNeck, SIE, JPM; ID + triplet loss), optionally distilling.
     Train(train::Args),
     /// Score heads (attention entropy) and key tokens (first-order importance) on a calibration set.
     Analyze(analyze::Args),
