@@ -83,6 +83,10 @@ fn distilled_deit_matches_timm() {
     o.checkpoint_img_size = Some((64, 32));
     let files = import(&o).unwrap();
     assert!(files.config().arch.class_token && files.config().arch.dist_token);
+    // `--from deit` reads the same checkpoint the same way.
+    let deit = import(&ImportRequest { format: SourceFormat::Deit, ..o.clone() }).unwrap();
+    assert_eq!((deit.params(), &deit.config().arch), (files.params(), &files.config().arch));
+    assert_eq!(deit.config().source.format, "deit");
     assert_eq!(files.config().num_prefix(), 2);
     check_against(round_trip(&files, "deit"), "ref_deit_distilled.safetensors");
     // A plan that drops the distillation token (position 1) is refused; one that keeps both

@@ -190,7 +190,7 @@ impl<'a> Checkpoint<'a> {
             let timm = SourceFormat::Timm.scheme().key(&probe.patch_embed.weight);
             let la = SourceFormat::LaTransformer.scheme().key(&probe.patch_embed.weight);
             let hint = match (req.format, tensors.contains_key(&timm), tensors.contains_key(&la)) {
-                (SourceFormat::Timm, _, true) => " (its keys start with `model.`: try --from la-transformer or --from amg)",
+                (SourceFormat::Timm | SourceFormat::Deit, _, true) => " (its keys start with `model.`: try --from la-transformer or --from amg)",
                 (_, true, _) => " (its keys have no `model.` prefix: try --from timm)",
                 _ => "",
             };

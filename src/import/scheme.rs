@@ -11,6 +11,8 @@ use std::fmt;
 pub enum SourceFormat {
     /// A timm VisionTransformer state dict (retrieval only; any classifier is dropped).
     Timm,
+    /// A DeiT checkpoint: timm's layout, a distilled one with its distillation token.
+    Deit,
     /// LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers.
     LaTransformer,
     /// The AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks.
@@ -21,11 +23,12 @@ pub enum SourceFormat {
 }
 
 impl Choice for SourceFormat {
-    const ALL: &'static [SourceFormat] = &[SourceFormat::Timm, SourceFormat::LaTransformer, SourceFormat::Amg, SourceFormat::TransReid];
+    const ALL: &'static [SourceFormat] = &[SourceFormat::Timm, SourceFormat::Deit, SourceFormat::LaTransformer, SourceFormat::Amg, SourceFormat::TransReid];
 
     fn name(self) -> &'static str {
         match self {
             SourceFormat::Timm => "timm",
+            SourceFormat::Deit => "deit",
             SourceFormat::LaTransformer => "la-transformer",
             SourceFormat::Amg => "amg",
             SourceFormat::TransReid => "transreid",
@@ -35,6 +38,7 @@ impl Choice for SourceFormat {
     fn help(self) -> &'static str {
         match self {
             SourceFormat::Timm => "a timm VisionTransformer state dict (retrieval only; any classifier is dropped)",
+            SourceFormat::Deit => "DeiT (timm's layout; a distilled one keeps its distillation token, drops head_dist)",
             SourceFormat::LaTransformer => "LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers",
             SourceFormat::Amg => "the AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks",
             SourceFormat::TransReid => "TransReID (ViT-B, ViT-S, DeiT-S; overlapping patches, SIE, JPM, BNNeck head)",
@@ -56,7 +60,7 @@ impl SourceFormat {
     /// The key naming of this format.
     pub fn scheme(self) -> KeyScheme {
         match self {
-            SourceFormat::Timm => KeyScheme { backbone: "", transreid: false, jpm_last: None },
+            SourceFormat::Timm | SourceFormat::Deit => KeyScheme { backbone: "", transreid: false, jpm_last: None },
             SourceFormat::LaTransformer | SourceFormat::Amg => KeyScheme { backbone: "model.", transreid: false, jpm_last: None },
             SourceFormat::TransReid => KeyScheme { backbone: "base.", transreid: true, jpm_last: None },
         }
