@@ -222,7 +222,7 @@ fn train_base(out: &Path, settings: &DemoSettings, data: &Dataset, log: &mut dyn
     let (h, w) = settings.model_input;
     let mut arch = Arch::preset("tiny")?;
     let head = if transreid {
-        let cameras = data.train.iter().chain(&data.query).chain(&data.gallery).map(|s| s.camid).max().unwrap_or(1).max(1) as usize;
+        let cameras = data.num_cameras();
         arch.patch_stride = Some(12);
         arch.sie = Some(crate::model::config::Sie { cameras, views: 1, coefficient: 3.0 });
         arch.jpm = Some(crate::model::config::Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] });

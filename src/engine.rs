@@ -91,10 +91,7 @@ struct Part {
 impl Part {
     fn new(p: PartParams<HostTensor>, d: usize) -> Part {
         let (nb, c) = (p.bottleneck.weight.shape[0], p.classifier.weight.shape[0]);
-        let bn = &p.bn;
-        let eps = crate::model::params::BatchNorm::<HostTensor>::EPS as f32;
-        let bn_scale: Vec<f32> = (0..nb).map(|j| bn.weight.data[j] / (bn.running_var.data[j] + eps).sqrt()).collect();
-        let bn_shift: Vec<f32> = (0..nb).map(|j| bn.bias.data[j] - bn.running_mean.data[j] * bn_scale[j]).collect();
+        let (bn_scale, bn_shift) = p.bn.folded();
         Part {
             fc_t: transpose(&p.bottleneck.weight.data, nb, d),
             fc_b: bias_or_zeros(p.bottleneck.bias, nb),
@@ -136,10 +133,7 @@ struct Neck {
 
 impl Neck {
     fn new(p: NeckParams<HostTensor>, d: usize) -> Neck {
-        let bn = &p.bn;
-        let eps = crate::model::params::BatchNorm::<HostTensor>::EPS as f32;
-        let scale: Vec<f32> = (0..d).map(|j| bn.weight.data[j] / (bn.running_var.data[j] + eps).sqrt()).collect();
-        let shift: Vec<f32> = (0..d).map(|j| bn.bias.data[j] - bn.running_mean.data[j] * scale[j]).collect();
+        let (scale, shift) = p.bn.folded();
         Neck { scale, shift, cls_t: p.classifier.map(|c| transpose(&c.weight.data, c.weight.shape[0], d)) }
     }
 

@@ -180,6 +180,12 @@ fn read_split(root: &Path, layout: Layout, dir_name: &str, skipped: &mut usize) 
 }
 
 impl Dataset {
+    /// Cameras as the file names number them (`c1`…): the largest camera number in any split,
+    /// at least 1.
+    pub fn num_cameras(&self) -> usize {
+        self.train.iter().chain(&self.query).chain(&self.gallery).map(|s| s.camid).max().unwrap_or(1).max(1) as usize
+    }
+
     /// Opens a dataset root, detecting the layout unless one is given.
     pub fn open(root: &Path, layout: Option<Layout>) -> Result<Dataset> {
         if !root.is_dir() {

@@ -459,15 +459,11 @@ impl<'a> Builder<'a> {
             Some(l) => self.node("Concat", "neck/pieces", &[&global, l], vec![attr_int("axis", 1)]),
             None => global,
         };
-        let eps = crate::model::params::BatchNorm::<HostTensor>::EPS as f32;
         let (mut scale, mut shift) = (Vec::with_capacity(k * d), Vec::with_capacity(k * d));
         for neck in &p.necks {
-            let bn = &neck.bn;
-            for j in 0..d {
-                let s = bn.weight.data[j] / (bn.running_var.data[j] + eps).sqrt();
-                scale.push(s);
-                shift.push(bn.bias.data[j] - bn.running_mean.data[j] * s);
-            }
+            let (s, t) = neck.bn.folded();
+            scale.extend(s);
+            shift.extend(t);
         }
         let scale = self.init("necks/bn_scale", &[k, d], scale);
         let shift = self.init("necks/bn_shift", &[k, d], shift);

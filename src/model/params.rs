@@ -134,6 +134,16 @@ pub struct BatchNorm<T> {
     pub running_var: T,
 }
 
+impl BatchNorm<HostTensor> {
+    /// Inference-mode BatchNorm as one affine map per channel, `y = x·scale + shift`.
+    pub fn folded(&self) -> (Vec<f32>, Vec<f32>) {
+        let eps = Self::EPS as f32;
+        let scale: Vec<f32> = self.weight.data.iter().zip(&self.running_var.data).map(|(w, v)| w / (v + eps).sqrt()).collect();
+        let shift = self.bias.data.iter().zip(&self.running_mean.data).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        (scale, shift)
+    }
+}
+
 impl<T> BatchNorm<T> {
     pub const EPS: f64 = 1e-5;
     pub const MOMENTUM: f64 = 0.1;

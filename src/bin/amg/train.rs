@@ -171,7 +171,7 @@ pub fn run(a: Args) -> Result<()> {
         arch.patch_stride = a.stride.filter(|&s| s != arch.patch_size);
         if a.sie {
             // Cameras as the dataset's file names number them (c1 is index 0).
-            let cameras = data.train.iter().chain(&data.query).chain(&data.gallery).map(|s| s.camid).max().unwrap_or(0).max(1) as usize;
+            let cameras = data.num_cameras();
             arch.sie = Some(Sie { cameras, views: 1, coefficient: a.sie_coefficient });
         }
         if a.jpm {
