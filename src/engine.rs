@@ -354,6 +354,11 @@ impl Engine {
 
     /// Runs a batch through the model; `observe`, when given, sees every attention map.
     pub fn run(&self, input: Input, ws: &mut Workspace, want: Want, observe: Option<AttnObserver>) -> Result<Outputs> {
+        // The whole pass on one of the pool's threads (see `kernels::in_pool`).
+        crate::kernels::in_pool(|| self.run_here(input, ws, want, observe))
+    }
+
+    fn run_here(&self, input: Input, ws: &mut Workspace, want: Want, observe: Option<AttnObserver>) -> Result<Outputs> {
         self.check_input(&input)?;
         let batch = input.batch;
         if want.logits && self.parts.is_empty() && self.necks.iter().all(|n| n.cls_t.is_none()) {

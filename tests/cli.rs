@@ -131,5 +131,12 @@ fn bench_runs_on_a_model_and_an_architecture() {
     assert!(v["img_per_s"].as_f64().unwrap() > 0.0);
     let text = ok(&amg(&["bench", "--arch", "tiny", "--img-size", "64x32", "--batch-size", "2", "--iters", "1"]));
     assert!(text.contains("img/s"), "{text}");
+    // The ceiling measurement: both kinds of product timed, and the ceiling the better of them.
+    let g: serde_json::Value = serde_json::from_str(&ok(&amg(&["bench", "--gemm", "--gemm-size", "96", "--iters", "3", "--json"]))).unwrap();
+    let (general, packed) = (g["general_best_gflops"].as_f64().unwrap(), g["packed_best_gflops"].as_f64().unwrap());
+    assert!(general > 0.0 && packed > 0.0 && g["general_median_gflops"].as_f64().unwrap() <= general, "{g}");
+    assert!(ok(&amg(&["bench", "--gemm", "--gemm-size", "64", "--iters", "1"])).contains("ceiling"));
+    // --gemm measures the machine, not a model.
+    assert!(!amg(&["bench", "--gemm", "--arch", "tiny"]).status.success());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -9,8 +9,10 @@ Usage:
 For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` and tools/peer_infer.py
 (timm ViT at 224x224, PyTorch eager and ONNX Runtime), alternating them --rounds times and keeping
 each one's best, and prints img/s and amg's ratio to the faster peer as a Markdown table, under the
-CPU's model name. With --baseline, a second amg binary (an earlier build, say) is measured in the
-same alternation and gets its own columns.
+CPU's model name, with the machine's ceiling for float32 products (`amg bench --gemm` and
+tools/peer_sgemm.py, measured before each model and kept at their best) and amg's fraction of it.
+With --baseline, a second amg binary (an earlier build, say) is measured in the same alternation
+and gets its own columns.
 
 With --train it compares training steps instead: tools/peer_train_toy.py against
 `amg bench --train --toy`, and an LA-Transformer step (tools/peer_train_la.py) against
@@ -68,18 +70,38 @@ if args.train:
         print(f"| {name} | {a:.1f} | {t:.1f} | {t / a:.2f}× |")
     sys.exit(0)
 
-def amg_ips(binary, arch, b, iters):
+def amg_bench(binary, arch, b, iters):
     out = subprocess.run([binary, "bench", "--arch", arch, "--batch-size", str(b), "--iters", str(iters), "--json"], check=True, capture_output=True, text=True).stdout
-    return json.loads(out)["img_per_s"]
+    r = json.loads(out)
+    return r["img_per_s"], 2 * r["gmacs_per_image"]
+
+
+def amg_ips(binary, arch, b, iters):
+    return amg_bench(binary, arch, b, iters)[0]
+
+
+# The machine's ceiling for float32 products: amg's kernels (`amg bench --gemm`) and PyTorch's
+# sgemm on 2048³ products, measured before each model and kept at their best, like the cells.
+ceiling = {"amg": 0.0, "torch": 0.0}
+
+
+def measure_ceiling():
+    r = json.loads(subprocess.run([args.amg, "bench", "--gemm", "--json"], check=True, capture_output=True, text=True).stdout)
+    ceiling["amg"] = max(ceiling["amg"], r["general_best_gflops"], r["packed_best_gflops"])
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "peer_sgemm.py")], check=True, capture_output=True, text=True).stdout
+    ceiling["torch"] = max(ceiling["torch"], float(re.search(r"([\d.]+) GFLOP/s best", out).group(1)))
 
 
 rows = []
+gflop = {}
 for arch in args.archs.split(","):
+    measure_ceiling()
     for b in [int(x) for x in args.batches.split(",")]:
         iters = args.iters or max(5, {"tiny": 60, "small": 30, "base": 10}[arch] // max(1, b // 4))
         amg, base, torch_ips, ort_ips = 0.0, 0.0, 0.0, 0.0
         for _ in range(args.rounds):
-            amg = max(amg, amg_ips(args.amg, arch, b, iters))
+            ips, gflop[arch] = amg_bench(args.amg, arch, b, iters)
+            amg = max(amg, ips)
             if args.baseline:
                 base = max(base, amg_ips(args.baseline, arch, b, iters))
             out = subprocess.run([sys.executable, args.peer, f"vit_{arch}_patch16_224", str(b)], check=True, capture_output=True, text=True).stdout
@@ -90,6 +112,10 @@ for arch in args.archs.split(","):
         extra = f"  baseline {base:.2f}" if args.baseline else ""
         print(f"{arch} b={b}: amg {amg:.2f}{extra}  torch {torch_ips:.2f}  ort {ort_ips:.2f} img/s (best of {args.rounds})", file=sys.stderr, flush=True)
 
+top = max(ceiling.values())
+print(f"Ceiling: float32 2048³ products reach {ceiling['amg']:.0f} GFLOP/s with amg's kernels (`amg bench --gemm`) and "
+      f"{ceiling['torch']:.0f} with PyTorch's sgemm (tools/peer_sgemm.py), best of {len(args.archs.split(','))} measurements each; "
+      f"the last column is amg's GFLOP/s as a fraction of the higher, {top:.0f}.\n")
 if args.baseline:
     print("| model | batch | amg img/s | baseline img/s | amg / baseline | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | baseline / faster peer |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -97,7 +123,8 @@ if args.baseline:
         best = max(t, o)
         print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {base:.2f} | {a / base:.2f}× | {t:.2f} | {o:.2f} | {a / best:.2f}× | {base / best:.2f}× |")
 else:
-    print("| model | batch | amg img/s | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | amg / ORT |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | batch | amg img/s | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | amg / ORT | amg GFLOP/s (of ceiling) |")
+    print("|---|---|---|---|---|---|---|---|")
     for arch, b, a, _, t, o in rows:
-        print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {t:.2f} | {o:.2f} | {a / max(t, o):.2f}× | {a / o:.2f}× |")
+        g = a * gflop[arch]
+        print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {t:.2f} | {o:.2f} | {a / max(t, o):.2f}× | {a / o:.2f}× | {g:.0f} ({100 * g / top:.0f} %) |")

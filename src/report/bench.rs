@@ -150,7 +150,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Times `iters` steps (after two warm-up steps) of `step`, which returns its forward time.
-fn time_steps(iters: usize, progress: bool, mut step: impl FnMut() -> Result<f64>) -> Result<(f64, f64)> {
+fn time_steps(iters: usize, progress: bool, mut step: impl FnMut() -> Result<f64> + Send) -> Result<(f64, f64)> {
+    // Each step on one of the pool's threads, as training runs it (see `kernels::in_pool`).
+    let mut step = move || crate::kernels::in_pool(&mut step);
     for _ in 0..2 {
         step()?;
     }
@@ -243,4 +245,84 @@ impl TrainBench {
             self.what, self.batch_size, self.ms_per_step, self.forward_ms, self.steps_per_s, self.img_per_s, self.iters
         )
     }
+}
+
+/// The machine's ceiling for single-precision products: `size`³ products through the `gemm` crate
+/// (its own threaded general product, and amg's packed-weight product), best and median GFLOP/s.
+#[derive(Debug, Clone, Serialize)]
+pub struct GemmBench {
+    pub size: usize,
+    pub threads: usize,
+    pub iters: usize,
+    pub general_best_gflops: f64,
+    pub general_median_gflops: f64,
+    pub packed_best_gflops: f64,
+    pub packed_median_gflops: f64,
+}
+
+impl GemmBench {
+    /// The best either product reached: what the README calls the machine's ceiling.
+    pub fn ceiling(&self) -> f64 {
+        self.general_best_gflops.max(self.packed_best_gflops)
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "float32 products {n}x{n}x{n}, {} threads: general {:.0} GFLOP/s best, {:.0} median; packed weight {:.0} best, {:.0} median (of {}); ceiling {:.0} GFLOP/s",
+            self.threads,
+            self.general_best_gflops,
+            self.general_median_gflops,
+            self.packed_best_gflops,
+            self.packed_median_gflops,
+            self.iters,
+            self.ceiling(),
+            n = self.size
+        )
+    }
+}
+
+/// Times `iters` `size`³ float32 products of each kind, the two kinds alternating, after one
+/// warm-up of each.
+pub fn bench_gemm(size: usize, iters: usize, progress: bool) -> Result<GemmBench> {
+    use crate::kernels::gemm::{matmul, Acc, Epilogue, Mat};
+    use crate::kernels::packed::{matmul_packed, PackedB};
+    let n = size;
+    if n > 8192 {
+        return Err(crate::Error::invalid(format!("--gemm-size {n}: at most 8192 (three {n}x{n} float32 matrices must fit in memory)")));
+    }
+    let len = n * n;
+    let mut rng = Rng::new(0);
+    let a: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+    let packed = PackedB::new(&b, n, n, &[]);
+    let mut c = vec![0f32; len];
+    let threads = rayon::current_num_threads();
+    let flop = 2.0 * (n as f64).powi(3);
+    let pb = crate::progress::bar(2 * iters as u64, "gemm", "products", progress);
+    let (mut general, mut packed_t) = (Vec::new(), Vec::new());
+    for i in 0..=iters {
+        let t = std::time::Instant::now();
+        matmul(Mat::dense(&a, n, n), Mat::dense(&b, n, n), &mut c, n, Acc::Overwrite, 1.0, threads);
+        let g = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        matmul_packed(Mat::dense(&a, n, n), &packed, 0..n, &mut c, n, Acc::Overwrite, threads, Epilogue::None);
+        let p = t.elapsed().as_secs_f64();
+        if i > 0 {
+            general.push(flop / g / 1e9);
+            packed_t.push(flop / p / 1e9);
+            pb.inc(2);
+        }
+        crate::interrupt::check()?;
+    }
+    pb.finish_and_clear();
+    let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    Ok(GemmBench {
+        size: n,
+        threads,
+        iters,
+        general_best_gflops: best(&general),
+        general_median_gflops: median(general),
+        packed_best_gflops: best(&packed_t),
+        packed_median_gflops: median(packed_t),
+    })
 }

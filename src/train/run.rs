@@ -507,19 +507,24 @@ impl EpochRunner<'_> {
                 }
                 None => None,
             };
-            let out = model.forward(&x, Mode { train: true, dropout: o.dropout, rng: Some(&mut dropout_rng), gates: None, cameras: cams.as_deref() })?;
-            let loss = model_loss(head, &out, &yt, teacher_logits.as_deref(), &loss_cfg)?;
-            let value = loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !value.is_finite() {
-                return Err(Error::invalid(format!(
-                    "the loss became {value} at epoch {}, batch {}: training stopped; the last good checkpoint is {} (try a lower --lr)",
-                    epoch + 1,
-                    batches + 1,
-                    run.join("last").display()
-                )));
-            }
-            let grads = loss.total.backward()?;
-            opt.step(trainable, &grads, lr)?;
+            // Forward, backward and update on one of the pool's threads (see `kernels::in_pool`).
+            let (out, loss) = crate::kernels::in_pool(|| -> Result<_> {
+                let out = model.forward(&x, Mode { train: true, dropout: o.dropout, rng: Some(&mut dropout_rng), gates: None, cameras: cams.as_deref() })?;
+                let loss = model_loss(head, &out, &yt, teacher_logits.as_deref(), &loss_cfg)?;
+                let value = loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !value.is_finite() {
+                    return Err(Error::invalid(format!(
+                        "the loss became {value} at epoch {}, batch {}: training stopped; the last good checkpoint is {} (try a lower --lr)",
+                        epoch + 1,
+                        batches + 1,
+                        run.join("last").display()
+                    )));
+                }
+                let grads = loss.total.backward()?;
+                opt.step(trainable, &grads, lr)?;
+                Ok((out, (loss, value)))
+            })?;
+            let (loss, value) = loss;
             correct += correct_predictions(&out.logits, &y)?;
             seen += b;
             loss_sum += value;

@@ -1,13 +1,13 @@
 use crate::args::{at_least_one, size};
 use amg::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
-use amg::report::bench::{bench_la_step, bench_model, bench_toy_step};
+use amg::report::bench::{bench_gemm, bench_la_step, bench_model, bench_toy_step};
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Model directory to measure (or give --arch for an unpruned architecture with random weights).
-    #[arg(long, conflicts_with = "arch", required_unless_present_any = ["arch", "toy"])]
+    #[arg(long, conflicts_with = "arch", required_unless_present_any = ["arch", "toy", "gemm"])]
     model: Option<PathBuf>,
     /// Or an unpruned architecture with random weights: tiny, small, base.
     #[arg(long)]
@@ -31,6 +31,13 @@ pub struct Args {
     /// tools/peer_train_toy.py times in PyTorch.
     #[arg(long, requires = "train")]
     toy: bool,
+    /// Measure the machine's ceiling instead: the best GFLOP/s of large float32 products
+    /// (--gemm-size cubed, --iters of them) through the same kernels the models use.
+    #[arg(long, conflicts_with_all = ["model", "arch", "train", "data"])]
+    gemm: bool,
+    /// Matrix size for --gemm.
+    #[arg(long, default_value_t = 2048, value_parser = at_least_one, requires = "gemm")]
+    gemm_size: usize,
     /// Identities of the LA head for --train.
     #[arg(long, default_value_t = 751, value_parser = at_least_one)]
     classes: usize,
@@ -41,6 +48,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.gemm {
+        let r = bench_gemm(a.gemm_size, a.iters, !a.json)?;
+        println!("{}", if a.json { serde_json::to_string(&r)? } else { r.text() });
+        return Ok(());
+    }
     if a.train {
         let r = if a.toy {
             bench_toy_step(a.iters, !a.json)?

@@ -60,6 +60,20 @@ enum Cmd {
     Eval(eval::Args),
 }
 
+/// candle's element-wise ops run on a pool of its own whose workers spin 25 000 times after each
+/// op before sleeping; with rayon's threads on the same cores (every product here), that spinning
+/// takes a core from the next product: a training step measured 14 % faster (median of 8 paired
+/// runs, 2 cores) with a short spin. Its size follows --threads like rayon's. The user's own
+/// settings of these variables win. Called first thing in `main`, before any thread exists.
+fn tune_candle_pool(threads: Option<usize>) {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "64");
+    }
+    if let (Some(t), None) = (threads.filter(|&t| t > 0), std::env::var_os("CANDLE_NUM_THREADS")) {
+        std::env::set_var("CANDLE_NUM_THREADS", t.to_string());
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     amg::alloc::tune();
     if let Some(t) = cli.threads {
@@ -101,6 +115,7 @@ fn interrupted(e: &anyhow::Error) -> bool {
 
 fn main() {
     let cli = parse();
+    tune_candle_pool(cli.threads);
     // args_os: a file name that is not UTF-8 is recorded lossily, not a panic.
     amg::model::config::set_command(std::env::args_os().enumerate().map(|(i, a)| if i == 0 { "amg".into() } else { a.to_string_lossy().into_owned() }));
     if let Err(e) = amg::interrupt::install() {
