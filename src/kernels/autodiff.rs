@@ -11,7 +11,7 @@
 use super::attention::{attention, attention_backward, AttnLayout, AttnShape};
 use super::gemm::{matmul_bt, matmul_strided, Acc, Mat, Strides};
 use super::prof::phase;
-use super::rows::{add_bias, layer_norm};
+use super::rows::{add_bias, lane_sq_dev, lane_sum, layer_norm, LANES};
 use super::{math, rows_per_task, simd_fn};
 use crate::alloc::output;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
@@ -131,12 +131,30 @@ pub struct LayerNorm {
 simd_fn! {
     /// One row of the layer-norm backward: `dx` from `x`, `dy` and `w`; accumulates `dw`, `db`.
     fn ln_backward_row(x: &[f32], dy: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
-        let d = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / d;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+        // The statistics as the forward pass computes them (`rows::layer_norm_row`), and the two
+        // sums in 16 lanes like them: a single running sum is a chain the compiler may not
+        // reorder, so it would run one element at a time.
+        let n = x.len();
+        let (dy, w, dx, dw, db) = (&dy[..n], &w[..n], &mut dx[..n], &mut dw[..n], &mut db[..n]);
+        let d = n as f32;
+        let mean = lane_sum(x) / d;
+        let var = lane_sq_dev(x, mean) / d;
         let rstd = 1.0 / (var + eps).sqrt();
-        let (mut s1, mut s2) = (0f32, 0f32);
-        for i in 0..x.len() {
+        let (mut a1, mut a2) = ([0f32; LANES], [0f32; LANES]);
+        let full = n / LANES * LANES;
+        for c in (0..full).step_by(LANES) {
+            for l in 0..LANES {
+                let i = c + l;
+                let xh = (x[i] - mean) * rstd;
+                let g = dy[i] * w[i];
+                a1[l] += g;
+                a2[l] += g * xh;
+                dw[i] += dy[i] * xh;
+                db[i] += dy[i];
+            }
+        }
+        let (mut s1, mut s2) = (a1.iter().sum::<f32>(), a2.iter().sum::<f32>());
+        for i in full..n {
             let xh = (x[i] - mean) * rstd;
             let g = dy[i] * w[i];
             s1 += g;
@@ -145,7 +163,7 @@ simd_fn! {
             db[i] += dy[i];
         }
         let (s1, s2) = (s1 / d, s2 / d);
-        for i in 0..x.len() {
+        for i in 0..n {
             let xh = (x[i] - mean) * rstd;
             dx[i] = rstd * (dy[i] * w[i] - s1 - xh * s2);
         }

@@ -3,10 +3,10 @@
 use super::{math, rows_per_task, simd_fn};
 use rayon::prelude::*;
 
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 #[inline(always)]
-fn lane_sum(x: &[f32]) -> f32 {
+pub(crate) fn lane_sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let mut it = x.chunks_exact(LANES);
     for c in &mut it {
@@ -22,7 +22,7 @@ fn lane_sum(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn lane_sq_dev(x: &[f32], mean: f32) -> f32 {
+pub(crate) fn lane_sq_dev(x: &[f32], mean: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let mut it = x.chunks_exact(LANES);
     for c in &mut it {
