@@ -118,6 +118,9 @@ impl candle_core::InplaceOp1 for Update<'_> {
         };
         let mut slot = self.slot.borrow_mut();
         let n = p.len();
+        if self.grad.len() != n {
+            candle_core::bail!("optimizer: a gradient of {} values for a parameter of {n}", self.grad.len());
+        }
         if slot.m.len() != n {
             slot.m = vec![0.0; n];
             if self.cfg.kind != OptimKind::Sgd {

@@ -508,7 +508,7 @@ impl EpochRunner<'_> {
                 None => None,
             };
             // Forward, backward and update on one of the pool's threads (see `kernels::in_pool`).
-            let (out, loss) = crate::kernels::in_pool(|| -> Result<_> {
+            let (out, loss, value) = crate::kernels::in_pool(|| -> Result<_> {
                 let out = model.forward(&x, Mode { train: true, dropout: o.dropout, rng: Some(&mut dropout_rng), gates: None, cameras: cams.as_deref() })?;
                 let loss = model_loss(head, &out, &yt, teacher_logits.as_deref(), &loss_cfg)?;
                 let value = loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -522,9 +522,8 @@ impl EpochRunner<'_> {
                 }
                 let grads = loss.total.backward()?;
                 opt.step(trainable, &grads, lr)?;
-                Ok((out, (loss, value)))
+                Ok((out, loss, value))
             })?;
-            let (loss, value) = loss;
             correct += correct_predictions(&out.logits, &y)?;
             seen += b;
             loss_sum += value;
