@@ -79,11 +79,15 @@ impl Vit {
 
     /// `x·Wᵀ + b` over the last dimension of `x` (`[rows, in]`), as one fused op.
     fn linear(&self, x: &Tensor, l: &Linear<Var>) -> Result<Tensor> {
-        let bias = match &l.bias {
+        Ok(x.contiguous()?.apply_op3(l.weight.as_tensor(), &self.bias(l)?, ops::Linear)?)
+    }
+
+    /// A linear layer's bias, or zeros for one without.
+    fn bias(&self, l: &Linear<Var>) -> Result<Tensor> {
+        Ok(match &l.bias {
             Some(b) => b.as_tensor().clone(),
             None => Tensor::zeros(l.weight.dims()[0], DType::F32, &self.device)?,
-        };
-        Ok(x.contiguous()?.apply_op3(l.weight.as_tensor(), &bias, ops::Linear)?)
+        })
     }
 
     fn layer_norm(&self, x: &Tensor, n: &LayerNorm<Var>) -> Result<Tensor> {
@@ -172,11 +176,7 @@ impl Vit {
         };
         let pe = &self.params.patch_embed;
         let pw = pe.weight.as_tensor().reshape((d, 3 * p * p))?;
-        let pb = match &pe.bias {
-            Some(bias) => bias.as_tensor().clone(),
-            None => Tensor::zeros(d, DType::F32, &self.device)?,
-        };
-        Ok(patches.apply_op3(&pw, &pb, ops::Linear)?.reshape((b, gh * gw, d))?)
+        Ok(patches.apply_op3(&pw, &self.bias(pe)?, ops::Linear)?.reshape((b, gh * gw, d))?)
     }
 
     /// The BNNeck head on the final tokens (and JPM's b2 branch on `trunk`, the last block's
@@ -253,10 +253,7 @@ impl Vit {
         let inner = heads * hd;
         let y = self.layer_norm(&z.reshape((b * n, d))?, &p.norm1)?;
         let wqkv = p.qkv.weight.as_tensor();
-        let bqkv = match &p.qkv.bias {
-            Some(v) => v.as_tensor().clone(),
-            None => Tensor::zeros(3 * inner, DType::F32, &self.device)?,
-        };
+        let bqkv = self.bias(&p.qkv)?;
         let o = if keep.len() == n && gate.is_none() {
             let qkv = y.apply_op3(wqkv, &bqkv, ops::Linear)?;
             qkv.apply_op1(ops::AttentionPacked { batch: b, n, heads, head_dim: hd })?
