@@ -158,6 +158,9 @@ fn nothing_is_overwritten_without_force() {
     let viz = dir.join("viz-missing");
     fails_with(&amg(&["viz", "--model", s(&model), "--out", s(&viz), "--image", s(&dir.join("nope.jpg"))]), &["nope.jpg"]);
     assert!(!viz.exists());
+    // --camera describes --image: without one it is refused, not ignored.
+    fails_with(&amg(&["viz", "--model", s(&model), "--out", s(&viz), "--camera", "1"]), &["--camera", "--image"]);
+    assert!(!viz.exists());
     assert!(hidden_entries(&dir).is_empty(), "temporary files left: {:?}", hidden_entries(&dir));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,6 @@
 use amg::model::ModelFiles;
 use amg::prune::analyze::Scores;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -25,6 +25,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.image.is_none() && a.side.get() != amg::data::cameras::SideInfo::FROM_NAMES {
+        bail!("--camera / --view are the camera and viewpoint of --image: give the image to draw attention over");
+    }
     let files = ModelFiles::load(&a.model)?;
     let scores = a.scores.as_ref().map(|p| Scores::load(p)).transpose()?;
     let out = amg::report::viz::render(&files, scores.as_ref(), a.image.as_deref(), &a.side.get(), &a.out, a.force)?;
