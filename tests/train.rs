@@ -298,3 +298,25 @@ fn a_transreid_model_trains_prunes_and_exports() {
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Fine-tuning at another input size: the position embedding is resampled, the run trains at the
+/// new size, and --img-size cannot change a run being resumed.
+#[test]
+fn init_at_another_input_size() {
+    let (dir, data) = setup("train-resize");
+    let init = s(&fixture("grad_teacher"));
+    let before = amg::model::ModelFiles::load(Path::new(&init)).unwrap();
+    let out = dir.join("run");
+    let o = run(&with(train_args(&data, &out, "1"), &["--init", &init, "--img-size", "32x32"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = amg::model::ModelFiles::load(&out.join("last")).unwrap();
+    let (b, a) = (before.config(), after.config());
+    assert_ne!((b.input.height, b.input.width), (32, 32));
+    assert_eq!((a.input.height, a.input.width), (32, 32));
+    assert_eq!(after.params().pos_embed.shape, vec![1, a.num_tokens(), a.arch.embed_dim]);
+    assert!(a.source.notes.iter().any(|n| n.contains("position embedding resampled")), "{:?}", a.source.notes);
+    let o = amg(&["train", "--data", &s(&data), "--out", &s(&out), "--epochs", "2", "--resume", "--img-size", "64x64"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--img-size"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -388,7 +388,7 @@ impl ModelConfig {
             || self.arch.jpm.as_ref().is_some_and(|j| j.heads.len() != self.arch.num_heads)
     }
 
-    fn check_input(&self) -> Result<()> {
+    pub(crate) fn check_input(&self) -> Result<()> {
         let (p, s) = (self.arch.patch_size, self.arch.stride());
         let (h, w) = (self.input.height, self.input.width);
         if p == 0 || s == 0 || s > p || h == 0 || w == 0 || h > LIMIT_SIDE || w > LIMIT_SIDE {

@@ -24,8 +24,10 @@ pub struct Args {
     /// Or from random weights: tiny, small, base.
     #[arg(long)]
     arch: Option<String>,
-    /// Input size HxW for --arch (default 224x224).
-    #[arg(long, value_parser = size, requires = "arch")]
+    /// Input size HxW: for --arch (default 224x224), or to fine-tune --init's model at another
+    /// size (its position embedding resampled; LA part classifiers replaced when the grid's row
+    /// count changes).
+    #[arg(long, value_parser = size, conflicts_with = "resume")]
     img_size: Option<(usize, usize)>,
     /// Head for --arch: la (LA-Transformer's part classifiers) or bnneck (TransReID's).
     #[arg(long, value_parser = choice::<HeadChoice>(), default_value = "la", requires = "arch")]
@@ -145,6 +147,13 @@ pub fn run(a: Args) -> Result<()> {
     // The models are read (and an unknown --arch refused) before the dataset, so that their
     // errors come before the dataset's summary.
     let init = a.init.as_deref().map(ModelFiles::load).transpose()?;
+    let init = match (init, a.img_size) {
+        (Some(m), Some((h, w))) => Some(
+            m.at_input_size(h, w)
+                .map_err(|e| anyhow::anyhow!("--init {} at --img-size {h}x{w}: {e}", a.init.as_ref().map(|p| p.display().to_string()).unwrap_or_default()))?,
+        ),
+        (m, _) => m,
+    };
     let arch = if a.resume || init.is_some() { None } else { Some(Arch::preset(a.arch.as_deref().unwrap_or("tiny"))?) };
     if let Some(m) = &init {
         if a.loss == LossChoice::CeTriplet && m.config().head.kind != HeadKind::Bnneck {
