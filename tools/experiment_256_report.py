@@ -40,7 +40,7 @@ def mean_std(values):
 
 
 def convergence(state):
-    evals = [(r["epoch"] + 1, 100 * r["mAP"]) for r in state["history"] if r.get("mAP") is not None]
+    evals = [(r["epoch"], 100 * r["mAP"]) for r in state["history"] if r.get("mAP") is not None]
     last_epoch, last = evals[-1]
     earlier = [m for e, m in evals if e <= last_epoch - WINDOW]
     if not earlier:
@@ -109,7 +109,8 @@ def main():
     agg(("control", "none"), "unpruned, fine-tuned alike (control)", "control", 0, 0)
     for name, h, t, what in BUDGETS:
         for crit in ["amg", "random"]:
-            agg((crit, name), f"{crit.upper() if crit == 'amg' else crit} {what} −{h:.0%} heads, −{t:.0%} key tokens".replace("−0% heads, ", "").replace(", −0% key tokens", ""), what, h, t)
+            cut = ", ".join(f"−{100 * v:.0f} % {unit}" for v, unit in [(h, "heads"), (t, "key tokens")] if v > 0)
+            agg((crit, name), f"{'AMG' if crit == 'amg' else 'random'} {name} ({cut})", what, h, t)
 
     ctl = next((r for r in rows if r["criterion"] == "control"), None)
     by = {(r["criterion"], r["budget"]): r for r in rows}

@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The whole pipeline on built-in synthetic data: benchmark, training, AMG and random pruning,
-    /// one comparison table and a plot (about 6½ minutes on 2 cores; --quick about 15 seconds).
+    /// one comparison table and a plot (about 7 minutes on 2 cores; --quick about 15 seconds).
     Demo(demo::Args),
     /// Convert a timm / DeiT / LA-Transformer / AMG-reference / TransReID checkpoint into an amg model directory.
     Import(import::Args),
