@@ -101,7 +101,9 @@ def main():
         if key[0] == "control":
             row.update(macs=original["macs"], paper_flops=original["paper_flops"], mac_saving=0.0, paper_flop_saving=0.0, kept_heads=original["heads"], kept_tokens=original["key_tokens"])
         else:
-            row.update(macs=first["macs"], paper_flops=first["paper_flops"], mac_saving=first["mac_saving"], paper_flop_saving=first["paper_flop_saving"], kept_heads=first["heads"], kept_tokens=first["key_tokens"])
+            # Random choices (and so costs) differ by seed: the mean over the seeds.
+            avg = lambda k: statistics.mean(m[k] for _, m in runs)
+            row.update(macs=avg("macs"), paper_flops=avg("paper_flops"), mac_saving=avg("mac_saving"), paper_flop_saving=avg("paper_flop_saving"), kept_heads=first["heads"], kept_tokens=round(avg("key_tokens")))
             sp = [m["speedup_b1"] for _, m in runs if m.get("speedup_b1")]
             row["speedup_b1"] = statistics.median(sp) if sp else None
         rows.append(row)
@@ -155,7 +157,7 @@ def main():
         md.append(f"| {r['label']} | {len(r['seeds'])} | {r['kept_heads']} | {r['kept_tokens']} | {r['macs'] / 1e9:.3f} G | {pct(r['mac_saving'])} | {pct(r['paper_flop_saving'])} | {ms(r['rank1'])} | {ms(r['mAP'])} | {ms(r['mINP'])} | {sp} |")
     md.append("")
     md.append("Mean ± standard deviation over seeds of pruning and fine-tuning (the random choice, data order and augmentation); "
-              "kept heads and key tokens are totals over the 12 layers. Speed-up: median over seeds of amg's measured batch-1 speed-up.")
+              "kept heads and key tokens are totals over the 12 layers; MACs, savings and kept key tokens are means over the seeds (random choices differ by seed). Speed-up: median over seeds of amg's measured batch-1 speed-up.")
     md.append("")
     if ctl and best:
         md.append(f"**Largest saving within 1 point of the control.** {best['label']}: {pct(best['mac_saving'])} honest MACs ({pct(best['paper_flop_saving'])} in the paper's FLOP convention), "
