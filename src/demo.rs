@@ -49,6 +49,16 @@ impl Choice for DemoHead {
 }
 
 impl DemoHead {
+    /// Images per optimiser step of the base's training: 32 for the ViT-Ti (twice the steps of 64
+    /// in the same time, which is what lets a from-scratch base learn on every seed's data), 64
+    /// for TransReID's 16 identities × 4 images.
+    pub fn train_batch(self) -> usize {
+        match self {
+            DemoHead::La => 32,
+            DemoHead::Transreid => 64,
+        }
+    }
+
     /// The unpruned model's name in the table.
     pub fn model_name(self) -> &'static str {
         match self {
@@ -67,9 +77,7 @@ pub struct DemoSettings {
     pub image_size: (usize, usize),
     pub model_input: (usize, usize),
     pub train_epochs: usize,
-    /// Images per optimiser step of the base's training: 32 for the ViT-Ti (twice the steps of 64
-    /// in the same time, which is what lets a from-scratch base learn on every seed's data), 64
-    /// for TransReID's 16 identities × 4 images.
+    /// Images per optimiser step of the base's training (`DemoHead::train_batch`).
     pub train_batch: usize,
     pub heads: f64,
     pub tokens: f64,
@@ -92,7 +100,7 @@ impl DemoSettings {
                 image_size: (64, 32),
                 model_input: (64, 32),
                 train_epochs: 2,
-                train_batch: if head == DemoHead::Transreid { 64 } else { 32 },
+                train_batch: head.train_batch(),
                 heads: 0.34,
                 tokens: 0.25,
                 final_epochs: 1,
@@ -107,7 +115,7 @@ impl DemoSettings {
                 image_size: (128, 64),
                 model_input: (128, 64),
                 train_epochs: 8,
-                train_batch: if head == DemoHead::Transreid { 64 } else { 32 },
+                train_batch: head.train_batch(),
                 heads: 0.34,
                 tokens: 0.25,
                 final_epochs: 2,

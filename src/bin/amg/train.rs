@@ -146,13 +146,11 @@ pub fn run(a: Args) -> Result<()> {
     }
     // The models are read (and an unknown --arch refused) before the dataset, so that their
     // errors come before the dataset's summary.
-    let init = a.init.as_deref().map(ModelFiles::load).transpose()?;
-    let init = match (init, a.img_size) {
-        (Some(m), Some((h, w))) => Some(
-            m.at_input_size(h, w)
-                .map_err(|e| anyhow::anyhow!("--init {} at --img-size {h}x{w}: {e}", a.init.as_ref().map(|p| p.display().to_string()).unwrap_or_default()))?,
-        ),
-        (m, _) => m,
+    let init = match (&a.init, a.img_size) {
+        (Some(p), Some((h, w))) => {
+            Some(ModelFiles::load(p)?.at_input_size(h, w).map_err(|e| anyhow::anyhow!("--init {} at --img-size {h}x{w}: {e}", p.display()))?)
+        }
+        (p, _) => p.as_deref().map(ModelFiles::load).transpose()?,
     };
     let arch = if a.resume || init.is_some() { None } else { Some(Arch::preset(a.arch.as_deref().unwrap_or("tiny"))?) };
     if let Some(m) = &init {
