@@ -180,6 +180,19 @@ pub fn resample_pos_embed(pos: &[f32], d: usize, prefix: usize, (gh, gw): (usize
     out
 }
 
+/// Resamples a position embedding from grid `from` to grid `to` the way the model's family does
+/// it, chosen by its source format name (`config.json`'s `source.format`, the importer's format
+/// names): bilinearly for TransReID (its `resize_pos_embed`), bicubically as timm does for every
+/// other. The importer and `amg train --img-size` both resample through this one choice. Returns
+/// the resampled embedding and how it was done, for the model's notes.
+pub fn resample_pos_embed_for(format: &str, pos: &[f32], d: usize, prefix: usize, from: (usize, usize), to: (usize, usize)) -> (Vec<f32>, &'static str) {
+    if format == "transreid" {
+        (resample_pos_embed_bilinear(pos, d, prefix, from, to), "bilinearly (as TransReID does)")
+    } else {
+        (resample_pos_embed(pos, d, prefix, from, to), "bicubically (as timm does)")
+    }
+}
+
 /// For each output sample of a linear resize (`F.interpolate(mode="bilinear",
 /// align_corners=False)`, no antialias): the two input indices and the second one's weight.
 fn linear_taps(in_size: usize, out_size: usize) -> Vec<(usize, usize, f64)> {

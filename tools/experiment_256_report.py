@@ -60,11 +60,14 @@ def main():
     base_state = load(os.path.join(w, "base", "last", "train_state.json"))
     pre_state = load(os.path.join(w, "pretrain", "last", "train_state.json"))
     evals, change, flat = convergence(base_state)
-    times = {}
-    if os.path.exists(os.path.join(w, "times.tsv")):
-        for line in open(os.path.join(w, "times.tsv")):
-            name, secs = line.rstrip("\n").split("\t")
-            times[name] = times.get(name, 0) + int(secs)
+    def read_times(name):
+        t = {}
+        if os.path.exists(os.path.join(w, name)):
+            for line in open(os.path.join(w, name)):
+                step, secs = line.rstrip("\n").split("\t")
+                t[step] = t.get(step, 0) + int(secs)
+        return t
+    times, times_parallel = read_times("times.tsv"), read_times("times-parallel.tsv")
 
     cells, missing = {}, []
     original = None
@@ -83,7 +86,9 @@ def main():
                 r = load(p)
                 original = original or r["original"]
                 m = dict(r["pruned"])
-                m.update(mac_saving=r["mac_saving"], paper_flop_saving=r["paper_flop_saving"], speedup_b1=r.get("speedup_b1"), speedup_b16=r.get("speedup_b16"))
+                # A speed-up measured while other cells ran beside it (JOBS > 1) is not a measurement.
+                alone = not os.path.exists(os.path.join(os.path.dirname(p), "measured-in-parallel"))
+                m.update(mac_saving=r["mac_saving"], paper_flop_saving=r["paper_flop_saving"], speedup_b1=r.get("speedup_b1") if alone else None)
                 cells.setdefault((crit, name), []).append((seed, m))
     if original is None:
         sys.exit("no pruned cell has finished yet: run a seed stage first")
@@ -167,22 +172,44 @@ def main():
     for d in duels:
         se = f"{d['standard_error']:.2f}" if d["standard_error"] is not None else "n/a"
         md.append(f"- {d['budget']} ({pct(d['mac_saving'])} honest, {pct(d['paper_flop_saving'])} paper): AMG − random = {d['amg_minus_random_mAP']:+.2f} mAP points, "
-                  f"standard error of the difference {se} → " + ("more than twice the seed noise" if d["beats_noise"] else "within twice the seed noise"))
+                  f"standard error of the difference {se} → " + ("not testable yet (a side has fewer than 2 seeds)" if d["standard_error"] is None else "more than twice the seed noise" if d["beats_noise"] else "within twice the seed noise"))
     if missing:
         md.append("")
         md.append(f"Not yet run ({len(missing)} cells): " + ", ".join(missing))
-    if times:
+    cost = cost_summary(times, times_parallel)
+    if cost:
         md.append("")
-        stages = {"base": sum(v for k, v in times.items() if not k.startswith(("amg-", "random-", "control-"))),
-                  **{f"seed {s}": sum(v for k, v in times.items() if k.endswith(f"-s{s}")) for s in SEEDS}}
-        md.append("Wall time on this machine: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in stages.items() if v) + f"; total {sum(times.values()) / 3600:.1f} h.")
+        md.append(cost)
     text = "\n".join(md)
     print(text)
     with open(os.path.join(out, "experiment_256.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(out, "experiment_256.json"), "w") as f:
-        json.dump({"base_history": evals, "base_change_last_window": change, "converged": flat, "original": original, "rows": rows, "duels": duels, "missing": missing, "times_s": times}, f, indent=1)
+        json.dump({"base_history": evals, "base_change_last_window": change, "converged": flat, "original": original, "rows": rows, "duels": duels, "missing": missing, "times_s": times, "times_parallel_s": times_parallel}, f, indent=1)
     plot(rows, original, os.path.join(out, "experiment_256.png"))
+
+
+def cost_summary(times, times_parallel):
+    """What the experiment costs on the machine that ran it, from the steps run there alone: the
+    base's steps as measured, a seed stage as its control plus ten pruned cells at their means."""
+    if not times:
+        return None
+    base = [(k, v) for k, v in times.items() if not k.startswith(("amg-", "random-", "control-"))]
+    ctl = [v for k, v in times.items() if k.startswith("control-")]
+    pruned = [v for k, v in times.items() if k.startswith(("amg-", "random-"))]
+    parts = [f"{k} {v / 60:.0f} min" for k, v in base]
+    text = "Wall time, measured on the machine that ran the base: " + ", ".join(parts)
+    if ctl and pruned:
+        stage = statistics.mean(ctl) + 2 * len(BUDGETS) * statistics.mean(pruned)
+        total = sum(v for _, v in base) + len(SEEDS) * stage
+        text += (f"; a cell run alone: control {statistics.mean(ctl) / 60:.1f} min (n = {len(ctl)}), pruned {statistics.mean(pruned) / 60:.1f} min "
+                 f"(n = {len(pruned)}, range {min(pruned) / 60:.1f}–{max(pruned) / 60:.1f}), so a seed stage takes ≈ {stage / 60:.0f} min and the whole experiment ≈ {total / 3600:.1f} h")
+    text += "."
+    if times_parallel:
+        v = list(times_parallel.values())
+        text += (f" {len(v)} cells ran beside others (several at once on a machine with more cores, `JOBS` in the script): "
+                 f"{min(v) / 60:.1f}–{max(v) / 60:.1f} min each; their speed-ups are left out.")
+    return text
 
 
 def plot(rows, original, path):

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::config::{grid_of, NeckFeat};
 use crate::model::params::{Key, VitParams};
 use crate::model::{Arch, HeadConfig, LayerPlan, ModelConfig, ModelFiles, Source};
-use crate::resample::{resample_pos_embed, resample_pos_embed_bilinear};
+use crate::resample::resample_pos_embed_for;
 use crate::tensor::{shape_str, HostTensor, RawTensor};
 use pth::{read_checkpoint, PthFile};
 pub use scheme::{KeyScheme, SourceFormat};
@@ -612,18 +612,11 @@ impl<'a> Checkpoint<'a> {
         layout.pos_embed = vec![1, prefix + gh * gw, d];
         let mut params = layout.try_map(&mut |key, shape| self.f32(key, shape))?;
         if grids.model != grids.checkpoint {
-            // timm resamples bicubically; TransReID's `resize_pos_embed` bilinearly.
-            let transreid = self.format == SourceFormat::TransReid;
+            let (data, how) = resample_pos_embed_for(self.format.name(), &params.pos_embed.data, d, prefix, grids.checkpoint, grids.model);
             notes.push(format!(
-                "position embedding resampled {} from a {}x{} to a {}x{} patch grid",
-                if transreid { "bilinearly (as TransReID does)" } else { "bicubically" },
-                grids.checkpoint.0,
-                grids.checkpoint.1,
-                grids.model.0,
-                grids.model.1
+                "position embedding resampled {how} from a {}x{} to a {}x{} patch grid",
+                grids.checkpoint.0, grids.checkpoint.1, grids.model.0, grids.model.1
             ));
-            let resample = if transreid { resample_pos_embed_bilinear } else { resample_pos_embed };
-            let data = resample(&params.pos_embed.data, d, prefix, grids.checkpoint, grids.model);
             params.pos_embed = HostTensor::new(vec![1, cfg.num_tokens(), d], data);
         }
         if let Some(c) = self.q_scale.get() {

@@ -4,7 +4,7 @@ use super::config::{HeadConfig, HeadKind, ModelConfig};
 use super::params::VitParams;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::resample::{resample_pos_embed, resample_pos_embed_bilinear};
+use crate::resample::resample_pos_embed_for;
 use crate::tensor::{write_named_safetensors, HostTensor, SafetensorsFile};
 use std::collections::HashMap;
 use std::path::Path;
@@ -107,10 +107,9 @@ impl ModelFiles {
         for l in &mut cfg.layers {
             l.tokens = (0..n).collect();
         }
-        let resample = if cfg.source.format == "transreid" { resample_pos_embed_bilinear } else { resample_pos_embed };
-        let pos = resample(&self.params.pos_embed.data, d, prefix, old_grid, cfg.grid());
+        let (pos, how) = resample_pos_embed_for(&cfg.source.format, &self.params.pos_embed.data, d, prefix, old_grid, cfg.grid());
         self.params.pos_embed = HostTensor::new(vec![1, n, d], pos);
-        let mut note = format!("input {}x{} → {height}x{width}: position embedding resampled", c.input.height, c.input.width);
+        let mut note = format!("input {}x{} → {height}x{width}: position embedding resampled {how}", c.input.height, c.input.width);
         if cfg.head.kind == HeadKind::La && cfg.num_parts() != old_rows {
             cfg.head = HeadConfig::none();
             self.params.parts.clear();
