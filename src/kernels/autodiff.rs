@@ -17,7 +17,7 @@ use crate::alloc::output;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => candle_core::bail!("{what}: input must be contiguous"),
@@ -35,7 +35,7 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> crate::Result<R> 
 }
 
 /// Runs `f` on the contiguous f32 data of a tensor.
-fn with<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub(super) fn with<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (st, l) = t.storage_and_layout();
     match &*st {
@@ -44,13 +44,13 @@ fn with<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     }
 }
 
-fn threads() -> usize {
+pub(super) fn threads() -> usize {
     rayon::current_num_threads()
 }
 
 /// Column sums of a `[rows, n]` matrix: partial sums of fixed row blocks in parallel, combined in
 /// block order, so the result is the same whatever the thread scheduling (runs are reproducible).
-fn column_sums(x: &[f32], n: usize) -> Vec<f32> {
+pub(super) fn column_sums(x: &[f32], n: usize) -> Vec<f32> {
     let rows = x.len() / n;
     let per = rows_per_task(rows, n);
     let partial: Vec<Vec<f32>> = x
@@ -77,6 +77,27 @@ fn leading(shape: &Shape) -> (Vec<usize>, usize) {
     (d[..d.len() - 1].to_vec(), *d.last().unwrap_or(&1))
 }
 
+/// `x·Wᵀ + b` for `x` `[m, k]` and `w` `[n, k]`: a new `[m, n]` buffer.
+pub(super) fn linear_forward(x: &[f32], w: &[f32], b: &[f32], m: usize) -> Vec<f32> {
+    let n = b.len();
+    let k = w.len() / n.max(1);
+    let mut y = output(m * n);
+    matmul_bt(Mat::dense(x, m, k), Mat::dense(w, n, k), &mut y, n, Acc::Overwrite, 1.0, threads());
+    add_bias(&mut y, b);
+    y
+}
+
+/// The backward pass of `linear_forward`: `dx = dy·W` written into (or with `Acc::Add` added to)
+/// `dx`; returns `(dW = dyᵀ·x, db = column sums of dy)`.
+pub(super) fn linear_backward(x: &[f32], w: &[f32], dy: &[f32], m: usize, dx: &mut [f32], acc: Acc) -> (Vec<f32>, Vec<f32>) {
+    let k = x.len() / m.max(1);
+    let n = dy.len() / m.max(1);
+    matmul_strided((m, k, n), dy, Strides::row_major(n), w, Strides::row_major(k), dx, k, acc, 1.0, threads());
+    let mut dw = output(n * k);
+    matmul_strided((n, k, m), dy, Strides::transposed(n), x, Strides::row_major(k), &mut dw, k, Acc::Overwrite, 1.0, threads());
+    (dw, column_sums(dy, n))
+}
+
 /// `y = x·Wᵀ + b` over the last dimension of `x`; `w` is `[out, in]`.
 pub struct Linear;
 
@@ -92,11 +113,7 @@ impl CustomOp3 for Linear {
             candle_core::bail!("linear: x [.., {k}], w [{n}, {wk}], b [{}]", b.len());
         }
         let m: usize = lead.iter().product();
-        let mut y = output(m * n);
-        phase("t:linear", || {
-            matmul_bt(Mat::dense(x, m, k), Mat::dense(w, n, k), &mut y, n, Acc::Overwrite, 1.0, threads());
-            add_bias(&mut y, b);
-        });
+        let y = phase("t:linear", || linear_forward(x, w, b, m));
         let mut dims = lead;
         dims.push(n);
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -109,12 +126,8 @@ impl CustomOp3 for Linear {
                 with(dy, "linear dy", |dy| {
                     phase("t:linear-bwd", || {
                         let mut dx = output(m * k);
-                        // dx = dy·W
-                        matmul_strided((m, k, n), dy, Strides::row_major(n), w, Strides::row_major(k), &mut dx, k, Acc::Overwrite, 1.0, threads());
-                        // dW = dyᵀ·x
-                        let mut dw = output(n * k);
-                        matmul_strided((n, k, m), dy, Strides::transposed(n), x, Strides::row_major(k), &mut dw, k, Acc::Overwrite, 1.0, threads());
-                        (dx, dw, column_sums(dy, n))
+                        let (dw, db) = linear_backward(x, w, dy, m, &mut dx, Acc::Overwrite);
+                        (dx, dw, db)
                     })
                 })
             })
@@ -170,6 +183,32 @@ simd_fn! {
     }
 }
 
+/// The backward pass of layer norm over rows of `w.len()`: writes `dx` (statistics recomputed
+/// from `x`), returns `(dw, db)`, summed over fixed row blocks in block order (reproducible).
+pub(super) fn layer_norm_backward(x: &[f32], dy: &[f32], w: &[f32], eps: f32, dx: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let per = rows_per_task(x.len() / d, d);
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(per * d)
+        .zip(x.par_chunks(per * d))
+        .zip(dy.par_chunks(per * d))
+        .map(|((dxc, xc), dyc)| {
+            let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+            for ((dxr, xr), dyr) in dxc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).zip(dyc.chunks_exact(d)) {
+                ln_backward_row(xr, dyr, w, eps, dxr, &mut dw, &mut db);
+            }
+            (dw, db)
+        })
+        .collect();
+    // Combined in block order: reproducible whatever the scheduling.
+    let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+    for (pw, pb) in partial {
+        dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+    }
+    (dw, db)
+}
+
 impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "amg-layer-norm"
@@ -188,25 +227,7 @@ impl CustomOp3 for LayerNorm {
                 with(dy, "layer norm dy", |dy| {
                     phase("t:layer-norm-bwd", || {
                         let mut dx = output(x.len());
-                        let per = rows_per_task(x.len() / d, d);
-                        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-                            .par_chunks_mut(per * d)
-                            .zip(x.par_chunks(per * d))
-                            .zip(dy.par_chunks(per * d))
-                            .map(|((dxc, xc), dyc)| {
-                                let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-                                for ((dxr, xr), dyr) in dxc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).zip(dyc.chunks_exact(d)) {
-                                    ln_backward_row(xr, dyr, w, self.eps, dxr, &mut dw, &mut db);
-                                }
-                                (dw, db)
-                            })
-                            .collect();
-                        // Combined in block order: reproducible whatever the scheduling.
-                        let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-                        for (pw, pb) in partial {
-                            dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
-                            db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
-                        }
+                        let (dw, db) = layer_norm_backward(x, dy, w, self.eps, &mut dx);
                         (dx, dw, db)
                     })
                 })
@@ -235,26 +256,31 @@ simd_fn! {
     }
 }
 
+/// The exact GELU of every element: a new buffer.
+pub(super) fn gelu_forward(x: &[f32]) -> Vec<f32> {
+    let mut y = output(x.len());
+    y.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(o, i)| gelu_slice(i, o));
+    y
+}
+
+/// `dy ⊙ GELU'(x)`: a new buffer.
+pub(super) fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut dx = output(x.len());
+    dx.par_chunks_mut(16384).zip(x.par_chunks(16384)).zip(dy.par_chunks(16384)).for_each(|((o, i), g)| gelu_backward_slice(i, g, o));
+    dx
+}
+
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
         "amg-gelu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "gelu x")?;
-        let mut y = output(x.len());
-        phase("t:gelu", || y.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(o, i)| gelu_slice(i, o)));
+        let y = phase("t:gelu", || gelu_forward(x));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dx = with(x, "gelu x", |x| {
-            with(dy, "gelu dy", |dy| {
-                phase("t:gelu-bwd", || {
-                    let mut dx = output(x.len());
-                    dx.par_chunks_mut(16384).zip(x.par_chunks(16384)).zip(dy.par_chunks(16384)).for_each(|((o, i), g)| gelu_backward_slice(i, g, o));
-                    dx
-                })
-            })
-        })??;
+        let dx = with(x, "gelu x", |x| with(dy, "gelu dy", |dy| phase("t:gelu-bwd", || gelu_backward(x, dy))))??;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }

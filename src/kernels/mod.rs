@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod autodiff;
+pub mod block;
 pub mod gemm;
 pub mod math;
 pub mod packed;

@@ -2,16 +2,18 @@
 //! token-importance analysis run on. Inference uses `engine` (faster); tests hold both to timm and
 //! to each other.
 //!
-//! Each layer is one of the fused custom ops of `kernels::autodiff` (linear, layer norm, GELU,
-//! attention with K/V from the kept tokens), which carry hand-written backward passes: candle's
-//! `softmax_last_dim` and `layer_norm` have no backward, and its composite versions are several
-//! times slower.
+//! Each transformer block is one fused custom op (`kernels::block`) and the layers around them
+//! (patch embedding, final norm, heads) are the per-layer ops of `kernels::autodiff`; all carry
+//! hand-written backward passes: candle's `softmax_last_dim` and `layer_norm` have no backward,
+//! its composite versions are several times slower, and a block of per-layer nodes costs a zeroed
+//! buffer and an addition for every gradient candle accumulates.
 
 use super::config::ModelConfig;
 use super::params::{BatchNorm, BlockParams, LayerNorm, Linear, PartParams, VitParams};
 use super::ModelFiles;
 use crate::error::{Error, Result};
 use crate::kernels::autodiff as ops;
+use crate::kernels::block::{self as ops_block, BlockDims};
 use crate::rng::Rng;
 use crate::tensor::HostTensor;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -243,42 +245,35 @@ impl Vit {
         Ok(z)
     }
 
-    /// One block with `heads` kept heads and keys/values from positions `keep` of the sequence.
-    /// Attention gates, when given, scale the value rows of the kept keys:
-    /// (A·diag g)·V = A·(diag g·V), so ∂L/∂g is the same Σ A·∂L/∂A as gating A itself.
+    /// One block with `heads` kept heads and keys/values from positions `keep` of the sequence,
+    /// as one fused op (`kernels::block`). Attention gates, when given, scale the value rows of the
+    /// kept keys: (A·diag g)·V = A·(diag g·V), so ∂L/∂g is the same Σ A·∂L/∂A as gating A itself.
     fn block(&self, z: Tensor, p: &BlockParams<Var>, heads: usize, keep: &[usize], gate: Option<&Tensor>) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (hd, d) = (cfg.arch.head_dim, cfg.arch.embed_dim);
-        let (b, n, _) = z.dims3()?;
-        let inner = heads * hd;
-        let y = self.layer_norm(&z.reshape((b * n, d))?, &p.norm1)?;
-        let wqkv = p.qkv.weight.as_tensor();
-        let bqkv = self.bias(&p.qkv)?;
-        let o = if keep.len() == n && gate.is_none() {
-            let qkv = y.apply_op3(wqkv, &bqkv, ops::Linear)?;
-            qkv.apply_op1(ops::AttentionPacked { batch: b, n, heads, head_dim: hd })?
-        } else {
-            let nk = keep.len();
-            let q = y.apply_op3(&wqkv.narrow(0, 0, inner)?, &bqkv.narrow(0, 0, inner)?, ops::Linear)?;
-            let yk = if nk == n {
-                y.clone()
-            } else {
-                let idx = Tensor::from_vec(keep.iter().map(|&t| t as u32).collect::<Vec<_>>(), nk, &self.device)?;
-                y.reshape((b, n, d))?.index_select(&idx, 1)?.reshape((b * nk, d))?
-            };
-            let mut kv = yk.apply_op3(&wqkv.narrow(0, inner, 2 * inner)?, &bqkv.narrow(0, inner, 2 * inner)?, ops::Linear)?;
-            if let Some(g) = gate {
-                let ones = Tensor::ones((nk, inner), DType::F32, &self.device)?;
-                let gv = g.reshape((nk, 1))?.broadcast_as((nk, inner))?;
-                let gm = Tensor::cat(&[&ones, &gv], 1)?;
-                kv = kv.reshape((b, nk, 2 * inner))?.broadcast_mul(&gm)?.reshape((b * nk, 2 * inner))?;
-            }
-            q.apply_op2(&kv, ops::AttentionSplit { batch: b, n, nk, heads, head_dim: hd })?
+        let (b, n, d) = z.dims3()?;
+        let dims = BlockDims { batch: b, n, dim: d, heads, head_dim: cfg.arch.head_dim, hidden: p.fc1.weight.dims()[0] };
+        let parts = [
+            p.norm1.weight.as_tensor().clone(),
+            p.norm1.bias.as_tensor().clone(),
+            p.qkv.weight.as_tensor().flatten_all()?,
+            self.bias(&p.qkv)?,
+            p.proj.weight.as_tensor().flatten_all()?,
+            self.bias(&p.proj)?,
+            p.norm2.weight.as_tensor().clone(),
+            p.norm2.bias.as_tensor().clone(),
+            p.fc1.weight.as_tensor().flatten_all()?,
+            self.bias(&p.fc1)?,
+            p.fc2.weight.as_tensor().flatten_all()?,
+            self.bias(&p.fc2)?,
+        ];
+        let packed = Tensor::cat(&parts, 0)?;
+        let op = ops_block::Block::new(dims, cfg.arch.ln_eps as f32, keep.to_vec());
+        let z = z.reshape((b * n, d))?.contiguous()?;
+        let out = match gate {
+            Some(g) => z.apply_op3(&packed, &g.contiguous()?, op)?,
+            None => z.apply_op2(&packed, op)?,
         };
-        let z = (z + self.linear(&o, &p.proj)?.reshape((b, n, d))?)?;
-        let y = self.layer_norm(&z.reshape((b * n, d))?, &p.norm2)?;
-        let h = self.linear(&y, &p.fc1)?.apply_op1(ops::Gelu)?;
-        Ok((z + self.linear(&h, &p.fc2)?.reshape((b, n, d))?)?)
+        Ok(out.reshape((b, n, d))?)
     }
 }
 
