@@ -142,7 +142,8 @@ pub struct LayerNorm {
 }
 
 simd_fn! {
-    /// One row of the layer-norm backward: `dx` from `x`, `dy` and `w`; accumulates `dw`, `db`.
+    /// One row of the layer-norm backward: adds the row's `dx` (from `x`, `dy` and `w`) to `dx`;
+    /// accumulates `dw`, `db`.
     fn ln_backward_row(x: &[f32], dy: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
         // The statistics as the forward pass computes them (`rows::layer_norm_row`), and the two
         // sums in 16 lanes like them: a single running sum is a chain the compiler may not
@@ -178,13 +179,14 @@ simd_fn! {
         let (s1, s2) = (s1 / d, s2 / d);
         for i in 0..n {
             let xh = (x[i] - mean) * rstd;
-            dx[i] = rstd * (dy[i] * w[i] - s1 - xh * s2);
+            dx[i] += rstd * (dy[i] * w[i] - s1 - xh * s2);
         }
     }
 }
 
-/// The backward pass of layer norm over rows of `w.len()`: writes `dx` (statistics recomputed
-/// from `x`), returns `(dw, db)`, summed over fixed row blocks in block order (reproducible).
+/// The backward pass of layer norm over rows of `w.len()`: adds the input gradient to `dx` (zeroed
+/// for a plain write; statistics recomputed from `x`), returns `(dw, db)`, summed over fixed row
+/// blocks in block order (reproducible).
 pub(super) fn layer_norm_backward(x: &[f32], dy: &[f32], w: &[f32], eps: f32, dx: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
     let d = w.len();
     let per = rows_per_task(x.len() / d, d);
@@ -249,6 +251,14 @@ simd_fn! {
 }
 
 simd_fn! {
+    fn gelu_backward_scale(x: &[f32], dy: &mut [f32]) {
+        for i in 0..x.len() {
+            dy[i] *= math::gelu_grad(x[i]);
+        }
+    }
+}
+
+simd_fn! {
     fn gelu_backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         for i in 0..x.len() {
             dx[i] = dy[i] * math::gelu_grad(x[i]);
@@ -261,6 +271,11 @@ pub(super) fn gelu_forward(x: &[f32]) -> Vec<f32> {
     let mut y = output(x.len());
     y.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(o, i)| gelu_slice(i, o));
     y
+}
+
+/// `dy ⊙= GELU'(x)`, in place.
+pub(super) fn gelu_backward_in_place(x: &[f32], dy: &mut [f32]) {
+    dy.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(g, i)| gelu_backward_scale(i, g));
 }
 
 /// `dy ⊙ GELU'(x)`: a new buffer.

@@ -11,7 +11,7 @@
 //! same as the per-layer ops' (`autodiff`), so the results are the same up to float summation order.
 
 use super::attention::{attention, attention_backward, AttnLayout, AttnShape};
-use super::autodiff::{gelu_backward, gelu_forward, layer_norm_backward, linear_backward, linear_forward, slice, with};
+use super::autodiff::{gelu_backward_in_place, gelu_forward, layer_norm_backward, linear_backward, linear_forward, slice, with};
 use super::gemm::Acc;
 use super::prof::phase;
 use super::rows::layer_norm;
@@ -227,15 +227,14 @@ impl Block {
             // MLP: out = z2 + fc2(GELU(fc1(LN2(z2)))).
             let mut dh = output(s.h.len());
             let (dfc2w, dfc2b) = linear_backward(&s.h, w.fc2w, dout, rows, &mut dh, Acc::Overwrite);
-            let du = gelu_backward(&s.u, &dh);
-            drop(dh);
+            gelu_backward_in_place(&s.u, &mut dh);
             let mut dy2 = output(rows * d);
-            let (dfc1w, dfc1b) = linear_backward(&s.y2, w.fc1w, &du, rows, &mut dy2, Acc::Overwrite);
-            drop(du);
-            let mut dz2 = output(rows * d);
+            let (dfc1w, dfc1b) = linear_backward(&s.y2, w.fc1w, &dh, rows, &mut dy2, Acc::Overwrite);
+            drop(dh);
+            // z2 feeds both the residual (gradient dout) and LN2: the sum starts from dout.
+            let mut dz2 = dout.to_vec();
             let (dn2w, dn2b) = layer_norm_backward(&s.z2, &dy2, w.n2w, self.eps, &mut dz2);
             drop(dy2);
-            add_into(&mut dz2, dout);
             // Attention: z2 = z + proj(attention(LN1(z))).
             let mut d_o = output(rows * inner);
             let (dprojw, dprojb) = linear_backward(&s.o, w.projw, &dz2, rows, &mut d_o, Acc::Overwrite);
@@ -288,9 +287,9 @@ impl Block {
                 dqkvw = [dqw, dkvw].concat();
                 dqkvb = [dqb, dkvb].concat();
             }
-            let mut dz = output(rows * d);
+            // z likewise: the residual's dz2 plus LN1's gradient, added into dz2's buffer.
+            let mut dz = dz2;
             let (dn1w, dn1b) = layer_norm_backward(z, &dy1, w.n1w, self.eps, &mut dz);
-            add_into(&mut dz, &dz2);
             grads.extend([dn1w, dn1b, dqkvw, dqkvb, dprojw, dprojb, dn2w, dn2b, dfc1w, dfc1b, dfc2w, dfc2b]);
             debug_assert!(grads.iter().zip(lens).all(|(g, l)| g.len() == l));
             Grads { input: dz, params: grads.concat(), gates: dgate }
