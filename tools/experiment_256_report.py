@@ -129,6 +129,8 @@ def main():
             if r["criterion"] == "amg" and ctl["mAP"][0] - r["mAP"][0] <= 1.0:
                 within.append(r)
     best = max(within, key=lambda r: r["mac_saving"]) if within else None
+    # The same in the paper's FLOP convention (it counts key-token savings the honest count does not).
+    best_paper = max(within, key=lambda r: r["paper_flop_saving"]) if within else None
     # Conclusion 2: AMG against random where the saving is ≥ 30 % in either convention... the
     # issue's ≥ 30 % refers to the paper's claim (paper FLOPs); both are stated.
     duels = []
@@ -166,7 +168,10 @@ def main():
     md.append("")
     if ctl and best:
         md.append(f"**Largest saving within 1 point of the control.** {best['label']}: {pct(best['mac_saving'])} honest MACs ({pct(best['paper_flop_saving'])} in the paper's FLOP convention), "
-                  f"mAP {best['mAP'][0]:.2f} against the control's {ctl['mAP'][0]:.2f} ({best['mAP'][0] - ctl['mAP'][0]:+.2f} points).")
+                  f"mAP {best['mAP'][0]:.2f} against the control's {ctl['mAP'][0]:.2f} ({best['mAP'][0] - ctl['mAP'][0]:+.2f} points)."
+                  + ("" if best_paper is best else
+                     f" Counted in the paper's FLOP convention the largest is {best_paper['label']}: {pct(best_paper['paper_flop_saving'])} paper FLOPs "
+                     f"({pct(best_paper['mac_saving'])} honest MACs), mAP {best_paper['mAP'][0]:.2f} ({best_paper['mAP'][0] - ctl['mAP'][0]:+.2f} points)."))
     elif ctl:
         md.append(f"**No AMG budget stays within 1 point of the control's mAP ({ctl['mAP'][0]:.2f}).**")
     for d in duels:
@@ -185,7 +190,7 @@ def main():
     with open(os.path.join(out, "experiment_256.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(out, "experiment_256.json"), "w") as f:
-        json.dump({"base_history": evals, "base_change_last_window": change, "converged": flat, "original": original, "rows": rows, "duels": duels, "missing": missing, "times_s": times, "times_parallel_s": times_parallel}, f, indent=1)
+        json.dump({"base_history": evals, "base_change_last_window": change, "converged": flat, "original": original, "rows": rows, "duels": duels, "largest_within_1pt": best and best["label"], "largest_within_1pt_paper": best_paper and best_paper["label"], "missing": missing, "times_s": times, "times_parallel_s": times_parallel}, f, indent=1)
     plot(rows, original, os.path.join(out, "experiment_256.png"))
 
 
