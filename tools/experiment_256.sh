@@ -11,7 +11,7 @@
 # pruning run continues from its last finished epoch / iteration. Environment: AMG (the binary,
 # default target/release/amg), PY (a python3 with matplotlib for the plot; default: a venv made
 # under WORK_DIR on first use), JOBS (cells of a seed stage run at once, default 1: on a machine
-# with more cores, JOBS=8 on 16 cores runs a stage about 6x faster; each cell gets cores/JOBS
+# with more cores, JOBS=8 on 16 cores ran a stage about 4x faster; each cell gets cores/JOBS
 # threads and its output goes to WORK_DIR/logs/CELL.log; the speed-ups such cells measure are
 # contended and the report leaves them out).
 set -euo pipefail
