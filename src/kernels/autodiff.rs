@@ -44,13 +44,13 @@ pub(super) fn with<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Re
     }
 }
 
-pub(super) fn threads() -> usize {
+fn threads() -> usize {
     rayon::current_num_threads()
 }
 
 /// Column sums of a `[rows, n]` matrix: partial sums of fixed row blocks in parallel, combined in
 /// block order, so the result is the same whatever the thread scheduling (runs are reproducible).
-pub(super) fn column_sums(x: &[f32], n: usize) -> Vec<f32> {
+fn column_sums(x: &[f32], n: usize) -> Vec<f32> {
     let rows = x.len() / n;
     let per = rows_per_task(rows, n);
     let partial: Vec<Vec<f32>> = x
