@@ -1,20 +1,20 @@
-//! Fused candle custom ops with hand-written backward passes for training: linear (+bias),
-//! layer norm, GELU and multi-head attention (packed or split q/kv, K/V from kept tokens).
+//! Candle custom ops with hand-written backward passes for the layers around the transformer
+//! blocks — linear (+bias) and layer norm — and the slice-level forward and backward functions
+//! (linear, layer norm, GELU) that these ops and the whole-block op (`kernels::block`) share.
 //!
 //! Why: candle's composite layer norm, softmax and GELU run as chains of single-threaded,
 //! allocating element-wise ops forward and (worse) backward, and its matmuls on transposed or
 //! batched views copy. Measured on the 6-block toy step of tools/peer_train_toy.py these
 //! made a step 5× slower than PyTorch's. Each op here is one node in candle's graph, runs on the
 //! `kernels` (gemm with strides, vectorised parallel row kernels) and recomputes what it needs in
-//! the backward pass (attention probabilities, layer-norm statistics) instead of storing it.
+//! the backward pass (layer-norm statistics) instead of storing it.
 
-use super::attention::{attention, attention_backward, AttnLayout, AttnShape};
 use super::gemm::{matmul_bt, matmul_strided, Acc, Mat, Strides};
 use super::prof::phase;
 use super::rows::{add_bias, lane_sq_dev, lane_sum, layer_norm, LANES};
 use super::{math, rows_per_task, simd_fn};
 use crate::alloc::output;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 pub(super) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -239,9 +239,6 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
-/// The exact (erf) GELU.
-pub struct Gelu;
-
 simd_fn! {
     fn gelu_slice(x: &[f32], y: &mut [f32]) {
         for (o, &v) in y.iter_mut().zip(x) {
@@ -258,14 +255,6 @@ simd_fn! {
     }
 }
 
-simd_fn! {
-    fn gelu_backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        for i in 0..x.len() {
-            dx[i] = dy[i] * math::gelu_grad(x[i]);
-        }
-    }
-}
-
 /// The exact GELU of every element: a new buffer.
 pub(super) fn gelu_forward(x: &[f32]) -> Vec<f32> {
     let mut y = output(x.len());
@@ -276,137 +265,4 @@ pub(super) fn gelu_forward(x: &[f32]) -> Vec<f32> {
 /// `dy ⊙= GELU'(x)`, in place.
 pub(super) fn gelu_backward_in_place(x: &[f32], dy: &mut [f32]) {
     dy.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(g, i)| gelu_backward_scale(i, g));
-}
-
-/// `dy ⊙ GELU'(x)`: a new buffer.
-pub(super) fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = output(x.len());
-    dx.par_chunks_mut(16384).zip(x.par_chunks(16384)).zip(dy.par_chunks(16384)).for_each(|((o, i), g)| gelu_backward_slice(i, g, o));
-    dx
-}
-
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "amg-gelu"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "gelu x")?;
-        let y = phase("t:gelu", || gelu_forward(x));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dx = with(x, "gelu x", |x| with(dy, "gelu dy", |dy| phase("t:gelu-bwd", || gelu_backward(x, dy))))??;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
-    }
-}
-
-/// Multi-head attention on a packed `[B·N, 3·I]` qkv tensor (every token kept).
-pub struct AttentionPacked {
-    pub batch: usize,
-    pub n: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-}
-
-impl AttentionPacked {
-    fn parts(&self) -> (AttnShape, AttnLayout, f32) {
-        let inner = self.heads * self.head_dim;
-        (
-            AttnShape { batch: self.batch, n: self.n, nk: self.n, heads: self.heads, head_dim: self.head_dim },
-            AttnLayout { q_ld: 3 * inner, kv_ld: 3 * inner, k_off: inner, v_off: 2 * inner, out_ld: inner },
-            (self.head_dim as f32).powf(-0.5),
-        )
-    }
-}
-
-impl CustomOp1 for AttentionPacked {
-    fn name(&self) -> &'static str {
-        "amg-attention"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = slice(s, l, "attention qkv")?;
-        let (shape, layout, scale) = self.parts();
-        let inner = self.heads * self.head_dim;
-        if qkv.len() != self.batch * self.n * 3 * inner {
-            candle_core::bail!("attention: qkv has {} values, expected {}", qkv.len(), self.batch * self.n * 3 * inner);
-        }
-        let mut out = output(self.batch * self.n * inner);
-        phase("t:attention", || attention(qkv, qkv, &mut out, shape, layout, scale, None));
-        Ok((CpuStorage::F32(out), Shape::from((self.batch * self.n, inner))))
-    }
-    fn bwd(&self, qkv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
-        let (shape, layout, scale) = self.parts();
-        let d = with(qkv, "attention qkv", |q| {
-            with(dout, "attention dout", |g| {
-                phase("t:attention-bwd", || {
-                    let mut d = output(q.len());
-                    let p = d.as_mut_ptr();
-                    // SAFETY: `d` is exclusively ours and sized like qkv; q/k/v columns are disjoint.
-                    unsafe { attention_backward(q, q, g, p, p, shape, layout, scale) };
-                    d
-                })
-            })
-        })??;
-        Ok(Some(Tensor::from_vec(d, qkv.shape(), qkv.device())?))
-    }
-}
-
-/// Multi-head attention with queries from every token (`q`: `[B·N, I]`) and keys/values from the
-/// kept tokens only (`kv`: `[B·N_k, 2·I]`, keys then values).
-pub struct AttentionSplit {
-    pub batch: usize,
-    pub n: usize,
-    pub nk: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-}
-
-impl AttentionSplit {
-    fn parts(&self) -> (AttnShape, AttnLayout, f32) {
-        let inner = self.heads * self.head_dim;
-        (
-            AttnShape { batch: self.batch, n: self.n, nk: self.nk, heads: self.heads, head_dim: self.head_dim },
-            AttnLayout { q_ld: inner, kv_ld: 2 * inner, k_off: 0, v_off: inner, out_ld: inner },
-            (self.head_dim as f32).powf(-0.5),
-        )
-    }
-}
-
-impl CustomOp2 for AttentionSplit {
-    fn name(&self) -> &'static str {
-        "amg-attention-split"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (q, kv) = (slice(s1, l1, "attention q")?, slice(s2, l2, "attention kv")?);
-        let (shape, layout, scale) = self.parts();
-        let inner = self.heads * self.head_dim;
-        if q.len() != self.batch * self.n * inner || kv.len() != self.batch * self.nk * 2 * inner {
-            candle_core::bail!(
-                "attention: q has {} values, kv {}, expected {} and {}",
-                q.len(),
-                kv.len(),
-                self.batch * self.n * inner,
-                self.batch * self.nk * 2 * inner
-            );
-        }
-        let mut out = output(self.batch * self.n * inner);
-        phase("t:attention", || attention(q, kv, &mut out, shape, layout, scale, None));
-        Ok((CpuStorage::F32(out), Shape::from((self.batch * self.n, inner))))
-    }
-    fn bwd(&self, q: &Tensor, kv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (shape, layout, scale) = self.parts();
-        let (dq, dkv) = with(q, "attention q", |qs| {
-            with(kv, "attention kv", |kvs| {
-                with(dout, "attention dout", |g| {
-                    phase("t:attention-bwd", || {
-                        let (mut dq, mut dkv) = (output(qs.len()), output(kvs.len()));
-                        // SAFETY: both buffers are exclusively ours and sized like q and kv.
-                        unsafe { attention_backward(qs, kvs, g, dq.as_mut_ptr(), dkv.as_mut_ptr(), shape, layout, scale) };
-                        (dq, dkv)
-                    })
-                })
-            })
-        })???;
-        Ok((Some(Tensor::from_vec(dq, q.shape(), q.device())?), Some(Tensor::from_vec(dkv, kv.shape(), kv.device())?)))
-    }
 }

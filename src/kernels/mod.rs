@@ -1,6 +1,7 @@
 //! CPU kernels: gemm (the `gemm` crate's AVX-512 kernels), fused, vectorised, multi-threaded
 //! element-wise work (layer norm, bias + GELU, softmax, attention), and the same kernels as candle
-//! custom ops with hand-written backward passes (`autodiff`) for training.
+//! custom ops with hand-written backward passes for training (`block`: a whole transformer block;
+//! `autodiff`: the layers around the blocks).
 //!
 //! Element-wise kernels are written as plain loops over fixed-width lanes and compiled three
 //! times — for AVX-512, for AVX2+FMA and portable — with the widest the CPU supports picked at run
