@@ -160,20 +160,20 @@ impl Block {
         let BlockDims { batch, n, dim: d, heads, head_dim, hidden } = self.dims;
         let (rows, inner, nk) = (batch * n, heads * head_dim, self.keep.len());
         let packed = self.packed() && gate.is_none();
-        Ok(phase("t:block", || {
+        Ok({
             // The residual stream: z now, z + attention below.
             let mut z2 = z.to_vec();
             let mut y1 = output(rows * d);
-            layer_norm(&mut z2, None, w.n1w, w.n1b, self.eps, &mut y1);
+            phase("blk:ln", || layer_norm(&mut z2, None, w.n1w, w.n1b, self.eps, &mut y1));
             let (shape, layout, scale) = self.attn(packed);
             let mut o = output(rows * inner);
             let (q, kv, kv_raw, yk);
             if packed {
-                q = linear_forward(&y1, w.qkvw, w.qkvb, rows);
-                attention(&q, &q, &mut o, shape, layout, scale, None);
+                q = phase("blk:qkv", || linear_forward(&y1, w.qkvw, w.qkvb, rows));
+                phase("blk:attention", || attention(&q, &q, &mut o, shape, layout, scale, None));
                 (kv, kv_raw, yk) = (Vec::new(), Vec::new(), Vec::new());
             } else {
-                q = linear_forward(&y1, &w.qkvw[..inner * d], &w.qkvb[..inner], rows);
+                q = phase("blk:qkv", || linear_forward(&y1, &w.qkvw[..inner * d], &w.qkvb[..inner], rows));
                 yk = if nk == n {
                     Vec::new()
                 } else {
@@ -184,7 +184,7 @@ impl Block {
                     });
                     yk
                 };
-                let mut kvg = linear_forward(if nk == n { &y1 } else { &yk }, &w.qkvw[inner * d..], &w.qkvb[inner..], batch * nk);
+                let mut kvg = phase("blk:qkv", || linear_forward(if nk == n { &y1 } else { &yk }, &w.qkvw[inner * d..], &w.qkvb[inner..], batch * nk));
                 kv_raw = match gate {
                     Some(g) => {
                         let raw = kvg.clone();
@@ -194,23 +194,23 @@ impl Block {
                     None => Vec::new(),
                 };
                 kv = kvg;
-                attention(&q, &kv, &mut o, shape, layout, scale, None);
+                phase("blk:attention", || attention(&q, &kv, &mut o, shape, layout, scale, None));
             }
-            let a = linear_forward(&o, w.projw, w.projb, rows);
-            add_into(&mut z2, &a);
+            let a = phase("blk:proj", || linear_forward(&o, w.projw, w.projb, rows));
+            phase("blk:residual", || add_into(&mut z2, &a));
             drop(a);
             let mut y2 = output(rows * d);
-            layer_norm(&mut z2, None, w.n2w, w.n2b, self.eps, &mut y2);
-            let u = linear_forward(&y2, w.fc1w, w.fc1b, rows);
-            let h = gelu_forward(&u);
-            let mut out = linear_forward(&h, w.fc2w, w.fc2b, rows);
-            add_into(&mut out, &z2);
+            phase("blk:ln", || layer_norm(&mut z2, None, w.n2w, w.n2b, self.eps, &mut y2));
+            let u = phase("blk:fc1", || linear_forward(&y2, w.fc1w, w.fc1b, rows));
+            let h = phase("blk:gelu", || gelu_forward(&u));
+            let mut out = phase("blk:fc2", || linear_forward(&h, w.fc2w, w.fc2b, rows));
+            phase("blk:residual", || add_into(&mut out, &z2));
             debug_assert_eq!(u.len(), rows * hidden);
             // A poisoned lock only means another thread panicked while holding it; the value is
             // replaced whole here.
             *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { y1, q, kv, kv_raw, yk, o, z2, y2, u, h });
             out
-        }))
+        })
     }
 
     /// Gradients with respect to the input, the packed parameters and the gates.
@@ -222,22 +222,22 @@ impl Block {
         let (rows, inner, nk) = (batch * n, heads * head_dim, self.keep.len());
         let packed = self.packed() && gate.is_none();
         let lens = self.dims.param_lens();
-        Ok(phase("t:block-bwd", || {
+        Ok({
             let mut grads: Vec<Vec<f32>> = Vec::with_capacity(12);
             // MLP: out = z2 + fc2(GELU(fc1(LN2(z2)))).
             let mut dh = output(s.h.len());
-            let (dfc2w, dfc2b) = linear_backward(&s.h, w.fc2w, dout, rows, &mut dh, Acc::Overwrite);
-            gelu_backward_in_place(&s.u, &mut dh);
+            let (dfc2w, dfc2b) = phase("blk-bwd:fc2", || linear_backward(&s.h, w.fc2w, dout, rows, &mut dh, Acc::Overwrite));
+            phase("blk-bwd:gelu", || gelu_backward_in_place(&s.u, &mut dh));
             let mut dy2 = output(rows * d);
-            let (dfc1w, dfc1b) = linear_backward(&s.y2, w.fc1w, &dh, rows, &mut dy2, Acc::Overwrite);
+            let (dfc1w, dfc1b) = phase("blk-bwd:fc1", || linear_backward(&s.y2, w.fc1w, &dh, rows, &mut dy2, Acc::Overwrite));
             drop(dh);
             // z2 feeds both the residual (gradient dout) and LN2: the sum starts from dout.
             let mut dz2 = dout.to_vec();
-            let (dn2w, dn2b) = layer_norm_backward(&s.z2, &dy2, w.n2w, self.eps, &mut dz2);
+            let (dn2w, dn2b) = phase("blk-bwd:ln", || layer_norm_backward(&s.z2, &dy2, w.n2w, self.eps, &mut dz2));
             drop(dy2);
             // Attention: z2 = z + proj(attention(LN1(z))).
             let mut d_o = output(rows * inner);
-            let (dprojw, dprojb) = linear_backward(&s.o, w.projw, &dz2, rows, &mut d_o, Acc::Overwrite);
+            let (dprojw, dprojb) = phase("blk-bwd:proj", || linear_backward(&s.o, w.projw, &dz2, rows, &mut d_o, Acc::Overwrite));
             let (shape, layout, scale) = self.attn(packed);
             let mut dy1 = output(rows * d);
             let (dqkvw, dqkvb, dgate);
@@ -246,13 +246,13 @@ impl Block {
                 let dp = dqkv.as_mut_ptr();
                 // SAFETY: `dqkv` is exclusively ours and sized like the packed qkv; the q, k and v
                 // columns the backward pass writes are disjoint.
-                unsafe { attention_backward(&s.q, &s.q, &d_o, dp, dp, shape, layout, scale) };
-                (dqkvw, dqkvb) = linear_backward(&s.y1, w.qkvw, &dqkv, rows, &mut dy1, Acc::Overwrite);
+                phase("blk-bwd:attention", || unsafe { attention_backward(&s.q, &s.q, &d_o, dp, dp, shape, layout, scale) });
+                (dqkvw, dqkvb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, w.qkvw, &dqkv, rows, &mut dy1, Acc::Overwrite));
                 dgate = None;
             } else {
                 let (mut dq, mut dkv) = (output(s.q.len()), output(s.kv.len()));
                 // SAFETY: both buffers are exclusively ours and sized like q and kv.
-                unsafe { attention_backward(&s.q, &s.kv, &d_o, dq.as_mut_ptr(), dkv.as_mut_ptr(), shape, layout, scale) };
+                phase("blk-bwd:attention", || unsafe { attention_backward(&s.q, &s.kv, &d_o, dq.as_mut_ptr(), dkv.as_mut_ptr(), shape, layout, scale) });
                 dgate = gate.map(|g| {
                     // v = g ⊙ v_raw per kept key: ∂L/∂g_j = Σ_b Σ_c dv·v_raw (over the batch first, as
                     // the broadcast it replaces sums), and dv_raw = g ⊙ dv.
@@ -268,12 +268,12 @@ impl Block {
                     dkv.par_chunks_mut(2 * inner).enumerate().for_each(|(r, row)| row[inner..].iter_mut().for_each(|v| *v *= g[r % nk]));
                     per_col.chunks_exact(inner).map(|c| c.iter().sum()).collect::<Vec<f32>>()
                 });
-                let (dqw, dqb) = linear_backward(&s.y1, &w.qkvw[..inner * d], &dq, rows, &mut dy1, Acc::Overwrite);
+                let (dqw, dqb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkvw[..inner * d], &dq, rows, &mut dy1, Acc::Overwrite));
                 let (dkvw, dkvb) = if nk == n {
-                    linear_backward(&s.y1, &w.qkvw[inner * d..], &dkv, rows, &mut dy1, Acc::Add)
+                    phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkvw[inner * d..], &dkv, rows, &mut dy1, Acc::Add))
                 } else {
                     let mut dyk = output(batch * nk * d);
-                    let r = linear_backward(&s.yk, &w.qkvw[inner * d..], &dkv, batch * nk, &mut dyk, Acc::Overwrite);
+                    let r = phase("blk-bwd:qkv", || linear_backward(&s.yk, &w.qkvw[inner * d..], &dkv, batch * nk, &mut dyk, Acc::Overwrite));
                     // Scatter the kept rows' gradients back (positions are distinct within an image,
                     // so each image's rows can be done in parallel).
                     dy1.par_chunks_mut(n * d).zip(dyk.par_chunks(nk * d)).for_each(|(img, ks)| {
@@ -289,11 +289,11 @@ impl Block {
             }
             // z likewise: the residual's dz2 plus LN1's gradient, added into dz2's buffer.
             let mut dz = dz2;
-            let (dn1w, dn1b) = layer_norm_backward(z, &dy1, w.n1w, self.eps, &mut dz);
+            let (dn1w, dn1b) = phase("blk-bwd:ln", || layer_norm_backward(z, &dy1, w.n1w, self.eps, &mut dz));
             grads.extend([dn1w, dn1b, dqkvw, dqkvb, dprojw, dprojb, dn2w, dn2b, dfc1w, dfc1b, dfc2w, dfc2b]);
             debug_assert!(grads.iter().zip(lens).all(|(g, l)| g.len() == l));
             Grads { input: dz, params: grads.concat(), gates: dgate }
-        }))
+        })
     }
 }
 
