@@ -106,11 +106,13 @@ control_cell() { # seed: the unpruned base fine-tuned exactly as the pruned mode
 # One cell: in the foreground, or with JOBS > 1 in the background (at most JOBS at a time), with
 # its share of the cores, its output in logs/CELL.log and a marker saying its speed was measured
 # beside other cells.
-FAILED=0
+PIDS=()
 run_cell() { # cell name, command...
   local cell=$1; shift
   if [ "$JOBS" -le 1 ]; then "$@"; return; fi
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || FAILED=$((FAILED + 1)); done
+  # Throttle only; failures are counted by wait_cells, which waits for every cell by its pid
+  # (bash keeps a reaped background job's status for a later `wait PID`).
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
   mkdir -p "$W/logs"
   (
     export RAYON_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 )) IN_PARALLEL=1
@@ -118,10 +120,13 @@ run_cell() { # cell name, command...
     "$@" > "$W/logs/$cell.log" 2>&1   # set -e: a failure ends this subshell, counted by wait_cells
     [ -n "$before" ] || echo "JOBS=$JOBS" > "$W/cells/$cell/measured-in-parallel"
   ) &
+  PIDS+=($!)
 }
 wait_cells() {
-  while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || FAILED=$((FAILED + 1)); done
-  [ "$FAILED" -eq 0 ] || { log "$FAILED cells failed: see $W/logs"; exit 1; }
+  local failed=0 p
+  for p in "${PIDS[@]}"; do wait "$p" || failed=$((failed + 1)); done
+  PIDS=()
+  [ "$failed" -eq 0 ] || { log "cells failed: $failed (see $W/logs)"; exit 1; }
 }
 
 stage_seed() { # seed
