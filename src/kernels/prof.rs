@@ -1,5 +1,5 @@
-//! Opt-in phase timing for the inference path: `AMG_PROFILE=1 amg bench …` prints where the time
-//! of a forward pass goes. Off, it costs one relaxed atomic load per phase.
+//! Opt-in phase timing for inference and training: `AMG_PROFILE=1 amg bench …` prints where the time
+//! of a forward pass or a training step goes. Off, it costs one relaxed atomic load per phase.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
