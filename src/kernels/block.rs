@@ -8,7 +8,8 @@
 //! block and step (measured: memset and candle's element-wise add together ~15 % of a ViT-Ti
 //! 256x128 training step). Here the block's intermediate results are kept by the op itself, its
 //! gradients are written once, and the residual sums are in-place parallel adds. The kernels are the
-//! same as the per-layer ops' (`autodiff`), so the results are the same up to float summation order.
+//! ones the rest of amg uses (gemm, layer norm, attention, GELU: `rows`, `attention`, `autodiff`'s
+//! slice-level functions), so the results are those of per-layer ops up to float summation order.
 
 use super::attention::{attention, attention_backward, AttnLayout, AttnShape};
 use super::autodiff::{gelu_backward_in_place, gelu_forward, layer_norm_backward, linear_backward, linear_forward, slice, with};
@@ -96,6 +97,12 @@ pub struct Block {
     saved: Mutex<Option<Saved>>,
 }
 
+/// `v ⊙= g` for the value half of every `[K | V]` row of `kv` (`2·inner` wide), `g` per kept key.
+fn scale_values(kv: &mut [f32], g: &[f32], inner: usize) {
+    let nk = g.len();
+    kv.par_chunks_mut(2 * inner).enumerate().for_each(|(r, row)| row[inner..].iter_mut().for_each(|v| *v *= g[r % nk]));
+}
+
 /// `a += b`, in parallel.
 fn add_into(a: &mut [f32], b: &[f32]) {
     a.par_chunks_mut(16384).zip(b.par_chunks(16384)).for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += y));
@@ -106,8 +113,10 @@ impl Block {
         Block { dims, eps, keep, saved: Mutex::new(None) }
     }
 
-    fn packed(&self) -> bool {
-        self.keep.len() == self.dims.n
+    /// Whether attention runs on one packed qkv buffer: every token kept and no gates (gates scale
+    /// the values, which need their own buffer).
+    fn packed(&self, gated: bool) -> bool {
+        self.keep.len() == self.dims.n && !gated
     }
 
     fn attn(&self, packed: bool) -> (AttnShape, AttnLayout, f32) {
@@ -159,58 +168,56 @@ impl Block {
         let w = self.unpack(p)?;
         let BlockDims { batch, n, dim: d, heads, head_dim, hidden } = self.dims;
         let (rows, inner, nk) = (batch * n, heads * head_dim, self.keep.len());
-        let packed = self.packed() && gate.is_none();
-        Ok({
-            // The residual stream: z now, z + attention below.
-            let mut z2 = z.to_vec();
-            let mut y1 = output(rows * d);
-            phase("blk:ln", || layer_norm(&mut z2, None, w.n1w, w.n1b, self.eps, &mut y1));
-            let (shape, layout, scale) = self.attn(packed);
-            let mut o = output(rows * inner);
-            let (q, kv, kv_raw, yk);
-            if packed {
-                q = phase("blk:qkv", || linear_forward(&y1, w.qkvw, w.qkvb, rows));
-                phase("blk:attention", || attention(&q, &q, &mut o, shape, layout, scale, None));
-                (kv, kv_raw, yk) = (Vec::new(), Vec::new(), Vec::new());
+        let packed = self.packed(gate.is_some());
+        // The residual stream: z now, z + attention below.
+        let mut z2 = z.to_vec();
+        let mut y1 = output(rows * d);
+        phase("blk:ln", || layer_norm(&mut z2, None, w.n1w, w.n1b, self.eps, &mut y1));
+        let (shape, layout, scale) = self.attn(packed);
+        let mut o = output(rows * inner);
+        let (q, kv, kv_raw, yk);
+        if packed {
+            q = phase("blk:qkv", || linear_forward(&y1, w.qkvw, w.qkvb, rows));
+            phase("blk:attention", || attention(&q, &q, &mut o, shape, layout, scale, None));
+            (kv, kv_raw, yk) = (Vec::new(), Vec::new(), Vec::new());
+        } else {
+            q = phase("blk:qkv", || linear_forward(&y1, &w.qkvw[..inner * d], &w.qkvb[..inner], rows));
+            yk = if nk == n {
+                Vec::new()
             } else {
-                q = phase("blk:qkv", || linear_forward(&y1, &w.qkvw[..inner * d], &w.qkvb[..inner], rows));
-                yk = if nk == n {
-                    Vec::new()
-                } else {
-                    let mut yk = output(batch * nk * d);
-                    yk.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
-                        let src = (r / nk) * n + self.keep[r % nk];
-                        row.copy_from_slice(&y1[src * d..(src + 1) * d]);
-                    });
-                    yk
-                };
-                let mut kvg = phase("blk:qkv", || linear_forward(if nk == n { &y1 } else { &yk }, &w.qkvw[inner * d..], &w.qkvb[inner..], batch * nk));
-                kv_raw = match gate {
-                    Some(g) => {
-                        let raw = kvg.clone();
-                        kvg.par_chunks_mut(2 * inner).enumerate().for_each(|(r, row)| row[inner..].iter_mut().for_each(|v| *v *= g[r % nk]));
-                        raw
-                    }
-                    None => Vec::new(),
-                };
-                kv = kvg;
-                phase("blk:attention", || attention(&q, &kv, &mut o, shape, layout, scale, None));
-            }
-            let a = phase("blk:proj", || linear_forward(&o, w.projw, w.projb, rows));
-            phase("blk:residual", || add_into(&mut z2, &a));
-            drop(a);
-            let mut y2 = output(rows * d);
-            phase("blk:ln", || layer_norm(&mut z2, None, w.n2w, w.n2b, self.eps, &mut y2));
-            let u = phase("blk:fc1", || linear_forward(&y2, w.fc1w, w.fc1b, rows));
-            let h = phase("blk:gelu", || gelu_forward(&u));
-            let mut out = phase("blk:fc2", || linear_forward(&h, w.fc2w, w.fc2b, rows));
-            phase("blk:residual", || add_into(&mut out, &z2));
-            debug_assert_eq!(u.len(), rows * hidden);
-            // A poisoned lock only means another thread panicked while holding it; the value is
-            // replaced whole here.
-            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { y1, q, kv, kv_raw, yk, o, z2, y2, u, h });
-            out
-        })
+                let mut yk = output(batch * nk * d);
+                yk.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
+                    let src = (r / nk) * n + self.keep[r % nk];
+                    row.copy_from_slice(&y1[src * d..(src + 1) * d]);
+                });
+                yk
+            };
+            let mut kvg = phase("blk:qkv", || linear_forward(if nk == n { &y1 } else { &yk }, &w.qkvw[inner * d..], &w.qkvb[inner..], batch * nk));
+            kv_raw = match gate {
+                Some(g) => {
+                    let raw = kvg.clone();
+                    scale_values(&mut kvg, g, inner);
+                    raw
+                }
+                None => Vec::new(),
+            };
+            kv = kvg;
+            phase("blk:attention", || attention(&q, &kv, &mut o, shape, layout, scale, None));
+        }
+        let a = phase("blk:proj", || linear_forward(&o, w.projw, w.projb, rows));
+        phase("blk:residual", || add_into(&mut z2, &a));
+        drop(a);
+        let mut y2 = output(rows * d);
+        phase("blk:ln", || layer_norm(&mut z2, None, w.n2w, w.n2b, self.eps, &mut y2));
+        let u = phase("blk:fc1", || linear_forward(&y2, w.fc1w, w.fc1b, rows));
+        let h = phase("blk:gelu", || gelu_forward(&u));
+        let mut out = phase("blk:fc2", || linear_forward(&h, w.fc2w, w.fc2b, rows));
+        phase("blk:residual", || add_into(&mut out, &z2));
+        debug_assert_eq!(u.len(), rows * hidden);
+        // A poisoned lock only means another thread panicked while holding it; the value is
+        // replaced whole here.
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { y1, q, kv, kv_raw, yk, o, z2, y2, u, h });
+        Ok(out)
     }
 
     /// Gradients with respect to the input, the packed parameters and the gates.
@@ -220,80 +227,76 @@ impl Block {
         let Some(s) = guard.as_ref() else { candle_core::bail!("block: backward pass without a forward pass") };
         let BlockDims { batch, n, dim: d, heads, head_dim, .. } = self.dims;
         let (rows, inner, nk) = (batch * n, heads * head_dim, self.keep.len());
-        let packed = self.packed() && gate.is_none();
-        let lens = self.dims.param_lens();
-        Ok({
-            let mut grads: Vec<Vec<f32>> = Vec::with_capacity(12);
-            // MLP: out = z2 + fc2(GELU(fc1(LN2(z2)))).
-            let mut dh = output(s.h.len());
-            let (dfc2w, dfc2b) = phase("blk-bwd:fc2", || linear_backward(&s.h, w.fc2w, dout, rows, &mut dh, Acc::Overwrite));
-            phase("blk-bwd:gelu", || gelu_backward_in_place(&s.u, &mut dh));
-            let mut dy2 = output(rows * d);
-            let (dfc1w, dfc1b) = phase("blk-bwd:fc1", || linear_backward(&s.y2, w.fc1w, &dh, rows, &mut dy2, Acc::Overwrite));
-            drop(dh);
-            // z2 feeds both the residual (gradient dout) and LN2: the sum starts from dout.
-            let mut dz2 = dout.to_vec();
-            let (dn2w, dn2b) = phase("blk-bwd:ln", || layer_norm_backward(&s.z2, &dy2, w.n2w, self.eps, &mut dz2));
-            drop(dy2);
-            // Attention: z2 = z + proj(attention(LN1(z))).
-            let mut d_o = output(rows * inner);
-            let (dprojw, dprojb) = phase("blk-bwd:proj", || linear_backward(&s.o, w.projw, &dz2, rows, &mut d_o, Acc::Overwrite));
-            let (shape, layout, scale) = self.attn(packed);
-            let mut dy1 = output(rows * d);
-            let (dqkvw, dqkvb, dgate);
-            if packed {
-                let mut dqkv = output(s.q.len());
-                let dp = dqkv.as_mut_ptr();
-                // SAFETY: `dqkv` is exclusively ours and sized like the packed qkv; the q, k and v
-                // columns the backward pass writes are disjoint.
-                phase("blk-bwd:attention", || unsafe { attention_backward(&s.q, &s.q, &d_o, dp, dp, shape, layout, scale) });
-                (dqkvw, dqkvb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, w.qkvw, &dqkv, rows, &mut dy1, Acc::Overwrite));
-                dgate = None;
-            } else {
-                let (mut dq, mut dkv) = (output(s.q.len()), output(s.kv.len()));
-                // SAFETY: both buffers are exclusively ours and sized like q and kv.
-                phase("blk-bwd:attention", || unsafe { attention_backward(&s.q, &s.kv, &d_o, dq.as_mut_ptr(), dkv.as_mut_ptr(), shape, layout, scale) });
-                dgate = gate.map(|g| {
-                    // v = g ⊙ v_raw per kept key: ∂L/∂g_j = Σ_b Σ_c dv·v_raw (over the batch first, as
-                    // the broadcast it replaces sums), and dv_raw = g ⊙ dv.
-                    let mut per_col = vec![0f32; nk * inner];
-                    for bi in 0..batch {
-                        for j in 0..nk {
-                            let r = (bi * nk + j) * 2 * inner + inner;
-                            for c in 0..inner {
-                                per_col[j * inner + c] += dkv[r + c] * s.kv_raw[r + c];
-                            }
+        let packed = self.packed(gate.is_some());
+        // MLP: out = z2 + fc2(GELU(fc1(LN2(z2)))).
+        let mut dh = output(s.h.len());
+        let (dfc2w, dfc2b) = phase("blk-bwd:fc2", || linear_backward(&s.h, w.fc2w, dout, rows, &mut dh, Acc::Overwrite));
+        phase("blk-bwd:gelu", || gelu_backward_in_place(&s.u, &mut dh));
+        let mut dy2 = output(rows * d);
+        let (dfc1w, dfc1b) = phase("blk-bwd:fc1", || linear_backward(&s.y2, w.fc1w, &dh, rows, &mut dy2, Acc::Overwrite));
+        drop(dh);
+        // z2 feeds both the residual (gradient dout) and LN2: the sum starts from dout.
+        let mut dz2 = dout.to_vec();
+        let (dn2w, dn2b) = phase("blk-bwd:ln", || layer_norm_backward(&s.z2, &dy2, w.n2w, self.eps, &mut dz2));
+        drop(dy2);
+        // Attention: z2 = z + proj(attention(LN1(z))).
+        let mut d_o = output(rows * inner);
+        let (dprojw, dprojb) = phase("blk-bwd:proj", || linear_backward(&s.o, w.projw, &dz2, rows, &mut d_o, Acc::Overwrite));
+        let (shape, layout, scale) = self.attn(packed);
+        let mut dy1 = output(rows * d);
+        let (dqkvw, dqkvb, dgate);
+        if packed {
+            let mut dqkv = output(s.q.len());
+            let dp = dqkv.as_mut_ptr();
+            // SAFETY: `dqkv` is exclusively ours and sized like the packed qkv; the q, k and v
+            // columns the backward pass writes are disjoint.
+            phase("blk-bwd:attention", || unsafe { attention_backward(&s.q, &s.q, &d_o, dp, dp, shape, layout, scale) });
+            (dqkvw, dqkvb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, w.qkvw, &dqkv, rows, &mut dy1, Acc::Overwrite));
+            dgate = None;
+        } else {
+            let (mut dq, mut dkv) = (output(s.q.len()), output(s.kv.len()));
+            // SAFETY: both buffers are exclusively ours and sized like q and kv.
+            phase("blk-bwd:attention", || unsafe { attention_backward(&s.q, &s.kv, &d_o, dq.as_mut_ptr(), dkv.as_mut_ptr(), shape, layout, scale) });
+            dgate = gate.map(|g| {
+                // v = g ⊙ v_raw per kept key: ∂L/∂g_j = Σ_b Σ_c dv·v_raw (over the batch first, as
+                // the broadcast it replaces sums), and dv_raw = g ⊙ dv.
+                let mut per_col = vec![0f32; nk * inner];
+                for bi in 0..batch {
+                    for j in 0..nk {
+                        let r = (bi * nk + j) * 2 * inner + inner;
+                        for c in 0..inner {
+                            per_col[j * inner + c] += dkv[r + c] * s.kv_raw[r + c];
                         }
                     }
-                    dkv.par_chunks_mut(2 * inner).enumerate().for_each(|(r, row)| row[inner..].iter_mut().for_each(|v| *v *= g[r % nk]));
-                    per_col.chunks_exact(inner).map(|c| c.iter().sum()).collect::<Vec<f32>>()
+                }
+                scale_values(&mut dkv, g, inner);
+                per_col.chunks_exact(inner).map(|c| c.iter().sum()).collect::<Vec<f32>>()
+            });
+            let (dqw, dqb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkvw[..inner * d], &dq, rows, &mut dy1, Acc::Overwrite));
+            let (dkvw, dkvb) = if nk == n {
+                phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkvw[inner * d..], &dkv, rows, &mut dy1, Acc::Add))
+            } else {
+                let mut dyk = output(batch * nk * d);
+                let r = phase("blk-bwd:qkv", || linear_backward(&s.yk, &w.qkvw[inner * d..], &dkv, batch * nk, &mut dyk, Acc::Overwrite));
+                // Scatter the kept rows' gradients back (positions are distinct within an image,
+                // so each image's rows can be done in parallel).
+                dy1.par_chunks_mut(n * d).zip(dyk.par_chunks(nk * d)).for_each(|(img, ks)| {
+                    for (j, row) in ks.chunks_exact(d).enumerate() {
+                        let t = self.keep[j];
+                        img[t * d..(t + 1) * d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                    }
                 });
-                let (dqw, dqb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkvw[..inner * d], &dq, rows, &mut dy1, Acc::Overwrite));
-                let (dkvw, dkvb) = if nk == n {
-                    phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkvw[inner * d..], &dkv, rows, &mut dy1, Acc::Add))
-                } else {
-                    let mut dyk = output(batch * nk * d);
-                    let r = phase("blk-bwd:qkv", || linear_backward(&s.yk, &w.qkvw[inner * d..], &dkv, batch * nk, &mut dyk, Acc::Overwrite));
-                    // Scatter the kept rows' gradients back (positions are distinct within an image,
-                    // so each image's rows can be done in parallel).
-                    dy1.par_chunks_mut(n * d).zip(dyk.par_chunks(nk * d)).for_each(|(img, ks)| {
-                        for (j, row) in ks.chunks_exact(d).enumerate() {
-                            let t = self.keep[j];
-                            img[t * d..(t + 1) * d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
-                        }
-                    });
-                    r
-                };
-                dqkvw = [dqw, dkvw].concat();
-                dqkvb = [dqb, dkvb].concat();
-            }
-            // z likewise: the residual's dz2 plus LN1's gradient, added into dz2's buffer.
-            let mut dz = dz2;
-            let (dn1w, dn1b) = phase("blk-bwd:ln", || layer_norm_backward(z, &dy1, w.n1w, self.eps, &mut dz));
-            grads.extend([dn1w, dn1b, dqkvw, dqkvb, dprojw, dprojb, dn2w, dn2b, dfc1w, dfc1b, dfc2w, dfc2b]);
-            debug_assert!(grads.iter().zip(lens).all(|(g, l)| g.len() == l));
-            Grads { input: dz, params: grads.concat(), gates: dgate }
-        })
+                r
+            };
+            dqkvw = [dqw, dkvw].concat();
+            dqkvb = [dqb, dkvb].concat();
+        }
+        // z likewise: the residual's dz2 plus LN1's gradient, added into dz2's buffer.
+        let mut dz = dz2;
+        let (dn1w, dn1b) = phase("blk-bwd:ln", || layer_norm_backward(z, &dy1, w.n1w, self.eps, &mut dz));
+        let grads = [dn1w, dn1b, dqkvw, dqkvb, dprojw, dprojb, dn2w, dn2b, dfc1w, dfc1b, dfc2w, dfc2b];
+        debug_assert!(grads.iter().zip(self.dims.param_lens()).all(|(g, l)| g.len() == l));
+        Ok(Grads { input: dz, params: grads.concat(), gates: dgate })
     }
 }
 
