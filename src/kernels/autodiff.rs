@@ -11,9 +11,9 @@
 
 use super::gemm::{matmul_bt, matmul_strided, Acc, Mat, Strides};
 use super::prof::phase;
-use super::rows::{add_bias, lane_sq_dev, lane_sum, layer_norm, LANES};
+use super::rows::{lane_sq_dev, lane_sum, layer_norm, LANES};
 use super::{math, rows_per_task, simd_fn};
-use crate::alloc::output;
+use crate::alloc::{filled_rows, output, scratch};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -80,10 +80,12 @@ fn leading(shape: &Shape) -> (Vec<usize>, usize) {
 /// `x·Wᵀ + b` for `x` `[m, k]` and `w` `[n, k]`: a new `[m, n]` buffer.
 pub(super) fn linear_forward(x: &[f32], w: &[f32], b: &[f32], m: usize) -> Vec<f32> {
     let n = b.len();
-    let k = w.len() / n.max(1);
-    let mut y = output(m * n);
-    matmul_bt(Mat::dense(x, m, k), Mat::dense(w, n, k), &mut y, n, Acc::Overwrite, 1.0, threads());
-    add_bias(&mut y, b);
+    if n == 0 {
+        return Vec::new();
+    }
+    let k = w.len() / n;
+    let mut y = filled_rows(m * n, b);
+    matmul_bt(Mat::dense(x, m, k), Mat::dense(w, n, k), &mut y, n, Acc::Add, 1.0, threads());
     y
 }
 
@@ -93,7 +95,7 @@ pub(super) fn linear_backward(x: &[f32], w: &[f32], dy: &[f32], m: usize, dx: &m
     let k = x.len() / m.max(1);
     let n = dy.len() / m.max(1);
     matmul_strided((m, k, n), dy, Strides::row_major(n), w, Strides::row_major(k), dx, k, acc, 1.0, threads());
-    let mut dw = output(n * k);
+    let mut dw = scratch(n * k);
     matmul_strided((n, k, m), dy, Strides::transposed(n), x, Strides::row_major(k), &mut dw, k, Acc::Overwrite, 1.0, threads());
     (dw, column_sums(dy, n))
 }
@@ -154,17 +156,19 @@ simd_fn! {
         let mean = lane_sum(x) / d;
         let var = lane_sq_dev(x, mean) / d;
         let rstd = 1.0 / (var + eps).sqrt();
-        let (mut a1, mut a2) = ([0f32; LANES], [0f32; LANES]);
+        // Whole 16-lane chunks through `chunks_exact` (no bounds checks in the way of vectorising),
+        // then the tail.
         let full = n / LANES * LANES;
-        for c in (0..full).step_by(LANES) {
+        let (mut a1, mut a2) = ([0f32; LANES], [0f32; LANES]);
+        let chunks = x[..full].chunks_exact(LANES).zip(dy[..full].chunks_exact(LANES)).zip(w[..full].chunks_exact(LANES));
+        for (((xc, gc), wc), (dwc, dbc)) in chunks.zip(dw[..full].chunks_exact_mut(LANES).zip(db[..full].chunks_exact_mut(LANES))) {
             for l in 0..LANES {
-                let i = c + l;
-                let xh = (x[i] - mean) * rstd;
-                let g = dy[i] * w[i];
+                let xh = (xc[l] - mean) * rstd;
+                let g = gc[l] * wc[l];
                 a1[l] += g;
                 a2[l] += g * xh;
-                dw[i] += dy[i] * xh;
-                db[i] += dy[i];
+                dwc[l] += gc[l] * xh;
+                dbc[l] += gc[l];
             }
         }
         let (mut s1, mut s2) = (a1.iter().sum::<f32>(), a2.iter().sum::<f32>());
@@ -177,9 +181,9 @@ simd_fn! {
             db[i] += dy[i];
         }
         let (s1, s2) = (s1 / d, s2 / d);
-        for i in 0..n {
-            let xh = (x[i] - mean) * rstd;
-            dx[i] += rstd * (dy[i] * w[i] - s1 - xh * s2);
+        for (((&xv, &g), &wv), o) in x.iter().zip(dy).zip(w).zip(dx.iter_mut()) {
+            let xh = (xv - mean) * rstd;
+            *o += rstd * (g * wv - s1 - xh * s2);
         }
     }
 }
@@ -249,15 +253,15 @@ simd_fn! {
 
 simd_fn! {
     fn gelu_backward_scale(x: &[f32], dy: &mut [f32]) {
-        for i in 0..x.len() {
-            dy[i] *= math::gelu_grad(x[i]);
+        for (g, &v) in dy.iter_mut().zip(x) {
+            *g *= math::gelu_grad(v);
         }
     }
 }
 
 /// The exact GELU of every element: a new buffer.
 pub(super) fn gelu_forward(x: &[f32]) -> Vec<f32> {
-    let mut y = output(x.len());
+    let mut y = scratch(x.len());
     y.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(o, i)| gelu_slice(i, o));
     y
 }

@@ -16,7 +16,7 @@ use super::autodiff::{gelu_backward_in_place, gelu_forward, layer_norm_backward,
 use super::gemm::Acc;
 use super::prof::phase;
 use super::rows::layer_norm;
-use crate::alloc::output;
+use crate::alloc::{copied, recycle, scratch};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -77,6 +77,13 @@ struct Saved {
     y2: Vec<f32>,
     u: Vec<f32>,
     h: Vec<f32>,
+}
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        let Saved { y1, q, kv, kv_raw, yk, o, z2, y2, u, h } = self;
+        recycle([y1, q, kv, kv_raw, yk, o, z2, y2, u, h].map(std::mem::take));
+    }
 }
 
 /// The block's gradients: input, packed parameters, gates (when gated).
@@ -170,11 +177,11 @@ impl Block {
         let (rows, inner, nk) = (batch * n, heads * head_dim, self.keep.len());
         let packed = self.packed(gate.is_some());
         // The residual stream: z now, z + attention below.
-        let mut z2 = z.to_vec();
-        let mut y1 = output(rows * d);
+        let mut z2 = copied(z);
+        let mut y1 = scratch(rows * d);
         phase("blk:ln", || layer_norm(&mut z2, None, w.n1w, w.n1b, self.eps, &mut y1));
         let (shape, layout, scale) = self.attn(packed);
-        let mut o = output(rows * inner);
+        let mut o = scratch(rows * inner);
         let (q, kv, kv_raw, yk);
         if packed {
             q = phase("blk:qkv", || linear_forward(&y1, w.qkvw, w.qkvb, rows));
@@ -185,7 +192,7 @@ impl Block {
             yk = if nk == n {
                 Vec::new()
             } else {
-                let mut yk = output(batch * nk * d);
+                let mut yk = scratch(batch * nk * d);
                 yk.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
                     let src = (r / nk) * n + self.keep[r % nk];
                     row.copy_from_slice(&y1[src * d..(src + 1) * d]);
@@ -207,7 +214,7 @@ impl Block {
         let a = phase("blk:proj", || linear_forward(&o, w.projw, w.projb, rows));
         phase("blk:residual", || add_into(&mut z2, &a));
         drop(a);
-        let mut y2 = output(rows * d);
+        let mut y2 = scratch(rows * d);
         phase("blk:ln", || layer_norm(&mut z2, None, w.n2w, w.n2b, self.eps, &mut y2));
         let u = phase("blk:fc1", || linear_forward(&y2, w.fc1w, w.fc1b, rows));
         let h = phase("blk:gelu", || gelu_forward(&u));
@@ -229,32 +236,33 @@ impl Block {
         let (rows, inner, nk) = (batch * n, heads * head_dim, self.keep.len());
         let packed = self.packed(gate.is_some());
         // MLP: out = z2 + fc2(GELU(fc1(LN2(z2)))).
-        let mut dh = output(s.h.len());
+        let mut dh = scratch(s.h.len());
         let (dfc2w, dfc2b) = phase("blk-bwd:fc2", || linear_backward(&s.h, w.fc2w, dout, rows, &mut dh, Acc::Overwrite));
         phase("blk-bwd:gelu", || gelu_backward_in_place(&s.u, &mut dh));
-        let mut dy2 = output(rows * d);
+        let mut dy2 = scratch(rows * d);
         let (dfc1w, dfc1b) = phase("blk-bwd:fc1", || linear_backward(&s.y2, w.fc1w, &dh, rows, &mut dy2, Acc::Overwrite));
-        drop(dh);
+        recycle([dh]);
         // z2 feeds both the residual (gradient dout) and LN2: the sum starts from dout.
         let mut dz2 = dout.to_vec();
         let (dn2w, dn2b) = phase("blk-bwd:ln", || layer_norm_backward(&s.z2, &dy2, w.n2w, self.eps, &mut dz2));
-        drop(dy2);
+        recycle([dy2]);
         // Attention: z2 = z + proj(attention(LN1(z))).
-        let mut d_o = output(rows * inner);
+        let mut d_o = scratch(rows * inner);
         let (dprojw, dprojb) = phase("blk-bwd:proj", || linear_backward(&s.o, w.projw, &dz2, rows, &mut d_o, Acc::Overwrite));
         let (shape, layout, scale) = self.attn(packed);
-        let mut dy1 = output(rows * d);
+        let mut dy1 = scratch(rows * d);
         let (dqkvw, dqkvb, dgate);
         if packed {
-            let mut dqkv = output(s.q.len());
+            let mut dqkv = scratch(s.q.len());
             let dp = dqkv.as_mut_ptr();
             // SAFETY: `dqkv` is exclusively ours and sized like the packed qkv; the q, k and v
             // columns the backward pass writes are disjoint.
             phase("blk-bwd:attention", || unsafe { attention_backward(&s.q, &s.q, &d_o, dp, dp, shape, layout, scale) });
             (dqkvw, dqkvb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, w.qkvw, &dqkv, rows, &mut dy1, Acc::Overwrite));
+            recycle([dqkv]);
             dgate = None;
         } else {
-            let (mut dq, mut dkv) = (output(s.q.len()), output(s.kv.len()));
+            let (mut dq, mut dkv) = (scratch(s.q.len()), scratch(s.kv.len()));
             // SAFETY: both buffers are exclusively ours and sized like q and kv.
             phase("blk-bwd:attention", || unsafe { attention_backward(&s.q, &s.kv, &d_o, dq.as_mut_ptr(), dkv.as_mut_ptr(), shape, layout, scale) });
             dgate = gate.map(|g| {
@@ -276,7 +284,7 @@ impl Block {
             let (dkvw, dkvb) = if nk == n {
                 phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkvw[inner * d..], &dkv, rows, &mut dy1, Acc::Add))
             } else {
-                let mut dyk = output(batch * nk * d);
+                let mut dyk = scratch(batch * nk * d);
                 let r = phase("blk-bwd:qkv", || linear_backward(&s.yk, &w.qkvw[inner * d..], &dkv, batch * nk, &mut dyk, Acc::Overwrite));
                 // Scatter the kept rows' gradients back (positions are distinct within an image,
                 // so each image's rows can be done in parallel).
@@ -286,17 +294,22 @@ impl Block {
                         img[t * d..(t + 1) * d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
                     }
                 });
+                recycle([dyk]);
                 r
             };
-            dqkvw = [dqw, dkvw].concat();
+            dqkvw = [dqw.as_slice(), &dkvw].concat();
             dqkvb = [dqb, dkvb].concat();
+            recycle([dq, dkv, dqw, dkvw]);
         }
         // z likewise: the residual's dz2 plus LN1's gradient, added into dz2's buffer.
         let mut dz = dz2;
         let (dn1w, dn1b) = phase("blk-bwd:ln", || layer_norm_backward(z, &dy1, w.n1w, self.eps, &mut dz));
+        recycle([d_o, dy1]);
         let grads = [dn1w, dn1b, dqkvw, dqkvb, dprojw, dprojb, dn2w, dn2b, dfc1w, dfc1b, dfc2w, dfc2b];
         debug_assert!(grads.iter().zip(self.dims.param_lens()).all(|(g, l)| g.len() == l));
-        Ok(Grads { input: dz, params: grads.concat(), gates: dgate })
+        let params = grads.concat();
+        recycle(grads);
+        Ok(Grads { input: dz, params, gates: dgate })
     }
 }
 

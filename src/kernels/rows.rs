@@ -69,8 +69,8 @@ simd_fn! {
         let mean = lane_sum(x) / d;
         let var = lane_sq_dev(x, mean) / d;
         let rstd = 1.0 / (var + eps).sqrt();
-        for i in 0..x.len() {
-            out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+        for (((o, &v), &wv), &bv) in out.iter_mut().zip(x.iter()).zip(w).zip(b) {
+            *o = (v - mean) * rstd * wv + bv;
         }
     }
 }
