@@ -33,7 +33,7 @@ fn every_parameter_gradient_matches_pytorch() {
     assert!((total - g["loss"].as_f64().unwrap()).abs() < 1e-4 * total.abs(), "loss {total} vs {}", g["loss"]);
     assert!((loss.ce - g["ce"].as_f64().unwrap()).abs() < 1e-4 * loss.ce, "ce");
     assert!((loss.distill - g["kd"].as_f64().unwrap()).abs() < 1e-4 * loss.distill, "kd");
-    let grads = loss.total.backward().unwrap();
+    let grads = student.backward(&loss.total).unwrap();
     // BatchNorm in training mode subtracts the batch mean, so anything that only adds the same
     // offset to every sample before it (the bottleneck biases, the final norm's bias) has an exact
     // zero gradient: both sides then hold float32 round-off, and are held to an absolute floor.
@@ -122,7 +122,7 @@ fn transreid_training_step_matches_pytorch() {
         let want = want.as_f64().unwrap();
         assert!((got - want).abs() < 1e-4 * want.abs(), "{what} {got} vs PyTorch {want}");
     }
-    let grads = loss.total.backward().unwrap();
+    let grads = model.backward(&loss.total).unwrap();
     let scheme = SourceFormat::TransReid.scheme().with_jpm(depth);
     let trainable = model.trainable();
     let mut checked = 0;

@@ -13,11 +13,13 @@ use super::params::{BatchNorm, BlockParams, LayerNorm, Linear, PartParams, VitPa
 use super::ModelFiles;
 use crate::error::{Error, Result};
 use crate::kernels::autodiff as ops;
-use crate::kernels::block::{self as ops_block, BlockDims};
+use crate::kernels::block::{self as ops_block, BlockDims, ParamGrads};
 use crate::rng::Rng;
 use crate::tensor::HostTensor;
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
 
 /// How to run the forward pass.
 pub struct Mode<'a> {
@@ -60,13 +62,55 @@ pub struct Vit {
     pub cfg: ModelConfig,
     pub params: VitParams<Var>,
     device: Device,
+    /// The blocks run since the last `backward`, whose parameter gradients that pass collects.
+    pending: Mutex<Vec<PendingBlock>>,
+}
+
+/// A block op in a live graph: where its parameter gradient will be, and the parameters (in
+/// packed order, with their lengths; `None` for an absent bias) that gradient belongs to.
+struct PendingBlock {
+    grads: Weak<ParamGrads>,
+    params: Vec<(Option<Var>, usize)>,
 }
 
 impl Vit {
     pub fn new(files: &ModelFiles, device: &Device) -> Result<Self> {
         files.check()?;
         let params = files.params.try_map(&mut |_, t| Ok(Var::from_tensor(&Tensor::from_slice(&t.data, t.shape.as_slice(), device)?)?))?;
-        Ok(Vit { cfg: files.config.clone(), params, device: device.clone() })
+        Ok(Vit { cfg: files.config.clone(), params, device: device.clone(), pending: Mutex::new(Vec::new()) })
+    }
+
+    /// Backpropagates `loss` (a scalar computed from this model's forward passes) and returns the
+    /// gradients, those of the transformer blocks' parameters included. Use this rather than
+    /// `loss.backward()`: the block ops hand their parameter gradients to the model, not to candle
+    /// (see `kernels::block::ParamGrads`), and only this collects them.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut grads = loss.backward()?;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut still = Vec::new();
+        for p in pending.drain(..) {
+            // Dead: the graph was dropped without a backward pass through it.
+            let Some(sink) = p.grads.upgrade() else { continue };
+            let Some(g) = sink.take() else {
+                // A graph still alive that this loss did not reach: keep it for its own pass.
+                still.push(p);
+                continue;
+            };
+            let mut at = 0;
+            for (var, len) in &p.params {
+                let part = g.get(at..at + len).ok_or_else(|| Error::invalid("block parameter gradient shorter than its parameters"))?;
+                at += len;
+                let Some(var) = var else { continue };
+                let t = Tensor::from_slice(part, var.shape(), &self.device)?;
+                let t = match grads.remove(var.as_tensor()) {
+                    Some(prev) => (prev + t)?,
+                    None => t,
+                };
+                grads.insert(var.as_tensor(), t);
+            }
+        }
+        *pending = still;
+        Ok(grads)
     }
 
     /// The current weights as a model (for saving).
@@ -121,14 +165,18 @@ impl Vit {
         let depth = self.params.blocks.len();
         let gates = mode.gates;
         let mut trunk = None;
+        let n = z.dims()[1];
+        // The blocks take and give `[B·N, D]`: one reshape for the whole trunk, not two per block
+        // (each a node whose gradient candle zeroes and adds).
+        let mut z = z.reshape((b * n, d))?;
         for l in 0..depth {
             if l + 1 == depth && cfg.arch.jpm.is_some() {
-                trunk = Some(z.clone());
+                trunk = Some(z.reshape((b, n, d))?);
             }
             let plan = &cfg.layers[l];
-            z = self.block(z, &self.params.blocks[l], plan.heads.len(), &plan.tokens, gates.map(|g| &g[l]))?;
+            z = self.block(z, b, &self.params.blocks[l], plan.heads.len(), &plan.tokens, gates.map(|g| &g[l]))?;
         }
-        let tokens = self.layer_norm(&z, &self.params.norm)?;
+        let tokens = self.layer_norm(&z.reshape((b, n, d))?, &self.params.norm)?;
         if !self.params.necks.is_empty() {
             return self.neck_head(tokens, trunk, &mut mode);
         }
@@ -192,9 +240,9 @@ impl Vit {
             let groups = cfg.jpm_groups();
             let (k, t) = (groups.len(), cfg.jpm_tokens());
             let idx: Vec<u32> = groups.iter().flatten().map(|&p| p as u32).collect();
-            let local = trunk.index_select(&Tensor::from_vec(idx, k * t, &self.device)?, 1)?.reshape((b * k, t, d))?;
+            let local = trunk.index_select(&Tensor::from_vec(idx, k * t, &self.device)?, 1)?.reshape((b * k * t, d))?;
             let all: Vec<usize> = (0..t).collect();
-            let local = self.block(local, &b2.block, j.heads.len(), &all, None)?;
+            let local = self.block(local, b * k, &b2.block, j.heads.len(), &all, None)?.reshape((b * k, t, d))?;
             let local = self.layer_norm(&local.narrow(1, 0, 1)?.reshape((b * k, d))?, &b2.norm)?.reshape((b, k, d))?;
             for g in 0..k {
                 raw.push(local.narrow(1, g, 1)?.squeeze(1)?);
@@ -237,43 +285,68 @@ impl Vit {
     }
 
     /// The transformer blocks on a token sequence `[B, N, D]`.
-    pub fn forward_blocks(&self, mut z: Tensor, mode: &Mode) -> Result<Tensor> {
+    pub fn forward_blocks(&self, z: Tensor, mode: &Mode) -> Result<Tensor> {
+        let (b, n, d) = z.dims3()?;
+        let mut z = z.reshape((b * n, d))?;
         for (l, p) in self.params.blocks.iter().enumerate() {
             let plan = &self.cfg.layers[l];
-            z = self.block(z, p, plan.heads.len(), &plan.tokens, mode.gates.map(|g| &g[l]))?;
+            z = self.block(z, b, p, plan.heads.len(), &plan.tokens, mode.gates.map(|g| &g[l]))?;
         }
-        Ok(z)
+        Ok(z.reshape((b, n, d))?)
     }
 
-    /// One block with `heads` kept heads and keys/values from positions `keep` of the sequence,
-    /// as one fused op (`kernels::block`). Attention gates, when given, scale the value rows of the
+    /// One block on the tokens `[B·N, D]` of `b` images, with `heads` kept heads and keys/values
+    /// from positions `keep` of each sequence, as one fused op (`kernels::block`). Attention gates, when given, scale the value rows of the
     /// kept keys: (A·diag g)·V = A·(diag g·V), so ∂L/∂g is the same Σ A·∂L/∂A as gating A itself.
-    fn block(&self, z: Tensor, p: &BlockParams<Var>, heads: usize, keep: &[usize], gate: Option<&Tensor>) -> Result<Tensor> {
+    fn block(&self, z: Tensor, b: usize, p: &BlockParams<Var>, heads: usize, keep: &[usize], gate: Option<&Tensor>) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (b, n, d) = z.dims3()?;
+        let (rows, d) = z.dims2()?;
+        let n = rows / b.max(1);
         let dims = BlockDims { batch: b, n, dim: d, heads, head_dim: cfg.arch.head_dim, hidden: p.fc1.weight.dims()[0] };
-        let parts = [
-            p.norm1.weight.as_tensor().clone(),
-            p.norm1.bias.as_tensor().clone(),
-            p.qkv.weight.as_tensor().flatten_all()?,
-            self.bias(&p.qkv)?,
-            p.proj.weight.as_tensor().flatten_all()?,
-            self.bias(&p.proj)?,
-            p.norm2.weight.as_tensor().clone(),
-            p.norm2.bias.as_tensor().clone(),
-            p.fc1.weight.as_tensor().flatten_all()?,
-            self.bias(&p.fc1)?,
-            p.fc2.weight.as_tensor().flatten_all()?,
-            self.bias(&p.fc2)?,
+        // The parameters packed into one tensor, tracked (a `Var`, so that the op's output is
+        // differentiated even when its input is not) but with no path back to the parameters:
+        // the op hands their gradient to `backward` instead (see `ParamGrads`).
+        let bias = |l: &Linear<Var>| (l.bias.clone(), l.weight.dims()[0]);
+        let params: Vec<(Option<Var>, usize)> = vec![
+            (Some(p.norm1.weight.clone()), d),
+            (Some(p.norm1.bias.clone()), d),
+            (Some(p.qkv.weight.clone()), p.qkv.weight.elem_count()),
+            bias(&p.qkv),
+            (Some(p.proj.weight.clone()), p.proj.weight.elem_count()),
+            bias(&p.proj),
+            (Some(p.norm2.weight.clone()), d),
+            (Some(p.norm2.bias.clone()), d),
+            (Some(p.fc1.weight.clone()), p.fc1.weight.elem_count()),
+            bias(&p.fc1),
+            (Some(p.fc2.weight.clone()), p.fc2.weight.elem_count()),
+            bias(&p.fc2),
         ];
-        let packed = Tensor::cat(&parts, 0)?;
-        let op = ops_block::Block::new(dims, cfg.arch.ln_eps as f32, keep.to_vec());
-        let z = z.reshape((b * n, d))?.contiguous()?;
-        let out = match gate {
-            Some(g) => z.apply_op3(&packed, &g.contiguous()?, op)?,
-            None => z.apply_op2(&packed, op)?,
-        };
-        Ok(out.reshape((b, n, d))?)
+        let lens = dims.param_lens();
+        if params.iter().map(|(_, l)| *l).ne(lens) {
+            return Err(Error::invalid(format!("block parameters do not have the sizes of {dims:?}")));
+        }
+        let mut data = Vec::with_capacity(lens.iter().sum());
+        for (var, len) in &params {
+            match var {
+                Some(v) => ops::with_f32(&v.as_tensor().contiguous()?, |s| data.extend_from_slice(s))?,
+                None => data.resize(data.len() + len, 0.0),
+            }
+        }
+        let n_params = data.len();
+        let packed = Var::from_vec(data, n_params, &self.device)?;
+        let sink = Arc::new(ParamGrads::default());
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.retain(|p| p.grads.strong_count() > 0);
+            pending.push(PendingBlock { grads: Arc::downgrade(&sink), params });
+        }
+        let op = ops_block::Block::new(dims, cfg.arch.ln_eps as f32, keep.to_vec(), sink);
+        let packed = packed.as_tensor();
+        let z = z.contiguous()?;
+        Ok(match gate {
+            Some(g) => z.apply_op3(packed, &g.contiguous()?, op)?,
+            None => z.apply_op2(packed, op)?,
+        })
     }
 }
 

@@ -190,7 +190,7 @@ pub fn bench_la_step(arch: Arch, (h, w): (usize, usize), batch: usize, classes: 
         let out = model.forward(&x, Mode { train: true, dropout: 0.5, rng: Some(&mut rng), gates: None, cameras: None })?;
         let loss = la_loss(&out.logits, &labels, None, &loss_cfg)?;
         let f = t.elapsed().as_secs_f64();
-        let grads = prof::phase("backward", || loss.total.backward())?;
+        let grads = prof::phase("backward", || model.backward(&loss.total))?;
         prof::phase("optimizer", || opt.step(&trainable, &grads, 1e-4))?;
         Ok(f)
     })?;
@@ -223,7 +223,7 @@ pub fn bench_toy_step(iters: usize, progress: bool) -> Result<TrainBench> {
         let y = model.forward_blocks(x.clone(), &Mode::eval())?;
         let loss = y.sqr()?.mean_all()?;
         let f = t.elapsed().as_secs_f64();
-        let grads = prof::phase("backward", || loss.backward())?;
+        let grads = prof::phase("backward", || model.backward(&loss))?;
         prof::phase("optimizer", || opt.step(&trainable, &grads, 1e-4))?;
         Ok(f)
     })?;

@@ -520,7 +520,7 @@ impl EpochRunner<'_> {
                         run.join("last").display()
                     )));
                 }
-                let grads = loss.total.backward()?;
+                let grads = model.backward(&loss.total)?;
                 opt.step(trainable, &grads, lr)?;
                 Ok((out, loss, value))
             })?;

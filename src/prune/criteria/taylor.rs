@@ -52,7 +52,7 @@ impl TokenCriterion for FirstOrder {
             let cams = crate::data::cameras::batch_cameras(cameras.as_deref(), &b.indices, 1);
             let out = model.forward(&x, Mode { train: false, dropout: 0.0, rng: None, gates: Some(&gate_tensors), cameras: cams.as_deref() })?;
             let loss = model_loss(cfg.head.kind, &out, &y, None, &loss_cfg)?;
-            let grads = loss.total.backward()?;
+            let grads = model.backward(&loss.total)?;
             for (l, (g, plan)) in gates.iter().zip(&cfg.layers).enumerate() {
                 let denom = (bs * plan.heads.len() * n) as f64;
                 let grad = grads.get(g.as_tensor()).ok_or_else(|| Error::invalid(format!("no gradient reached the gate of layer {l}")))?;
