@@ -244,29 +244,31 @@ impl CustomOp3 for LayerNorm {
 }
 
 simd_fn! {
-    fn gelu_slice(x: &[f32], y: &mut [f32]) {
-        for (o, &v) in y.iter_mut().zip(x) {
-            *o = math::gelu(v);
+    fn gelu_and_grad_slice(x: &mut [f32], y: &mut [f32]) {
+        for (o, v) in y.iter_mut().zip(x.iter_mut()) {
+            (*o, *v) = math::gelu_and_grad(*v);
         }
     }
 }
 
 simd_fn! {
-    fn gelu_backward_scale(x: &[f32], dy: &mut [f32]) {
-        for (g, &v) in dy.iter_mut().zip(x) {
-            *g *= math::gelu_grad(v);
+    fn mul_slice(a: &mut [f32], b: &[f32]) {
+        for (a, &b) in a.iter_mut().zip(b) {
+            *a *= b;
         }
     }
 }
 
-/// The exact GELU of every element: a new buffer.
-pub(super) fn gelu_forward(x: &[f32]) -> Vec<f32> {
+/// The exact GELU of every element of `x`, as a new buffer; `x` itself is replaced by the GELU's
+/// derivative there — all that the backward pass needs of it, computed while the erfc the GELU
+/// needs is at hand (the backward pass is then one multiplication, `mul_in_place`).
+pub(super) fn gelu_keeping_grad(x: &mut [f32]) -> Vec<f32> {
     let mut y = scratch(x.len());
-    y.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(o, i)| gelu_slice(i, o));
+    y.par_chunks_mut(16384).zip(x.par_chunks_mut(16384)).for_each(|(o, i)| gelu_and_grad_slice(i, o));
     y
 }
 
-/// `dy ⊙= GELU'(x)`, in place.
-pub(super) fn gelu_backward_in_place(x: &[f32], dy: &mut [f32]) {
-    dy.par_chunks_mut(16384).zip(x.par_chunks(16384)).for_each(|(g, i)| gelu_backward_scale(i, g));
+/// `a ⊙= b`, in parallel.
+pub(super) fn mul_in_place(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(16384).zip(b.par_chunks(16384)).for_each(|(a, b)| mul_slice(a, b));
 }

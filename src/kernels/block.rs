@@ -12,7 +12,7 @@
 //! slice-level functions), so the results are those of per-layer ops up to float summation order.
 
 use super::attention::{attention, attention_backward, AttnLayout, AttnShape};
-use super::autodiff::{gelu_backward_in_place, gelu_forward, layer_norm_backward, linear_backward, linear_forward, slice, with};
+use super::autodiff::{gelu_keeping_grad, layer_norm_backward, linear_backward, linear_forward, mul_in_place, slice, with};
 use super::gemm::Acc;
 use super::prof::phase;
 use super::rows::layer_norm;
@@ -75,14 +75,15 @@ struct Saved {
     o: Vec<f32>,
     z2: Vec<f32>,
     y2: Vec<f32>,
-    u: Vec<f32>,
+    /// GELU'(fc1 output), `[B·N, M]`.
+    gelu_grad: Vec<f32>,
     h: Vec<f32>,
 }
 
 impl Drop for Saved {
     fn drop(&mut self) {
-        let Saved { y1, q, kv, kv_raw, yk, o, z2, y2, u, h } = self;
-        recycle([y1, q, kv, kv_raw, yk, o, z2, y2, u, h].map(std::mem::take));
+        let Saved { y1, q, kv, kv_raw, yk, o, z2, y2, gelu_grad, h } = self;
+        recycle([y1, q, kv, kv_raw, yk, o, z2, y2, gelu_grad, h].map(std::mem::take));
     }
 }
 
@@ -247,14 +248,16 @@ impl Block {
         drop(a);
         let mut y2 = scratch(rows * d);
         phase("blk:ln", || layer_norm(&mut z2, None, w.n2w, w.n2b, self.eps, &mut y2));
-        let u = phase("blk:fc1", || linear_forward(&y2, w.fc1w, w.fc1b, rows));
-        let h = phase("blk:gelu", || gelu_forward(&u));
+        // fc1's output becomes GELU's derivative there once the GELU is taken (see
+        // `gelu_keeping_grad`).
+        let mut gelu_grad = phase("blk:fc1", || linear_forward(&y2, w.fc1w, w.fc1b, rows));
+        let h = phase("blk:gelu", || gelu_keeping_grad(&mut gelu_grad));
         let mut out = phase("blk:fc2", || linear_forward(&h, w.fc2w, w.fc2b, rows));
         phase("blk:residual", || add_into(&mut out, &z2));
-        debug_assert_eq!(u.len(), rows * hidden);
+        debug_assert_eq!(h.len(), rows * hidden);
         // A poisoned lock only means another thread panicked while holding it; the value is
         // replaced whole here.
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { y1, q, kv, kv_raw, yk, o, z2, y2, u, h });
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { y1, q, kv, kv_raw, yk, o, z2, y2, gelu_grad, h });
         Ok(out)
     }
 
@@ -269,7 +272,7 @@ impl Block {
         // MLP: out = z2 + fc2(GELU(fc1(LN2(z2)))).
         let mut dh = scratch(s.h.len());
         let (dfc2w, dfc2b) = phase("blk-bwd:fc2", || linear_backward(&s.h, w.fc2w, dout, rows, &mut dh, Acc::Overwrite));
-        phase("blk-bwd:gelu", || gelu_backward_in_place(&s.u, &mut dh));
+        phase("blk-bwd:gelu", || mul_in_place(&mut dh, &s.gelu_grad));
         let mut dy2 = scratch(rows * d);
         let (dfc1w, dfc1b) = phase("blk-bwd:fc1", || linear_backward(&s.y2, w.fc1w, &dh, rows, &mut dy2, Acc::Overwrite));
         recycle([dh]);

@@ -74,6 +74,16 @@ pub fn gelu_grad(x: f32) -> f32 {
     cdf + x * pdf
 }
 
+/// `(GELU(x), GELU'(x))`, sharing the erfc: each equal to what `gelu` and `gelu_grad` return.
+#[inline(always)]
+pub fn gelu_and_grad(x: f32) -> (f32, f32) {
+    let u = x * std::f32::consts::FRAC_1_SQRT_2;
+    let c = erfc_pos(u.abs());
+    let one_plus_erf = if u >= 0.0 { 2.0 - c } else { c };
+    let pdf = 0.398_942_3 * exp(-0.5 * x * x);
+    (0.5 * x * one_plus_erf, 0.5 * one_plus_erf + x * pdf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +128,14 @@ mod tests {
             assert!((gelu(x) as f64 - g).abs() < 3e-7 * (1.0 + g.abs()), "gelu({x})");
         }
         assert!(worst < 2.5e-7, "max abs erf error {worst}");
+    }
+
+    #[test]
+    fn gelu_and_grad_equal_the_separate_functions() {
+        for i in -6000..=6000 {
+            let x = i as f32 * 0.0017;
+            assert_eq!(gelu_and_grad(x), (gelu(x), gelu_grad(x)), "x={x}");
+        }
     }
 
     #[test]
