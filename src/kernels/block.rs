@@ -277,7 +277,7 @@ impl Block {
         let (dfc1w, dfc1b) = phase("blk-bwd:fc1", || linear_backward(&s.y2, w.fc1w, &dh, rows, &mut dy2, Acc::Overwrite));
         recycle([dh]);
         // z2 feeds both the residual (gradient dout) and LN2: the sum starts from dout.
-        let mut dz2 = dout.to_vec();
+        let mut dz2 = copied(dout);
         let (dn2w, dn2b) = phase("blk-bwd:ln", || layer_norm_backward(&s.z2, &dy2, w.n2w, self.eps, &mut dz2));
         recycle([dy2]);
         // Attention: z2 = z + proj(attention(LN1(z))).
@@ -341,7 +341,12 @@ impl Block {
         recycle([d_o, dy1]);
         let grads = [dn1w, dn1b, dqkvw, dqkvb, dprojw, dprojb, dn2w, dn2b, dfc1w, dfc1b, dfc2w, dfc2b];
         debug_assert!(grads.iter().zip(self.dims.param_lens()).all(|(g, l)| g.len() == l));
-        let params = grads.concat();
+        let mut params = scratch(grads.iter().map(Vec::len).sum());
+        let mut at = 0;
+        for g in &grads {
+            params[at..at + g.len()].copy_from_slice(g);
+            at += g.len();
+        }
         recycle(grads);
         Ok(Grads { input: dz, params, gates: dgate })
     }

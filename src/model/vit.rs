@@ -108,6 +108,7 @@ impl Vit {
                 };
                 grads.insert(var.as_tensor(), t);
             }
+            crate::alloc::recycle([g]);
         }
         *pending = still;
         Ok(grads)
