@@ -95,6 +95,13 @@ pub(super) fn linear_backward(x: &[f32], w: &[f32], dy: &[f32], m: usize, dx: &m
     let k = x.len() / m.max(1);
     let n = dy.len() / m.max(1);
     matmul_strided((m, k, n), dy, Strides::row_major(n), w, Strides::row_major(k), dx, k, acc, 1.0, threads());
+    linear_weight_grads(x, dy, m)
+}
+
+/// The parameter gradients of `linear_forward` alone: `(dW = dyᵀ·x, db = column sums of dy)`.
+fn linear_weight_grads(x: &[f32], dy: &[f32], m: usize) -> (Vec<f32>, Vec<f32>) {
+    let k = x.len() / m.max(1);
+    let n = dy.len() / m.max(1);
     let mut dw = scratch(n * k);
     matmul_strided((n, k, m), dy, Strides::transposed(n), x, Strides::row_major(k), &mut dw, k, Acc::Overwrite, 1.0, threads());
     (dw, column_sums(dy, n))
@@ -123,18 +130,26 @@ impl CustomOp3 for Linear {
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, k) = w.dims2()?;
         let m = x.elem_count() / k;
+        // An input that nothing upstream differentiates (the image patches): no dx to compute.
+        let need_dx = x.track_op();
         let (dx, dw, db) = with(x, "linear x", |x| {
             with(w, "linear w", |w| {
                 with(dy, "linear dy", |dy| {
                     phase("t:linear-bwd", || {
-                        let mut dx = output(m * k);
-                        let (dw, db) = linear_backward(x, w, dy, m, &mut dx, Acc::Overwrite);
-                        (dx, dw, db)
+                        if need_dx {
+                            let mut dx = output(m * k);
+                            let (dw, db) = linear_backward(x, w, dy, m, &mut dx, Acc::Overwrite);
+                            (Some(dx), dw, db)
+                        } else {
+                            let (dw, db) = linear_weight_grads(x, dy, m);
+                            (None, dw, db)
+                        }
                     })
                 })
             })
         })???;
-        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(Tensor::from_vec(dw, (n, k), w.device())?), Some(Tensor::from_vec(db, n, w.device())?)))
+        let dx = dx.map(|dx| Tensor::from_vec(dx, x.shape(), x.device())).transpose()?;
+        Ok((dx, Some(Tensor::from_vec(dw, (n, k), w.device())?), Some(Tensor::from_vec(db, n, w.device())?)))
     }
 }
 
