@@ -3,7 +3,10 @@
 --train --arch A --img-size HxW --batch-size B` runs it (training mode, dropout 0.5 in the part
 classifiers, sum of part cross-entropies, AdamW).
 
-Usage: python tools/peer_train_la.py [ARCH=tiny] [HxW=128x64] [BATCH=32] [CLASSES=751] [STEPS=6]
+Usage: python tools/peer_train_la.py [ARCH=tiny] [HxW=128x64] [BATCH=32] [CLASSES=751] [STEPS=6] [profile]
+
+With `profile` last, the steps after the first two also run under torch.profiler and its table of
+operators by self time follows (how PyTorch's step divides between products and the rest).
 """
 import sys
 import time
@@ -18,6 +21,7 @@ h, w = map(int, (sys.argv[2] if len(sys.argv) > 2 else "128x64").split("x"))
 B = int(sys.argv[3]) if len(sys.argv) > 3 else 32
 C = int(sys.argv[4]) if len(sys.argv) > 4 else 751
 steps = int(sys.argv[5]) if len(sys.argv) > 5 else 6
+profile = len(sys.argv) > 6 and sys.argv[6] == "profile"
 torch.manual_seed(0)
 
 
@@ -52,5 +56,18 @@ for i in range(steps):
     dt = time.perf_counter() - t
     times.append(dt)
     print(f"step {i}: fwd {tf:.3f}s total {dt:.3f}s")
+if profile:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps - 2):
+            out = m(x)
+            loss = sum(F.cross_entropy(o, y) for o in out)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    print(f"torch.profiler over {steps - 2} steps:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 med = sorted(times[2:])[len(times[2:]) // 2]
 print(f"torch {torch.__version__} LA ViT-{arch} {h}x{w} b={B}: {med * 1e3:.1f} ms/step, {B / med:.1f} img/s")

@@ -6,7 +6,8 @@
 //! (patch embedding, final norm, heads) are the per-layer ops of `kernels::autodiff`; all carry
 //! hand-written backward passes: candle's `softmax_last_dim` and `layer_norm` have no backward,
 //! its composite versions are several times slower, and a block of per-layer nodes costs a zeroed
-//! buffer and an addition for every gradient candle accumulates.
+//! buffer and an addition for every gradient candle accumulates. Backpropagate with
+//! `Vit::backward`, not `loss.backward()`: the blocks' parameter gradients reach the model through it.
 
 use super::config::ModelConfig;
 use super::params::{BatchNorm, BlockParams, LayerNorm, Linear, PartParams, VitParams};
