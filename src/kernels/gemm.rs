@@ -61,27 +61,9 @@ pub fn matmul_then(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f
     // (measured ~240–295 GFLOP/s on 197-row products here); giving each thread its own block of
     // output columns, each run single-threaded, reaches ~300–310.
     if threads > 1 && m <= 256 && k * n >= 400_000 {
-        let block = n.div_ceil(threads).div_ceil(16) * 16;
-        let cp = super::SendPtr(c.as_mut_ptr());
-        (0..n.div_ceil(block)).into_par_iter().for_each(|t| {
-            let j0 = t * block;
-            let nb = block.min(n - j0);
-            // SAFETY: bounds checked above; block t writes only columns j0..j0+nb of `c`.
-            unsafe {
-                gemm_raw(
-                    (m, nb, k),
-                    a.data.as_ptr(),
-                    Strides::row_major(a.ld),
-                    b.data[j0..].as_ptr(),
-                    Strides::row_major(b.ld),
-                    cp.get().add(j0),
-                    ldc,
-                    acc,
-                    scale,
-                    1,
-                )
-            };
-        });
+        // SAFETY: the bounds of all three operands were checked above (B's columns j0.. start at
+        // b.data[j0]).
+        unsafe { by_column_blocks((m, n, k), a, |j0| b.data[j0..].as_ptr(), Strides::row_major(b.ld), c, ldc, acc, scale, threads) };
     } else {
         // SAFETY: the bounds of all three operands were checked above; `gemm` reads `a` and `b` and
         // writes `c` only inside them.
@@ -98,6 +80,36 @@ pub fn matmul_then(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f
             c.par_chunks_mut(ldc).take(m).for_each(|row| super::rows::bias_act_row(&mut row[..n], bias, gelu));
         }
     }
+}
+
+/// `c (m×n) ⟵ scale·a·B` (or `+=`), each of `threads` threads taking its own block of output
+/// columns (multiples of 16) and running a single-threaded product on it: for products of few
+/// rows, whose split by the gemm crate itself leaves cores idle. `b_cols(j0)` is where column j0
+/// of B starts; `sb` are B's strides.
+///
+/// # Safety
+/// The caller has checked that `a`, B (k rows and n columns from `b_cols(0)` with strides `sb`) and
+/// `c` (m rows of n values, `ldc` apart) are in bounds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn by_column_blocks(
+    (m, n, k): (usize, usize, usize),
+    a: Mat,
+    b_cols: impl Fn(usize) -> *const f32 + Sync,
+    sb: Strides,
+    c: &mut [f32],
+    ldc: usize,
+    acc: Acc,
+    scale: f32,
+    threads: usize,
+) {
+    let block = n.div_ceil(threads).div_ceil(16) * 16;
+    let cp = super::SendPtr(c.as_mut_ptr());
+    (0..n.div_ceil(block)).into_par_iter().for_each(|t| {
+        let j0 = t * block;
+        let nb = block.min(n - j0);
+        // SAFETY: in bounds by the caller's checks; block t writes only columns j0..j0+nb of `c`.
+        unsafe { gemm_raw((m, nb, k), a.data.as_ptr(), Strides::row_major(a.ld), b_cols(j0), sb, cp.get().add(j0), ldc, acc, scale, 1) };
+    });
 }
 
 /// The raw product for callers that write disjoint parts of one buffer from several threads.
@@ -137,28 +149,8 @@ pub fn matmul_bt(a: Mat, b: Mat, c: &mut [f32], ldc: usize, acc: Acc, scale: f32
     // own split of so few rows runs at ~65 GFLOP/s here; each thread taking its own block of
     // output columns, single-threaded, ~105 (measured, 2 threads).
     if threads > 1 && m <= 64 && n >= 32 * threads {
-        let block = n.div_ceil(threads).div_ceil(16) * 16;
-        let cp = super::SendPtr(c.as_mut_ptr());
-        (0..n.div_ceil(block)).into_par_iter().for_each(|t| {
-            let j0 = t * block;
-            let nb = block.min(n - j0);
-            // SAFETY: bounds checked above (rows j0..j0+nb of `b` are inside it: j0 + nb ≤ n);
-            // block t writes only columns j0..j0+nb of `c`.
-            unsafe {
-                gemm_raw(
-                    (m, nb, k),
-                    a.data.as_ptr(),
-                    Strides::row_major(a.ld),
-                    b.data[j0 * b.ld..].as_ptr(),
-                    Strides::transposed(b.ld),
-                    cp.get().add(j0),
-                    ldc,
-                    acc,
-                    scale,
-                    1,
-                )
-            };
-        });
+        // SAFETY: bounds checked above; column j0 of bᵀ is row j0 of `b`, at b.data[j0·ld].
+        unsafe { by_column_blocks((m, n, k), a, |j0| b.data[j0 * b.ld..].as_ptr(), Strides::transposed(b.ld), c, ldc, acc, scale, threads) };
         return;
     }
     // SAFETY: as in `matmul`; rhs element (i, j) is b[j·ld + i], inside `b` for i < k, j < n.

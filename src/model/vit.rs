@@ -308,20 +308,16 @@ impl Vit {
         // The parameters packed into one tensor, tracked (a `Var`, so that the op's output is
         // differentiated even when its input is not) but with no path back to the parameters:
         // the op hands their gradient to `backward` instead (see `ParamGrads`).
+        let weight = |v: &Var| (Some(v.clone()), v.elem_count());
         let bias = |l: &Linear<Var>| (l.bias.clone(), l.weight.dims()[0]);
+        #[rustfmt::skip]
         let params: Vec<(Option<Var>, usize)> = vec![
-            (Some(p.norm1.weight.clone()), d),
-            (Some(p.norm1.bias.clone()), d),
-            (Some(p.qkv.weight.clone()), p.qkv.weight.elem_count()),
-            bias(&p.qkv),
-            (Some(p.proj.weight.clone()), p.proj.weight.elem_count()),
-            bias(&p.proj),
-            (Some(p.norm2.weight.clone()), d),
-            (Some(p.norm2.bias.clone()), d),
-            (Some(p.fc1.weight.clone()), p.fc1.weight.elem_count()),
-            bias(&p.fc1),
-            (Some(p.fc2.weight.clone()), p.fc2.weight.elem_count()),
-            bias(&p.fc2),
+            weight(&p.norm1.weight), weight(&p.norm1.bias),
+            weight(&p.qkv.weight), bias(&p.qkv),
+            weight(&p.proj.weight), bias(&p.proj),
+            weight(&p.norm2.weight), weight(&p.norm2.bias),
+            weight(&p.fc1.weight), bias(&p.fc1),
+            weight(&p.fc2.weight), bias(&p.fc2),
         ];
         let lens = dims.param_lens();
         if params.iter().map(|(_, l)| *l).ne(lens) {
