@@ -298,8 +298,9 @@ impl Vit {
     }
 
     /// One block on the tokens `[B·N, D]` of `b` images, with `heads` kept heads and keys/values
-    /// from positions `keep` of each sequence, as one fused op (`kernels::block`). Attention gates, when given, scale the value rows of the
-    /// kept keys: (A·diag g)·V = A·(diag g·V), so ∂L/∂g is the same Σ A·∂L/∂A as gating A itself.
+    /// from positions `keep` of each sequence, as one fused op (`kernels::block`). Attention
+    /// gates, when given, scale the value rows of the kept keys: (A·diag g)·V = A·(diag g·V), so
+    /// ∂L/∂g is the same Σ A·∂L/∂A as gating A itself.
     fn block(&self, z: Tensor, b: usize, p: &BlockParams<Var>, heads: usize, keep: &[usize], gate: Option<&Tensor>) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (rows, d) = z.dims2()?;
