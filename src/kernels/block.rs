@@ -341,12 +341,8 @@ impl Block {
         recycle([d_o, dy1]);
         let grads = [dn1w, dn1b, dqkvw, dqkvb, dprojw, dprojb, dn2w, dn2b, dfc1w, dfc1b, dfc2w, dfc2b];
         debug_assert!(grads.iter().zip(self.dims.param_lens()).all(|(g, l)| g.len() == l));
-        let mut params = scratch(grads.iter().map(Vec::len).sum());
-        let mut at = 0;
-        for g in &grads {
-            params[at..at + g.len()].copy_from_slice(g);
-            at += g.len();
-        }
+        // Not from the pool: the model hands this buffer to candle (as its parameters' gradients).
+        let params = grads.concat();
         recycle(grads);
         Ok(Grads { input: dz, params, gates: dgate })
     }

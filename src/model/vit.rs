@@ -97,19 +97,24 @@ impl Vit {
                 still.push(p);
                 continue;
             };
+            let total: usize = p.params.iter().map(|(_, len)| len).sum();
+            if g.len() != total {
+                return Err(Error::invalid(format!("block parameter gradient of {} values for {total} parameters", g.len())));
+            }
+            // Each parameter's gradient is a view into the packed one (no copy).
+            let whole = Tensor::from_vec(g, total, &self.device)?;
             let mut at = 0;
             for (var, len) in &p.params {
-                let part = g.get(at..at + len).ok_or_else(|| Error::invalid("block parameter gradient shorter than its parameters"))?;
+                let part = whole.narrow(0, at, *len)?;
                 at += len;
                 let Some(var) = var else { continue };
-                let t = Tensor::from_slice(part, var.shape(), &self.device)?;
+                let t = part.reshape(var.shape())?;
                 let t = match grads.remove(var.as_tensor()) {
                     Some(prev) => (prev + t)?,
                     None => t,
                 };
                 grads.insert(var.as_tensor(), t);
             }
-            crate::alloc::recycle([g]);
         }
         *pending = still;
         Ok(grads)
