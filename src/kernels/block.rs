@@ -99,7 +99,7 @@ struct Grads {
 /// Why not through candle: the parameters reach the op packed into one tensor, and candle would
 /// hand each parameter its slice of that gradient by zeroing a buffer and adding into it, twice
 /// (the concatenation, then the flattening of each weight) — measured ~10 ms of a ViT-Ti 128x64
-/// batch-32 training step. The model instead copies each slice to its parameter once
+/// batch-32 training step. The model instead gives each parameter a view of its slice
 /// (`model::vit::Vit::backward`).
 #[derive(Default)]
 pub struct ParamGrads(Mutex<Option<Vec<f32>>>);
