@@ -14,6 +14,12 @@ tools/peer_sgemm.py, measured before each model and kept at their best) and amg'
 With --baseline, a second amg binary (an earlier build, say) is measured in the same alternation
 and gets its own columns.
 
+Each round also gives a paired ratio — amg against the faster peer measured right after it in the
+same round — and the tables add the median and range of those: the neighbours of this project's
+VMs slow whole minutes at a time, and a slow minute can land on one program's best-of-rounds but
+seldom on both halves of one round, so the paired ratios show how far a cell's ratio can be
+trusted (a range that spans 1.0 means that run cannot tell the two apart).
+
 With --train it compares training steps instead: tools/peer_train_toy.py against
 `amg bench --train --toy`, and an LA-Transformer step (tools/peer_train_la.py) against
 `amg bench --train --arch tiny --img-size 128x64 --batch-size 32`, alternating likewise (best of
@@ -23,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -50,6 +57,12 @@ def cpu_model():
 
 print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores\n")
 
+
+def paired(ratios):
+    """The per-round ratios as "median (min–max)"."""
+    return f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
 if args.train:
     # Each step alternates amg (and the baseline build, if given) with PyTorch --rounds times and
     # keeps each one's best (lowest) time.
@@ -75,20 +88,23 @@ if args.train:
     rows = []
     for name, extra, peer in steps:
         best = {k: float("inf") for k in binaries + ["torch"]}
+        ratios = []
         for r in range(args.rounds):
-            for k in binaries:
-                best[k] = min(best[k], amg_step(k, extra))
-            best["torch"] = min(best["torch"], peer())
+            now = {k: amg_step(k, extra) for k in binaries}
+            now["torch"] = peer()
+            ratios.append(now["torch"] / now[args.amg])
+            for k, v in now.items():
+                best[k] = min(best[k], v)
             print(f"  {name} round {r + 1}: amg {best[args.amg]:.1f} ms, PyTorch {best['torch']:.1f} ms"
                   + (f", baseline {best[args.baseline]:.1f} ms" if args.baseline else ""), file=sys.stderr, flush=True)
-        rows.append((name, best))
+        rows.append((name, best, ratios))
     base_cols = " baseline ms/step | amg / baseline |" if args.baseline else ""
-    print(f"| training step | amg ms/step |{base_cols} PyTorch ms/step | amg / PyTorch throughput |")
-    print("|---|---|" + ("---|---|" if args.baseline else "") + "---|---|")
-    for name, best in rows:
+    print(f"| training step | amg ms/step |{base_cols} PyTorch ms/step | amg / PyTorch throughput | per round, median (range) |")
+    print("|---|---|" + ("---|---|" if args.baseline else "") + "---|---|---|")
+    for name, best, ratios in rows:
         a, t = best[args.amg], best["torch"]
         mid = f" {best[args.baseline]:.1f} | {best[args.baseline] / a:.2f}× |" if args.baseline else ""
-        print(f"| {name} | {a:.1f} |{mid} {t:.1f} | {t / a:.2f}× |")
+        print(f"| {name} | {a:.1f} |{mid} {t:.1f} | {t / a:.2f}× | {paired(ratios)} |")
     sys.exit(0)
 
 def amg_bench(binary, arch, b, iters):
@@ -120,16 +136,19 @@ for arch in args.archs.split(","):
     for b in [int(x) for x in args.batches.split(",")]:
         iters = args.iters or max(5, {"tiny": 60, "small": 30, "base": 10}[arch] // max(1, b // 4))
         amg, base, torch_ips, ort_ips = 0.0, 0.0, 0.0, 0.0
+        ratios = []
         for _ in range(args.rounds):
             ips, gflop[arch] = amg_bench(args.amg, arch, b, iters)
             amg = max(amg, ips)
             if args.baseline:
                 base = max(base, amg_ips(args.baseline, arch, b, iters))
             out = subprocess.run([sys.executable, args.peer, f"vit_{arch}_patch16_224", str(b)], check=True, capture_output=True, text=True).stdout
-            torch_ips = max(torch_ips, float(re.search(r"torch .*?([\d.]+) img/s", out).group(1)))
+            t = float(re.search(r"torch .*?([\d.]+) img/s", out).group(1))
             m = re.search(r"onnxruntime .*?([\d.]+) img/s", out)
-            ort_ips = max(ort_ips, float(m.group(1)) if m else float("nan"))
-        rows.append((arch, b, amg, base, torch_ips, ort_ips))
+            o = float(m.group(1)) if m else float("nan")
+            ratios.append(ips / max(t, o) if m else ips / t)
+            torch_ips, ort_ips = max(torch_ips, t), max(ort_ips, o)
+        rows.append((arch, b, amg, base, torch_ips, ort_ips, ratios))
         extra = f"  baseline {base:.2f}" if args.baseline else ""
         print(f"{arch} b={b}: amg {amg:.2f}{extra}  torch {torch_ips:.2f}  ort {ort_ips:.2f} img/s (best of {args.rounds})", file=sys.stderr, flush=True)
 
@@ -140,12 +159,12 @@ print(f"Ceiling: float32 2048³ products reach {ceiling['amg']:.0f} GFLOP/s with
 if args.baseline:
     print("| model | batch | amg img/s | baseline img/s | amg / baseline | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | baseline / faster peer |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for arch, b, a, base, t, o in rows:
+    for arch, b, a, base, t, o, _ in rows:
         best = max(t, o)
         print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {base:.2f} | {a / base:.2f}× | {t:.2f} | {o:.2f} | {a / best:.2f}× | {base / best:.2f}× |")
 else:
-    print("| model | batch | amg img/s | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | amg / ORT | amg GFLOP/s (of ceiling) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for arch, b, a, _, t, o in rows:
+    print("| model | batch | amg img/s | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | per round, median (range) | amg / ORT | amg GFLOP/s (of ceiling) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arch, b, a, _, t, o, ratios in rows:
         g = a * gflop[arch]
-        print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {t:.2f} | {o:.2f} | {a / max(t, o):.2f}× | {a / o:.2f}× | {g:.0f} ({100 * g / top:.0f} %) |")
+        print(f"| ViT-{arch}/16 | {b} | {a:.2f} | {t:.2f} | {o:.2f} | {a / max(t, o):.2f}× | {paired(ratios)} | {a / o:.2f}× | {g:.0f} ({100 * g / top:.0f} %) |")
