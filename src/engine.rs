@@ -51,11 +51,17 @@ fn bias_or_zeros(bias: Option<HostTensor>, n: usize) -> Vec<f32> {
 impl Layer {
     /// Packs one block's weights, consuming them (so loading holds one copy of each at a time).
     /// `n`: the tokens the block runs on (a plan keeping all of them needs no gather).
-    fn new(p: BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig, n: usize) -> Layer {
+    fn new(p: BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig, n: usize, precision: Precision) -> Layer {
         let (d, m) = (cfg.arch.embed_dim, cfg.arch.mlp_dim);
         let inner = plan.heads.len() * cfg.arch.head_dim;
         // Weights are [out, in]; the products want [in, out].
-        let pack = |w: HostTensor, out: usize, inp: usize, parts: &[usize]| PackedB::new(&transpose(&w.data, out, inp), inp, out, parts);
+        let pack = |w: HostTensor, out: usize, inp: usize, parts: &[usize]| {
+            let t = transpose(&w.data, out, inp);
+            match precision {
+                Precision::F32 => PackedB::new(&t, inp, out, parts),
+                Precision::Bf16 => PackedB::new_bf16(&t, inp, out, parts),
+            }
+        };
         Layer {
             heads: plan.heads.len(),
             tokens: if plan.tokens.len() == n { None } else { Some(plan.tokens.clone()) },
@@ -169,6 +175,34 @@ struct JpmBranch {
     groups: Vec<Vec<usize>>,
 }
 
+/// The number format of the transformer blocks' weight products at inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 throughout (the default; what training and every reference comparison use).
+    F32,
+    /// The blocks' qkv, projection and MLP weights stored once in bfloat16, their inputs rounded to
+    /// bfloat16, products accumulated in float32 (on the AMX tile unit where the CPU has one;
+    /// emulated in float32, slower, elsewhere). Attention, layer norm and the heads stay float32.
+    Bf16,
+}
+
+impl crate::choice::Choice for Precision {
+    const ALL: &'static [Self] = &[Precision::F32, Precision::Bf16];
+    fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Precision::F32 => "float32 throughout",
+            Precision::Bf16 => "bfloat16 weights and inputs for the blocks' products, float32 sums (fast with AMX)",
+        }
+    }
+}
+
 pub struct Engine {
     cfg: ModelConfig,
     /// `[3·p·p, D]`
@@ -262,11 +296,16 @@ impl Engine {
     /// Prepares a model for inference. The tensors are checked against the configuration first, so
     /// a `ModelFiles` built in memory gets an error, not a panic.
     pub fn new(files: ModelFiles) -> Result<Self> {
+        Engine::with_precision(files, Precision::F32)
+    }
+
+    /// As `new`, with the transformer blocks' products in `precision` (see `Precision`).
+    pub fn with_precision(files: ModelFiles, precision: Precision) -> Result<Self> {
         files.check()?;
         let ModelFiles { config: cfg, params } = files;
         let (d, p, n) = (cfg.arch.embed_dim, cfg.arch.patch_size, cfg.num_tokens());
         let VitParams { patch_embed, cls_token, dist_token, pos_embed, sie_embed, blocks, norm, jpm, parts, necks } = params;
-        let layers = blocks.into_iter().zip(&cfg.layers).map(|(b, plan)| Layer::new(b, plan, &cfg, n)).collect();
+        let layers = blocks.into_iter().zip(&cfg.layers).map(|(b, plan)| Layer::new(b, plan, &cfg, n, precision)).collect();
         let parts = parts.into_iter().map(|part| Part::new(part, d)).collect();
         let necks = necks.into_iter().map(|neck| Neck::new(neck, d)).collect();
         let jpm = match (jpm, &cfg.arch.jpm) {
@@ -274,7 +313,7 @@ impl Engine {
                 let t = cfg.jpm_tokens();
                 let plan = LayerPlan { heads: j.heads.clone(), tokens: (0..t).collect() };
                 Some(JpmBranch {
-                    layer: Layer::new(b2.block, &plan, &cfg, t),
+                    layer: Layer::new(b2.block, &plan, &cfg, t, precision),
                     norm_w: b2.norm.weight.data,
                     norm_b: b2.norm.bias.data,
                     groups: cfg.jpm_groups(),

@@ -1,7 +1,9 @@
 //! Every SIMD path of the element-wise kernels — AVX-512, AVX2+FMA and the portable code that every
 //! other CPU (ARM boards included) runs — gives the same results: inference (`amg embed`) and a
 //! training run (`amg train`, forward and backward kernels) under `AMG_ISA=portable`, `avx2` and the
-//! machine's best agree. The machine's best path is held to PyTorch by the parity tests.
+//! machine's best agree. The machine's best path is held to PyTorch by the parity tests. So do the
+//! two ways of computing `--precision bf16` products: the AMX tile unit (where the CPU has one) and
+//! float32 emulation (`AMG_ISA=portable`, and every CPU without AMX).
 
 mod common;
 
@@ -29,11 +31,12 @@ fn every_kernel_path_agrees() {
     let (model, data) = (dir.join("la"), dir.join("data"));
     amg(None, &["import", "--from", "la-transformer", s(&fixture("ckpt_la.pth")), "--out", s(&model)]);
     amg(None, &["synth", "--out", s(&data), "--ids", "12", "--cams", "3", "--images-per-id", "4", "--size", "64x64", "--seed", "3"]);
-    let features = |isa: Option<&str>, tag: &str| {
-        let out = dir.join(format!("f-{tag}.safetensors"));
-        amg(isa, &["embed", "--model", s(&model), "--images", s(&data.join("query")), "--out", s(&out)]);
+    let features_in = |isa: Option<&str>, tag: &str, precision: &str| {
+        let out = dir.join(format!("f-{tag}-{precision}.safetensors"));
+        amg(isa, &["embed", "--model", s(&model), "--images", s(&data.join("query")), "--out", s(&out), "--precision", precision]);
         amg::tensor::SafetensorsFile::open(&out).unwrap().all_f32().unwrap().remove("features").unwrap().data
     };
+    let features = |isa: Option<&str>, tag: &str| features_in(isa, tag, "f32");
     let loss = |isa: Option<&str>, tag: &str| {
         let run = dir.join(format!("run-{tag}"));
         let args = ["--threads", "2", "train", "--data", s(&data), "--init", s(&model), "--out", s(&run), "--epochs", "1", "--batch-size", "8", "--seed", "1"];
@@ -51,5 +54,16 @@ fn every_kernel_path_agrees() {
         eprintln!("{isa}: training loss {l} vs {l0}");
         assert!((l - l0).abs() <= 1e-4 * l0, "{isa}: training loss {l} vs {l0}");
     }
+    // bfloat16: the machine's best (AMX if it has one) against the float32 emulation. Their float32
+    // sums run in different orders (~1e-7 apart), which can move an activation across a bfloat16
+    // rounding boundary (a change of up to 2^-8 of that value) before the next product: 6e-6
+    // measured on this model with AMX. And bfloat16 must differ from float32, by its rounding only.
+    let (b0, bp) = (features_in(None, "best", "bf16"), features_in(Some("portable"), "portable", "bf16"));
+    let d = max_abs_diff(&b0, &bp);
+    eprintln!("bf16: AMX (if any) and emulation differ by {d:e}");
+    assert!(d <= 2e-5, "bf16: the best path and the emulation differ by {d:e}");
+    let d = max_abs_diff(&b0, &f0);
+    eprintln!("bf16: features differ from float32's by {d:e}");
+    assert!(d > 0.0 && d <= 5e-3, "bf16 features differ from float32's by {d:e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod autodiff;
+pub mod bf16;
 pub mod block;
 pub mod gemm;
 pub mod math;

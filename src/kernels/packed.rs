@@ -10,6 +10,7 @@
 //! the general product on the row-major weight is faster, so the weight is rebuilt for those
 //! calls (a copy costing ~2 % of such a product).
 
+use super::bf16::{matmul_bf16, PackedBf16};
 use super::gemm::{gemm_raw, matmul_then, Acc, Epilogue, Mat, Strides};
 use super::SendPtr;
 use rayon::prelude::*;
@@ -33,6 +34,8 @@ pub struct PackedB {
     /// `data[panel.offset + p·NR + j]` = B[p, panel.col + j] for j < panel.width, zero beyond.
     data: Vec<f32>,
     panels: Vec<Panel>,
+    /// For `--precision bf16`: the weight in bfloat16 tiles instead (`data` and `panels` empty).
+    bf16: Option<PackedBf16>,
 }
 
 #[derive(Clone, Copy)]
@@ -67,7 +70,18 @@ impl PackedB {
                 data[pn.offset + p * NR..pn.offset + p * NR + pn.width].copy_from_slice(&b[p * n + pn.col..p * n + pn.col + pn.width]);
             }
         }
-        PackedB { k, n, parts: bounds, data, panels }
+        PackedB { k, n, parts: bounds, data, panels, bf16: None }
+    }
+
+    /// Packs the row-major k×n matrix `b` for bfloat16 products (see `kernels::bf16`): products
+    /// with this weight round their left operand to bfloat16 and accumulate in float32.
+    pub fn new_bf16(b: &[f32], k: usize, n: usize, parts: &[usize]) -> PackedB {
+        let packed = PackedBf16::new(b, k, n, parts);
+        let mut bounds: Vec<usize> = parts.iter().copied().filter(|&p| p > 0 && p < n).collect();
+        bounds.extend([0, n]);
+        bounds.sort_unstable();
+        bounds.dedup();
+        PackedB { k, n, parts: bounds, data: Vec::new(), panels: Vec::new(), bf16: Some(packed) }
     }
 
     /// Columns `cols` of the weight as a row-major k×cols.len() matrix, written into `out`.
@@ -81,8 +95,11 @@ impl PackedB {
         }
     }
 
-    /// The weight back as a row-major k×n matrix.
+    /// The weight back as a row-major k×n matrix (rounded to bfloat16 for a bfloat16 weight).
     pub fn to_row_major(&self) -> Vec<f32> {
+        if let Some(b) = &self.bf16 {
+            return b.to_row_major();
+        }
         let mut out = Vec::new();
         self.unpack_into(&self.panels, 0, self.n, &mut out);
         out
@@ -128,6 +145,11 @@ pub fn matmul_packed_many(products: Vec<Product>, threads: usize) {
     // Several products: their panel runs already give the threads enough to share.
     let row_split = products.len() == 1;
     for p in products {
+        if let Some(b) = &p.b.bf16 {
+            // Cut into tasks of its own; runs before the float32 ones.
+            matmul_bf16(p.a, b, p.cols, p.c, p.ldc, p.acc, threads, p.epi);
+            continue;
+        }
         split(p, threads, row_split, &mut tasks);
     }
     if threads == 1 || tasks.len() <= 1 {

@@ -1,6 +1,6 @@
 //! `amg bench`: measured inference throughput, loader throughput and training-step time.
 
-use crate::engine::{Engine, Input, Want, Workspace};
+use crate::engine::{Engine, Input, Precision, Want, Workspace};
 use crate::error::Result;
 use crate::kernels::prof;
 use crate::model::vit::{Mode, Vit};
@@ -24,10 +24,7 @@ pub struct BenchResult {
 /// Times `iters` forward passes of `batch` random images (after two warm-up passes) and reports
 /// the median.
 pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bool) -> Result<BenchResult> {
-    let mut rng = Rng::new(0);
-    let images: Vec<f32> = (0..batch * engine.image_len()).map(|_| rng.normal() as f32).collect();
-    // A model with SIE takes a camera per image: camera 0 for all (it costs the same for any).
-    let cameras = engine.config().arch.sie.as_ref().map(|_| vec![0; batch]);
+    let (images, cameras) = bench_input(engine, batch);
     let input = Input { images: &images, cameras: cameras.as_deref(), batch };
     let mut ws = Workspace::default();
     for _ in 0..2 {
@@ -48,6 +45,42 @@ pub fn bench_inference(engine: &Engine, batch: usize, iters: usize, progress: bo
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let med = times[times.len() / 2];
     Ok(BenchResult { batch_size: batch, iters: times.len(), threads: rayon::current_num_threads(), ms_per_batch: med * 1e3, img_per_s: batch as f64 / med })
+}
+
+/// The benchmark's input: `batch` images of standard-normal pixels (seed 0), and with SIE camera 0
+/// for every image (it costs the same for any).
+fn bench_input(engine: &Engine, batch: usize) -> (Vec<f32>, Option<Vec<usize>>) {
+    let mut rng = Rng::new(0);
+    let images: Vec<f32> = (0..batch * engine.image_len()).map(|_| rng.normal() as f32).collect();
+    (images, engine.config().arch.sie.as_ref().map(|_| vec![0; batch]))
+}
+
+/// How far one engine's features are from another's on the benchmark's input.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureDiff {
+    /// The largest difference of any feature element (features are unit vectors).
+    pub max_abs_diff: f64,
+    /// The lowest cosine similarity between an image's two features.
+    pub min_cosine: f64,
+}
+
+fn feature_diff(a: &Engine, b: &Engine, batch: usize) -> Result<FeatureDiff> {
+    let (images, cameras) = bench_input(a, batch);
+    let input = Input { images: &images, cameras: cameras.as_deref(), batch };
+    let fa = a.run(input, &mut Workspace::default(), Want::default(), None)?.features;
+    let fb = b.run(input, &mut Workspace::default(), Want::default(), None)?.features;
+    let dim = fa.len() / batch.max(1);
+    let max_abs_diff = fa.iter().zip(&fb).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let min_cosine = fa
+        .chunks_exact(dim)
+        .zip(fb.chunks_exact(dim))
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (norm(x) * norm(y))
+        })
+        .fold(1.0, f64::min);
+    Ok(FeatureDiff { max_abs_diff, min_cosine })
 }
 
 /// Loader throughput: decodes (and augments) up to `limit` images of `paths` in batches, with
@@ -78,6 +111,13 @@ pub struct BenchReport {
     pub model: String,
     pub input: String,
     pub gmacs_per_image: f64,
+    pub precision: Precision,
+    /// With `Precision::Bf16`: whether the products ran on the AMX tile unit (else emulated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amx: Option<bool>,
+    /// With `Precision::Bf16`: the features against float32's on the same input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_f32: Option<FeatureDiff>,
     #[serde(flatten)]
     pub result: BenchResult,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,9 +126,18 @@ pub struct BenchReport {
     pub loader_test_img_per_s: Option<f64>,
 }
 
-/// Measures `files` (named `label`) at `batch`, and the image loader on `data`'s training split
-/// (with augmentation) and gallery (without) when given.
-pub fn bench_model(files: ModelFiles, label: &str, batch: usize, iters: usize, data: Option<&crate::data::Dataset>, progress: bool) -> Result<BenchReport> {
+/// Measures `files` (named `label`) at `batch` in `precision`, and the image loader on `data`'s
+/// training split (with augmentation) and gallery (without) when given. In bfloat16 it also
+/// compares the features with float32's on the benchmark's input.
+pub fn bench_model(
+    files: ModelFiles,
+    label: &str,
+    batch: usize,
+    iters: usize,
+    data: Option<&crate::data::Dataset>,
+    precision: Precision,
+    progress: bool,
+) -> Result<BenchReport> {
     let (h, w) = (files.config.input.height, files.config.input.width);
     let macs = crate::model::cost::model_cost(&files.config).macs;
     let (mut train, mut test) = (None, None);
@@ -98,11 +147,21 @@ pub fn bench_model(files: ModelFiles, label: &str, batch: usize, iters: usize, d
         train = Some(bench_loader(&paths(&data.train), &spec, Some(crate::data::loader::Augment::reid_default()), batch, 2000)?);
         test = Some(bench_loader(&paths(&data.gallery), &spec, None, batch, 2000)?);
     }
-    let result = bench_inference(&Engine::new(files)?, batch, iters, progress)?;
+    let (amx, vs_f32) = match precision {
+        Precision::F32 => (None, None),
+        Precision::Bf16 => {
+            let diff = feature_diff(&Engine::new(files.clone())?, &Engine::with_precision(files.clone(), precision)?, batch)?;
+            (Some(crate::kernels::bf16::amx_available()), Some(diff))
+        }
+    };
+    let result = bench_inference(&Engine::with_precision(files, precision)?, batch, iters, progress)?;
     Ok(BenchReport {
         model: label.into(),
         input: format!("{h}x{w}"),
         gmacs_per_image: macs as f64 / 1e9,
+        precision,
+        amx,
+        vs_f32,
         result,
         loader_train_img_per_s: train,
         loader_test_img_per_s: test,
@@ -128,6 +187,14 @@ impl BenchReport {
             r.threads,
             r.iters
         );
+        if let Some(d) = &self.vs_f32 {
+            s += &format!(
+                "\nbfloat16 products ({}); features against float32 on the same input: largest element difference {:.2e} (features have norm 1), lowest cosine similarity {:.6}",
+                if self.amx == Some(true) { "AMX tiles" } else { "no AMX on this CPU: emulated in float32, slower than float32" },
+                d.max_abs_diff,
+                d.min_cosine
+            );
+        }
         s
     }
 }

@@ -1,4 +1,5 @@
 use crate::args::{at_least_one, size};
+use amg::engine::Precision;
 use amg::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
 use amg::report::bench::{bench_gemm, bench_la_step, bench_model, bench_toy_step};
 use anyhow::{anyhow, Result};
@@ -45,9 +46,15 @@ pub struct Args {
     /// gallery (without), at the model's input size.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// (Inference only; bf16 also prints how far its features are from float32's.)
+    #[command(flatten)]
+    precision: crate::args::PrecisionArg,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.precision.precision != Precision::F32 && (a.gemm || a.train) {
+        return Err(anyhow!("--precision {} measures inference: it does not go with --gemm or --train", amg::choice::Choice::name(a.precision.precision)));
+    }
     if a.gemm {
         let r = bench_gemm(a.gemm_size, a.iters, !a.json)?;
         println!("{}", if a.json { serde_json::to_string(&r)? } else { r.text() });
@@ -74,7 +81,8 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => return Err(anyhow!("give --model DIR or --arch tiny|small|base")),
     };
     let data = a.data.as_ref().map(|root| amg::data::Dataset::open(root, None)).transpose()?;
-    let r = bench_model(files, &label, a.batch_size, a.iters, data.as_ref(), !a.json)?;
+    a.precision.warn_if_emulated();
+    let r = bench_model(files, &label, a.batch_size, a.iters, data.as_ref(), a.precision.precision, !a.json)?;
     println!("{}", if a.json { serde_json::to_string(&r)? } else { r.text() });
     Ok(())
 }

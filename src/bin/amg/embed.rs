@@ -1,4 +1,3 @@
-use amg::engine::Engine;
 use amg::model::ModelFiles;
 use anyhow::{bail, Result};
 use std::collections::HashMap;
@@ -23,6 +22,8 @@ pub struct Args {
     skip_bad: bool,
     #[command(flatten)]
     side: crate::args::SideInfoArgs,
+    #[command(flatten)]
+    precision: crate::args::PrecisionArg,
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
@@ -42,7 +43,7 @@ pub fn run(a: Args) -> Result<()> {
     amg::fsutil::check_output_file(&a.out, a.force)?;
     let model = ModelFiles::load(&a.model)?;
     let fingerprint = model.fingerprint();
-    let engine = Engine::new(model)?;
+    let engine = a.precision.engine(model)?;
     let r = amg::embed::embed_files(&engine, &files, a.batch_size, a.skip_bad, true, &a.side.get())?;
     for (_, why) in &r.skipped {
         eprintln!("skipped: {why}"); // the reason names the file

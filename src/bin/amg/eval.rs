@@ -1,6 +1,5 @@
 use crate::args::choice;
 use amg::data::{Dataset, Layout};
-use amg::engine::Engine;
 use amg::eval::{eval_feature_files, eval_model, eval_pixels, EvalOptions};
 use amg::model::ModelFiles;
 use anyhow::{anyhow, Result};
@@ -32,6 +31,8 @@ pub struct Args {
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    precision: crate::args::PrecisionArg,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -40,7 +41,7 @@ pub fn run(a: Args) -> Result<()> {
         eval_feature_files(&f[0], &f[1])?
     } else {
         // The model is read before the dataset, so that its errors come first.
-        let engine = a.model.as_deref().map(|dir| ModelFiles::load(dir).and_then(Engine::new)).transpose()?;
+        let engine = a.model.as_deref().map(|dir| ModelFiles::load(dir).and_then(|f| a.precision.engine(f))).transpose()?;
         let data = Dataset::open(a.data.as_ref().ok_or_else(|| anyhow!("--data is needed unless --features is given"))?, a.layout)?;
         eprint!("{}", data.summary());
         if data.skipped_files > 0 {

@@ -1,4 +1,4 @@
-use amg::engine::{Engine, Input, Want, Workspace};
+use amg::engine::{Input, Want, Workspace};
 use amg::model::ModelFiles;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -22,13 +22,15 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     side: crate::args::SideInfoArgs,
+    #[command(flatten)]
+    precision: crate::args::PrecisionArg,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let ((names, gallery, dim), recorded) = amg::eval::features::read_features_and_model(&a.gallery)?;
     let files = ModelFiles::load(&a.model)?;
     let fingerprint = files.fingerprint();
-    let engine = Engine::new(files)?;
+    let engine = a.precision.engine(files)?;
     if dim != engine.config().feature_dim() {
         bail!(
             "{}: features have {dim} dimensions but the model gives {}: embed the gallery with this model",
