@@ -52,6 +52,15 @@ pub fn round_bf16(x: f32) -> f32 {
     from_bf16(to_bf16(x))
 }
 
+super::simd_fn! {
+    /// `dst[i]` ⟵ `src[i]` rounded to bfloat16, vectorised.
+    fn to_bf16_row(src: &[f32], dst: &mut [u16]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = to_bf16(v);
+        }
+    }
+}
+
 /// A k×n weight in bfloat16 AMX tiles, split into column parts like `PackedB`.
 pub struct PackedBf16 {
     k: usize,
@@ -169,11 +178,7 @@ fn matmul_bf16_on(use_amx: bool, a: Mat, b: &PackedBf16, cols: Range<usize>, c: 
     // The activations in bfloat16, rows padded to a multiple of 32 and k to a multiple of 32.
     let (mp, kp) = (m.div_ceil(BLOCK) * BLOCK, k.div_ceil(KB) * KB);
     let mut ab = vec![0u16; mp * kp];
-    ab.par_chunks_mut(kp).take(m).enumerate().for_each(|(i, row)| {
-        for (d, &v) in row.iter_mut().zip(&a.data[i * a.ld..i * a.ld + k]) {
-            *d = to_bf16(v);
-        }
-    });
+    ab.par_chunks_mut(kp).take(m).enumerate().for_each(|(i, row)| to_bf16_row(&a.data[i * a.ld..i * a.ld + k], &mut row[..k]));
     let segs: Vec<&Segment> = b.segments.iter().filter(|s| s.col0 >= cols.start && s.col0 + s.ncols <= cols.end).collect();
     // Tasks: (segment, block of 32 rows, run of column blocks), a few per thread.
     let mut tasks = Vec::new();
