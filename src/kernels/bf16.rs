@@ -87,11 +87,7 @@ impl PackedBf16 {
     /// must start and end at 0, n or one of `parts`.
     pub fn new(b: &[f32], k: usize, n: usize, parts: &[usize]) -> PackedBf16 {
         assert_eq!(b.len(), k * n, "weight size");
-        let mut bounds: Vec<usize> = parts.iter().copied().filter(|&p| p > 0 && p < n).collect();
-        bounds.push(0);
-        bounds.push(n);
-        bounds.sort_unstable();
-        bounds.dedup();
+        let bounds = super::packed::part_bounds(parts, n);
         let kblocks = k.div_ceil(KB);
         let segments = bounds
             .windows(2)
@@ -127,6 +123,9 @@ impl PackedBf16 {
     pub fn to_row_major(&self) -> Vec<f32> {
         let kblocks = self.k.div_ceil(KB);
         let mut out = vec![0f32; self.k * self.n];
+        if self.n == 0 {
+            return out;
+        }
         for s in &self.segments {
             for (row, out_row) in out.chunks_exact_mut(self.n).enumerate() {
                 for col in 0..s.ncols {

@@ -25,6 +25,15 @@ thread_local! {
     static UNPACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// The column boundaries a product may start or end at: `parts` inside 0..n, with 0 and n, sorted.
+pub(crate) fn part_bounds(parts: &[usize], n: usize) -> Vec<usize> {
+    let mut bounds: Vec<usize> = parts.iter().copied().filter(|&p| p > 0 && p < n).collect();
+    bounds.extend([0, n]);
+    bounds.sort_unstable();
+    bounds.dedup();
+    bounds
+}
+
 /// A k×n weight stored as panels of at most 64 columns.
 pub struct PackedB {
     k: usize,
@@ -50,11 +59,7 @@ impl PackedB {
     /// and end at 0, n or one of `parts`.
     pub fn new(b: &[f32], k: usize, n: usize, parts: &[usize]) -> PackedB {
         assert_eq!(b.len(), k * n, "weight size");
-        let mut bounds: Vec<usize> = parts.iter().copied().filter(|&p| p > 0 && p < n).collect();
-        bounds.push(0);
-        bounds.push(n);
-        bounds.sort_unstable();
-        bounds.dedup();
+        let bounds = part_bounds(parts, n);
         let mut panels = Vec::new();
         for w in bounds.windows(2) {
             let mut col = w[0];
@@ -77,11 +82,7 @@ impl PackedB {
     /// with this weight round their left operand to bfloat16 and accumulate in float32.
     pub fn new_bf16(b: &[f32], k: usize, n: usize, parts: &[usize]) -> PackedB {
         let packed = PackedBf16::new(b, k, n, parts);
-        let mut bounds: Vec<usize> = parts.iter().copied().filter(|&p| p > 0 && p < n).collect();
-        bounds.extend([0, n]);
-        bounds.sort_unstable();
-        bounds.dedup();
-        PackedB { k, n, parts: bounds, data: Vec::new(), panels: Vec::new(), bf16: Some(packed) }
+        PackedB { k, n, parts: part_bounds(parts, n), data: Vec::new(), panels: Vec::new(), bf16: Some(packed) }
     }
 
     /// Columns `cols` of the weight as a row-major k×cols.len() matrix, written into `out`.
