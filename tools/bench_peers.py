@@ -33,6 +33,8 @@ import statistics
 import subprocess
 import sys
 
+from machine import cpu_model
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--peer", default=os.path.join(os.path.dirname(__file__), "peer_infer.py"))
 ap.add_argument("--amg", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "amg"))
@@ -43,16 +45,6 @@ ap.add_argument("--iters", type=int, default=0, help="amg timed iterations (defa
 ap.add_argument("--rounds", type=int, default=3, help="alternate amg and the peers this many times and keep each one's best (this VM's neighbours make single runs vary by ±10 %%)")
 ap.add_argument("--train", action="store_true", help="compare training steps instead of inference")
 args = ap.parse_args()
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores\n")

@@ -18,6 +18,8 @@ import os
 import statistics
 import subprocess
 
+from machine import cpu_model
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--amg", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "amg"))
 ap.add_argument("--archs", default="tiny,small,base")
@@ -25,16 +27,6 @@ ap.add_argument("--batches", default="1,16")
 ap.add_argument("--iters", type=int, default=0, help="timed iterations (default: scaled to the model)")
 ap.add_argument("--rounds", type=int, default=3)
 args = ap.parse_args()
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def bench(arch, b, iters, precision):
