@@ -397,10 +397,7 @@ mod tests {
             let pb = PackedBf16::new(&w, k, n, parts);
             let wr: Vec<f32> = w.iter().map(|&v| round_bf16(v)).collect();
             assert_eq!(pb.to_row_major(), wr);
-            let mut bounds = vec![0];
-            bounds.extend_from_slice(parts);
-            bounds.push(n);
-            for win in bounds.windows(2) {
+            for win in crate::kernels::packed::part_bounds(parts, n).windows(2) {
                 let cols = win[0]..win[1];
                 let nc = cols.len();
                 for &amx in ways {

@@ -273,10 +273,7 @@ mod tests {
             let bias = rand(n, 3);
             let pb = PackedB::new(&w, k, n, parts);
             assert_eq!(pb.to_row_major(), w);
-            let mut bounds = vec![0];
-            bounds.extend_from_slice(parts);
-            bounds.push(n);
-            for win in bounds.windows(2) {
+            for win in part_bounds(parts, n).windows(2) {
                 let cols = win[0]..win[1];
                 let nc = cols.len();
                 let wc: Vec<f32> = (0..k).flat_map(|p| w[p * n + cols.start..p * n + cols.end].to_vec()).collect();
