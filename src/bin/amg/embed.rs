@@ -51,7 +51,11 @@ pub fn run(a: Args) -> Result<()> {
     if r.names.is_empty() {
         bail!("no image could be read");
     }
-    let meta = HashMap::from([("model".to_string(), a.model.display().to_string()), (amg::eval::features::FINGERPRINT_KEY.to_string(), fingerprint)]);
+    let meta = HashMap::from([
+        ("model".to_string(), a.model.display().to_string()),
+        (amg::eval::features::FINGERPRINT_KEY.to_string(), fingerprint),
+        ("precision".to_string(), amg::choice::Choice::name(a.precision.precision).to_string()),
+    ]);
     amg::eval::features::write_features(&a.out, &r.names, &r.features, r.feature_dim, meta)?;
     println!("{}", r.summary(&a.out));
     Ok(())
