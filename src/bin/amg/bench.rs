@@ -46,7 +46,7 @@ pub struct Args {
     /// gallery (without), at the model's input size.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// (Inference only; bf16 also prints how far its features are from float32's.)
+    // Inference only; with bf16 the report also says how far the features are from float32's.
     #[command(flatten)]
     precision: crate::args::PrecisionArg,
 }
