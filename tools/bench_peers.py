@@ -44,10 +44,14 @@ ap.add_argument("--batches", default="1,16")
 ap.add_argument("--iters", type=int, default=0, help="amg timed iterations (default: scaled to the model)")
 ap.add_argument("--rounds", type=int, default=3, help="alternate amg and the peers this many times and keep each one's best (this VM's neighbours make single runs vary by ±10 %%)")
 ap.add_argument("--train", action="store_true", help="compare training steps instead of inference")
+ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                help="inference: amg with this --precision, and PyTorch under bfloat16 autocast for bf16 (ONNX Runtime stays float32)")
 args = ap.parse_args()
 
 
 print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores\n")
+if args.precision == "bf16" and not args.train:
+    print("Precision: amg --precision bf16 and PyTorch under bfloat16 autocast; ONNX Runtime float32.\n")
 
 
 def paired(ratios):
@@ -100,7 +104,8 @@ if args.train:
     sys.exit(0)
 
 def amg_bench(binary, arch, b, iters):
-    out = subprocess.run([binary, "bench", "--arch", arch, "--batch-size", str(b), "--iters", str(iters), "--json"], check=True, capture_output=True, text=True).stdout
+    cmd = [binary, "bench", "--arch", arch, "--batch-size", str(b), "--iters", str(iters), "--precision", args.precision, "--json"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     r = json.loads(out)
     return r["img_per_s"], 2 * r["gmacs_per_image"]
 
@@ -134,7 +139,8 @@ for arch in args.archs.split(","):
             amg = max(amg, ips)
             if args.baseline:
                 base = max(base, amg_ips(args.baseline, arch, b, iters))
-            out = subprocess.run([sys.executable, args.peer, f"vit_{arch}_patch16_224", str(b)], check=True, capture_output=True, text=True).stdout
+            env = dict(os.environ, PEER_PRECISION=args.precision)
+            out = subprocess.run([sys.executable, args.peer, f"vit_{arch}_patch16_224", str(b)], check=True, capture_output=True, text=True, env=env).stdout
             t = float(re.search(r"torch .*?([\d.]+) img/s", out).group(1))
             m = re.search(r"onnxruntime .*?([\d.]+) img/s", out)
             o = float(m.group(1)) if m else float("nan")

@@ -3,8 +3,10 @@
 and exported to ONNX Runtime, on the CPU, timed the way `amg bench` times itself (two warm-up
 passes, then the median of several).
 
-Usage: python tools/peer_infer.py vit_small_patch16_224 16
+Usage: [PEER_PRECISION=bf16] python tools/peer_infer.py vit_small_patch16_224 16
 Prints one line per runtime: "<runtime> <version> <arch> b=<batch>: <ms> ms/batch, <img/s> img/s".
+With PEER_PRECISION=bf16, PyTorch runs under CPU autocast to bfloat16 (oneDNN's AMX kernels on
+CPUs that have them: the peer for `amg --precision bf16`); ONNX Runtime stays float32.
 """
 import os
 import sys
@@ -33,9 +35,10 @@ def median_time(f):
     return times[len(times) // 2]
 
 
-with torch.inference_mode():
+bf16 = os.environ.get("PEER_PRECISION", "f32") == "bf16"
+with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
     t = median_time(lambda: model(x))
-print(f"torch {torch.__version__} {arch} b={batch}: {t * 1e3:.1f} ms/batch, {batch / t:.2f} img/s")
+print(f"torch {torch.__version__}{' bf16-autocast' if bf16 else ''} {arch} b={batch}: {t * 1e3:.1f} ms/batch, {batch / t:.2f} img/s")
 
 try:
     import onnxruntime as ort
