@@ -47,6 +47,8 @@ ap.add_argument("--train", action="store_true", help="compare training steps ins
 ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
                 help="inference: amg with this --precision, and PyTorch under bfloat16 autocast for bf16 (ONNX Runtime stays float32)")
 args = ap.parse_args()
+if args.train and args.precision != "f32":
+    ap.error("--precision measures inference; training runs in float32")
 
 
 print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores\n")
