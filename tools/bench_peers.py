@@ -4,7 +4,7 @@
 Usage:
     python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm onnxruntime onnx
     cargo build --release
-    /tmp/peers/bin/python tools/bench_peers.py [--archs tiny,small,base] [--batches 1,16] [--baseline OTHER_AMG]
+    /tmp/peers/bin/python tools/bench_peers.py [--archs tiny,small,base] [--batches 1,16] [--baseline OTHER_AMG] [--precision bf16]
 
 For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` and tools/peer_infer.py
 (timm ViT at 224x224, PyTorch eager and ONNX Runtime), alternating them --rounds times and keeping
@@ -12,7 +12,8 @@ each one's best, and prints img/s and amg's ratio to the faster peer as a Markdo
 CPU's model name, with the machine's ceiling for float32 products (`amg bench --gemm` and
 tools/peer_sgemm.py, measured before each model and kept at their best) and amg's fraction of it.
 With --baseline, a second amg binary (an earlier build, say) is measured in the same alternation
-and gets its own columns.
+and gets its own columns. With --precision bf16, amg runs `--precision bf16` and PyTorch runs under
+bfloat16 autocast (tools/peer_infer.py, PEER_PRECISION=bf16); ONNX Runtime stays float32.
 
 Each round also gives a paired ratio — amg against the faster peer measured right after it in the
 same round — and the tables add the median and range of those: the neighbours of this project's
