@@ -147,14 +147,13 @@ pub fn bench_model(
         train = Some(bench_loader(&paths(&data.train), &spec, Some(crate::data::loader::Augment::reid_default()), batch, 2000)?);
         test = Some(bench_loader(&paths(&data.gallery), &spec, None, batch, 2000)?);
     }
-    let (amx, vs_f32) = match precision {
-        Precision::F32 => (None, None),
-        Precision::Bf16 => {
-            let diff = feature_diff(&Engine::new(files.clone())?, &Engine::with_precision(files.clone(), precision)?, batch)?;
-            (Some(crate::kernels::bf16::amx_available()), Some(diff))
-        }
+    let reference = (precision != Precision::F32).then(|| files.clone());
+    let engine = Engine::with_precision(files, precision)?;
+    let (amx, vs_f32) = match reference {
+        None => (None, None),
+        Some(f32_files) => (Some(crate::kernels::bf16::amx_available()), Some(feature_diff(&Engine::new(f32_files)?, &engine, batch)?)),
     };
-    let result = bench_inference(&Engine::with_precision(files, precision)?, batch, iters, progress)?;
+    let result = bench_inference(&engine, batch, iters, progress)?;
     Ok(BenchReport {
         model: label.into(),
         input: format!("{h}x{w}"),
