@@ -30,11 +30,10 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 
-from machine import cpu_model
+from bench_common import cpu_model, paired
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--peer", default=os.path.join(os.path.dirname(__file__), "peer_infer.py"))
@@ -55,11 +54,6 @@ if args.train and args.precision != "f32":
 print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores\n")
 if args.precision == "bf16" and not args.train:
     print("Precision: amg --precision bf16 and PyTorch under bfloat16 autocast; ONNX Runtime float32.\n")
-
-
-def paired(ratios):
-    """The per-round ratios as "median (min–max)"."""
-    return f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
 
 
 if args.train:

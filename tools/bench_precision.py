@@ -15,10 +15,9 @@ of the unit-norm features, lowest cosine similarity). Needs only Python's standa
 import argparse
 import json
 import os
-import statistics
 import subprocess
 
-from machine import cpu_model
+from bench_common import cpu_model, paired
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--amg", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "amg"))
@@ -51,4 +50,4 @@ for arch in args.archs.split(","):
         d = last["vs_f32"]
         on = "AMX tiles" if last.get("amx") else "emulation (no AMX)"
         print(f"| ViT-{arch}/16 | {b} | {best['f32']:.2f} | {best['bf16']:.2f} | {best['bf16'] / best['f32']:.2f}× | "
-              f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | {on} | {d['max_abs_diff']:.1e}, {d['min_cosine']:.6f} |", flush=True)
+              f"{paired(ratios)} | {on} | {d['max_abs_diff']:.1e}, {d['min_cosine']:.6f} |", flush=True)

@@ -1,4 +1,5 @@
-"""What the benchmark scripts print about the machine they ran on."""
+"""Helpers the benchmark scripts share: the machine they ran on, and how they print paired ratios."""
+import statistics
 
 
 def cpu_model():
@@ -10,3 +11,8 @@ def cpu_model():
     except OSError:
         pass
     return "unknown CPU"
+
+
+def paired(ratios):
+    """Per-round ratios as "median× (min–max)"."""
+    return f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
