@@ -198,8 +198,8 @@ fn matmul_bf16_on(use_amx: bool, a: Mat, b: &PackedBf16, cols: Range<usize>, c: 
         let kblocks = kp / KB;
         let mut tile_out = [0f32; BLOCK * BLOCK];
         let tiles = amx::Tiles::configure();
+        let a_rows = &ab[ib * BLOCK * kp..(ib + 1) * BLOCK * kp];
         for jb in jbs.clone() {
-            let a_rows = &ab[ib * BLOCK * kp..(ib + 1) * BLOCK * kp];
             let b_tiles = &s.tiles[jb * kblocks * 2 * TILE..(jb + 1) * kblocks * 2 * TILE];
             tiles.block(a_rows, kp, b_tiles, &mut tile_out);
             let ncols = BLOCK.min(s.ncols - jb * BLOCK);
