@@ -2,7 +2,7 @@
 # Runs the tests of amg's own unsafe code under Miri (nightly): the raw-pointer matrix products
 # (`gemm_raw`, `matmul_into_raw`), the packed products whose parallel tasks write disjoint blocks
 # through a shared pointer, attention forward and backward, and the row kernels — on the portable
-# kernel path (Miri does not execute AVX2/AVX-512 intrinsics; tests/isa.rs holds those paths equal to
+# kernel path (Miri does not execute AVX2/AVX-512 intrinsics; tests/suite/isa.rs holds those paths equal to
 # the portable one). Tree Borrows, because crossbeam-epoch (under rayon) trips a known Stacked
 # Borrows report in its own code; leaks ignored, because rayon's pool threads outlive `main`.
 # Not run: the memory map of safetensors files and `mallopt` (foreign calls Miri cannot make).

@@ -2,7 +2,7 @@
 //! that already exist, Ctrl-C in the middle of long work, numbers out of range, features of another
 //! model, and errors that must come once and early.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::{Path, PathBuf};

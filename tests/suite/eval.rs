@@ -1,7 +1,7 @@
 //! Evaluation against torchreid's evaluate_rank (fixture distance matrices with ties, junk,
 //! distractors and unmatched queries) and end to end against the PyTorch pipeline.
 
-mod common;
+use crate::common;
 
 use amg::data::Dataset;
 use amg::engine::Engine;

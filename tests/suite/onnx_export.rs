@@ -3,7 +3,7 @@
 //! model, and random configurations with random pruning plans, at batch 1 and 3; and the bad-input
 //! errors of `amg export`.
 
-mod common;
+use crate::common;
 
 use amg::engine::{Engine, Input, Want, Workspace};
 use amg::export::onnx::{export_onnx, OnnxOutputs};

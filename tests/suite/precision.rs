@@ -4,7 +4,7 @@
 //! bfloat16 features must stay close to float32's — only the operands' rounding differs — and
 //! must differ from them (the bfloat16 products ran).
 
-mod common;
+use crate::common;
 
 use amg::engine::{Engine, Input, Precision, Want, Workspace};
 use amg::rng::Rng;

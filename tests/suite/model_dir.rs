@@ -1,6 +1,6 @@
 //! The model directory and checkpoint readers refuse inconsistent input with a precise message.
 
-mod common;
+use crate::common;
 
 use amg::import::{import, ImportRequest, SourceFormat};
 use amg::model::ModelFiles;

@@ -1,7 +1,7 @@
 //! One training step's gradients against PyTorch's: a head- and token-pruned LA student, BatchNorm
 //! in training mode, label smoothing and soft distillation from a frozen teacher.
 
-mod common;
+use crate::common;
 
 use amg::model::vit::{to_host, Mode, Vit};
 use amg::model::ModelFiles;

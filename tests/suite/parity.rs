@@ -2,7 +2,7 @@
 //! tools/make_fixtures.py, for every import format, a resampled and a non-square input, a pruned
 //! model, and preprocessing.
 
-mod common;
+use crate::common;
 
 use amg::engine::{Engine, Want, Workspace};
 use amg::import::{import, ImportRequest, SourceFormat};

@@ -1,7 +1,7 @@
 //! The differentiable (candle) model against the same PyTorch references as the engine, in
 //! inference mode and in training mode (BatchNorm batch statistics).
 
-mod common;
+use crate::common;
 
 use amg::import::{import, ImportRequest, SourceFormat};
 use amg::model::vit::{to_host, Mode, Vit};

@@ -1,7 +1,7 @@
 //! The synthetic benchmark: deterministic, in the Market-1501 layout, occluded when asked, and not
 //! solvable by raw pixels.
 
-mod common;
+use crate::common;
 
 use amg::data::Dataset;
 use amg::eval::{eval_pixels, EvalOptions};

@@ -1,6 +1,6 @@
 //! The `amg` binary end to end: import → inspect → embed, and the errors a user meets.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! `amg demo --quick`: the whole pipeline end to end, as a new user first runs it.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::Command;

@@ -8,7 +8,7 @@
 //! are drawn large enough that every block changes the residual stream, so a difference in any
 //! layer shows.
 
-mod common;
+use crate::common;
 
 use amg::engine::{Engine, Input, Want, Workspace};
 use amg::model::surgery::apply_plan;

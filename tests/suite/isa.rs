@@ -5,7 +5,7 @@
 //! two ways of computing `--precision bf16` products: the AMX tile unit (where the CPU has one) and
 //! float32 emulation (`AMG_ISA=portable`, and every CPU without AMX).
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! `amg train` end to end: it learns, checkpoints survive a kill at any moment, `--resume`
 //! reproduces the uninterrupted run exactly, a diverging loss stops cleanly, distillation plugs in.
 
-mod common;
+use crate::common;
 
 use amg::train::run::{epoch_order, learning_rate, Scheduler, TrainOptions};
 use common::*;

@@ -4,7 +4,7 @@
 //! configurations (with distillation tokens, without class tokens, retrieval-only). tools/
 //! torch_roundtrip.py checks the same files in PyTorch itself.
 
-mod common;
+use crate::common;
 
 use amg::engine::{Engine, Input, Want, Workspace};
 use amg::export::pytorch::export_pytorch;

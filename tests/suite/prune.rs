@@ -1,6 +1,6 @@
 //! AMG analysis against PyTorch hooks, selection on the fixture, and `amg prune` / `amg viz` end to end.
 
-mod common;
+use crate::common;
 
 use amg::data::Dataset;
 use amg::model::surgery::Plan;
