@@ -48,6 +48,6 @@ for arch in args.archs.split(","):
             ratios.append(last["img_per_s"] / f)
             best["f32"], best["bf16"] = max(best["f32"], f), max(best["bf16"], last["img_per_s"])
         d = last["vs_f32"]
-        on = "AMX tiles" if last.get("amx") else "emulation (no AMX)"
+        on = {"amx": "AMX tiles", "avx512_bf16": "AVX-512 BF16"}.get(last.get("bf16_unit"), "emulation (no bfloat16 unit)")
         print(f"| ViT-{arch}/16 | {b} | {best['f32']:.2f} | {best['bf16']:.2f} | {best['bf16'] / best['f32']:.2f}× | "
               f"{paired(ratios)} | {on} | {d['max_abs_diff']:.1e}, {d['min_cosine']:.6f} |", flush=True)

@@ -1,20 +1,27 @@
 //! bfloat16 products for `--precision bf16` inference: weights stored once in bfloat16, the
 //! activations rounded to bfloat16 on the way in, every product accumulated in float32.
 //!
-//! Why only on the AMX tile unit: on this project's AVX-512 machines the AVX-512 BF16 dot-product
-//! instruction reaches half the multiply-add rate of float32 FMAs (40 against 83 billion per
-//! second per core, a register-only loop of each), so a bfloat16 path through it would be slower
-//! than float32. An AMX tile multiply (`tdpbf16ps`: a 16×32 by 32×16 product into a 16×16 float32
-//! tile) reached 555–664 billion multiply-adds per second per core in the same kind of loop, and
-//! 184–242 with its operands loaded from cache. On CPUs without AMX (and wherever the element-wise
-//! kernels are asked to run below AVX-512, e.g. `AMG_ISA=portable`) the same products are
-//! computed in float32 from the same bfloat16-rounded operands: the results differ from AMX's only
-//! in the order of the float32 additions, and the tests hold the two to each other.
+//! Three ways to compute them, the fastest the CPU has (`Unit`):
+//! - the AMX tile unit (Intel Sapphire Rapids and later): `tdpbf16ps`, a 16×32 by 32×16 product
+//!   into a 16×16 float32 tile, reached 555–664 billion multiply-adds per second per core in a
+//!   register-only loop on this project's Intel machines, 184–242 with its operands loaded from
+//!   cache;
+//! - AVX-512 BF16 (`vdpbf16ps`: 16 lanes, each the float32 sum of two bfloat16 products): on this
+//!   project's AMD EPYC machines (Zen 5) it runs at twice the multiply-add rate of float32 FMAs
+//!   (254 against 126 billion per second per core, register-only loops of 24 accumulators), so
+//!   bfloat16 products are worth having there; on the Intel machines it reached half the float32
+//!   rate (40 against 83), so there it is used only where AMX is missing;
+//! - float32 products of the same bfloat16-rounded operands (CPUs with neither, ARM, and wherever
+//!   the element-wise kernels are asked to run below AVX-512, e.g. `AMG_ISA=portable`): slower
+//!   than plain float32, but the same results up to the order of the float32 additions.
+//!
+//! The tests hold the three to float64 products of the rounded operands and to each other.
 //!
 //! Layout: the k×n weight is cut into blocks of 32 columns; each block holds, for every 32 rows of
 //! k, two AMX "B" tiles (columns 0–15 and 16–31), each 16 rows of 16 bfloat16 pairs: tile row r,
-//! pair j is (B[2r, j], B[2r+1, j]) — the pairing `tdpbf16ps` multiplies. k and n are padded with
-//! zeros to multiples of 32, so every tile is full.
+//! pair j is (B[2r, j], B[2r+1, j]) — the pairing `tdpbf16ps` multiplies, and one tile row is the
+//! 512-bit register `vdpbf16ps` multiplies by a broadcast pair of A. k and n are padded with zeros
+//! to multiples of 32, so every tile is full.
 
 use super::gemm::{matmul_then, Acc, Epilogue, Mat};
 use super::SendPtr;
@@ -139,6 +146,51 @@ impl PackedBf16 {
     }
 }
 
+/// Where the bfloat16 products run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// The AMX tile unit (`tdpbf16ps`).
+    Amx,
+    /// AVX-512 BF16 dot products (`vdpbf16ps`).
+    #[serde(rename = "avx512_bf16")]
+    Avx512Bf16,
+    /// float32 products of the bfloat16-rounded operands.
+    Emulated,
+}
+
+impl Unit {
+    /// The unit's name in reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Unit::Amx => "AMX tiles",
+            Unit::Avx512Bf16 => "AVX-512 BF16",
+            Unit::Emulated => "float32 emulation (no bfloat16 unit)",
+        }
+    }
+
+    /// The units this CPU can run, fastest first (`Emulated` always last).
+    pub fn available() -> Vec<Unit> {
+        let mut units = Vec::new();
+        if amx_available() {
+            units.push(Unit::Amx);
+        }
+        if super::isa() == super::Isa::Avx512 && dot::available() {
+            units.push(Unit::Avx512Bf16);
+        }
+        units.push(Unit::Emulated);
+        units
+    }
+}
+
+/// The unit `matmul_bf16` uses: AMX where the process can use it, else AVX-512 BF16, else the
+/// float32 emulation. Both hardware units need the element-wise kernels at AVX-512 (so
+/// `AMG_ISA=avx2` or `portable` turns them off too).
+pub fn unit() -> Unit {
+    static UNIT: OnceLock<Unit> = OnceLock::new();
+    *UNIT.get_or_init(|| Unit::available()[0])
+}
+
 /// Whether this process can use the AMX tile unit: the CPU has AMX-TILE and AMX-BF16, the
 /// operating system saves the tile state, Linux granted this process the tile data (asked once),
 /// and the element-wise kernels run at AVX-512 (so `AMG_ISA` turns AMX off with them).
@@ -152,11 +204,13 @@ pub fn amx_available() -> bool {
 /// accumulation; `threads` threads.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_bf16(a: Mat, b: &PackedBf16, cols: Range<usize>, c: &mut [f32], ldc: usize, acc: Acc, threads: usize, epi: Epilogue) {
-    matmul_bf16_on(amx_available(), a, b, cols, c, ldc, acc, threads, epi)
+    matmul_bf16_on(unit(), a, b, cols, c, ldc, acc, threads, epi)
 }
 
+/// `matmul_bf16` on the given unit, which must be one of `Unit::available()`.
 #[allow(clippy::too_many_arguments)]
-fn matmul_bf16_on(use_amx: bool, a: Mat, b: &PackedBf16, cols: Range<usize>, c: &mut [f32], ldc: usize, acc: Acc, threads: usize, epi: Epilogue) {
+pub fn matmul_bf16_on(unit: Unit, a: Mat, b: &PackedBf16, cols: Range<usize>, c: &mut [f32], ldc: usize, acc: Acc, threads: usize, epi: Epilogue) {
+    assert!(Unit::available().contains(&unit), "bfloat16 unit {unit:?} not available on this CPU");
     let (m, k) = (a.rows, a.cols);
     assert_eq!(k, b.k, "inner dimensions differ");
     assert!(b.parts.contains(&cols.start) && b.parts.contains(&cols.end) && cols.start <= cols.end, "column range {cols:?} not on a part boundary");
@@ -168,7 +222,7 @@ fn matmul_bf16_on(use_amx: bool, a: Mat, b: &PackedBf16, cols: Range<usize>, c: 
     if m == 0 || n == 0 {
         return;
     }
-    if !use_amx {
+    if unit == Unit::Emulated {
         let w = b.rounded.get_or_init(|| b.to_row_major());
         let ar: Vec<f32> = (0..m).flat_map(|i| a.data[i * a.ld..i * a.ld + k].iter().map(|&v| round_bf16(v))).collect();
         matmul_then(Mat::dense(&ar, m, k), Mat::new(&w[cols.start..], k, n, b.n), c, ldc, acc, 1.0, threads, epi);
@@ -197,11 +251,14 @@ fn matmul_bf16_on(use_amx: bool, a: Mat, b: &PackedBf16, cols: Range<usize>, c: 
         let out_col0 = s.col0 - cols.start;
         let kblocks = kp / KB;
         let mut tile_out = [0f32; BLOCK * BLOCK];
-        let tiles = amx::Tiles::configure();
+        let tiles = (unit == Unit::Amx).then(amx::Tiles::configure);
         let a_rows = &ab[ib * BLOCK * kp..(ib + 1) * BLOCK * kp];
         for jb in jbs.clone() {
             let b_tiles = &s.tiles[jb * kblocks * 2 * TILE..(jb + 1) * kblocks * 2 * TILE];
-            tiles.block(a_rows, kp, b_tiles, &mut tile_out);
+            match &tiles {
+                Some(tiles) => tiles.block(a_rows, kp, b_tiles, &mut tile_out),
+                None => dot::block(a_rows, kp, b_tiles, rows.len(), &mut tile_out),
+            }
             let ncols = BLOCK.min(s.ncols - jb * BLOCK);
             let j0 = out_col0 + jb * BLOCK;
             for (r, i) in rows.clone().enumerate() {
@@ -343,6 +400,95 @@ mod amx {
     }
 }
 
+/// The AVX-512 BF16 kernel: a block's 32 columns are two registers of 16 lanes; each k pair
+/// (2r, 2r+1) of a row of A, broadcast, is multiplied into both by `vdpbf16ps`. Rows go eight at a
+/// time (16 accumulators, two B registers).
+///
+/// Each 32 values of k are summed from zero and then added to the running totals, rather than
+/// accumulated in one chain over the whole of k: on this project's AMD EPYC (Zen 5) the long chain
+/// drifted from the float64 product of the same bfloat16 operands (k = 3072: 2.4e-6 relative at
+/// worst, 1.4e-6 on average and of one sign, against 3.6e-7 for the float32 emulation), enough to
+/// move whole-model features 7e-5 from the emulation's; in chains of 16 steps it stays at 5.4e-7.
+#[cfg(target_arch = "x86_64")]
+mod dot {
+    use std::arch::x86_64::*;
+
+    /// The CPU has AVX-512F and AVX-512 BF16.
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// One 32×32 float32 block `out` (row-major) ⟵ A·B, as `amx::Tiles::block`, for the first
+    /// `live` rows (a multiple of eight at or above it; the rest of `out` is left as it was).
+    pub fn block(a: &[u16], kp: usize, b: &[u16], live: usize, out: &mut [f32; 1024]) {
+        assert!(kp.is_multiple_of(32) && live <= 32, "block shape");
+        assert!(a.len() >= 32 * kp && b.len() >= kp / 32 * 2 * 512, "block operands out of bounds");
+        assert!(available(), "AVX-512 BF16 asked of a CPU without it");
+        // SAFETY: the CPU has the features `block_impl` is compiled for (asserted above).
+        unsafe { block_impl(a, kp, b, live, out) }
+    }
+
+    /// 32 bfloat16 values seen as the type `vdpbf16ps` takes.
+    #[inline(always)]
+    fn bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are 64 bytes of plain SIMD data; every bit pattern is a valid value of each.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn block_impl(a: &[u16], kp: usize, b: &[u16], live: usize, out: &mut [f32; 1024]) {
+        for g in (0..live).step_by(8) {
+            let mut total = [[_mm512_setzero_ps(); 2]; 8];
+            for kb in 0..kp / 32 {
+                let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+                let tiles = &b[kb * 1024..(kb + 1) * 1024];
+                for r in 0..16 {
+                    // SAFETY: `tiles` holds 1024 u16 (bounds-checked slice): tile rows r of the
+                    // two halves, 32 u16 = 64 bytes each, at r·32 and 512 + r·32.
+                    let (b0, b1) = unsafe {
+                        (
+                            _mm512_loadu_si512(tiles.as_ptr().add(r * 32) as *const __m512i),
+                            _mm512_loadu_si512(tiles.as_ptr().add(512 + r * 32) as *const __m512i),
+                        )
+                    };
+                    let (b0, b1) = (bh(b0), bh(b1));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let p = (g + i) * kp + kb * 32 + 2 * r;
+                        // SAFETY: g + i < 32 and kb·32 + 2r + 1 < kp, so p + 1 < 32·kp ≤ a.len()
+                        // (asserted in `block`): the pair (a[p], a[p + 1]) as one 32-bit value.
+                        let pair = unsafe { (a.as_ptr().add(p) as *const i32).read_unaligned() };
+                        let av = bh(_mm512_set1_epi32(pair));
+                        acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
+                        acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+                    }
+                }
+                for (t, a) in total.iter_mut().zip(&acc) {
+                    t[0] = _mm512_add_ps(t[0], a[0]);
+                    t[1] = _mm512_add_ps(t[1], a[1]);
+                }
+            }
+            for (i, acc) in total.iter().enumerate() {
+                let row = &mut out[(g + i) * 32..(g + i + 1) * 32];
+                // SAFETY: `row` is 32 f32 = two 16-lane stores.
+                unsafe {
+                    _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
+                    _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod dot {
+    pub fn available() -> bool {
+        false
+    }
+    pub fn block(_a: &[u16], _kp: usize, _b: &[u16], _live: usize, _out: &mut [f32; 1024]) {
+        unreachable!("AVX-512 BF16 is never used off x86_64")
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 mod amx {
     pub fn enable() -> bool {
@@ -385,11 +531,11 @@ mod tests {
 
     #[test]
     fn products_equal_float64_products_of_the_rounded_operands() {
-        // Both ways of computing (AMX where this CPU has it, and float32 from the rounded operands
+        // Every unit this CPU has (AMX, AVX-512 BF16, and float32 from the rounded operands
         // everywhere), against a float64 product of the rounded operands: shapes with rows, k and
         // columns off the 32 multiples, parts, accumulate, epilogues, one and two threads.
         let shapes: &[(usize, usize, usize, &[usize])] = &[(1, 7, 5, &[]), (33, 64, 70, &[32]), (197, 192, 200, &[64, 128]), (40, 100, 33, &[])];
-        let ways: &[bool] = if amx_available() { &[true, false] } else { &[false] };
+        let ways = Unit::available();
         for &(m, k, n, parts) in shapes {
             let a = rand(m * k, 1);
             let w = rand(k * n, 2);
@@ -400,13 +546,13 @@ mod tests {
             for win in crate::kernels::packed::part_bounds(parts, n).windows(2) {
                 let cols = win[0]..win[1];
                 let nc = cols.len();
-                for &amx in ways {
+                for &unit in &ways {
                     for threads in [1, 2] {
                         for (acc, gelu) in [(Acc::Overwrite, false), (Acc::Add, true)] {
                             let init = rand(m * (nc + 3), 4);
                             let mut got = init.clone();
                             let epi = if gelu { Epilogue::BiasGelu(&bias[cols.clone()]) } else { Epilogue::Bias(&bias[cols.clone()]) };
-                            matmul_bf16_on(amx, Mat::dense(&a, m, k), &pb, cols.clone(), &mut got, nc + 3, acc, threads, epi);
+                            matmul_bf16_on(unit, Mat::dense(&a, m, k), &pb, cols.clone(), &mut got, nc + 3, acc, threads, epi);
                             for i in 0..m {
                                 for j in 0..nc + 3 {
                                     let g = got[i * (nc + 3) + j];
@@ -424,7 +570,7 @@ mod tests {
                                     }
                                     assert!(
                                         (g as f64 - want).abs() <= 2e-5 * (1.0 + want.abs()),
-                                        "amx {amx} m {m} k {k} n {n} cols {cols:?} threads {threads} ({i}, {j}): {g} vs {want}"
+                                        "{unit:?} m {m} k {k} n {n} cols {cols:?} threads {threads} ({i}, {j}): {g} vs {want}"
                                     );
                                 }
                             }

@@ -112,9 +112,9 @@ pub struct BenchReport {
     pub input: String,
     pub gmacs_per_image: f64,
     pub precision: Precision,
-    /// With `Precision::Bf16`: whether the products ran on the AMX tile unit (else emulated).
+    /// With `Precision::Bf16`: where the products ran (`amx`, `avx512_bf16` or `emulated`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub amx: Option<bool>,
+    pub bf16_unit: Option<crate::kernels::bf16::Unit>,
     /// With `Precision::Bf16`: the features against float32's on the same input.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_f32: Option<FeatureDiff>,
@@ -149,9 +149,9 @@ pub fn bench_model(
     }
     let reference = (precision != Precision::F32).then(|| files.clone());
     let engine = Engine::with_precision(files, precision)?;
-    let (amx, vs_f32) = match reference {
+    let (bf16_unit, vs_f32) = match reference {
         None => (None, None),
-        Some(f32_files) => (Some(crate::kernels::bf16::amx_available()), Some(feature_diff(&Engine::new(f32_files)?, &engine, batch)?)),
+        Some(f32_files) => (Some(crate::kernels::bf16::unit()), Some(feature_diff(&Engine::new(f32_files)?, &engine, batch)?)),
     };
     let result = bench_inference(&engine, batch, iters, progress)?;
     Ok(BenchReport {
@@ -159,7 +159,7 @@ pub fn bench_model(
         input: format!("{h}x{w}"),
         gmacs_per_image: macs as f64 / 1e9,
         precision,
-        amx,
+        bf16_unit,
         vs_f32,
         result,
         loader_train_img_per_s: train,
@@ -189,7 +189,10 @@ impl BenchReport {
         if let Some(d) = &self.vs_f32 {
             s += &format!(
                 "\nbfloat16 products ({}); features against float32 on the same input: largest element difference {:.2e} (features have norm 1), lowest cosine similarity {:.6}",
-                if self.amx == Some(true) { "AMX tiles" } else { "no AMX on this CPU: emulated in float32, slower than float32" },
+                match self.bf16_unit {
+                    Some(crate::kernels::bf16::Unit::Emulated) | None => "no bfloat16 unit on this CPU: emulated in float32, slower than float32",
+                    Some(unit) => unit.describe(),
+                },
                 d.max_abs_diff,
                 d.min_cosine
             );

@@ -2,8 +2,9 @@
 //! other CPU (ARM boards included) runs — gives the same results: inference (`amg embed`) and a
 //! training run (`amg train`, forward and backward kernels) under `AMG_ISA=portable`, `avx2` and the
 //! machine's best agree. The machine's best path is held to PyTorch by the parity tests. So do the
-//! two ways of computing `--precision bf16` products: the AMX tile unit (where the CPU has one) and
-//! float32 emulation (`AMG_ISA=portable`, and every CPU without AMX).
+//! ways of computing `--precision bf16` products: the machine's bfloat16 unit (AMX tiles or AVX-512
+//! BF16, where the CPU has one) and float32 emulation (`AMG_ISA=portable`, and every CPU without
+//! either). The library's unit tests hold every unit the CPU has to float64 products.
 
 use crate::common;
 
@@ -54,13 +55,13 @@ fn every_kernel_path_agrees() {
         eprintln!("{isa}: training loss {l} vs {l0}");
         assert!((l - l0).abs() <= 1e-4 * l0, "{isa}: training loss {l} vs {l0}");
     }
-    // bfloat16: the machine's best (AMX if it has one) against the float32 emulation. Their float32
-    // sums run in different orders (~1e-7 apart), which can move an activation across a bfloat16
-    // rounding boundary (a change of up to 2^-8 of that value) before the next product: 6e-6
-    // measured on this model with AMX. And bfloat16 must differ from float32, by its rounding only.
+    // bfloat16: the machine's best unit (AMX or AVX-512 BF16 if it has one) against the float32
+    // emulation. Their float32 sums run in different orders (~1e-7 apart), which can move an
+    // activation across a bfloat16 rounding boundary (a change of up to 2^-8 of that value) before
+    // the next product: 6e-6 measured on this model with AMX. And bfloat16 must differ from float32, by its rounding only.
     let (b0, bp) = (features_in(None, "best", "bf16"), features_in(Some("portable"), "portable", "bf16"));
     let d = max_abs_diff(&b0, &bp);
-    eprintln!("bf16: AMX (if any) and emulation differ by {d:e}");
+    eprintln!("bf16: the bfloat16 unit (if any) and emulation differ by {d:e}");
     assert!(d <= 2e-5, "bf16: the best path and the emulation differ by {d:e}");
     let d = max_abs_diff(&b0, &f0);
     eprintln!("bf16: features differ from float32's by {d:e}");

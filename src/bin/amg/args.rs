@@ -15,24 +15,25 @@ pub fn choice<T: Choice + Send + Sync + Clone>() -> impl TypedValueParser<Value 
 #[derive(clap::Args)]
 pub struct PrecisionArg {
     /// Number format of the transformer blocks' products: f32, or bf16 (bfloat16 weights and
-    /// inputs, float32 sums: fast on CPUs with AMX tiles, emulated and slower elsewhere).
+    /// inputs, float32 sums: fast on CPUs with AMX tiles or AVX-512 BF16, emulated and slower
+    /// elsewhere).
     #[arg(long, default_value = "f32", value_parser = choice::<amg::engine::Precision>())]
     pub precision: amg::engine::Precision,
 }
 
 impl PrecisionArg {
-    /// The inference engine for `files` in this precision, with a warning when bfloat16 has no AMX
-    /// to run on.
+    /// The inference engine for `files` in this precision, with a warning when bfloat16 has no
+    /// unit to run on.
     pub fn engine(&self, files: amg::model::ModelFiles) -> amg::Result<amg::engine::Engine> {
         self.warn_if_emulated();
         amg::engine::Engine::with_precision(files, self.precision)
     }
 
-    /// Says so on stderr when bfloat16 is asked for and there is no AMX to run it on.
+    /// Says so on stderr when bfloat16 is asked for and there is no unit to run it on.
     pub fn warn_if_emulated(&self) {
-        if self.precision == amg::engine::Precision::Bf16 && !amg::kernels::bf16::amx_available() {
+        if self.precision == amg::engine::Precision::Bf16 && amg::kernels::bf16::unit() == amg::kernels::bf16::Unit::Emulated {
             eprintln!(
-                "warning: --precision bf16: this CPU (or AMG_ISA) gives no AMX tile unit, so the bfloat16 products are emulated in float32: slower than --precision f32, with the results AMX would give"
+                "warning: --precision bf16: this CPU (or AMG_ISA) has neither AMX tiles nor AVX-512 BF16, so the bfloat16 products are emulated in float32: slower than --precision f32, with the results those units would give"
             );
         }
     }
