@@ -170,16 +170,19 @@ impl Unit {
     }
 
     /// The units this CPU can run, fastest first (`Emulated` always last).
-    pub fn available() -> Vec<Unit> {
-        let mut units = Vec::new();
-        if amx_available() {
-            units.push(Unit::Amx);
-        }
-        if super::isa() == super::Isa::Avx512 && dot::available() {
-            units.push(Unit::Avx512Bf16);
-        }
-        units.push(Unit::Emulated);
-        units
+    pub fn available() -> &'static [Unit] {
+        static UNITS: OnceLock<Vec<Unit>> = OnceLock::new();
+        UNITS.get_or_init(|| {
+            let mut units = Vec::new();
+            if amx_available() {
+                units.push(Unit::Amx);
+            }
+            if super::isa() == super::Isa::Avx512 && dot::available() {
+                units.push(Unit::Avx512Bf16);
+            }
+            units.push(Unit::Emulated);
+            units
+        })
     }
 }
 
@@ -187,8 +190,7 @@ impl Unit {
 /// float32 emulation. Both hardware units need the element-wise kernels at AVX-512 (so
 /// `AMG_ISA=avx2` or `portable` turns them off too).
 pub fn unit() -> Unit {
-    static UNIT: OnceLock<Unit> = OnceLock::new();
-    *UNIT.get_or_init(|| Unit::available()[0])
+    Unit::available().first().copied().unwrap_or(Unit::Emulated)
 }
 
 /// Whether this process can use the AMX tile unit: the CPU has AMX-TILE and AMX-BF16, the
@@ -419,7 +421,7 @@ mod dot {
     }
 
     /// One 32×32 float32 block `out` (row-major) ⟵ A·B, as `amx::Tiles::block`, for the first
-    /// `live` rows (a multiple of eight at or above it; the rest of `out` is left as it was).
+    /// `live` rows rounded up to a multiple of eight; the rest of `out` is left as it was.
     pub fn block(a: &[u16], kp: usize, b: &[u16], live: usize, out: &mut [f32; 1024]) {
         assert!(kp.is_multiple_of(32) && live <= 32, "block shape");
         assert!(a.len() >= 32 * kp && b.len() >= kp / 32 * 2 * 512, "block operands out of bounds");
@@ -546,7 +548,7 @@ mod tests {
             for win in crate::kernels::packed::part_bounds(parts, n).windows(2) {
                 let cols = win[0]..win[1];
                 let nc = cols.len();
-                for &unit in &ways {
+                for &unit in ways {
                     for threads in [1, 2] {
                         for (acc, gelu) in [(Acc::Overwrite, false), (Acc::Add, true)] {
                             let init = rand(m * (nc + 3), 4);
