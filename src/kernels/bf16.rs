@@ -10,7 +10,7 @@
 //!   project's AMD EPYC machines (Zen 5) it runs at twice the multiply-add rate of float32 FMAs
 //!   (254 against 126 billion per second per core, register-only loops of 24 accumulators), so
 //!   bfloat16 products are worth having there; on the Intel machines it reached half the float32
-//!   rate (40 against 83), so there it is used only where AMX is missing;
+//!   rate (40 against 83), so it is used on AMD CPUs only (`unit`);
 //! - float32 products of the same bfloat16-rounded operands (CPUs with neither, ARM, and wherever
 //!   the element-wise kernels are asked to run below AVX-512, e.g. `AMG_ISA=portable`): slower
 //!   than plain float32, but the same results up to the order of the float32 additions.
@@ -169,7 +169,7 @@ impl Unit {
         }
     }
 
-    /// The units this CPU can run, fastest first (`Emulated` always last).
+    /// The units this CPU can run (`Emulated` always, and last). The tests run each.
     pub fn available() -> &'static [Unit] {
         static UNITS: OnceLock<Vec<Unit>> = OnceLock::new();
         UNITS.get_or_init(|| {
@@ -186,11 +186,21 @@ impl Unit {
     }
 }
 
-/// The unit `matmul_bf16` uses: AMX where the process can use it, else AVX-512 BF16, else the
-/// float32 emulation. Both hardware units need the element-wise kernels at AVX-512 (so
-/// `AMG_ISA=avx2` or `portable` turns them off too).
+/// The unit `matmul_bf16` uses: AMX where the process can use it; else AVX-512 BF16 on AMD CPUs,
+/// where `vdpbf16ps` runs at twice the float32 multiply-add rate; else the float32 emulation —
+/// also on Intel CPUs that have AVX-512 BF16 without AMX (or without the kernel's permission to use
+/// it), where `vdpbf16ps` reached half the float32 rate on this project's Xeon, slower than the
+/// emulation. Both hardware units need the element-wise kernels at AVX-512 (so `AMG_ISA=avx2` or
+/// `portable` turns them off too).
 pub fn unit() -> Unit {
-    Unit::available().first().copied().unwrap_or(Unit::Emulated)
+    let has = |u| Unit::available().contains(&u);
+    if has(Unit::Amx) {
+        Unit::Amx
+    } else if has(Unit::Avx512Bf16) && dot::amd() {
+        Unit::Avx512Bf16
+    } else {
+        Unit::Emulated
+    }
 }
 
 /// Whether this process can use the AMX tile unit: the CPU has AMX-TILE and AMX-BF16, the
@@ -420,6 +430,13 @@ mod dot {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
     }
 
+    /// The CPU is AMD's (CPUID vendor "AuthenticAMD").
+    pub fn amd() -> bool {
+        // CPUID leaf 0 exists on every x86_64 CPU.
+        let v = __cpuid(0);
+        [v.ebx, v.edx, v.ecx].iter().flat_map(|r| r.to_le_bytes()).eq(*b"AuthenticAMD")
+    }
+
     /// One 32×32 float32 block `out` (row-major) ⟵ A·B, as `amx::Tiles::block`, for the first
     /// `live` rows rounded up to a multiple of eight; the rest of `out` is left as it was.
     pub fn block(a: &[u16], kp: usize, b: &[u16], live: usize, out: &mut [f32; 1024]) {
@@ -484,6 +501,9 @@ mod dot {
 #[cfg(not(target_arch = "x86_64"))]
 mod dot {
     pub fn available() -> bool {
+        false
+    }
+    pub fn amd() -> bool {
         false
     }
     pub fn block(_a: &[u16], _kp: usize, _b: &[u16], _live: usize, _out: &mut [f32; 1024]) {

@@ -15,8 +15,8 @@ pub fn choice<T: Choice + Send + Sync + Clone>() -> impl TypedValueParser<Value 
 #[derive(clap::Args)]
 pub struct PrecisionArg {
     /// Number format of the transformer blocks' products: f32, or bf16 (bfloat16 weights and
-    /// inputs, float32 sums: fast on CPUs with AMX tiles or AVX-512 BF16, emulated and slower
-    /// elsewhere).
+    /// inputs, float32 sums: fast on CPUs with AMX tiles and on AMD CPUs with AVX-512 BF16,
+    /// emulated and slower elsewhere).
     #[arg(long, default_value = "f32", value_parser = choice::<amg::engine::Precision>())]
     pub precision: amg::engine::Precision,
 }
@@ -33,7 +33,7 @@ impl PrecisionArg {
     pub fn warn_if_emulated(&self) {
         if self.precision == amg::engine::Precision::Bf16 && amg::kernels::bf16::unit() == amg::kernels::bf16::Unit::Emulated {
             eprintln!(
-                "warning: --precision bf16: this CPU (or AMG_ISA) has neither AMX tiles nor AVX-512 BF16, so the bfloat16 products are emulated in float32: slower than --precision f32, with the results those units would give"
+                "warning: --precision bf16: this CPU (or AMG_ISA) offers no bfloat16 unit amg uses (AMX tiles; AVX-512 BF16 on AMD CPUs), so the bfloat16 products are emulated in float32: slower than --precision f32, with the results those units would give"
             );
         }
     }
