@@ -8,7 +8,7 @@ Usage:
 For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` in f32 and in bf16
 (timm-shaped ViTs at 224x224, random weights), alternating them --rounds times and keeping each
 one's best, and prints a Markdown table: img/s of each, the speed-up (best against best, and the
-median and range of the per-round ratios), whether the bfloat16 products ran on AMX tiles, and how
+median and range of the per-round ratios), the unit the bfloat16 products ran on, and how
 far the bfloat16 features are from float32's on the benchmark's input (largest element difference
 of the unit-norm features, lowest cosine similarity). Needs only Python's standard library.
 """

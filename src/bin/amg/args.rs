@@ -23,13 +23,13 @@ pub struct PrecisionArg {
 
 impl PrecisionArg {
     /// The inference engine for `files` in this precision, with a warning when bfloat16 has no
-    /// unit to run on.
+    /// unit amg uses to run on.
     pub fn engine(&self, files: amg::model::ModelFiles) -> amg::Result<amg::engine::Engine> {
         self.warn_if_emulated();
         amg::engine::Engine::with_precision(files, self.precision)
     }
 
-    /// Says so on stderr when bfloat16 is asked for and there is no unit to run it on.
+    /// Says so on stderr when bfloat16 is asked for and there is no unit amg uses to run it on.
     pub fn warn_if_emulated(&self) {
         if self.precision == amg::engine::Precision::Bf16 && amg::kernels::bf16::unit() == amg::kernels::bf16::Unit::Emulated {
             eprintln!(
