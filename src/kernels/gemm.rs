@@ -179,6 +179,21 @@ impl Strides {
     }
 }
 
+/// Tells the gemm crate, once per process, not to copy the column operand of a single-threaded
+/// product into its own packed layout (it does so by default whenever the product has more than
+/// 8 × 6 rows). The inference engine's weights are stored as 64-column row-major panels
+/// (`packed.rs`), which is already the layout the crate's AVX-512 kernel reads, so that copy only
+/// streamed every panel twice per call: 9 % of a ViT-Ti batch-1 pass was spent in it (`perf`).
+/// Read in place, alternating runs on the AMD EPYC: ViT-Ti batch 1 125–128 → 132–135 img/s (6 of
+/// 7 pairs), ViT-B batch 1 10.9–11.5 → 11.9–12.2 (3 of 3); batch 16 and the training steps
+/// (whose products are multi-threaded or strided, and still packed) unchanged within the noise.
+/// Only the copy changes, not the arithmetic: results are identical.
+#[cfg(target_arch = "x86_64")]
+fn read_panels_in_place() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| gemm::set_lhs_packing_threshold_single_thread(1 << 20));
+}
+
 /// The raw strided product: `c (m×n, row stride ldc) ⟵ scale·a·b` (or `+=`).
 ///
 /// # Safety
@@ -200,6 +215,8 @@ pub unsafe fn gemm_raw(
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    read_panels_in_place();
     if k == 0 {
         if acc == Acc::Overwrite {
             for i in 0..m {
