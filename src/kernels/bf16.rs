@@ -160,12 +160,12 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// The unit's name in reports.
+    /// The unit in reports (`amg bench --precision bf16`).
     pub fn describe(self) -> &'static str {
         match self {
             Unit::Amx => "AMX tiles",
             Unit::Avx512Bf16 => "AVX-512 BF16",
-            Unit::Emulated => "float32 emulation (no bfloat16 unit)",
+            Unit::Emulated => "no bfloat16 unit used on this CPU: emulated in float32, slower than float32",
         }
     }
 
@@ -191,16 +191,20 @@ impl Unit {
 /// also on Intel CPUs that have AVX-512 BF16 without AMX (or without the kernel's permission to use
 /// it), where `vdpbf16ps` reached half the float32 rate on this project's Xeon, slower than the
 /// emulation. Both hardware units need the element-wise kernels at AVX-512 (so `AMG_ISA=avx2` or
-/// `portable` turns them off too).
+/// `portable` turns them off too). Decided once per process (the vendor check is a CPUID, which
+/// a virtual machine may trap: not something to run on every product).
 pub fn unit() -> Unit {
-    let has = |u| Unit::available().contains(&u);
-    if has(Unit::Amx) {
-        Unit::Amx
-    } else if has(Unit::Avx512Bf16) && dot::amd() {
-        Unit::Avx512Bf16
-    } else {
-        Unit::Emulated
-    }
+    static UNIT: OnceLock<Unit> = OnceLock::new();
+    *UNIT.get_or_init(|| {
+        let has = |u| Unit::available().contains(&u);
+        if has(Unit::Amx) {
+            Unit::Amx
+        } else if has(Unit::Avx512Bf16) && dot::amd() {
+            Unit::Avx512Bf16
+        } else {
+            Unit::Emulated
+        }
+    })
 }
 
 /// Whether this process can use the AMX tile unit: the CPU has AMX-TILE and AMX-BF16, the

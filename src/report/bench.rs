@@ -189,10 +189,7 @@ impl BenchReport {
         if let Some(d) = &self.vs_f32 {
             s += &format!(
                 "\nbfloat16 products ({}); features against float32 on the same input: largest element difference {:.2e} (features have norm 1), lowest cosine similarity {:.6}",
-                match self.bf16_unit {
-                    Some(crate::kernels::bf16::Unit::Emulated) | None => "no bfloat16 unit used on this CPU: emulated in float32, slower than float32",
-                    Some(unit) => unit.describe(),
-                },
+                self.bf16_unit.unwrap_or(crate::kernels::bf16::Unit::Emulated).describe(),
                 d.max_abs_diff,
                 d.min_cosine
             );
