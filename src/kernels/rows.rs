@@ -99,12 +99,29 @@ simd_fn! {
     }
 }
 
+/// `row = GELU(row + bias)`, `math::GELU_LANES` elements at a time (see `math::gelu_lanes`).
+#[inline(always)]
+fn bias_gelu_row(row: &mut [f32], bias: &[f32]) {
+    const W: usize = math::GELU_LANES;
+    let mut rows = row.chunks_exact_mut(W);
+    let mut biases = bias.chunks_exact(W);
+    for (r, b) in (&mut rows).zip(&mut biases) {
+        let mut x = [0f32; W];
+        for i in 0..W {
+            x[i] = r[i] + b[i];
+        }
+        math::gelu_lanes(&mut x);
+        r.copy_from_slice(&x);
+    }
+    for (v, b) in rows.into_remainder().iter_mut().zip(biases.remainder()) {
+        *v = math::gelu(*v + b);
+    }
+}
+
 simd_fn! {
     fn bias_gelu_rows(x: &mut [f32], bias: &[f32]) {
         for r in x.chunks_exact_mut(bias.len()) {
-            for (v, b) in r.iter_mut().zip(bias) {
-                *v = math::gelu(*v + b);
-            }
+            bias_gelu_row(r, bias);
         }
     }
 }
@@ -113,9 +130,7 @@ simd_fn! {
     /// `row = act(row + bias)`, act = GELU or identity; `row` and `bias` have the same length.
     pub fn bias_act_row(row: &mut [f32], bias: &[f32], gelu: bool) {
         if gelu {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = math::gelu(*v + b);
-            }
+            bias_gelu_row(row, bias);
         } else {
             for (v, b) in row.iter_mut().zip(bias) {
                 *v += b;
