@@ -146,29 +146,33 @@ struct Task<'a> {
 /// a token-pruned layer's query and key/value products need at batch 1).
 pub fn matmul_packed_many(products: Vec<Product>, threads: usize) {
     let threads = threads.max(1);
-    let mut tasks = Vec::new();
+    let mut groups = Vec::new();
     // Several products: their panel runs already give the threads enough to share.
-    let row_split = products.len() == 1;
+    let share = products.len() == 1;
     for p in products {
         if let Some(b) = &p.b.bf16 {
             // Cut into tasks of its own; runs before the float32 ones.
             matmul_bf16(p.a, b, p.cols, p.c, p.ldc, p.acc, threads, p.epi);
             continue;
         }
-        split(p, threads, row_split, &mut tasks);
+        split(p, threads, share, &mut groups);
     }
-    if threads == 1 || tasks.len() <= 1 {
-        tasks.iter().for_each(run);
+    let run_group = |g: &Vec<Task>| g.iter().for_each(run);
+    if threads == 1 || groups.len() <= 1 {
+        groups.iter().for_each(run_group);
     } else {
-        tasks.par_iter().for_each(run);
+        groups.par_iter().for_each(run_group);
     }
 }
 
-/// Checks a product and cuts it into tasks: a contiguous run of panels × all rows; or, when the
-/// panels do not divide evenly between the threads and are few (e.g. 3 for a ViT-Ti's 192
-/// columns), one panel × a block of rows, so that no thread idles while another finishes. Products
-/// with many rows run at once, on the row-major weight (see the module notes).
-fn split<'a>(p: Product<'a>, threads: usize, row_split: bool, tasks: &mut Vec<Task<'a>>) {
+/// Checks a product and cuts it into groups of tasks, one group per parallel task. Alone
+/// (`share`), a product whose panels divide evenly between the threads gives each a contiguous run
+/// of panels × all rows; otherwise (e.g. 9 panels for a ViT-Ti's 576 qkv columns, 3 for its 192)
+/// the panels × rows are dealt out in equal shares, panel by panel, so that no thread idles while
+/// another finishes: a share may start and end part-way down a panel (two row ranges of it). Beside
+/// other products, each run of panels is a group. Products with many rows run at once, on the
+/// row-major weight (see the module notes).
+fn split<'a>(p: Product<'a>, threads: usize, share: bool, groups: &mut Vec<Vec<Task<'a>>>) {
     let Product { a, b, cols, c, ldc, acc, epi } = p;
     let (m, k) = (a.rows, a.cols);
     assert_eq!(k, b.k, "inner dimensions differ");
@@ -192,17 +196,31 @@ fn split<'a>(p: Product<'a>, threads: usize, row_split: bool, tasks: &mut Vec<Ta
         UNPACKED.with(|cell| cell.replace(w));
         return;
     }
-    let row_blocks = if row_split && threads > 1 && panels.len() % threads != 0 && panels.len() < 4 * threads { threads } else { 1 };
-    let per_task = if row_blocks > 1 { 1 } else { panels.len().div_ceil(threads) };
-    let rows_per = m.div_ceil(row_blocks);
     let cp = SendPtr(c.as_mut_ptr());
-    for rb in 0..row_blocks {
-        let rows = rb * rows_per..((rb + 1) * rows_per).min(m);
-        if rows.is_empty() {
-            continue;
+    let task = |rows: Range<usize>, panels| Task { a, b, col0: cols.start, c: cp, ldc, acc, epi, rows, panels };
+    if !share || threads == 1 || panels.len() % threads == 0 {
+        groups.extend(panels.chunks(panels.len().div_ceil(threads)).map(|ps| vec![task(0..m, ps)]));
+        return;
+    }
+    // Equal shares of the panel-major order of (panel, row) units.
+    let total = panels.len() * m;
+    for t in 0..threads {
+        let (mut u, end) = (t * total / threads, (t + 1) * total / threads);
+        let mut group = Vec::new();
+        while u < end {
+            let (pi, r) = (u / m, u % m);
+            let whole = if r == 0 { (end - u) / m } else { 0 };
+            if whole > 0 {
+                group.push(task(0..m, &panels[pi..pi + whole]));
+                u += whole * m;
+            } else {
+                let r1 = m.min(r + (end - u));
+                group.push(task(r..r1, &panels[pi..pi + 1]));
+                u += r1 - r;
+            }
         }
-        for ps in panels.chunks(per_task) {
-            tasks.push(Task { a, b, col0: cols.start, c: cp, ldc, acc, epi, rows: rows.clone(), panels: ps });
+        if !group.is_empty() {
+            groups.push(group);
         }
     }
 }
@@ -281,7 +299,7 @@ mod tests {
                 let cols = win[0]..win[1];
                 let nc = cols.len();
                 let wc: Vec<f32> = (0..k).flat_map(|p| w[p * n + cols.start..p * n + cols.end].to_vec()).collect();
-                for threads in [1, 2] {
+                for threads in [1, 2, 3] {
                     for acc in [Acc::Overwrite, Acc::Add] {
                         let init = rand(m * (nc + 3), 4);
                         let mut want = init.clone();
