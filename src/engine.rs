@@ -198,15 +198,15 @@ impl crate::choice::Choice for Precision {
     fn help(self) -> &'static str {
         match self {
             Precision::F32 => "float32 throughout",
-            Precision::Bf16 => "bfloat16 weights and inputs for the blocks' products, float32 sums (fast with AMX)",
+            Precision::Bf16 => "bfloat16 weights and inputs for the blocks' products, float32 sums (fast with AMX or AVX-512 BF16)",
         }
     }
 }
 
 pub struct Engine {
     cfg: ModelConfig,
-    /// `[3·p·p, D]`
-    patch_w_t: Vec<f32>,
+    /// `[3·p·p, D]`, as panels (float32 at either precision).
+    patch_w: PackedB,
     patch_b: Vec<f32>,
     /// `[num_prefix, D]`: class token, then distillation token.
     prefix: Vec<f32>,
@@ -323,7 +323,7 @@ impl Engine {
         };
         let coefficient = cfg.arch.sie.as_ref().map_or(0.0, |s| s.coefficient);
         Ok(Engine {
-            patch_w_t: transpose(&patch_embed.weight.data, d, 3 * p * p),
+            patch_w: PackedB::new(&transpose(&patch_embed.weight.data, d, 3 * p * p), 3 * p * p, d, &[]),
             patch_b: bias_or_zeros(patch_embed.bias, d),
             prefix: cls_token.into_iter().chain(dist_token).flat_map(|t| t.data).collect(),
             pos: pos_embed.data,
@@ -509,7 +509,7 @@ impl Engine {
         });
         let embed = ensure(&mut ws.embed, batch * np * d);
         let threads = rayon::current_num_threads();
-        phase("patch_embed", || matmul(Mat::dense(patches, batch * np, pp3), Mat::dense(&self.patch_w_t, pp3, d), embed, d, Acc::Overwrite, 1.0, threads));
+        phase("patch_embed", || matmul_packed(Mat::dense(patches, batch * np, pp3), &self.patch_w, 0..d, embed, d, Acc::Overwrite, threads, Epilogue::None));
         let x = ensure(&mut ws.x, batch * n * d);
         x.par_chunks_mut(n * d).zip(embed.par_chunks(np * d)).enumerate().for_each(|(b, (xi, ei))| {
             for t in 0..n {
