@@ -75,9 +75,9 @@ pub fn attention(q: &[f32], kv: &[f32], out: &mut [f32], s: AttnShape, l: AttnLa
 /// Query blocks per (image, head) for `threads` threads: the fewest (each task multiplies its own
 /// copy of the keys, and a task has fixed costs) that give every thread the same number of tasks,
 /// blocks of at least 32 rows; failing that, enough for ~4 tasks per thread. Measured on ViT-Ti at
-/// batch 1 (3 heads, 2 threads, AMD EPYC): 2 blocks of 99 rows took 456–493 ms per 400 passes'
-/// attention against 602–626 for 3 blocks of 66 (9 tasks, 5 and 4 per thread) and 513 for 4; ViT-S
-/// (6 heads): whole heads 217–220 against 231–237 for 2 blocks.
+/// batch 1 (3 heads, 2 threads, AMD EPYC), attention's time over 400 passes: 456–493 ms with 2
+/// blocks of 99 rows, 602–626 with 3 blocks of 66 (9 tasks, 5 and 4 per thread), 513 with 4;
+/// ViT-S (6 heads) over 100 passes: 217–220 ms with whole heads, 231–237 with 2 blocks.
 fn query_blocks(pairs: usize, n: usize, threads: usize) -> usize {
     let most = n.div_ceil(32).max(1);
     (1..=most).find(|b| (pairs * b).is_multiple_of(threads)).unwrap_or_else(|| (4 * threads).div_ceil(pairs.max(1)).clamp(1, most))

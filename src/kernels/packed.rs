@@ -6,9 +6,9 @@
 //! weight, and its own split of the work between threads leaves cores idle. Here each thread takes
 //! a contiguous run of panels and multiplies all rows by each panel with a single-threaded `gemm`
 //! call, whose operand is already laid out the way its kernel reads it: measured 3–10 % faster
-//! than the row-major product on ViT-S/B shapes at 197 rows (2 threads). With many rows (batches)
-//! the general product on the row-major weight is faster, so the weight is rebuilt for those
-//! calls (a copy costing ~2 % of such a product).
+//! than the row-major product on ViT-S/B shapes at 197 rows (2 threads). Batches use the panels too
+//! on x86_64; elsewhere, where the crate copies each panel per call, products of many rows take
+//! the general product on a rebuilt row-major weight (see `LARGE_M`).
 
 use super::bf16::{matmul_bf16, PackedBf16};
 use super::gemm::{gemm_raw, matmul_then, Acc, Epilogue, Mat, Strides};
