@@ -2,9 +2,9 @@
 """amg vs PyTorch vs ONNX Runtime inference throughput, measured in one run on this machine.
 
 Usage:
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm onnxruntime onnx
+    python3 -m venv .peers && .peers/bin/pip install torch timm onnxruntime onnx
     cargo build --release
-    /tmp/peers/bin/python tools/bench_peers.py [--archs tiny,small,base] [--batches 1,16] [--baseline OTHER_AMG] [--precision bf16]
+    .peers/bin/python tools/bench_peers.py [--archs tiny,small,base] [--batches 1,16] [--baseline OTHER_AMG] [--precision bf16]
 
 For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` and tools/peer_infer.py
 (timm ViT at 224x224, PyTorch eager and ONNX Runtime), alternating them --rounds times and keeping

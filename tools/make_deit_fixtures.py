@@ -5,8 +5,8 @@ classifiers), its checkpoint as timm saves it, and timm's outputs for a random b
 normalised tokens and the row-part retrieval feature of docs/method.md §1 over the patch tokens
 (both prefix tokens left out).
 
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm safetensors numpy
-    /tmp/peers/bin/python tools/make_deit_fixtures.py [OUT_DIR]
+    python3 -m venv .peers && .peers/bin/pip install torch timm safetensors numpy
+    .peers/bin/python tools/make_deit_fixtures.py [OUT_DIR]
 """
 import os
 import sys

@@ -2,10 +2,10 @@
 """Reference fixtures for amg's tests, computed with timm / PyTorch / Pillow / torchvision.
 
 Usage (once; the outputs are committed under tests/fixtures/):
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm torchvision pillow safetensors numpy
-    /tmp/peers/bin/pip download torchreid==0.2.5 --no-deps -d /tmp/treid
-    /tmp/peers/bin/pip install /tmp/treid/torchreid-0.2.5.tar.gz --no-deps --no-build-isolation
-    /tmp/peers/bin/python tools/make_fixtures.py [OUT_DIR]
+    python3 -m venv .peers && .peers/bin/pip install torch timm torchvision pillow safetensors numpy
+    .peers/bin/pip download torchreid==0.2.5 --no-deps -d /tmp/treid
+    .peers/bin/pip install /tmp/treid/torchreid-0.2.5.tar.gz --no-deps --no-build-isolation
+    .peers/bin/python tools/make_fixtures.py [OUT_DIR]
 
 Everything the Rust tests compare against comes from here; no expected number is typed by hand.
 Models are small random-weight ViTs (patch 16, the real block structure) so the files stay small.

@@ -4,8 +4,8 @@ cameras and PIL write them — baseline, progressive, with restart markers, with
 end-of-image marker — and a PNG, so the tests can check that every truncation of each is refused
 and every complete file is read.
 
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install pillow numpy
-    /tmp/peers/bin/python tools/make_image_cases.py
+    python3 -m venv .peers && .peers/bin/pip install pillow numpy
+    .peers/bin/python tools/make_image_cases.py
 """
 import os
 

@@ -7,7 +7,7 @@ Writes tests/fixtures/pth_cases/<case>.pth and expected.json (each tensor's dtyp
 values as torch reads them back).
 
 Usage:
-    /tmp/peers/bin/python tools/make_pth_cases.py
+    .peers/bin/python tools/make_pth_cases.py
 """
 import json
 import os

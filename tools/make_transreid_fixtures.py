@@ -19,8 +19,8 @@ TransReID's evaluator L2-normalises the concatenated feature (TEST.FEAT_NORM), a
 here. A pruned variant removes heads (their outputs zeroed: the same function as slicing them
 out) and key/value tokens.
 
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch safetensors numpy
-    /tmp/peers/bin/python tools/make_transreid_fixtures.py [OUT_DIR]
+    python3 -m venv .peers && .peers/bin/pip install torch safetensors numpy
+    .peers/bin/python tools/make_transreid_fixtures.py [OUT_DIR]
 """
 import json
 import os

@@ -7,9 +7,9 @@ with the PyTorch outputs that tools/make_fixtures.py and tools/make_transreid_fi
 take each image's camera as a second input, `cameras`).
 
 Usage:
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install onnx onnxruntime safetensors numpy openvino
+    python3 -m venv .peers && .peers/bin/pip install onnx onnxruntime safetensors numpy openvino
     cargo build --release
-    /tmp/peers/bin/python tools/onnx_check.py [--amg target/release/amg] [--work /tmp/amg-onnx-check]
+    .peers/bin/python tools/onnx_check.py [--amg target/release/amg] [--work /tmp/amg-onnx-check]
 
 Prints a Markdown table; exits 1 if any difference exceeds 1e-4.
 """

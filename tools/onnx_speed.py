@@ -7,9 +7,9 @@ one architecture are timed in turn, `--rounds` times (the order rotating every r
 keeping its best median.
 
 Usage:
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch timm onnx onnxruntime safetensors
+    python3 -m venv .peers && .peers/bin/pip install torch timm onnx onnxruntime safetensors
     cargo build --release
-    /tmp/peers/bin/python tools/onnx_speed.py [--archs small,base] [--batches 1,16] [--rounds 6]
+    .peers/bin/python tools/onnx_speed.py [--archs small,base] [--batches 1,16] [--rounds 6]
 
 Prints the CPU and one Markdown table per question.
 """

@@ -9,9 +9,9 @@ module, and
   3. saved back with amg_torch.save and imported again: `amg embed` must give the same features.
 
 Usage:
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch safetensors numpy pillow
+    python3 -m venv .peers && .peers/bin/pip install torch safetensors numpy pillow
     cargo build --release
-    /tmp/peers/bin/python tools/torch_roundtrip.py [--amg target/release/amg] [--work /tmp/amg-torch-roundtrip]
+    .peers/bin/python tools/torch_roundtrip.py [--amg target/release/amg] [--work /tmp/amg-torch-roundtrip]
 """
 import argparse
 import json

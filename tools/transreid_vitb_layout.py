@@ -3,7 +3,7 @@
 at full size without a trained model: JPM and SIE at 256x128, stride 12, Market-1501's 6 cameras and
 751 identities, keys as TransReID's training saves them (under nn.DataParallel's `module.`).
 
-    /tmp/peers/bin/python tools/transreid_vitb_layout.py transformer_120.pth
+    .peers/bin/python tools/transreid_vitb_layout.py transformer_120.pth
 """
 import sys
 
