@@ -9,6 +9,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 AMG=${AMG:-$HERE/../target/release/amg}
 PY=${PY:-python3}
+# A relative path to the interpreter (.peers/bin/python) still works after the cd below.
+case $PY in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; esac
 W=${1:-/tmp/amg-ti128}
 mkdir -p "$W" && cd "$W"
 "$PY" - <<'PYEOF'
