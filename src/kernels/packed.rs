@@ -239,10 +239,9 @@ const EPILOGUE_ROWS: usize = 192;
 
 fn run(t: &Task) {
     let (r0, r1) = (t.rows.start, t.rows.end);
-    let last = t.panels[t.panels.len() - 1];
-    let (j0, j1) = (t.panels[0].col - t.col0, last.col + last.width - t.col0);
+    let (Some(first), Some(last)) = (t.panels.first(), t.panels.last()) else { return };
     let m = r1 - r0;
-    let rows = (EPILOGUE_BLOCK / (j1 - j0).max(1)).max(EPILOGUE_ROWS);
+    let rows = (EPILOGUE_BLOCK / (last.col + last.width - first.col).max(1)).max(EPILOGUE_ROWS);
     let chunks = if matches!(t.epi, Epilogue::None) || m < 2 * rows { 1 } else { m / rows };
     let per = m.div_ceil(chunks);
     for c0 in (r0..r1).step_by(per.max(1)) {
