@@ -162,7 +162,7 @@ simd_fn! {
     /// One row of the layer-norm backward: adds the row's `dx` (from `x`, `dy` and `w`) to `dx`;
     /// accumulates `dw`, `db`.
     fn ln_backward_row(x: &[f32], dy: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
-        // The statistics as the forward pass computes them (`rows::layer_norm_row`), and the two
+        // The statistics as the forward pass computes them (`rows::layer_norm_rows`), and the two
         // sums in 16 lanes like them: a single running sum is a chain the compiler may not
         // reorder, so it would run one element at a time.
         let n = x.len();
