@@ -20,6 +20,7 @@ use crate::model::params::{BlockParams, NeckParams, PartParams, VitParams};
 use crate::model::{LayerPlan, ModelConfig, ModelFiles};
 use crate::tensor::HostTensor;
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// One transformer block, its weights transposed and packed for the products.
 struct Layer {
@@ -220,6 +221,10 @@ pub struct Engine {
     jpm: Option<JpmBranch>,
     parts: Vec<Part>,
     necks: Vec<Neck>,
+    /// Workspaces of the threads that run whole images in parallel (`run_split`), kept between
+    /// calls.
+    spare: Mutex<Vec<Workspace>>,
+    precision: Precision,
 }
 
 /// Buffers reused across forward passes (allocating them per batch costs page faults).
@@ -335,6 +340,8 @@ impl Engine {
             parts,
             necks,
             cfg,
+            spare: Mutex::new(Vec::new()),
+            precision,
         })
     }
 
@@ -394,7 +401,61 @@ impl Engine {
     /// Runs a batch through the model; `observe`, when given, sees every attention map.
     pub fn run(&self, input: Input, ws: &mut Workspace, want: Want, observe: Option<AttnObserver>) -> Result<Outputs> {
         // The whole pass on one of the pool's threads (see `kernels::in_pool`).
-        crate::kernels::in_pool(|| self.run_here(input, ws, want, observe))
+        crate::kernels::in_pool(|| {
+            let threads = rayon::current_num_threads();
+            // bfloat16 stays on the batched path: there an activation's rounding to bfloat16 can
+            // flip with the order of the float32 sums before it, which differs between a product
+            // of one image's rows and one of the batch's (features 1e-4 apart on the LA test model,
+            // against 6e-6 between the bfloat16 unit and its emulation on the batched path).
+            if observe.is_none() && threads > 1 && input.batch >= threads && self.precision == Precision::F32 {
+                self.run_split(input, ws, want, threads)
+            } else {
+                self.run_here(input, ws, want, observe)
+            }
+        })
+    }
+
+    /// A batch as whole images in parallel: cut into one run of consecutive images per thread,
+    /// each thread taking its images one at a time through the whole model. Every product then has
+    /// one image's rows, whose activations stay in the core's own cache, and the threads do not
+    /// meet at every step; a thread that finishes first helps with the other's steps (rayon
+    /// steals them). Each image's results are those of a batch of one.
+    fn run_split(&self, input: Input, ws: &mut Workspace, want: Want, threads: usize) -> Result<Outputs> {
+        self.check_input(&input)?;
+        let batch = input.batch;
+        let len = self.image_len();
+        let per = batch.div_ceil(threads);
+        let runs: Vec<std::ops::Range<usize>> = (0..batch).step_by(per).map(|b| b..(b + per).min(batch)).collect();
+        let mut spares = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        spares.resize_with(runs.len() - 1, Workspace::default);
+        let mut workspaces: Vec<&mut Workspace> = std::iter::once(ws).chain(spares.iter_mut()).collect();
+        let results: Vec<Result<Vec<Outputs>>> = workspaces
+            .par_iter_mut()
+            .zip(runs.par_iter())
+            .map(|(ws, run)| {
+                run.clone()
+                    .map(|b| {
+                        let one = Input { images: &input.images[b * len..(b + 1) * len], cameras: input.cameras.map(|c| &c[b..b + 1]), batch: 1 };
+                        self.run_here(one, ws, want, None)
+                    })
+                    .collect()
+            })
+            .collect();
+        drop(workspaces);
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = spares;
+        let mut outs = Vec::with_capacity(batch);
+        for r in results {
+            outs.extend(r?);
+        }
+        let features = outs.iter().flat_map(|o| o.features.iter().copied()).collect();
+        let tokens = want.tokens.then(|| outs.iter().flat_map(|o| o.tokens.iter().flatten().copied()).collect());
+        let logits = match outs.first().and_then(|o| o.logits.as_ref()) {
+            Some(first) => {
+                Some((0..first.len()).map(|h| outs.iter().flat_map(|o| o.logits.iter().filter_map(|l| l.get(h)).flatten().copied()).collect()).collect())
+            }
+            None => None,
+        };
+        Ok(Outputs { features, tokens, logits })
     }
 
     fn run_here(&self, input: Input, ws: &mut Workspace, want: Want, observe: Option<AttnObserver>) -> Result<Outputs> {

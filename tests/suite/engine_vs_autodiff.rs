@@ -90,3 +90,64 @@ fn engine_equals_differentiable_model_on_random_pruned_models() {
         assert!(kinds.iter().any(probe), "the random configurations missed a model variant: {kinds:?}");
     }
 }
+
+/// A batch on several threads runs whole images in parallel, each as a batch of one: every image's
+/// tokens, features and logits are exactly those of that image alone, and agree with the batch
+/// taken as a whole (the path an attention observer gets) up to the order of float sums.
+#[test]
+fn a_batch_in_parallel_gives_each_image_its_result_alone() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for case in 0..24u64 {
+        let mut rng = Rng::new(5000 + case);
+        let cfg = random_config(&mut rng);
+        let files = {
+            let w = random_weights(&cfg, &mut rng);
+            let unpruned = ModelFiles::new(cfg, w).unwrap();
+            let plan = random_plan(unpruned.config(), &mut rng);
+            apply_plan(&unpruned, &plan).unwrap()
+        };
+        let cfg = files.config().clone();
+        let batch = 2 + rng.below(4);
+        let len = 3 * cfg.input.height * cfg.input.width;
+        let images: Vec<f32> = (0..batch * len).map(|_| rng.normal() as f32).collect();
+        let la = !files.params().parts.is_empty() || files.params().necks.iter().any(|n| n.classifier.is_some());
+        let cameras: Option<Vec<usize>> = cfg.arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
+        kinds.insert((la, cfg.arch.jpm.is_some(), cfg.arch.sie.is_some()));
+        let engine = Engine::new(files).unwrap();
+        let want = Want { tokens: true, logits: la };
+        let observer = |_: usize, _: usize, _: usize, _: &[f32]| {};
+        let (split, whole, alone) = pool.install(|| {
+            let input = Input { images: &images, cameras: cameras.as_deref(), batch };
+            let split = engine.run(input, &mut Workspace::default(), want, None).unwrap();
+            let whole = engine.run(input, &mut Workspace::default(), want, Some(&observer)).unwrap();
+            let alone: Vec<_> = (0..batch)
+                .map(|b| {
+                    let one = Input { images: &images[b * len..(b + 1) * len], cameras: cameras.as_deref().map(|c| &c[b..b + 1]), batch: 1 };
+                    engine.run(one, &mut Workspace::default(), want, None).unwrap()
+                })
+                .collect();
+            (split, whole, alone)
+        });
+        let cat = |f: &dyn Fn(&amg::engine::Outputs) -> Vec<f32>| alone.iter().flat_map(f).collect::<Vec<f32>>();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&split.features), bits(&cat(&|o| o.features.clone())), "case {case}: features");
+        assert_eq!(bits(split.tokens.as_ref().unwrap()), bits(&cat(&|o| o.tokens.clone().unwrap())), "case {case}: tokens");
+        assert!(max_abs_diff(&split.features, &whole.features) <= 1e-5, "case {case}: features vs the whole batch");
+        assert!(max_abs_diff(split.tokens.as_ref().unwrap(), whole.tokens.as_ref().unwrap()) <= 1e-5, "case {case}: tokens vs the whole batch");
+        if la {
+            let logits = split.logits.as_ref().unwrap();
+            assert_eq!(logits.len(), whole.logits.as_ref().unwrap().len(), "case {case}: logit sets");
+            for (h, l) in logits.iter().enumerate() {
+                assert_eq!(bits(l), bits(&cat(&|o| o.logits.as_ref().unwrap()[h].clone())), "case {case}: logits {h}");
+                assert!(max_abs_diff(l, &whole.logits.as_ref().unwrap()[h]) <= 1e-5, "case {case}: logits {h} vs the whole batch");
+            }
+        }
+    }
+    // Models with a classifier and without, with JPM and with SIE were drawn.
+    type Kind = (bool, bool, bool);
+    let probes: [fn(&Kind) -> bool; 4] = [|k| k.0, |k| !k.0, |k| k.1, |k| k.2];
+    for probe in probes {
+        assert!(kinds.iter().any(probe), "the random configurations missed a model variant: {kinds:?}");
+    }
+}
