@@ -421,6 +421,8 @@ impl Engine {
     /// meet at every step; a thread that finishes first helps with the other's steps (rayon
     /// steals them). Each image's results are those of a batch of one.
     fn run_split(&self, input: Input, ws: &mut Workspace, want: Want, threads: usize) -> Result<Outputs> {
+        // Checked once up front (and each image again as a batch of one). A model without SIE
+        // ignores cameras, whatever their count: an image past the end of the list gets none.
         self.check_input(&input)?;
         let batch = input.batch;
         let len = self.image_len();
@@ -435,7 +437,7 @@ impl Engine {
             .map(|(ws, run)| {
                 run.clone()
                     .map(|b| {
-                        let one = Input { images: &input.images[b * len..(b + 1) * len], cameras: input.cameras.map(|c| &c[b..b + 1]), batch: 1 };
+                        let one = Input { images: &input.images[b * len..(b + 1) * len], cameras: input.cameras.and_then(|c| c.get(b..b + 1)), batch: 1 };
                         self.run_here(one, ws, want, None)
                     })
                     .collect()
