@@ -127,6 +127,12 @@ fn a_batch_in_parallel_gives_each_image_its_result_alone() {
                     engine.run(one, &mut Workspace::default(), want, None).unwrap()
                 })
                 .collect();
+            // A model without SIE ignores cameras, even a list shorter than the batch.
+            if cameras.is_none() {
+                let input = Input { images: &images, cameras: Some(&[0]), batch };
+                let ignored = engine.run(input, &mut Workspace::default(), want, None).unwrap();
+                assert_eq!(ignored.features, split.features, "case {case}: cameras given to a model without SIE");
+            }
             (split, whole, alone)
         });
         let cat = |f: &dyn Fn(&amg::engine::Outputs) -> Vec<f32>| alone.iter().flat_map(f).collect::<Vec<f32>>();
