@@ -451,12 +451,10 @@ impl Engine {
         }
         let features = outs.iter().flat_map(|o| o.features.iter().copied()).collect();
         let tokens = want.tokens.then(|| outs.iter().flat_map(|o| o.tokens.iter().flatten().copied()).collect());
-        let logits = match outs.first().and_then(|o| o.logits.as_ref()) {
-            Some(first) => {
-                Some((0..first.len()).map(|h| outs.iter().flat_map(|o| o.logits.iter().filter_map(|l| l.get(h)).flatten().copied()).collect()).collect())
-            }
-            None => None,
-        };
+        // Logits: each set (part or neck) concatenated over the images.
+        let sets = outs.first().and_then(|o| o.logits.as_ref()).map_or(0, Vec::len);
+        let logits =
+            want.logits.then(|| (0..sets).map(|h| outs.iter().flat_map(|o| o.logits.iter().filter_map(|l| l.get(h)).flatten().copied()).collect()).collect());
         Ok(Outputs { features, tokens, logits })
     }
 
