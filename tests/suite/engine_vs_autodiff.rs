@@ -11,7 +11,7 @@
 use crate::common;
 
 use amg::engine::{Engine, Input, Want, Workspace};
-use amg::model::surgery::apply_plan;
+use amg::model::surgery::{apply_plan, Plan};
 use amg::model::vit::{to_host, Mode, Vit};
 use amg::model::ModelFiles;
 use amg::rng::Rng;
@@ -20,6 +20,15 @@ use common::{random_config, random_plan, random_weights};
 
 use common::max_abs_diff;
 
+/// A random configuration with random weights, pruned by a random plan (also returned).
+fn random_pruned_model(rng: &mut Rng) -> (ModelFiles, Plan) {
+    let cfg = random_config(rng);
+    let w = random_weights(&cfg, rng);
+    let unpruned = ModelFiles::new(cfg, w).unwrap();
+    let plan = random_plan(unpruned.config(), rng);
+    (apply_plan(&unpruned, &plan).unwrap(), plan)
+}
+
 #[test]
 fn engine_equals_differentiable_model_on_random_pruned_models() {
     let tol = 1e-5;
@@ -27,13 +36,7 @@ fn engine_equals_differentiable_model_on_random_pruned_models() {
     let mut kinds = std::collections::BTreeSet::new();
     for case in 0..80u64 {
         let mut rng = Rng::new(1000 + case);
-        let cfg = random_config(&mut rng);
-        let unpruned = {
-            let w = random_weights(&cfg, &mut rng);
-            ModelFiles::new(cfg, w).unwrap()
-        };
-        let plan = random_plan(unpruned.config(), &mut rng);
-        let files = apply_plan(&unpruned, &plan).unwrap();
+        let (files, plan) = random_pruned_model(&mut rng);
         let cfg = files.config().clone();
         let batch = 1 + rng.below(3);
         let images: Vec<f32> = (0..batch * 3 * cfg.input.height * cfg.input.width).map(|_| rng.normal() as f32).collect();
@@ -100,13 +103,7 @@ fn a_batch_in_parallel_gives_each_image_its_result_alone() {
     let mut kinds = std::collections::BTreeSet::new();
     for case in 0..24u64 {
         let mut rng = Rng::new(5000 + case);
-        let cfg = random_config(&mut rng);
-        let files = {
-            let w = random_weights(&cfg, &mut rng);
-            let unpruned = ModelFiles::new(cfg, w).unwrap();
-            let plan = random_plan(unpruned.config(), &mut rng);
-            apply_plan(&unpruned, &plan).unwrap()
-        };
+        let (files, _) = random_pruned_model(&mut rng);
         let cfg = files.config().clone();
         let batch = 2 + rng.below(4);
         let len = 3 * cfg.input.height * cfg.input.width;
