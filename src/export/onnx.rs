@@ -43,7 +43,7 @@ pub struct OnnxOutputs {
 pub fn export_onnx(files: &ModelFiles, outputs: OnnxOutputs) -> Result<Vec<u8>> {
     let cfg = &files.config;
     files.check()?;
-    let has_classifiers = !files.params.parts.is_empty() || files.params.necks.iter().any(|n| n.classifier.is_some());
+    let has_classifiers = files.has_classifiers();
     if outputs.logits && !has_classifiers {
         return Err(Error::invalid("--outputs logits: this model has no classifier head (retrieval only)"));
     }

@@ -34,6 +34,11 @@ impl ModelFiles {
     pub fn params(&self) -> &VitParams<HostTensor> {
         &self.params
     }
+    /// Whether the model classifies (LA part classifiers, or a BNNeck with a classifier), i.e.
+    /// has logits to give; otherwise it is retrieval only.
+    pub fn has_classifiers(&self) -> bool {
+        !self.params.parts.is_empty() || self.params.necks.iter().any(|n| n.classifier.is_some())
+    }
     pub fn into_parts(self) -> (ModelConfig, VitParams<HostTensor>) {
         (self.config, self.params)
     }

@@ -40,7 +40,7 @@ fn engine_equals_differentiable_model_on_random_pruned_models() {
         let cfg = files.config().clone();
         let batch = 1 + rng.below(3);
         let images: Vec<f32> = (0..batch * 3 * cfg.input.height * cfg.input.width).map(|_| rng.normal() as f32).collect();
-        let la = !files.params().parts.is_empty() || files.params().necks.iter().any(|n| n.classifier.is_some());
+        let la = files.has_classifiers();
         let cameras: Option<Vec<usize>> = cfg.arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
         let what = format!(
             "case {case}: D={} heads={}x{} mlp={} depth={} patch={} stride={} input {}x{} prefix={} qkv_bias={} head={} sie={:?} jpm={:?} logits={la} batch={batch} plan={:?}",
@@ -108,7 +108,7 @@ fn a_batch_in_parallel_gives_each_image_its_result_alone() {
         let batch = 2 + rng.below(4);
         let len = 3 * cfg.input.height * cfg.input.width;
         let images: Vec<f32> = (0..batch * len).map(|_| rng.normal() as f32).collect();
-        let la = !files.params().parts.is_empty() || files.params().necks.iter().any(|n| n.classifier.is_some());
+        let la = files.has_classifiers();
         let cameras: Option<Vec<usize>> = cfg.arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
         kinds.insert((la, cfg.arch.jpm.is_some(), cfg.arch.sie.is_some()));
         let engine = Engine::new(files).unwrap();

@@ -37,7 +37,7 @@ fn run_tract(bytes: &[u8], images: &[f32], cameras: Option<&[usize]>, batch: usi
 
 /// Exports `files` and compares tract's outputs with the engine's at batch 1 and 3.
 fn check(files: &ModelFiles, what: &str, seed: u64) -> f32 {
-    let la = !files.params().parts.is_empty() || files.params().necks.iter().any(|n| n.classifier.is_some());
+    let la = files.has_classifiers();
     let bytes = export_onnx(files, OnnxOutputs { logits: la }).unwrap_or_else(|e| panic!("{what}: export failed: {e}"));
     let (h, w) = (files.config().input.height, files.config().input.width);
     let engine = Engine::new(files.clone()).unwrap();
