@@ -40,7 +40,7 @@ pub type ProbsSink<'a> = &'a (dyn Fn(usize, usize, &[f32]) + Sync);
 /// softmax(scale·q·kᵀ)·v for every image and head. Work is split into (image, head, block of
 /// query rows) tasks, so that a single image with few heads still keeps every core busy.
 pub fn attention(q: &[f32], kv: &[f32], out: &mut [f32], s: AttnShape, l: AttnLayout, scale: f32, sink: Option<ProbsSink>) {
-    let AttnShape { batch, n, nk, heads, head_dim: hd } = s;
+    let AttnShape { batch, n, heads, head_dim: hd, .. } = s;
     assert!(batch == 0 || (batch * n - 1) * l.out_ld + heads * hd <= out.len(), "attention output out of bounds");
     // With a probability sink, whole heads (the sink receives complete maps).
     let blocks = if sink.is_some() { 1 } else { query_blocks(batch * heads, n, rayon::current_num_threads()) };
@@ -50,25 +50,69 @@ pub fn attention(q: &[f32], kv: &[f32], out: &mut [f32], s: AttnShape, l: AttnLa
         let (bh, blk) = (t / blocks, t % blocks);
         let (b, h) = (bh / heads, bh % heads);
         let (r0, r1) = (blk * rows, ((blk + 1) * rows).min(n));
-        if r0 >= r1 {
-            return;
+        // SAFETY: the bounds were checked above; this task writes only rows b·n+r0..b·n+r1,
+        // columns h·hd..(h+1)·hd, which no other task touches.
+        unsafe { attend(q, kv, out_ptr.get(), 0, s, l, scale, (b, h, r0..r1), sink) };
+    });
+}
+
+/// `attention` for the query rows `rows` of the batch (row `b·n + i` is query i of image b) only,
+/// on the calling thread: their output rows go to `out`, row `rows.start` first (row stride
+/// `out_ld`). Keys and values are every image's, as in `attention`. What one thread of a pass
+/// split by rows computes (see `engine`).
+pub fn attention_rows(q: &[f32], kv: &[f32], out: &mut [f32], s: AttnShape, l: AttnLayout, scale: f32, rows: std::ops::Range<usize>) {
+    let AttnShape { batch, n, heads, head_dim: hd, .. } = s;
+    assert!(rows.start <= rows.end && rows.end <= batch * n, "query rows {rows:?} outside the batch's {}", batch * n);
+    if rows.is_empty() {
+        return;
+    }
+    assert!((rows.len() - 1) * l.out_ld + heads * hd <= out.len(), "attention output out of bounds");
+    for b in rows.start / n..rows.end.div_ceil(n) {
+        let (i0, i1) = (rows.start.max(b * n) - b * n, rows.end.min((b + 1) * n) - b * n);
+        for h in 0..heads {
+            // SAFETY: checked above: rows `rows` of the output lie in `out`, which this call owns.
+            unsafe { attend(q, kv, out.as_mut_ptr(), rows.start, s, l, scale, (b, h, i0..i1), None) };
         }
-        let m = r1 - r0;
-        SCORES.with(|cell| {
-            let mut scores = cell.borrow_mut();
-            scores.resize(m * nk, 0.0);
-            let qm = Mat::new(&q[(b * n + r0) * l.q_ld + h * hd..], m, hd, l.q_ld);
-            let km = Mat::new(&kv[b * nk * l.kv_ld + l.k_off + h * hd..], nk, hd, l.kv_ld);
-            let vm = Mat::new(&kv[b * nk * l.kv_ld + l.v_off + h * hd..], nk, hd, l.kv_ld);
-            matmul_bt(qm, km, &mut scores, nk, Acc::Overwrite, scale, 1);
-            softmax_rows(&mut scores, nk);
-            if let Some(sink) = sink {
-                sink(b, h, &scores);
-            }
-            // SAFETY: the bounds were checked above; this task writes only rows b·n+r0..b·n+r1,
-            // columns h·hd..(h+1)·hd, which no other task touches.
-            unsafe { matmul_into_raw(Mat::dense(&scores, m, nk), vm, out_ptr.get().add((b * n + r0) * l.out_ld + h * hd), l.out_ld, 1.0) };
-        });
+    }
+}
+
+/// Queries `i` of image `b`, head `h` (`at`): scores, softmax, then their output rows, row `b·n + i`
+/// at `out + (b·n + i − out_row0)·out_ld + h·hd`.
+///
+/// # Safety
+/// Those output rows (the head's `hd` columns of each) must be valid for writes and written by no
+/// one else meanwhile; `q` and `kv` are read through `Mat::new`, which checks their bounds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend(
+    q: &[f32],
+    kv: &[f32],
+    out: *mut f32,
+    out_row0: usize,
+    s: AttnShape,
+    l: AttnLayout,
+    scale: f32,
+    at: (usize, usize, std::ops::Range<usize>),
+    sink: Option<ProbsSink>,
+) {
+    let AttnShape { n, nk, head_dim: hd, .. } = s;
+    let (b, h, r0, r1) = (at.0, at.1, at.2.start, at.2.end);
+    if r0 >= r1 {
+        return;
+    }
+    let m = r1 - r0;
+    SCORES.with(|cell| {
+        let mut scores = cell.borrow_mut();
+        scores.resize(m * nk, 0.0);
+        let qm = Mat::new(&q[(b * n + r0) * l.q_ld + h * hd..], m, hd, l.q_ld);
+        let km = Mat::new(&kv[b * nk * l.kv_ld + l.k_off + h * hd..], nk, hd, l.kv_ld);
+        let vm = Mat::new(&kv[b * nk * l.kv_ld + l.v_off + h * hd..], nk, hd, l.kv_ld);
+        matmul_bt(qm, km, &mut scores, nk, Acc::Overwrite, scale, 1);
+        softmax_rows(&mut scores, nk);
+        if let Some(sink) = sink {
+            sink(b, h, &scores);
+        }
+        // SAFETY: the caller's contract: these output rows are valid and ours.
+        unsafe { matmul_into_raw(Mat::dense(&scores, m, nk), vm, out.add((b * n + r0 - out_row0) * l.out_ld + h * hd), l.out_ld, 1.0) };
     });
 }
 

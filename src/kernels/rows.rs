@@ -142,6 +142,13 @@ simd_fn! {
     }
 }
 
+/// `layer_norm` on the calling thread alone (for a caller that already splits rows between threads).
+pub fn layer_norm_here(x: &mut [f32], residual_bias: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    assert!(x.len().is_multiple_of(d) && x.len() == out.len() && b.len() == d && residual_bias.is_none_or(|r| r.len() == d), "layer norm sizes");
+    layer_norm_block(x, residual_bias, w, b, eps, out);
+}
+
 /// Layer norm of every row of `x` (`[rows, d]`) into `out`; when `residual_bias` is given it is
 /// first added to `x` in place (folding the previous linear layer's bias into this pass).
 pub fn layer_norm(x: &mut [f32], residual_bias: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {

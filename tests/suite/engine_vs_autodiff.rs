@@ -95,8 +95,10 @@ fn engine_equals_differentiable_model_on_random_pruned_models() {
 }
 
 /// A batch on several threads runs whole images in parallel, each as a batch of one: every image's
-/// tokens, features and logits are exactly those of that image alone, and agree with the batch
-/// taken as a whole (the path an attention observer gets) up to the order of float sums.
+/// tokens, features and logits are exactly the same whatever the other images of the batch (the
+/// batch reversed gives each image's results bit for bit), and agree with the batch taken as a
+/// whole (the path an attention observer gets) and with each image alone (a batch of one, its rows
+/// split between the threads) up to the order of float sums.
 #[test]
 fn a_batch_in_parallel_gives_each_image_its_result_alone() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
@@ -114,9 +116,12 @@ fn a_batch_in_parallel_gives_each_image_its_result_alone() {
         let engine = Engine::new(files).unwrap();
         let want = Want { tokens: true, logits: la };
         let observer = |_: usize, _: usize, _: usize, _: &[f32]| {};
-        let (split, whole, alone) = pool.install(|| {
+        let reversed: Vec<f32> = images.chunks_exact(len).rev().flatten().copied().collect();
+        let reversed_cameras: Option<Vec<usize>> = cameras.as_ref().map(|c| c.iter().rev().copied().collect());
+        let (split, back, whole, alone) = pool.install(|| {
             let input = Input { images: &images, cameras: cameras.as_deref(), batch };
             let split = engine.run(input, &mut Workspace::default(), want, None).unwrap();
+            let back = engine.run(Input { images: &reversed, cameras: reversed_cameras.as_deref(), batch }, &mut Workspace::default(), want, None).unwrap();
             let whole = engine.run(input, &mut Workspace::default(), want, Some(&observer)).unwrap();
             let alone: Vec<_> = (0..batch)
                 .map(|b| {
@@ -130,20 +135,27 @@ fn a_batch_in_parallel_gives_each_image_its_result_alone() {
                 let ignored = engine.run(input, &mut Workspace::default(), want, None).unwrap();
                 assert_eq!(ignored.features, split.features, "case {case}: cameras given to a model without SIE");
             }
-            (split, whole, alone)
+            (split, back, whole, alone)
         });
-        let cat = |f: &dyn Fn(&amg::engine::Outputs) -> Vec<f32>| alone.iter().flat_map(f).collect::<Vec<f32>>();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-        assert_eq!(bits(&split.features), bits(&cat(&|o| o.features.clone())), "case {case}: features");
-        assert_eq!(bits(split.tokens.as_ref().unwrap()), bits(&cat(&|o| o.tokens.clone().unwrap())), "case {case}: tokens");
-        assert!(max_abs_diff(&split.features, &whole.features) <= 1e-5, "case {case}: features vs the whole batch");
-        assert!(max_abs_diff(split.tokens.as_ref().unwrap(), whole.tokens.as_ref().unwrap()) <= 1e-5, "case {case}: tokens vs the whole batch");
+        // Per image, in reverse order: `v` holds `batch` rows of equal length.
+        let rev = |v: &[f32]| v.chunks_exact(v.len() / batch).rev().flatten().copied().collect::<Vec<f32>>();
+        assert_eq!(bits(&split.features), bits(&rev(&back.features)), "case {case}: features in the batch reversed");
+        assert_eq!(bits(split.tokens.as_ref().unwrap()), bits(&rev(back.tokens.as_ref().unwrap())), "case {case}: tokens in the batch reversed");
+        let cat = |f: &dyn Fn(&amg::engine::Outputs) -> Vec<f32>| alone.iter().flat_map(f).collect::<Vec<f32>>();
+        for (what, other) in [("the whole batch", &whole.features), ("each image alone", &cat(&|o| o.features.clone()))] {
+            assert!(max_abs_diff(&split.features, other) <= 1e-5, "case {case}: features vs {what}");
+        }
+        for (what, other) in [("the whole batch", whole.tokens.clone().unwrap()), ("each image alone", cat(&|o| o.tokens.clone().unwrap()))] {
+            assert!(max_abs_diff(split.tokens.as_ref().unwrap(), &other) <= 1e-5, "case {case}: tokens vs {what}");
+        }
         if la {
             let logits = split.logits.as_ref().unwrap();
             assert_eq!(logits.len(), whole.logits.as_ref().unwrap().len(), "case {case}: logit sets");
             for (h, l) in logits.iter().enumerate() {
-                assert_eq!(bits(l), bits(&cat(&|o| o.logits.as_ref().unwrap()[h].clone())), "case {case}: logits {h}");
+                assert_eq!(bits(l), bits(&rev(&back.logits.as_ref().unwrap()[h])), "case {case}: logits {h} in the batch reversed");
                 assert!(max_abs_diff(l, &whole.logits.as_ref().unwrap()[h]) <= 1e-5, "case {case}: logits {h} vs the whole batch");
+                assert!(max_abs_diff(l, &cat(&|o| o.logits.as_ref().unwrap()[h].clone())) <= 1e-5, "case {case}: logits {h} vs each image alone");
             }
         }
     }
@@ -153,4 +165,45 @@ fn a_batch_in_parallel_gives_each_image_its_result_alone() {
     for probe in probes {
         assert!(kinds.iter().any(probe), "the random configurations missed a model variant: {kinds:?}");
     }
+}
+
+/// Fewer images than threads: each block's rows are split between the threads (a thread's rows may
+/// span images, and the threads may outnumber the kept key/value rows). Tokens, features and
+/// logits agree with the pass taken step by step — with an attention observer, and on one thread —
+/// up to the order of float sums.
+#[test]
+fn a_pass_split_by_rows_equals_the_pass_step_by_step() {
+    let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let (mut pruned_tokens, mut several) = (false, false);
+    for case in 0..24u64 {
+        let mut rng = Rng::new(7000 + case);
+        let (files, plan) = random_pruned_model(&mut rng);
+        let cfg = files.config().clone();
+        pruned_tokens |= plan.tokens.iter().any(|t| t.len() < cfg.num_tokens());
+        let batch = 1 + rng.below(3);
+        several |= batch > 1;
+        let images: Vec<f32> = (0..batch * 3 * cfg.input.height * cfg.input.width).map(|_| rng.normal() as f32).collect();
+        let la = files.has_classifiers();
+        let cameras: Option<Vec<usize>> = cfg.arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
+        let engine = Engine::new(files).unwrap();
+        let want = Want { tokens: true, logits: la };
+        let input = Input { images: &images, cameras: cameras.as_deref(), batch };
+        let observer = |_: usize, _: usize, _: usize, _: &[f32]| {};
+        let (rows, stepped) = four.install(|| {
+            (engine.run(input, &mut Workspace::default(), want, None).unwrap(), engine.run(input, &mut Workspace::default(), want, Some(&observer)).unwrap())
+        });
+        let alone = one.install(|| engine.run(input, &mut Workspace::default(), want, None).unwrap());
+        assert!(rows.tokens.as_ref().unwrap().iter().map(|t| t.abs()).fold(0.0, f32::max) > 0.5, "case {case}: tokens are ~0");
+        for (what, other) in [("with an observer", &stepped), ("on one thread", &alone)] {
+            assert!(max_abs_diff(&rows.features, &other.features) <= 1e-5, "case {case}: features vs {what}");
+            assert!(max_abs_diff(rows.tokens.as_ref().unwrap(), other.tokens.as_ref().unwrap()) <= 1e-5, "case {case}: tokens vs {what}");
+            if la {
+                for (h, (l, o)) in rows.logits.as_ref().unwrap().iter().zip(other.logits.as_ref().unwrap()).enumerate() {
+                    assert!(max_abs_diff(l, o) <= 1e-5, "case {case}: logits {h} vs {what}");
+                }
+            }
+        }
+    }
+    assert!(pruned_tokens && several, "the random cases missed token-pruned layers or batches of several images");
 }
