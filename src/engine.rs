@@ -50,6 +50,17 @@ fn bias_or_zeros(bias: Option<HostTensor>, n: usize) -> Vec<f32> {
 }
 
 impl Layer {
+    /// Columns of the product a pass split by rows computes per row before attention: queries,
+    /// keys and values (`3·I`) when every token is kept, else the queries (`I`).
+    fn q_width(&self, head_dim: usize) -> usize {
+        let inner = self.heads * head_dim;
+        if self.tokens.is_some() {
+            inner
+        } else {
+            3 * inner
+        }
+    }
+
     /// Packs one block's weights, consuming them (so loading holds one copy of each at a time).
     /// `n`: the tokens the block runs on (a plan keeping all of them needs no gather).
     fn new(p: BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig, n: usize, precision: Precision) -> Layer {
@@ -235,12 +246,20 @@ pub struct Workspace {
     x: Vec<f32>,
     xn: Vec<f32>,
     qkv: Vec<f32>,
+    /// Passes split by rows: the next block's queries (keys, values) while this block's are read.
+    qkv_next: Vec<f32>,
     xk: Vec<f32>,
     kv: Vec<f32>,
     attn: Vec<f32>,
     hidden: Vec<f32>,
     /// JPM: the last block's input, which b2's groups are gathered from.
     trunk: Vec<f32>,
+}
+
+/// Where a pass split by rows cuts `rows` rows between the pool's threads: equal runs.
+fn row_bounds(rows: usize) -> Vec<usize> {
+    let threads = rayon::current_num_threads();
+    (0..=threads).map(|t| t * rows / threads).collect()
 }
 
 /// `buf`'s rows of `width` values cut at the row indices `bounds` (0 first, the row count last).
@@ -486,17 +505,22 @@ impl Engine {
         self.embed(input, ws);
         let mut pending_bias: Option<&[f32]> = None;
         let depth = self.layers.len();
+        if let (true, Some(first)) = (by_rows, self.layers.first()) {
+            self.rows_front(first, batch, n, None, ws);
+        }
         for (li, layer) in self.layers.iter().enumerate() {
             if li + 1 == depth && self.jpm.is_some() {
                 // JPM's b2 branch starts from the input of the last block (b1).
                 let t = ensure(&mut ws.trunk, rows * d);
                 t.copy_from_slice(&ws.x[..rows * d]);
-                if let Some(b) = pending_bias {
+                // By rows, the previous block's bias is already in: its `rows_rest` went on
+                // through this block's layer norm, which adds it to x.
+                if let (false, Some(b)) = (by_rows, pending_bias) {
                     t.par_chunks_mut(d).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
                 }
             }
             if by_rows {
-                self.block_rows(layer, batch, n, pending_bias, ws);
+                self.rows_rest(layer, self.layers.get(li + 1), batch, n, ws);
             } else {
                 self.block(li, layer, batch, n, pending_bias, ws, observe);
             }
@@ -541,7 +565,8 @@ impl Engine {
             }
         });
         if by_rows {
-            self.block_rows(&j.layer, batch * k, t, None, ws);
+            self.rows_front(&j.layer, batch * k, t, None, ws);
+            self.rows_rest(&j.layer, None, batch * k, t, ws);
         } else {
             self.block(self.layers.len(), &j.layer, batch * k, t, None, ws, observe);
         }
@@ -650,34 +675,54 @@ impl Engine {
         phase("fc2", || matmul_packed(Mat::dense(hidden, rows, m), &layer.w2, 0..d, x, d, Acc::Add, threads, Epilogue::None));
     }
 
-    /// `block` with the rows split between the threads: each thread takes its own run of the batch's
-    /// rows through the whole block, meeting the others twice — after the layer norm and the q/k/v
-    /// product (attention reads every row's keys and values) and at the end — where `block`
-    /// forks and joins at each of its seven steps (a token-pruned block meets once more, after
-    /// the kept rows' keys and values). Each thread's steps are single-threaded calls of the same
-    /// kernels, on its rows.
+    /// The first step of a block split by rows (see `rows_rest`) as a parallel region of its own:
+    /// each thread's rows through the layer norm and the query (or q/k/v) product.
+    fn rows_front(&self, layer: &Layer, batch: usize, n: usize, pending_bias: Option<&[f32]>, ws: &mut Workspace) {
+        let (d, rows) = (self.cfg.arch.embed_dim, batch * n);
+        let bounds = row_bounds(rows);
+        let qw = layer.q_width(self.cfg.arch.head_dim);
+        let Workspace { x, xn, qkv, .. } = ws;
+        let (x, xn, q) = (&mut x[..rows * d], ensure(xn, rows * d), ensure(qkv, rows * qw));
+        split_rows(x, &bounds, d)
+            .into_par_iter()
+            .zip(split_rows(xn, &bounds, d))
+            .zip(split_rows(q, &bounds, qw))
+            .for_each(|((x, xn), q)| self.front_rows(layer, pending_bias, x, xn, q));
+    }
+
+    /// One thread's rows (`x`, `xn` and `q` hold the same rows) through a block's layer norm
+    /// (adding the pending bias to `x` first) and its query product — queries, keys and values
+    /// when the block keeps every token.
+    fn front_rows(&self, layer: &Layer, pending_bias: Option<&[f32]>, x: &mut [f32], xn: &mut [f32], q: &mut [f32]) {
+        let a = &self.cfg.arch;
+        let (d, qw) = (a.embed_dim, layer.q_width(a.head_dim));
+        let r = x.len() / d;
+        phase("layer_norm", || layer_norm_here(x, pending_bias, &layer.ln1_w, &layer.ln1_b, a.ln_eps as f32, xn));
+        phase("qkv", || matmul_packed(Mat::dense(xn, r, d), &layer.wqkv, 0..qw, q, qw, Acc::Overwrite, 1, Epilogue::Bias(&layer.bqkv[..qw])));
+    }
+
+    /// A block with the batch's rows split between the threads, once `rows_front` (or the previous
+    /// block's `rows_rest`) has left each row's layer norm and query product: each thread takes its
+    /// own run of rows through attention (reading every row's keys and values), the projection,
+    /// the MLP and — given the `next` block — on through that block's layer norm and query
+    /// product (into the other q/k/v buffer, since the other threads may still be reading this
+    /// block's keys and values). One parallel region per block, where `block` forks and joins at
+    /// each of its seven steps; a token-pruned block adds one before it, for the kept rows' keys
+    /// and values. Each thread's steps are single-threaded calls of the same kernels.
     /// Why: at batch 1 a step of a small model lasts tens of microseconds, and the steps that
     /// divide poorly by columns (layer norm, attention over 3 heads) or wait for a thread the
     /// pool had put to sleep left ViT-Ti at ~83 % of twice its one-thread speed.
-    fn block_rows(&self, layer: &Layer, batch: usize, n: usize, pending_bias: Option<&[f32]>, ws: &mut Workspace) {
+    fn rows_rest(&self, layer: &Layer, next: Option<&Layer>, batch: usize, n: usize, ws: &mut Workspace) {
         let a = &self.cfg.arch;
         let (d, m, hd) = (a.embed_dim, a.mlp_dim, a.head_dim);
         let threads = rayon::current_num_threads();
         let rows = batch * n;
         let inner = layer.heads * hd;
         let eps = a.ln_eps as f32;
-        let bounds: Vec<usize> = (0..=threads).map(|t| t * rows / threads).collect();
-        let Workspace { x, xn, qkv, xk, kv, attn, hidden, .. } = ws;
+        let bounds = row_bounds(rows);
+        let Workspace { x, xn, qkv, qkv_next, xk, kv, attn, hidden, .. } = ws;
         let (x, xn) = (&mut x[..rows * d], ensure(xn, rows * d));
-        // Queries (with keys and values when every token is kept) of each thread's rows.
-        let qw = if layer.tokens.is_some() { inner } else { 3 * inner };
-        let q = ensure(qkv, rows * qw);
-        split_rows(x, &bounds, d).into_par_iter().zip(split_rows(xn, &bounds, d)).zip(split_rows(q, &bounds, qw)).for_each(|((x, xn), q)| {
-            phase("layer_norm", || layer_norm_here(x, pending_bias, &layer.ln1_w, &layer.ln1_b, eps, xn));
-            let r = xn.len() / d;
-            phase("qkv", || matmul_packed(Mat::dense(xn, r, d), &layer.wqkv, 0..qw, q, qw, Acc::Overwrite, 1, Epilogue::Bias(&layer.bqkv[..qw])));
-        });
-        let q: &[f32] = q;
+        let q: &[f32] = &qkv[..rows * layer.q_width(hd)];
         let (kv, layout, nk): (&[f32], _, _) = match &layer.tokens {
             None => (q, AttnLayout { q_ld: 3 * inner, kv_ld: 3 * inner, k_off: inner, v_off: 2 * inner, out_ld: inner }, n),
             Some(keep) => {
@@ -698,24 +743,32 @@ impl Engine {
                 (kv, AttnLayout { q_ld: inner, kv_ld: 2 * inner, k_off: 0, v_off: inner, out_ld: inner }, kn)
             }
         };
-        // The rest of the block, each thread on its rows.
         let shape = AttnShape { batch, n, nk, heads: layer.heads, head_dim: hd };
         let scale = (hd as f32).powf(-0.5);
         let (attn_out, hidden) = (ensure(attn, rows * inner), ensure(hidden, rows * m));
+        let next_q = ensure(qkv_next, next.map_or(0, |l| rows * l.q_width(hd)));
+        let next_w = next.map_or(0, |l| l.q_width(hd));
         split_rows(x, &bounds, d)
             .into_par_iter()
             .zip(split_rows(xn, &bounds, d))
             .zip(split_rows(attn_out, &bounds, inner))
             .zip(split_rows(hidden, &bounds, m))
+            .zip(split_rows(next_q, &bounds, next_w))
             .zip(bounds.par_windows(2))
-            .for_each(|((((x, xn), ao), hidden), w)| {
+            .for_each(|(((((x, xn), ao), hidden), nq), w)| {
                 let r = w[1] - w[0];
                 phase("attention", || attention_rows(q, kv, ao, shape, layout, scale, w[0]..w[1]));
                 phase("proj", || matmul_packed(Mat::dense(ao, r, inner), &layer.wproj, 0..d, x, d, Acc::Add, 1, Epilogue::None));
                 phase("layer_norm", || layer_norm_here(x, Some(&layer.bproj), &layer.ln2_w, &layer.ln2_b, eps, xn));
                 phase("fc1+gelu", || matmul_packed(Mat::dense(xn, r, d), &layer.w1, 0..m, hidden, m, Acc::Overwrite, 1, Epilogue::BiasGelu(&layer.b1)));
                 phase("fc2", || matmul_packed(Mat::dense(hidden, r, m), &layer.w2, 0..d, x, d, Acc::Add, 1, Epilogue::None));
+                if let Some(next) = next {
+                    self.front_rows(next, Some(&layer.b2), x, xn, nq);
+                }
             });
+        if next.is_some() {
+            std::mem::swap(qkv, qkv_next);
+        }
     }
 
     /// Queries from every token; keys and values from the kept ones. With every token kept one
