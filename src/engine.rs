@@ -61,6 +61,17 @@ impl Layer {
         }
     }
 
+    /// Where attention finds its operands: one q|k|v buffer (rows of `3·I`) when every token is
+    /// kept, else queries (rows of `I`) and a k|v buffer of the kept rows (rows of `2·I`).
+    fn attn_layout(&self, head_dim: usize) -> AttnLayout {
+        let inner = self.heads * head_dim;
+        if self.tokens.is_some() {
+            AttnLayout { q_ld: inner, kv_ld: 2 * inner, k_off: 0, v_off: inner, out_ld: inner }
+        } else {
+            AttnLayout { q_ld: 3 * inner, kv_ld: 3 * inner, k_off: inner, v_off: 2 * inner, out_ld: inner }
+        }
+    }
+
     /// Packs one block's weights, consuming them (so loading holds one copy of each at a time).
     /// `n`: the tokens the block runs on (a plan keeping all of them needs no gather).
     fn new(p: BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig, n: usize, precision: Precision) -> Layer {
@@ -254,6 +265,20 @@ pub struct Workspace {
     hidden: Vec<f32>,
     /// JPM: the last block's input, which b2's groups are gathered from.
     trunk: Vec<f32>,
+}
+
+/// A block's sizes for `batch` sequences of `n` tokens.
+struct Sizes {
+    /// Embedding width.
+    d: usize,
+    /// MLP width.
+    m: usize,
+    hd: usize,
+    /// `batch · n`.
+    rows: usize,
+    /// Kept heads × head size.
+    inner: usize,
+    eps: f32,
 }
 
 /// Where a pass split by rows cuts `rows` rows between the pool's threads: equal runs.
@@ -655,12 +680,8 @@ impl Engine {
     /// `n`: tokens per sequence.
     #[allow(clippy::too_many_arguments)]
     fn block(&self, li: usize, layer: &Layer, batch: usize, n: usize, pending_bias: Option<&[f32]>, ws: &mut Workspace, observe: Option<AttnObserver>) {
-        let a = &self.cfg.arch;
-        let (d, m, hd) = (a.embed_dim, a.mlp_dim, a.head_dim);
+        let Sizes { d, m, hd, rows, inner, eps } = self.sizes(layer, batch, n);
         let threads = rayon::current_num_threads();
-        let rows = batch * n;
-        let inner = layer.heads * hd;
-        let eps = a.ln_eps as f32;
         let Workspace { x, xn, qkv, xk, kv, attn, hidden, .. } = ws;
         let (x, xn) = (&mut x[..rows * d], ensure(xn, rows * d));
         phase("layer_norm", || layer_norm(x, pending_bias, &layer.ln1_w, &layer.ln1_b, eps, xn));
@@ -676,6 +697,11 @@ impl Engine {
         let hidden = ensure(hidden, rows * m);
         phase("fc1+gelu", || matmul_packed(Mat::dense(xn, rows, d), &layer.w1, 0..m, hidden, m, Acc::Overwrite, threads, Epilogue::BiasGelu(&layer.b1)));
         phase("fc2", || matmul_packed(Mat::dense(hidden, rows, m), &layer.w2, 0..d, x, d, Acc::Add, threads, Epilogue::None));
+    }
+
+    fn sizes(&self, layer: &Layer, batch: usize, n: usize) -> Sizes {
+        let a = &self.cfg.arch;
+        Sizes { d: a.embed_dim, m: a.mlp_dim, hd: a.head_dim, rows: batch * n, inner: layer.heads * a.head_dim, eps: a.ln_eps as f32 }
     }
 
     /// The first step of a block split by rows (see `rows_rest`) as a parallel region of its own:
@@ -716,18 +742,14 @@ impl Engine {
     /// divide poorly by columns (layer norm, attention over 3 heads) or wait for a thread the
     /// pool had put to sleep left ViT-Ti at ~83 % of twice its one-thread speed.
     fn rows_rest(&self, layer: &Layer, next: Option<&Layer>, batch: usize, n: usize, ws: &mut Workspace) {
-        let a = &self.cfg.arch;
-        let (d, m, hd) = (a.embed_dim, a.mlp_dim, a.head_dim);
+        let Sizes { d, m, hd, rows, inner, eps } = self.sizes(layer, batch, n);
         let threads = rayon::current_num_threads();
-        let rows = batch * n;
-        let inner = layer.heads * hd;
-        let eps = a.ln_eps as f32;
         let bounds = row_bounds(rows);
         let Workspace { x, xn, qkv, qkv_next, xk, kv, attn, hidden, .. } = ws;
         let (x, xn) = (&mut x[..rows * d], ensure(xn, rows * d));
         let q: &[f32] = &qkv[..rows * layer.q_width(hd)];
         let (kv, layout, nk): (&[f32], _, _) = match &layer.tokens {
-            None => (q, AttnLayout { q_ld: 3 * inner, kv_ld: 3 * inner, k_off: inner, v_off: 2 * inner, out_ld: inner }, n),
+            None => (q, layer.attn_layout(hd), n),
             Some(keep) => {
                 // Keys and values of the kept rows, shared out likewise.
                 let kn = keep.len();
@@ -743,7 +765,7 @@ impl Engine {
                     let bias = Epilogue::Bias(&layer.bqkv[inner..]);
                     phase("q+kv", || matmul_packed(Mat::dense(xk, w[1] - w[0], d), &layer.wqkv, inner..3 * inner, kv, 2 * inner, Acc::Overwrite, 1, bias));
                 });
-                (kv, AttnLayout { q_ld: inner, kv_ld: 2 * inner, k_off: 0, v_off: inner, out_ld: inner }, kn)
+                (kv, layer.attn_layout(hd), kn)
             }
         };
         let shape = AttnShape { batch, n, nk, heads: layer.heads, head_dim: hd };
@@ -797,8 +819,7 @@ impl Engine {
                     matmul_packed(Mat::dense(xn, rows, d), &layer.wqkv, 0..3 * inner, qkv, 3 * inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv))
                 });
                 let qkv: &'w [f32] = qkv;
-                let layout = AttnLayout { q_ld: 3 * inner, kv_ld: 3 * inner, k_off: inner, v_off: 2 * inner, out_ld: inner };
-                AttnInputs { q: qkv, kv: qkv, layout, nk: n }
+                AttnInputs { q: qkv, kv: qkv, layout: layer.attn_layout(hd), nk: n }
             }
             Some(keep) => {
                 let kn = keep.len();
@@ -835,8 +856,7 @@ impl Engine {
                         threads,
                     )
                 });
-                let layout = AttnLayout { q_ld: inner, kv_ld: 2 * inner, k_off: 0, v_off: inner, out_ld: inner };
-                AttnInputs { q, kv, layout, nk: kn }
+                AttnInputs { q, kv, layout: layer.attn_layout(hd), nk: kn }
             }
         }
     }
