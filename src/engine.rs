@@ -521,7 +521,7 @@ impl Engine {
     }
 
     /// The batch through the model on the calling thread's share of the pool; `by_rows`: each
-    /// block with its rows split between the threads (`block_rows`), else step by step.
+    /// block with its rows split between the threads (`rows_front`, `rows_rest`), else step by step.
     fn run_here(&self, input: Input, ws: &mut Workspace, want: Want, observe: Option<AttnObserver>, by_rows: bool) -> Result<Outputs> {
         self.check_input(&input)?;
         let batch = input.batch;
