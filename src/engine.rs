@@ -743,7 +743,6 @@ impl Engine {
     /// pool had put to sleep left ViT-Ti at ~83 % of twice its one-thread speed.
     fn rows_rest(&self, layer: &Layer, next: Option<&Layer>, batch: usize, n: usize, ws: &mut Workspace) {
         let Sizes { d, m, hd, rows, inner, eps } = self.sizes(layer, batch, n);
-        let threads = rayon::current_num_threads();
         let bounds = row_bounds(rows);
         let Workspace { x, xn, qkv, qkv_next, xk, kv, attn, hidden, .. } = ws;
         let (x, xn) = (&mut x[..rows * d], ensure(xn, rows * d));
@@ -754,7 +753,7 @@ impl Engine {
                 // Keys and values of the kept rows, shared out likewise.
                 let kn = keep.len();
                 let kept = batch * kn;
-                let kb: Vec<usize> = (0..=threads).map(|t| t * kept / threads).collect();
+                let kb = row_bounds(kept);
                 let (xk, kv) = (ensure(xk, kept * d), ensure(kv, kept * 2 * inner));
                 let xn: &[f32] = xn;
                 split_rows(xk, &kb, d).into_par_iter().zip(split_rows(kv, &kb, 2 * inner)).zip(kb.par_windows(2)).for_each(|((xk, kv), w)| {

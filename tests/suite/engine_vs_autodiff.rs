@@ -20,6 +20,13 @@ use common::{random_config, random_plan, random_weights};
 
 use common::max_abs_diff;
 
+/// `batch` random images for `cfg` and, for a model with SIE, a random camera for each.
+fn random_inputs(cfg: &amg::model::ModelConfig, batch: usize, rng: &mut Rng) -> (Vec<f32>, Option<Vec<usize>>) {
+    let images = (0..batch * 3 * cfg.input.height * cfg.input.width).map(|_| rng.normal() as f32).collect();
+    let cameras = cfg.arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
+    (images, cameras)
+}
+
 /// A random configuration with random weights, pruned by a random plan (also returned).
 fn random_pruned_model(rng: &mut Rng) -> (ModelFiles, Plan) {
     let cfg = random_config(rng);
@@ -39,9 +46,8 @@ fn engine_equals_differentiable_model_on_random_pruned_models() {
         let (files, plan) = random_pruned_model(&mut rng);
         let cfg = files.config().clone();
         let batch = 1 + rng.below(3);
-        let images: Vec<f32> = (0..batch * 3 * cfg.input.height * cfg.input.width).map(|_| rng.normal() as f32).collect();
+        let (images, cameras) = random_inputs(&cfg, batch, &mut rng);
         let la = files.has_classifiers();
-        let cameras: Option<Vec<usize>> = cfg.arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
         let what = format!(
             "case {case}: D={} heads={}x{} mlp={} depth={} patch={} stride={} input {}x{} prefix={} qkv_bias={} head={} sie={:?} jpm={:?} logits={la} batch={batch} plan={:?}",
             cfg.arch.embed_dim,
@@ -109,9 +115,8 @@ fn a_batch_in_parallel_gives_each_image_its_result_alone() {
         let cfg = files.config().clone();
         let batch = 2 + rng.below(4);
         let len = 3 * cfg.input.height * cfg.input.width;
-        let images: Vec<f32> = (0..batch * len).map(|_| rng.normal() as f32).collect();
+        let (images, cameras) = random_inputs(&cfg, batch, &mut rng);
         let la = files.has_classifiers();
-        let cameras: Option<Vec<usize>> = cfg.arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
         kinds.insert((la, cfg.arch.jpm.is_some(), cfg.arch.sie.is_some()));
         let engine = Engine::new(files).unwrap();
         let want = Want { tokens: true, logits: la };
@@ -183,9 +188,8 @@ fn a_pass_split_by_rows_equals_the_pass_step_by_step() {
         pruned_tokens |= plan.tokens.iter().any(|t| t.len() < cfg.num_tokens());
         let batch = 1 + rng.below(3);
         several |= batch > 1;
-        let images: Vec<f32> = (0..batch * 3 * cfg.input.height * cfg.input.width).map(|_| rng.normal() as f32).collect();
+        let (images, cameras) = random_inputs(&cfg, batch, &mut rng);
         let la = files.has_classifiers();
-        let cameras: Option<Vec<usize>> = cfg.arch.sie.as_ref().map(|s| (0..batch).map(|_| rng.below(s.cameras)).collect());
         let engine = Engine::new(files).unwrap();
         let want = Want { tokens: true, logits: la };
         let input = Input { images: &images, cameras: cameras.as_deref(), batch };
