@@ -463,13 +463,14 @@ impl Engine {
             // flip with the order of the float32 sums before it, which differs between a product
             // of one image's rows and one of the batch's (features 1e-4 apart on the LA test model,
             // against 6e-6 between the bfloat16 unit and its emulation on the batched path).
-            if observe.is_none() && threads > 1 && input.batch >= threads && self.precision == Precision::F32 {
+            // Shared out between the threads (not with an observer, which receives whole
+            // attention maps, nor in bfloat16, as above): as whole images when there are enough
+            // of them, else each block's rows split between the threads.
+            let shared = observe.is_none() && threads > 1 && self.precision == Precision::F32;
+            if shared && input.batch >= threads {
                 self.run_split(input, ws, want, threads)
             } else {
-                // Fewer images than threads: each block's rows split between the threads. Not
-                // with an observer (it receives whole attention maps) nor in bfloat16 (as above).
-                let by_rows = observe.is_none() && threads > 1 && self.precision == Precision::F32;
-                self.run_here(input, ws, want, observe, by_rows)
+                self.run_here(input, ws, want, observe, shared)
             }
         })
     }
@@ -770,8 +771,8 @@ impl Engine {
         let shape = AttnShape { batch, n, nk, heads: layer.heads, head_dim: hd };
         let scale = (hd as f32).powf(-0.5);
         let (attn_out, hidden) = (ensure(attn, rows * inner), ensure(hidden, rows * m));
-        let next_q = ensure(qkv_next, next.map_or(0, |l| rows * l.q_width(hd)));
         let next_w = next.map_or(0, |l| l.q_width(hd));
+        let next_q = ensure(qkv_next, rows * next_w);
         split_rows(x, &bounds, d)
             .into_par_iter()
             .zip(split_rows(xn, &bounds, d))

@@ -1,7 +1,8 @@
 //! Opt-in phase timing for inference and training: `AMG_PROFILE=1 amg bench …` prints where the time
 //! of a forward pass or a training step goes. Off, it costs one relaxed atomic load per phase.
 //! Phases that run on several threads at once (a batch's images in parallel, or the rows of a
-//! batch smaller than the thread count) add up each thread's time, so the table gives shares of the work, not of the wall-clock time.
+//! batch smaller than the thread count) add up each thread's time, so the table gives shares of
+//! the work, not of the wall-clock time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
