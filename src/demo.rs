@@ -21,30 +21,16 @@ use std::path::Path;
 
 pub const MARKER: &str = "demo.json";
 
-/// Which model the demo trains and prunes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DemoHead {
-    /// A ViT-Ti with LA-Transformer's part classifiers (the paper's setting).
-    La,
-    /// A TransReID-style ViT-Ti: overlapping patches (stride 12), SIE over the cameras, JPM and
-    /// BNNecks, trained with ID + triplet loss over P×K batches.
-    Transreid,
-}
-
-impl Choice for DemoHead {
-    const ALL: &'static [DemoHead] = &[DemoHead::La, DemoHead::Transreid];
-    fn name(self) -> &'static str {
-        match self {
-            DemoHead::La => "la",
-            DemoHead::Transreid => "transreid",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            DemoHead::La => "a ViT-Ti with LA-Transformer's part classifiers (the paper's setting)",
-            DemoHead::Transreid => "a TransReID-style ViT-Ti: stride-12 patches, SIE, JPM, BNNeck; ID + triplet loss",
-        }
+crate::choice! {
+    /// Which model the demo trains and prunes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum DemoHead {
+        /// A ViT-Ti with LA-Transformer's part classifiers (the paper's setting).
+        La = "la" => "a ViT-Ti with LA-Transformer's part classifiers (the paper's setting)",
+        /// A TransReID-style ViT-Ti: overlapping patches (stride 12), SIE over the cameras, JPM and
+        /// BNNecks, trained with ID + triplet loss over P×K batches.
+        Transreid = "transreid" => "a TransReID-style ViT-Ti: stride-12 patches, SIE, JPM, BNNeck; ID + triplet loss",
     }
 }
 
@@ -322,7 +308,7 @@ pub fn verdict(rows: &[DemoRow]) -> String {
     format!(
         "**Result.** Pruning {} of the honest MACs ({} → {} per image), AMG's model runs {} as fast as the unpruned one at batch 1 and {} at batch 16 here. \
          Its mAP is {} against {} unpruned ({}); random pruning at the same budget reaches {} ({} for AMG over random). \
-         One seed of a run that takes minutes: AMG's lead over random at this budget can change from seed to seed by as much as the lead itself (the README shows three seeds of this demo), so the figures show the whole pipeline at work, not evidence for the method; `tools/experiment_256.sh` (three seeds, an unpruned control fine-tuned alike, a converged base at 256x128) tests the method, and there AMG beats random pruning at every budget by more than the seed noise and keeps the control's mAP up to about a fifth of the honest MACs (the README's \"Does it work?\").",
+         One seed of a run that takes minutes: AMG's lead over random at this budget can change from seed to seed by as much as the lead itself (the README shows three seeds of this demo), so the figures show the whole pipeline at work, not evidence for the method; `tools/experiments/experiment_256.sh` (three seeds, an unpruned control fine-tuned alike, a converged base at 256x128) tests the method, and there AMG beats random pruning at every budget by more than the seed noise and keeps the control's mAP up to about a fifth of the honest MACs (the README's \"Does it work?\").",
         saved,
         g(b.macs),
         g(a.macs),

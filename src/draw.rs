@@ -3,7 +3,7 @@
 //! all go through it.
 //!
 //! Text is set in DejaVu Sans, embedded in the binary (a 26 KB subset, `assets/fonts/`, made by
-//! `tools/subset_font.sh`): pictures need proper case, Greek letters and symbols (mAP, ViT-Ti, α, ×)
+//! `tools/fixtures/subset_font.sh`): pictures need proper case, Greek letters and symbols (mAP, ViT-Ti, α, ×)
 //! to read without the README, which a bitmap font cannot give, and PNG keeps them viewable
 //! everywhere a README or report is read, with no font files or plotting libraries at run time.
 

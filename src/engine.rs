@@ -198,31 +198,17 @@ struct JpmBranch {
     groups: Vec<Vec<usize>>,
 }
 
-/// The number format of the transformer blocks' weight products at inference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// float32 throughout (the default; what training and every reference comparison use).
-    F32,
-    /// The blocks' qkv, projection and MLP weights stored once in bfloat16, their inputs rounded to
-    /// bfloat16, products accumulated in float32 (on the AMX tile unit where the CPU has one;
-    /// emulated in float32, slower, elsewhere). Attention, layer norm and the heads stay float32.
-    Bf16,
-}
-
-impl crate::choice::Choice for Precision {
-    const ALL: &'static [Self] = &[Precision::F32, Precision::Bf16];
-    fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            Precision::F32 => "float32 throughout",
-            Precision::Bf16 => "bfloat16 weights and inputs for the blocks' products, float32 sums (fast with AMX or AVX-512 BF16)",
-        }
+crate::choice! {
+    /// The number format of the transformer blocks' weight products at inference.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Precision {
+        /// float32 throughout (the default; what training and every reference comparison use).
+        F32 = "f32" => "float32 throughout",
+        /// The blocks' qkv, projection and MLP weights stored once in bfloat16, their inputs rounded to
+        /// bfloat16, products accumulated in float32 (on the AMX tile unit where the CPU has one;
+        /// emulated in float32, slower, elsewhere). Attention, layer norm and the heads stay float32.
+        Bf16 = "bf16" => "bfloat16 weights and inputs for the blocks' products, float32 sums (fast with AMX or AVX-512 BF16)",
     }
 }
 

@@ -207,7 +207,7 @@ mod tests {
         (p, b)
     }
 
-    /// Every file `tools/make_image_cases.py` wrote with Pillow reads, and every strict prefix of
+    /// Every file `tools/fixtures/make_image_cases.py` wrote with Pillow reads, and every strict prefix of
     /// it (a truncated download or copy) is refused — for baseline, progressive and
     /// restart-marker JPEGs and for PNG.
     #[test]

@@ -13,35 +13,19 @@ use crate::preprocess::is_image_file;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    Market,
-    Duke,
-    Imagefolder,
-}
-
-impl crate::choice::Choice for Layout {
-    const ALL: &'static [Layout] = &[Layout::Market, Layout::Duke, Layout::Imagefolder];
-    fn name(self) -> &'static str {
-        match self {
-            Layout::Market => "market",
-            Layout::Duke => "duke",
-            Layout::Imagefolder => "imagefolder",
-        }
-    }
-    fn help(self) -> &'static str {
-        self.title()
+crate::choice! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Layout {
+        Market = "market" => "Market-1501",
+        Duke = "duke" => "DukeMTMC-reID / Occluded-Duke",
+        Imagefolder = "imagefolder" => "ImageFolder (train/query/gallery)",
     }
 }
 
 impl Layout {
     /// The layout as a person would name it.
     pub fn title(self) -> &'static str {
-        match self {
-            Layout::Market => "Market-1501",
-            Layout::Duke => "DukeMTMC-reID / Occluded-Duke",
-            Layout::Imagefolder => "ImageFolder (train/query/gallery)",
-        }
+        crate::choice::Choice::help(self)
     }
     fn split_dirs(self) -> [&'static str; 3] {
         match self {

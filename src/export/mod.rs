@@ -5,35 +5,20 @@ pub mod onnx;
 pub mod pickle;
 pub mod pytorch;
 
-use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::ModelFiles;
 pub use onnx::OnnxOutputs;
 use std::path::Path;
 
-/// What `amg export` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportFormat {
-    /// A standard ONNX model (opset 17).
-    Onnx,
-    /// A PyTorch checkpoint (`torch.load(weights_only=True)`), AMG reference layout.
-    Pytorch,
-}
-
-impl Choice for ExportFormat {
-    const ALL: &'static [ExportFormat] = &[ExportFormat::Onnx, ExportFormat::Pytorch];
-    fn name(self) -> &'static str {
-        match self {
-            ExportFormat::Onnx => "onnx",
-            ExportFormat::Pytorch => "pytorch",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            ExportFormat::Onnx => "ONNX opset 17, standard operators only (ONNX Runtime, TensorRT, OpenVINO)",
-            ExportFormat::Pytorch => "a torch.save checkpoint in the AMG reference layout (tools/amg_torch.py builds the model)",
-        }
+crate::choice! {
+    /// What `amg export` writes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ExportFormat {
+        /// A standard ONNX model (opset 17).
+        Onnx = "onnx" => "ONNX opset 17, standard operators only (ONNX Runtime, TensorRT, OpenVINO)",
+        /// A PyTorch checkpoint (`torch.load(weights_only=True)`), AMG reference layout.
+        Pytorch = "pytorch" => "a torch.save checkpoint in the AMG reference layout (the amg_torch Python package builds the model)",
     }
 }
 

@@ -3,6 +3,11 @@
 //! separate records of the checkpoint (persistent ids, as `torch.save` writes them). Only these
 //! opcodes are ever written, so the reader needs no code execution.
 
+use crate::import::pickle_op::{
+    APPENDS, BINFLOAT, BININT, BININT1, BINPERSID, BINUNICODE, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, GLOBAL, LONG1, MARK, NEWFALSE, NEWTRUE, PROTO, REDUCE,
+    SETITEMS, STOP, TUPLE,
+};
+
 /// A value to pickle.
 pub enum PyValue {
     Int(i64),
@@ -37,26 +42,6 @@ impl StorageType {
         }
     }
 }
-
-const PROTO: u8 = 0x80;
-const STOP: u8 = b'.';
-const MARK: u8 = b'(';
-const GLOBAL: u8 = b'c';
-const REDUCE: u8 = b'R';
-const TUPLE: u8 = b't';
-const EMPTY_TUPLE: u8 = b')';
-const EMPTY_DICT: u8 = b'}';
-const EMPTY_LIST: u8 = b']';
-const SETITEMS: u8 = b'u';
-const APPENDS: u8 = b'e';
-const BINPERSID: u8 = b'Q';
-const BININT: u8 = b'J';
-const BININT1: u8 = b'K';
-const LONG1: u8 = 0x8a;
-const BINFLOAT: u8 = b'G';
-const BINUNICODE: u8 = b'X';
-const NEWTRUE: u8 = 0x88;
-const NEWFALSE: u8 = 0x89;
 
 /// The pickle of `v`, protocol 2.
 pub fn dumps(v: &PyValue) -> Vec<u8> {

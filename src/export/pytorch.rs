@@ -4,7 +4,7 @@
 //!
 //! Why this layout: it is what the paper's own code loads (an LA-Transformer whose `model.*` backbone
 //! has pruned qkv/proj weights and per-layer `token_index` masks, `classifier{i}.*` part classifiers,
-//! and `heads` / `channels` counts per layer), and `tools/amg_torch.py` builds the same pruned model
+//! and `heads` / `channels` counts per layer), and the `amg_torch` Python package (`python/`) builds the same pruned model
 //! as a plain PyTorch module from it. Tensor names come from the model definition through the
 //! format's key scheme (`import::scheme`), the same map the importer reads with. The checkpoint
 //! also carries amg's `config.json` as the string `amg_config` — original head indices, input size

@@ -7,6 +7,7 @@
 //! the format's key scheme (`scheme`), resampling the position embedding when the grid changes,
 //! and refuse any tensor left over that is not known to be harmless.
 
+pub mod pickle_op;
 pub mod pth;
 pub mod scheme;
 

@@ -15,6 +15,7 @@
 //!   arithmetic before anything is allocated, and a storage entry's claimed size is capped by the
 //!   archive's real size.
 
+use super::pickle_op as op;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, RawTensor};
 use std::cell::RefCell;
@@ -368,35 +369,35 @@ impl<'a> Machine<'a> {
     /// and the containers that must be emptied when it is dropped.
     fn run(mut self) -> Step<(Value, Mutables)> {
         loop {
-            let op = self.u8()?;
-            match op {
-                0x80 => {
-                    self.u8()?; // PROTO
+            let code = self.u8()?;
+            match code {
+                op::PROTO => {
+                    self.u8()?; // the protocol number
                 }
-                0x95 => {
+                op::FRAME => {
                     self.len64()?; // FRAME: a hint only
                 }
-                b'.' => {
+                op::STOP => {
                     let root = self.pop()?;
                     return Ok((root, std::mem::take(&mut self.mutables)));
                 }
-                b'(' => self.marks.push(self.stack.len()),
-                b'N' => self.push(Value::None)?,
-                0x88 => self.push(Value::Bool(true))?,
-                0x89 => self.push(Value::Bool(false))?,
-                b'J' => {
+                op::MARK => self.marks.push(self.stack.len()),
+                op::NONE => self.push(Value::None)?,
+                op::NEWTRUE => self.push(Value::Bool(true))?,
+                op::NEWFALSE => self.push(Value::Bool(false))?,
+                op::BININT => {
                     let v = i32::from_le_bytes(self.array()?);
                     self.push(Value::Int(v.into()))?
                 }
-                b'K' => {
+                op::BININT1 => {
                     let v = self.u8()?;
                     self.push(Value::Int(v.into()))?
                 }
-                b'M' => {
+                op::BININT2 => {
                     let v = self.u16()?;
                     self.push(Value::Int(v.into()))?
                 }
-                0x8a => {
+                op::LONG1 => {
                     let n = usize::from(self.u8()?);
                     if n > 8 {
                         return Err(self.err("integer wider than 64 bits"));
@@ -409,7 +410,7 @@ impl<'a> Machine<'a> {
                     }
                     self.push(Value::Int(i64::from_le_bytes(le)))?
                 }
-                b'I' | b'L' => {
+                op::INT | op::LONG => {
                     let s = self.line()?;
                     let s = s.trim_end_matches('L');
                     let v = match s {
@@ -419,101 +420,101 @@ impl<'a> Machine<'a> {
                     };
                     self.push(v)?
                 }
-                b'G' => {
+                op::BINFLOAT => {
                     let v = f64::from_be_bytes(self.array()?);
                     self.push(Value::Float(v))?
                 }
-                b'F' => {
+                op::FLOAT => {
                     let s = self.line()?;
                     let v = s.trim().parse().map_err(|_| self.err(format!("bad float {s:?}")))?;
                     self.push(Value::Float(v))?
                 }
-                b'X' => {
+                op::BINUNICODE => {
                     let n = self.len32()?;
                     let v = self.text(n)?;
                     self.push(v)?
                 }
-                0x8c => {
+                op::SHORT_BINUNICODE => {
                     let n = usize::from(self.u8()?);
                     let v = self.text(n)?;
                     self.push(v)?
                 }
-                0x8d => {
+                op::BINUNICODE8 => {
                     let n = self.len64()?;
                     let v = self.text(n)?;
                     self.push(v)?
                 }
-                b'V' => {
+                op::UNICODE => {
                     let s = self.line()?;
                     self.charge(s.len() + CONTAINER)?;
                     self.push(Value::str(s))?
                 }
-                b'T' | b'B' => {
+                op::BINSTRING | op::BINBYTES => {
                     let n = self.len32()?;
                     let v = self.bytes(n)?;
                     self.push(v)?
                 }
-                b'U' | b'C' => {
+                op::SHORT_BINSTRING | op::SHORT_BINBYTES => {
                     let n = usize::from(self.u8()?);
                     let v = self.bytes(n)?;
                     self.push(v)?
                 }
-                0x8e | 0x96 => {
+                op::BINBYTES8 | op::BYTEARRAY8 => {
                     let n = self.len64()?;
                     let v = self.bytes(n)?;
                     self.push(v)?
                 }
-                b'}' => {
+                op::EMPTY_DICT => {
                     self.container(0)?;
                     let d = self.register(Value::dict());
                     self.push(d)?
                 }
-                b']' | 0x8f => {
-                    self.container(0)?; // 0x8f EMPTY_SET, kept as a list
+                op::EMPTY_LIST | op::EMPTY_SET => {
+                    self.container(0)?; // EMPTY_SET, kept as a list
                     let l = self.register(Value::list(Vec::new()));
                     self.push(l)?
                 }
-                b')' => {
+                op::EMPTY_TUPLE => {
                     self.container(0)?;
                     self.push(Value::Tuple(Rc::new(Vec::new())))?
                 }
-                b'l' | 0x91 => {
-                    let items = self.pop_mark()?; // 0x91 FROZENSET, kept as a list
+                op::LIST | op::FROZENSET => {
+                    let items = self.pop_mark()?; // FROZENSET, kept as a list
                     self.container(items.len())?;
                     let l = self.register(Value::list(items));
                     self.push(l)?
                 }
-                b't' => {
+                op::TUPLE => {
                     let items = self.pop_mark()?;
                     self.container(items.len())?;
                     self.push(Value::Tuple(Rc::new(items)))?
                 }
-                0x85 => {
+                op::TUPLE1 => {
                     let a = self.pop()?;
                     self.container(1)?;
                     self.push(Value::Tuple(Rc::new(vec![a])))?
                 }
-                0x86 => {
+                op::TUPLE2 => {
                     let b = self.pop()?;
                     let a = self.pop()?;
                     self.container(2)?;
                     self.push(Value::Tuple(Rc::new(vec![a, b])))?
                 }
-                0x87 => {
+                op::TUPLE3 => {
                     let c = self.pop()?;
                     let b = self.pop()?;
                     let a = self.pop()?;
                     self.container(3)?;
                     self.push(Value::Tuple(Rc::new(vec![a, b, c])))?
                 }
-                b'd' => {
+                op::DICT => {
                     let items = self.pop_mark()?;
                     self.container(items.len())?;
                     let d = self.register(Value::dict());
                     set_items(&d, items);
                     self.push(d)?
                 }
-                b'a' => {
+                op::APPEND => {
                     self.charge(VALUE)?;
                     let v = self.pop()?;
                     match self.top()? {
@@ -521,7 +522,7 @@ impl<'a> Machine<'a> {
                         _ => return Err(self.err("APPEND to a non-list")),
                     }
                 }
-                b'e' | 0x90 => {
+                op::APPENDS | op::ADDITEMS => {
                     // APPENDS, ADDITEMS (to a set, kept as a list)
                     let items = self.pop_mark()?;
                     self.charge(items.len().saturating_mul(VALUE))?;
@@ -531,7 +532,7 @@ impl<'a> Machine<'a> {
                         _ => return Err(self.err("APPENDS to a non-list")),
                     }
                 }
-                b's' => {
+                op::SETITEM => {
                     self.charge(2 * VALUE)?;
                     let v = self.pop()?;
                     let k = self.pop()?;
@@ -541,7 +542,7 @@ impl<'a> Machine<'a> {
                         _ => return Err(self.err("SETITEM on a non-dict")),
                     }
                 }
-                b'u' => {
+                op::SETITEMS => {
                     let items = self.pop_mark()?;
                     self.charge(items.len().saturating_mul(VALUE))?;
                     match self.top()? {
@@ -550,56 +551,56 @@ impl<'a> Machine<'a> {
                         _ => return Err(self.err("SETITEMS on a non-dict")),
                     }
                 }
-                b'0' => {
+                op::POP => {
                     self.pop()?;
                 }
-                b'1' => {
+                op::POP_MARK => {
                     self.pop_mark()?;
                 }
-                b'2' => {
+                op::DUP => {
                     let v = self.top()?.clone();
                     self.push(v)?
                 }
-                b'p' => {
+                op::PUT => {
                     let s = self.line()?;
                     let i = self.index(s)?;
                     self.memo_put(i)?
                 }
-                b'q' => {
+                op::BINPUT => {
                     let i = self.u8()?;
                     self.memo_put(i.into())?
                 }
-                b'r' => {
+                op::LONG_BINPUT => {
                     let i = self.u32()?;
                     self.memo_put(i)?
                 }
-                0x94 => {
+                op::MEMOIZE => {
                     let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo full"))?;
                     self.memo_put(i)?
                 }
-                b'g' => {
+                op::GET => {
                     let s = self.line()?;
                     let i = self.index(s)?;
                     let v = self.memo_get(i)?;
                     self.push(v)?
                 }
-                b'h' => {
+                op::BINGET => {
                     let i = self.u8()?;
                     let v = self.memo_get(i.into())?;
                     self.push(v)?
                 }
-                b'j' => {
+                op::LONG_BINGET => {
                     let i = self.u32()?;
                     let v = self.memo_get(i)?;
                     self.push(v)?
                 }
-                b'c' => {
+                op::GLOBAL => {
                     let module = self.line()?;
                     let name = self.line()?;
                     let v = self.global(module, name)?;
                     self.push(v)?
                 }
-                0x93 => {
+                op::STACK_GLOBAL => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     let v = match (&module, &name) {
@@ -608,33 +609,33 @@ impl<'a> Machine<'a> {
                     };
                     self.push(v)?
                 }
-                b'Q' => {
+                op::BINPERSID => {
                     let pid = self.pop()?;
                     let v = self.persistent_load(&pid)?;
                     self.push(v)?
                 }
-                b'P' => return Err(self.err("text persistent ids are not used by torch.save")),
-                b'R' => {
+                op::PERSID => return Err(self.err("text persistent ids are not used by torch.save")),
+                op::REDUCE => {
                     let args = self.pop()?;
                     let func = self.pop()?;
                     let v = self.reduce(&func, &args)?;
                     self.push(v)?
                 }
-                0x81 | 0x92 => {
+                op::NEWOBJ | op::NEWOBJ_EX => {
                     // NEWOBJ (cls, args), NEWOBJ_EX (cls, args, kwargs): nothing is instantiated.
-                    if op == 0x92 {
+                    if code == op::NEWOBJ_EX {
                         self.pop()?;
                     }
                     self.pop()?;
                     let cls = self.pop()?;
                     let v = match &cls {
-                        Value::Global(g) if op == 0x81 && &**g == "collections.OrderedDict" => self.register(Value::dict()),
+                        Value::Global(g) if code == op::NEWOBJ && &**g == "collections.OrderedDict" => self.register(Value::dict()),
                         Value::Global(g) => Value::Opaque(g.clone()),
                         other => self.opaque(other.describe())?,
                     };
                     self.push(v)?
                 }
-                b'b' => {
+                op::BUILD => {
                     let state = self.pop()?;
                     let obj = self.pop()?;
                     let v = self.build(obj, &state)?;
@@ -1072,7 +1073,7 @@ pub fn read_checkpoint(path: &Path) -> Result<(BTreeMap<String, RawTensor>, Opti
 
 #[cfg(test)]
 mod tests {
-    //! What the reader claims to read, on files written by torch.save (tools/make_pth_cases.py),
+    //! What the reader claims to read, on files written by torch.save (tools/fixtures/make_pth_cases.py),
     //! compared with what torch.load reads back (expected.json).
     use super::*;
 

@@ -6,43 +6,21 @@ use crate::choice::Choice;
 use crate::model::params::{Key, Seg};
 use std::fmt;
 
-/// Checkpoint formats amg reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceFormat {
-    /// A timm VisionTransformer state dict (retrieval only; any classifier is dropped).
-    Timm,
-    /// A DeiT checkpoint: timm's layout, a distilled one with its distillation token.
-    Deit,
-    /// LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers.
-    LaTransformer,
-    /// The AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks.
-    Amg,
-    /// TransReID: `base.*` backbone (overlapping patches, SIE), `bottleneck`/`classifier` BNNeck,
-    /// with JPM also `b1.*`, `b2.*` and `bottleneck_1..4`/`classifier_1..4`.
-    TransReid,
-}
-
-impl Choice for SourceFormat {
-    const ALL: &'static [SourceFormat] = &[SourceFormat::Timm, SourceFormat::Deit, SourceFormat::LaTransformer, SourceFormat::Amg, SourceFormat::TransReid];
-
-    fn name(self) -> &'static str {
-        match self {
-            SourceFormat::Timm => "timm",
-            SourceFormat::Deit => "deit",
-            SourceFormat::LaTransformer => "la-transformer",
-            SourceFormat::Amg => "amg",
-            SourceFormat::TransReid => "transreid",
-        }
-    }
-
-    fn help(self) -> &'static str {
-        match self {
-            SourceFormat::Timm => "a timm VisionTransformer state dict (retrieval only; any classifier is dropped)",
-            SourceFormat::Deit => "DeiT (timm's layout; a distilled one keeps its distillation token, drops head_dist)",
-            SourceFormat::LaTransformer => "LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers",
-            SourceFormat::Amg => "the AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks",
-            SourceFormat::TransReid => "TransReID (ViT-B, ViT-S, DeiT-S; overlapping patches, SIE, JPM, BNNeck head)",
-        }
+crate::choice! {
+    /// Checkpoint formats amg reads.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SourceFormat {
+        /// A timm VisionTransformer state dict (retrieval only; any classifier is dropped).
+        Timm = "timm" => "a timm VisionTransformer state dict (retrieval only; any classifier is dropped)",
+        /// A DeiT checkpoint: timm's layout, a distilled one with its distillation token.
+        Deit = "deit" => "DeiT (timm's layout; a distilled one keeps its distillation token, drops head_dist)",
+        /// LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers.
+        LaTransformer = "la-transformer" => "LA-Transformer: `model.*` backbone plus `classifier{i}` part classifiers",
+        /// The AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks.
+        Amg = "amg" => "the AMG reference pruning code: LA-Transformer with pruned heads and `token_index` masks",
+        /// TransReID: `base.*` backbone (overlapping patches, SIE), `bottleneck`/`classifier` BNNeck,
+        /// with JPM also `b1.*`, `b2.*` and `bottleneck_1..4`/`classifier_1..4`.
+        TransReid = "transreid" => "TransReID (ViT-B, ViT-S, DeiT-S; overlapping patches, SIE, JPM, BNNeck head)",
     }
 }
 

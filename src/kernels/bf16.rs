@@ -94,7 +94,7 @@ impl PackedBf16 {
     /// must start and end at 0, n or one of `parts`.
     pub fn new(b: &[f32], k: usize, n: usize, parts: &[usize]) -> PackedBf16 {
         assert_eq!(b.len(), k * n, "weight size");
-        let bounds = super::packed::part_bounds(parts, n);
+        let bounds = super::part_bounds(parts, n);
         let kblocks = k.div_ceil(KB);
         let segments = bounds
             .windows(2)
@@ -569,7 +569,7 @@ mod tests {
             let pb = PackedBf16::new(&w, k, n, parts);
             let wr: Vec<f32> = w.iter().map(|&v| round_bf16(v)).collect();
             assert_eq!(pb.to_row_major(), wr);
-            for win in crate::kernels::packed::part_bounds(parts, n).windows(2) {
+            for win in crate::kernels::part_bounds(parts, n).windows(2) {
                 let cols = win[0]..win[1];
                 let nc = cols.len();
                 for &unit in ways {

@@ -126,3 +126,12 @@ pub(crate) fn rows_per_task(rows: usize, row_len: usize) -> usize {
     let min_rows = (16384 / row_len.max(1)).max(1);
     rows.div_ceil(4 * threads).max(min_rows)
 }
+
+/// The column boundaries a product may start or end at: `parts` inside 0..n, with 0 and n, sorted.
+pub(crate) fn part_bounds(parts: &[usize], n: usize) -> Vec<usize> {
+    let mut bounds: Vec<usize> = parts.iter().copied().filter(|&p| p > 0 && p < n).collect();
+    bounds.extend([0, n]);
+    bounds.sort_unstable();
+    bounds.dedup();
+    bounds
+}

@@ -12,6 +12,7 @@
 
 use super::bf16::{matmul_bf16, PackedBf16};
 use super::gemm::{gemm_raw, matmul_then, Acc, Epilogue, Mat, Strides};
+use super::part_bounds;
 use super::SendPtr;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -27,15 +28,6 @@ const LARGE_M: Option<usize> = if cfg!(target_arch = "x86_64") { None } else { S
 
 thread_local! {
     static UNPACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// The column boundaries a product may start or end at: `parts` inside 0..n, with 0 and n, sorted.
-pub(crate) fn part_bounds(parts: &[usize], n: usize) -> Vec<usize> {
-    let mut bounds: Vec<usize> = parts.iter().copied().filter(|&p| p > 0 && p < n).collect();
-    bounds.extend([0, n]);
-    bounds.sort_unstable();
-    bounds.dedup();
-    bounds
 }
 
 /// A k×n weight stored as panels of at most 64 columns.

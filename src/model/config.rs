@@ -164,29 +164,15 @@ pub enum HeadKind {
     Bnneck,
 }
 
-/// Which side of the BNNeck's BatchNorm the retrieval feature is taken (TransReID's
-/// `TEST.NECK_FEAT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum NeckFeat {
-    #[default]
-    Before,
-    After,
-}
-
-impl crate::choice::Choice for NeckFeat {
-    const ALL: &'static [NeckFeat] = &[NeckFeat::Before, NeckFeat::After];
-    fn name(self) -> &'static str {
-        match self {
-            NeckFeat::Before => "before",
-            NeckFeat::After => "after",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            NeckFeat::Before => "the class token itself (TransReID's released configurations)",
-            NeckFeat::After => "the class token after the BatchNorm",
-        }
+crate::choice! {
+    /// Which side of the BNNeck's BatchNorm the retrieval feature is taken (TransReID's
+    /// `TEST.NECK_FEAT`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum NeckFeat {
+        #[default]
+        Before = "before" => "the class token itself (TransReID's released configurations)",
+        After = "after" => "the class token after the BatchNorm",
     }
 }
 

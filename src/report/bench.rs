@@ -271,7 +271,7 @@ pub fn bench_la_step(arch: Arch, (h, w): (usize, usize), batch: usize, classes: 
     })
 }
 
-/// The step of tools/peer_train_toy.py: 6 pre-norm blocks (D=192, 3 heads, N=33,
+/// The step of tools/bench/peer_train_toy.py: 6 pre-norm blocks (D=192, 3 heads, N=33,
 /// B=32), loss = mean(y²), AdamW.
 pub fn bench_toy_step(iters: usize, progress: bool) -> Result<TrainBench> {
     let arch = Arch { depth: 6, ..Arch::preset("tiny")? };

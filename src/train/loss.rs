@@ -20,29 +20,13 @@ pub enum Distill {
     },
 }
 
-/// Which distillation term, without its weights (the command line's `--distill`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DistillKind {
-    None,
-    Soft,
-    Hard,
-}
-
-impl crate::choice::Choice for DistillKind {
-    const ALL: &'static [DistillKind] = &[DistillKind::None, DistillKind::Soft, DistillKind::Hard];
-    fn name(self) -> &'static str {
-        match self {
-            DistillKind::None => "none",
-            DistillKind::Soft => "soft",
-            DistillKind::Hard => "hard",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            DistillKind::None => "no distillation",
-            DistillKind::Soft => "α·τ²·KL(teacher ‖ student) at temperature τ",
-            DistillKind::Hard => "α·CE against the teacher's argmax",
-        }
+crate::choice! {
+    /// Which distillation term, without its weights (the command line's `--distill`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum DistillKind {
+        None = "none" => "no distillation",
+        Soft = "soft" => "α·τ²·KL(teacher ‖ student) at temperature τ",
+        Hard = "hard" => "α·CE against the teacher's argmax",
     }
 }
 

@@ -9,29 +9,13 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimKind {
-    Adam,
-    Adamw,
-    Sgd,
-}
-
-impl crate::choice::Choice for OptimKind {
-    const ALL: &'static [OptimKind] = &[OptimKind::Adam, OptimKind::Adamw, OptimKind::Sgd];
-    fn name(self) -> &'static str {
-        match self {
-            OptimKind::Adam => "adam",
-            OptimKind::Adamw => "adamw",
-            OptimKind::Sgd => "sgd",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            OptimKind::Adam => "Adam with L2 weight decay (torch.optim.Adam)",
-            OptimKind::Adamw => "AdamW, decoupled weight decay (torch.optim.AdamW)",
-            OptimKind::Sgd => "SGD with Nesterov momentum 0.9 (torch.optim.SGD)",
-        }
+crate::choice! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum OptimKind {
+        Adam = "adam" => "Adam with L2 weight decay (torch.optim.Adam)",
+        Adamw = "adamw" => "AdamW, decoupled weight decay (torch.optim.AdamW)",
+        Sgd = "sgd" => "SGD with Nesterov momentum 0.9 (torch.optim.SGD)",
     }
 }
 

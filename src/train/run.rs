@@ -9,7 +9,6 @@
 
 use super::loss::{model_loss, Distill, LossConfig, Triplet};
 use super::optim::{OptimConfig, Optimizer, Slot};
-use crate::choice::Choice;
 use crate::data::loader::{for_each_batch, Augment, LoaderOptions};
 use crate::data::Dataset;
 use crate::engine::{Engine, Input, Want, Workspace};
@@ -26,28 +25,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheduler {
-    /// Multiply the learning rate by `gamma` every `step_size` epochs (StepLR).
-    Step,
-    /// Cosine decay to zero over the run.
-    Cosine,
-}
-
-impl Choice for Scheduler {
-    const ALL: &'static [Scheduler] = &[Scheduler::Step, Scheduler::Cosine];
-    fn name(self) -> &'static str {
-        match self {
-            Scheduler::Step => "step",
-            Scheduler::Cosine => "cosine",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            Scheduler::Step => "multiply the learning rate by --gamma every --step-size epochs (StepLR)",
-            Scheduler::Cosine => "cosine decay to zero over the run",
-        }
+crate::choice! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Scheduler {
+        /// Multiply the learning rate by `gamma` every `step_size` epochs (StepLR).
+        Step = "step" => "multiply the learning rate by --gamma every --step-size epochs (StepLR)",
+        /// Cosine decay to zero over the run.
+        Cosine = "cosine" => "cosine decay to zero over the run",
     }
 }
 

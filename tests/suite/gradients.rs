@@ -94,7 +94,7 @@ fn optimiser_steps_match_torch_optim() {
     }
 }
 
-/// One TransReID training step (tools/make_transreid_fixtures.py): JPM + SIE at stride 12,
+/// One TransReID training step (tools/fixtures/make_transreid_fixtures.py): JPM + SIE at stride 12,
 /// BatchNorms in training mode, the BNNeck biases frozen, label smoothing 0.1, ID loss
 /// ½·CE(global) + ½·mean CE(local) plus the soft-margin batch-hard triplet loss likewise — the loss
 /// and every parameter's gradient against PyTorch's.

@@ -10,6 +10,7 @@ mod common;
 mod candle_model;
 mod cli;
 mod demo;
+mod docs;
 mod engine_vs_autodiff;
 mod eval;
 mod gradients;

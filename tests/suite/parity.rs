@@ -1,5 +1,5 @@
 //! The model against the outside world: timm / PyTorch reference outputs from
-//! tools/make_fixtures.py, for every import format, a resampled and a non-square input, a pruned
+//! tools/fixtures/make_fixtures.py, for every import format, a resampled and a non-square input, a pruned
 //! model, and preprocessing.
 
 use crate::common;
@@ -75,7 +75,7 @@ fn non_square_pth_under_model_key_matches_timm() {
 }
 
 /// A distilled DeiT (class and distillation tokens, `head` and `head_dist` dropped) at a
-/// non-square input, against timm's VisionTransformerDistilled (tools/make_deit_fixtures.py); the
+/// non-square input, against timm's VisionTransformerDistilled (tools/fixtures/make_deit_fixtures.py); the
 /// distillation token stays a prefix token through pruning.
 #[test]
 fn distilled_deit_matches_timm() {
@@ -201,7 +201,7 @@ fn parameter_counts_match_timm() {
     }
 }
 
-/// TransReID (tools/make_transreid_fixtures.py): a checkpoint as its training code saves it, run
+/// TransReID (tools/fixtures/make_transreid_fixtures.py): a checkpoint as its training code saves it, run
 /// by the engine and by the differentiable model on the reference batch (with each image's camera
 /// for SIE): the global branch's tokens, the TransReID feature (L2-normalised, as its evaluator
 /// does) and every BNNeck's logits. `pre` selects the reference outputs (`""` or `"pruned."`).

@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long)]
     train: bool,
     /// With --train: a 6-block stack (B=32, N=33, D=192) with a mean-square loss, the step
-    /// tools/peer_train_toy.py times in PyTorch.
+    /// tools/bench/peer_train_toy.py times in PyTorch.
     #[arg(long, requires = "train")]
     toy: bool,
     /// Measure the machine's ceiling instead: the best GFLOP/s of large float32 products

@@ -49,7 +49,7 @@ pub fn run(a: Args) -> Result<()> {
             if outputs.logits { format!(", logits [batch, {}, {}]", c.num_parts(), c.head.num_classes) } else { String::new() }
         ),
         ExportFormat::Pytorch => println!(
-            "exported {} → {} ({:.1} MB, PyTorch checkpoint, AMG reference layout): load with torch.load(weights_only=True) or tools/amg_torch.py",
+            "exported {} → {} ({:.1} MB, PyTorch checkpoint, AMG reference layout): load with torch.load(weights_only=True) or amg_torch.load (pip install ./python)",
             a.model.display(),
             a.out.display(),
             bytes as f64 / 1e6

@@ -1,5 +1,4 @@
 use crate::args::{at_least_one, choice, fraction, non_negative, on_interrupt, positive, size, DistillArgs};
-use amg::choice::Choice;
 use amg::data::loader::Augment;
 use amg::data::Dataset;
 use amg::model::config::{Jpm, NeckFeat, Sie};
@@ -223,48 +222,20 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// `--head` for a model trained from scratch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadChoice {
-    La,
-    Bnneck,
-}
-
-impl Choice for HeadChoice {
-    const ALL: &'static [HeadChoice] = &[HeadChoice::La, HeadChoice::Bnneck];
-    fn name(self) -> &'static str {
-        match self {
-            HeadChoice::La => "la",
-            HeadChoice::Bnneck => "bnneck",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            HeadChoice::La => "LA-Transformer: one classifier per row of patches",
-            HeadChoice::Bnneck => "TransReID: BatchNorm neck and ID classifier on the class token",
-        }
+amg::choice! {
+    /// `--head` for a model trained from scratch.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum HeadChoice {
+        La = "la" => "LA-Transformer: one classifier per row of patches",
+        Bnneck = "bnneck" => "TransReID: BatchNorm neck and ID classifier on the class token",
     }
 }
 
-/// `--loss`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossChoice {
-    Ce,
-    CeTriplet,
-}
-
-impl Choice for LossChoice {
-    const ALL: &'static [LossChoice] = &[LossChoice::Ce, LossChoice::CeTriplet];
-    fn name(self) -> &'static str {
-        match self {
-            LossChoice::Ce => "ce",
-            LossChoice::CeTriplet => "ce,triplet",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            LossChoice::Ce => "cross-entropy on every classifier (with --label-smoothing)",
-            LossChoice::CeTriplet => "TransReID's ID loss plus batch-hard triplet loss (BNNeck heads; needs --instances)",
-        }
+amg::choice! {
+    /// `--loss`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum LossChoice {
+        Ce = "ce" => "cross-entropy on every classifier (with --label-smoothing)",
+        CeTriplet = "ce,triplet" => "TransReID's ID loss plus batch-hard triplet loss (BNNeck heads; needs --instances)",
     }
 }

@@ -10,7 +10,6 @@ pub mod entropy;
 pub mod random;
 pub mod taylor;
 
-use crate::choice::Choice;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::ModelFiles;
@@ -62,29 +61,15 @@ pub trait TokenCriterion {
     fn score_tokens(&mut self, c: Calibration) -> Result<Vec<Vec<Option<f64>>>>;
 }
 
-/// The criteria `amg prune --criterion` offers, each a head criterion and a token criterion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Criterion {
-    /// Attention-map guided: head entropy, first-order key importance.
-    Amg,
-    /// The baseline: random scores through the same selection.
-    Random,
-}
-
-impl Choice for Criterion {
-    const ALL: &'static [Criterion] = &[Criterion::Amg, Criterion::Random];
-    fn name(self) -> &'static str {
-        match self {
-            Criterion::Amg => "amg",
-            Criterion::Random => "random",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            Criterion::Amg => "attention-map guided: head entropy, first-order key importance",
-            Criterion::Random => "the baseline: random scores through the same layer weighting and selection",
-        }
+crate::choice! {
+    /// The criteria `amg prune --criterion` offers, each a head criterion and a token criterion.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Criterion {
+        /// Attention-map guided: head entropy, first-order key importance.
+        Amg = "amg" => "attention-map guided: head entropy, first-order key importance",
+        /// The baseline: random scores through the same selection.
+        Random = "random" => "the baseline: random scores through the same layer weighting and selection",
     }
 }
 

@@ -2,7 +2,7 @@
 # Speed-up of ≈30 %-MAC-saving prunes of ViT-S/16 and ViT-B/16 at 224x224 against the MAC ratio.
 # Random-weight models from timm (speed does not depend on the weights) and random plans that keep
 # 2 of 6 / 1 of 6 heads (ViT-S) or 4 of 12 (ViT-B) per layer and 98 of 196 key tokens.
-# Usage: PY=/path/to/venv/bin/python tools/bench_pruned_224.sh [WORK_DIR=/tmp/amg-224]
+# Usage: PY=/path/to/venv/bin/python tools/bench/pruned_224.sh [WORK_DIR=/tmp/amg-224]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 AMG=${AMG:-$HERE/../target/release/amg}
@@ -32,5 +32,5 @@ PYEOF
 "$AMG" import --from timm vit_base_patch16_224.safetensors --out b --force
 for p in s_h4of6_t50 s_h5of6_t50; do "$AMG" prune --model s --plan $p.json --out $p --force; done
 "$AMG" prune --model b --plan b_h8of12_t50.json --out b_h8of12_t50 --force
-AMG=$AMG "$HERE"/bench_pruned.sh s s_h4of6_t50 s_h5of6_t50
-AMG=$AMG "$HERE"/bench_pruned.sh b b_h8of12_t50 | tail -1
+AMG=$AMG "$HERE"/pruned.sh s s_h4of6_t50 s_h5of6_t50
+AMG=$AMG "$HERE"/pruned.sh b b_h8of12_t50 | tail -1

@@ -2,8 +2,8 @@
 """PyTorch's time for the step `amg bench --train --toy` times: six pre-norm ViT blocks (B=32, N=33,
 D=192, 3 heads, MLP 768, exact GELU), loss mean(y²), AdamW, on the CPU.
 
-Usage: python tools/peer_train_toy.py
-Prints one line per step: "step <i>: fwd <s>s total <s>s" (tools/bench_peers.py takes the median of
+Usage: python tools/bench/peer_train_toy.py
+Prints one line per step: "step <i>: fwd <s>s total <s>s" (tools/bench/peers.py takes the median of
 the totals after two warm-up steps).
 """
 import time

@@ -4,7 +4,7 @@
 # does not depend on the weights) and random plans with the kept fractions of the pruning
 # experiment's models: 1 of 3 heads per layer; 19 of 32 key tokens per layer; 2 of 3 heads in 5
 # layers + 24 of 32 key tokens.
-# Usage: PY=/path/to/venv/bin/python tools/bench_pruned_small.sh [WORK_DIR=/tmp/amg-ti128]
+# Usage: PY=/path/to/venv/bin/python tools/bench/pruned_small.sh [WORK_DIR=/tmp/amg-ti128]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 AMG=${AMG:-$HERE/../target/release/amg}
@@ -32,4 +32,4 @@ json.dump({"heads": [sorted(random.sample(range(3), 2)) if l in pruned else [0, 
 PYEOF
 "$AMG" import --from timm vit_tiny_128x64.safetensors --img-size 128x64 --checkpoint-img-size 128x64 --out ti --force
 for p in heads67 tokens40 heads15_tokens25; do "$AMG" prune --model ti --plan $p.json --out $p --force; done
-B1_ITERS=${B1_ITERS:-300} B16_ITERS=${B16_ITERS:-30} AMG=$AMG "$HERE"/bench_pruned.sh ti heads67 tokens40 heads15_tokens25
+B1_ITERS=${B1_ITERS:-300} B16_ITERS=${B16_ITERS:-30} AMG=$AMG "$HERE"/pruned.sh ti heads67 tokens40 heads15_tokens25

@@ -3,7 +3,7 @@
 # on the occluded synthetic benchmark, with 3 seeds per cell. See docs/experiment_256.md for the
 # design, what each stage costs on 2 cores and the results.
 #
-# Usage: tools/experiment_256.sh [WORK_DIR] [STAGE...]
+# Usage: tools/experiments/experiment_256.sh [WORK_DIR] [STAGE...]
 #   WORK_DIR  default /tmp/amg-exp256 (about 2 GB)
 #   STAGE     base | seed0 | seed1 | seed2 | report | all (default: all, in that order)
 #
@@ -15,7 +15,7 @@
 # threads and its output goes to WORK_DIR/logs/CELL.log; the speed-ups such cells measure are
 # contended and the report leaves them out).
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 AMG=${AMG:-$ROOT/target/release/amg}
 W=${1:-/tmp/amg-exp256}
 shift || true
@@ -149,7 +149,7 @@ stage_report() {
       py="$W/venv/bin/python"
     fi
   fi
-  "$py" "$ROOT/tools/experiment_256_report.py" "$W" --out-dir "${REPORT_DIR:-$W}"
+  "$py" "$ROOT/tools/experiments/experiment_256_report.py" "$W" --out-dir "${REPORT_DIR:-$W}"
 }
 
 for s in "${STAGES[@]}"; do

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch's float32 matrix product on this CPU: the check beside `amg bench --gemm` for the
-machine's ceiling (tools/bench_peers.py runs both).
+machine's ceiling (tools/bench/peers.py runs both).
 
-Usage: python tools/peer_sgemm.py [SIZE=2048] [ITERS=10]
+Usage: python tools/bench/peer_sgemm.py [SIZE=2048] [ITERS=10]
 Prints: "torch <version> sgemm <n>x<n>x<n>, <threads> threads: <best> GFLOP/s best, <median> median".
 """
 import sys

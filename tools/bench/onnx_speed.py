@@ -9,7 +9,7 @@ keeping its best median.
 Usage:
     python3 -m venv .peers && .peers/bin/pip install torch timm onnx onnxruntime safetensors
     cargo build --release
-    .peers/bin/python tools/onnx_speed.py [--archs small,base] [--batches 1,16] [--rounds 6]
+    .peers/bin/python tools/bench/onnx_speed.py [--archs small,base] [--batches 1,16] [--rounds 6]
 
 Prints the CPU and one Markdown table per question.
 """
@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 here = os.path.dirname(os.path.abspath(__file__))
 ap = argparse.ArgumentParser()
-ap.add_argument("--amg", default=os.path.join(here, "..", "target", "release", "amg"))
+ap.add_argument("--amg", default=os.path.join(here, "..", "..", "target", "release", "amg"))
 ap.add_argument("--work", default="/tmp/amg-onnx-speed")
 ap.add_argument("--archs", default="small,base")
 ap.add_argument("--batches", default="1,16")

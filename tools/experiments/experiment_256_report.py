@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tables, conclusions and the plot of tools/experiment_256.sh, from its work directory.
+"""Tables, conclusions and the plot of tools/experiments/experiment_256.sh, from its work directory.
 
 Reads the base's training history (convergence), every cell's report.json (pruned models) or
 eval.json (the unpruned control) and times.tsv (wall time per step). Writes, into --out-dir:

@@ -3,7 +3,7 @@
 and exported to ONNX Runtime, on the CPU, timed the way `amg bench` times itself (two warm-up
 passes, then the median of several).
 
-Usage: [PEER_PRECISION=bf16] python tools/peer_infer.py vit_small_patch16_224 16
+Usage: [PEER_PRECISION=bf16] python tools/bench/peer_infer.py vit_small_patch16_224 16
 Prints one line per runtime: "<runtime> <version> <arch> b=<batch>: <ms> ms/batch, <img/s> img/s".
 With PEER_PRECISION=bf16, PyTorch runs under CPU autocast to bfloat16 (oneDNN's AMX or AVX-512
 BF16 kernels on CPUs that have them: the peer for `amg --precision bf16`); ONNX Runtime stays

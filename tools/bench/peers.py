@@ -4,16 +4,16 @@
 Usage:
     python3 -m venv .peers && .peers/bin/pip install torch timm onnxruntime onnx
     cargo build --release
-    .peers/bin/python tools/bench_peers.py [--archs tiny,small,base] [--batches 1,16] [--baseline OTHER_AMG] [--precision bf16]
+    .peers/bin/python tools/bench/peers.py [--archs tiny,small,base] [--batches 1,16] [--baseline OTHER_AMG] [--precision bf16]
 
-For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` and tools/peer_infer.py
+For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` and tools/bench/peer_infer.py
 (timm ViT at 224x224, PyTorch eager and ONNX Runtime), alternating them --rounds times and keeping
 each one's best, and prints img/s and amg's ratio to the faster peer as a Markdown table, under the
 CPU's model name, with the machine's ceiling for float32 products (`amg bench --gemm` and
-tools/peer_sgemm.py, measured before each model and kept at their best) and amg's fraction of it.
+tools/bench/peer_sgemm.py, measured before each model and kept at their best) and amg's fraction of it.
 With --baseline, a second amg binary (an earlier build, say) is measured in the same alternation
 and gets its own columns. With --precision bf16, amg runs `--precision bf16` and PyTorch runs under
-bfloat16 autocast (tools/peer_infer.py, PEER_PRECISION=bf16); ONNX Runtime stays float32.
+bfloat16 autocast (tools/bench/peer_infer.py, PEER_PRECISION=bf16); ONNX Runtime stays float32.
 
 Each round also gives a paired ratio — amg against the faster peer measured right after it in the
 same round — and the tables add the median and range of those: the neighbours of this project's
@@ -21,8 +21,8 @@ VMs slow whole minutes at a time, and a slow minute can land on one program's be
 seldom on both halves of one round, so the paired ratios show how far a cell's ratio can be
 trusted (a range that spans 1.0 means that run cannot tell the two apart).
 
-With --train it compares training steps instead: tools/peer_train_toy.py against
-`amg bench --train --toy`, and an LA-Transformer step (tools/peer_train_la.py) against
+With --train it compares training steps instead: tools/bench/peer_train_toy.py against
+`amg bench --train --toy`, and an LA-Transformer step (tools/bench/peer_train_la.py) against
 `amg bench --train --arch tiny --img-size 128x64 --batch-size 32`, alternating likewise (best of
 --rounds; --baseline works here too).
 """
@@ -33,11 +33,11 @@ import re
 import subprocess
 import sys
 
-from bench_common import cpu_model, paired
+from common import cpu_model, paired
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--peer", default=os.path.join(os.path.dirname(__file__), "peer_infer.py"))
-ap.add_argument("--amg", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "amg"))
+ap.add_argument("--amg", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "target", "release", "amg"))
 ap.add_argument("--baseline", help="a second amg binary to measure in the same run")
 ap.add_argument("--archs", default="tiny,small,base")
 ap.add_argument("--batches", default="1,16")
@@ -149,7 +149,7 @@ for arch in args.archs.split(","):
 
 top = max(ceiling.values())
 print(f"Ceiling: float32 2048³ products reach {ceiling['amg']:.0f} GFLOP/s with amg's kernels (`amg bench --gemm`) and "
-      f"{ceiling['torch']:.0f} with PyTorch's sgemm (tools/peer_sgemm.py), best of {len(args.archs.split(','))} measurements each; "
+      f"{ceiling['torch']:.0f} with PyTorch's sgemm (tools/bench/peer_sgemm.py), best of {len(args.archs.split(','))} measurements each; "
       f"the last column is amg's GFLOP/s as a fraction of the higher, {top:.0f}.\n")
 if args.baseline:
     print("| model | batch | amg img/s | baseline img/s | amg / baseline | PyTorch img/s | ONNX Runtime img/s | amg / faster peer | per round, median (range) | baseline / faster peer |")

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Measured speed-up of pruned models over their unpruned original, against the honest MAC ratio,
 # at batch 1 and 16, alternating the models in one run.
-# Usage: [B1_ITERS=30] [B16_ITERS=6] [ROUNDS=3] tools/bench_pruned.sh ORIGINAL_DIR PRUNED_DIR [PRUNED_DIR ...]
+# Usage: [B1_ITERS=30] [B16_ITERS=6] [ROUNDS=3] tools/bench/pruned.sh ORIGINAL_DIR PRUNED_DIR [PRUNED_DIR ...]
 # (more iterations for small models: a ViT-Ti at 128x64 runs a batch of 1 in ~5 ms; on a machine
 # whose speed swings within seconds, more rounds of fewer iterations give each model more chances
 # at a quiet moment)
 set -euo pipefail
-AMG=${AMG:-$(dirname "$0")/../target/release/amg}
+AMG=${AMG:-$(dirname "$0")/../../target/release/amg}
 orig=$1; shift
 B1_ITERS=${B1_ITERS:-30}
 B16_ITERS=${B16_ITERS:-6}

@@ -3,7 +3,7 @@
 --train --arch A --img-size HxW --batch-size B` runs it (training mode, dropout 0.5 in the part
 classifiers, sum of part cross-entropies, AdamW).
 
-Usage: python tools/peer_train_la.py [ARCH=tiny] [HxW=128x64] [BATCH=32] [CLASSES=751] [STEPS=6] [profile]
+Usage: python tools/bench/peer_train_la.py [ARCH=tiny] [HxW=128x64] [BATCH=32] [CLASSES=751] [STEPS=6] [profile]
 
 With `profile` last, the steps after the first two also run under torch.profiler and its table of
 operators by self time follows (how PyTorch's step divides between products and the rest).

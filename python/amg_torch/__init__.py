@@ -1,8 +1,7 @@
 """The model of an `amg export --format pytorch` checkpoint as a plain PyTorch module, to fine-tune a
 pruned model on a GPU and bring it back to amg.
 
-    import sys; sys.path.insert(0, "tools")
-    import amg_torch
+    import amg_torch                                   # pip install ./python
     model, cfg = amg_torch.load("pruned.pth")          # torch.load(weights_only=True) inside
     features, logits = model(images)                   # images: [B, 3, H, W], normalised as cfg["input"] says
     features, logits = model(images, cameras)          # a model with SIE: cameras [B] (int64, c1 is 0)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The pruning experiment: a tiny ViT trained from scratch on the occluded synthetic benchmark,
 # then AMG heads / tokens / heads+tokens against random pruning at the same budgets.
-# Usage: tools/experiment_prune.sh [WORK_DIR=/tmp/amg-exp] [BASE_EPOCHS=12]   (30–45 minutes on 2 cores)
+# Usage: tools/experiments/experiment_prune.sh [WORK_DIR=/tmp/amg-exp] [BASE_EPOCHS=12]   (30–45 minutes on 2 cores)
 set -euo pipefail
-AMG=${AMG:-$(dirname "$0")/../target/release/amg}
+AMG=${AMG:-$(dirname "$0")/../../target/release/amg}
 W=${1:-/tmp/amg-exp}
 EPOCHS=${2:-12}
 mkdir -p "$W"

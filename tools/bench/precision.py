@@ -3,7 +3,7 @@
 
 Usage:
     cargo build --release
-    python3 tools/bench_precision.py [--archs tiny,small,base] [--batches 1,16] [--rounds 3]
+    python3 tools/bench/precision.py [--archs tiny,small,base] [--batches 1,16] [--rounds 3]
 
 For each (arch, batch) it runs `amg bench --arch A --batch-size B --json` in f32 and in bf16
 (timm-shaped ViTs at 224x224, random weights), alternating them --rounds times and keeping each
@@ -17,10 +17,10 @@ import json
 import os
 import subprocess
 
-from bench_common import cpu_model, paired
+from common import cpu_model, paired
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--amg", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "amg"))
+ap.add_argument("--amg", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "target", "release", "amg"))
 ap.add_argument("--archs", default="tiny,small,base")
 ap.add_argument("--batches", default="1,16")
 ap.add_argument("--iters", type=int, default=0, help="timed iterations (default: scaled to the model)")
