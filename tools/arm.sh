@@ -18,7 +18,7 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 cargo build --release --target "$target"
-cargo test --release --target "$target" --lib
+cargo test --release --target "$target" --workspace --lib
 cargo test --release --target "$target" --test suite -- parity:: engine_vs_autodiff:: candle_model:: gradients:: model_dir:: pytorch_export::
 if [ "${STATIC:-0}" = 1 ]; then
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target"

@@ -11,4 +11,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup component add --toolchain nightly miri rust-src
 AMG_ISA=portable RAYON_NUM_THREADS=2 MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-permissive-provenance -Zmiri-ignore-leaks" \
-    cargo +nightly miri test --lib -- kernels::gemm kernels::packed kernels::attention kernels::rows
+    cargo +nightly miri test -p amg-kernels --lib -- gemm:: packed:: attention:: rows::
