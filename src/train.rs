@@ -1,11 +1,11 @@
 use crate::args::{at_least_one, choice, fraction, non_negative, on_interrupt, positive, size, DistillArgs};
 use amg::data::loader::Augment;
 use amg::data::Dataset;
-use amg::model::config::{Jpm, NeckFeat, Sie};
-use amg::model::{Arch, HeadConfig, HeadKind, ModelConfig, ModelFiles, Source};
+use amg::model::config::{NeckFeat, Sie};
+use amg::model::{Arch, HeadKind, ModelFiles};
 use amg::train::loss::Triplet;
 use amg::train::optim::{OptimConfig, OptimKind};
-use amg::train::run::{train, ResumeOverrides, Scheduler, Start, TrainOptions, TrainRequest};
+use amg::train::run::{train, FromScratch, ResumeOverrides, Scheduler, Start, TrainOptions, TrainRequest};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, requires = "arch")]
     sie: bool,
     /// SIE's coefficient (TransReID's SIE_COE).
-    #[arg(long, default_value_t = 3.0, requires = "sie")]
+    #[arg(long, default_value_t = Sie::TRANSREID_COEFFICIENT, requires = "sie")]
     sie_coefficient: f32,
     /// For --arch with --head bnneck: TransReID's jigsaw patch module (4 local features; shift 5,
     /// 2 shuffle groups).
@@ -172,22 +172,16 @@ pub fn run(a: Args) -> Result<()> {
     } else if let Some(files) = init {
         Start::Model(files, options)
     } else {
-        let mut arch = arch.ok_or_else(|| anyhow::anyhow!("give --init MODEL_DIR or --arch"))?;
-        let (h, w) = a.img_size.unwrap_or((224, 224));
-        arch.patch_stride = a.stride.filter(|&s| s != arch.patch_size);
-        if a.sie {
-            // Cameras as the dataset's file names number them (c1 is index 0).
-            let cameras = data.num_cameras();
-            arch.sie = Some(Sie { cameras, views: 1, coefficient: a.sie_coefficient });
-        }
-        if a.jpm {
-            arch.jpm = Some(Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] });
-        }
-        let head = match a.head {
-            HeadChoice::La => HeadConfig::la(data.num_classes),
-            HeadChoice::Bnneck => HeadConfig::bnneck(data.num_classes, a.neck_feat),
+        let arch = arch.ok_or_else(|| anyhow::anyhow!("give --init MODEL_DIR or --arch"))?;
+        let model = FromScratch {
+            arch,
+            input: a.img_size.unwrap_or((224, 224)),
+            bnneck: (a.head == HeadChoice::Bnneck).then_some(a.neck_feat),
+            stride: a.stride,
+            sie: a.sie.then_some(a.sie_coefficient),
+            jpm: a.jpm,
         };
-        let cfg = ModelConfig::new(arch, h, w, head, Source { format: "init".into(), ..Default::default() })?;
+        let cfg = model.config(&data)?;
         Start::Random(cfg, options)
     };
     let req = TrainRequest { data: &data, run: &a.out, start, teacher, force: a.force, progress: true };

@@ -6,7 +6,7 @@ use crate::choice::Choice;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
+use crate::model::{Arch, ModelFiles};
 use crate::prune::criteria::Criterion;
 use crate::prune::{PruneOptions, PruneRequest};
 use crate::report::plot::{scatter, Point};
@@ -14,7 +14,7 @@ use crate::report::prune::{prune_and_report, reports, ModelReport};
 use crate::synth::{generate, SynthOptions};
 use crate::train::loss::Distill;
 use crate::train::optim::{OptimConfig, OptimKind};
-use crate::train::run::{train, Scheduler, Start, TrainOptions, TrainRequest};
+use crate::train::run::{train, FromScratch, Scheduler, Start, TrainOptions, TrainRequest};
 use serde::Serialize;
 use std::fmt::Write;
 use std::path::Path;
@@ -219,18 +219,8 @@ fn train_base(out: &Path, settings: &DemoSettings, data: &Dataset, log: &mut dyn
         settings.model_input.1,
         settings.train_epochs
     ));
-    let (h, w) = settings.model_input;
-    let mut arch = Arch::preset("tiny")?;
-    let head = if transreid {
-        let cameras = data.num_cameras();
-        arch.patch_stride = Some(12);
-        arch.sie = Some(crate::model::config::Sie { cameras, views: 1, coefficient: 3.0 });
-        arch.jpm = Some(crate::model::config::Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] });
-        HeadConfig::bnneck(data.num_classes, crate::model::config::NeckFeat::Before)
-    } else {
-        HeadConfig::la(data.num_classes)
-    };
-    let cfg = ModelConfig::new(arch, h, w, head, Source { format: "init".into(), ..Default::default() })?;
+    let model = if transreid { FromScratch::transreid } else { FromScratch::la };
+    let cfg = model(Arch::preset("tiny")?, settings.model_input).config(data)?;
     let topts = TrainOptions {
         epochs: settings.train_epochs,
         batch_size: settings.train_batch,

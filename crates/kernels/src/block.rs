@@ -45,20 +45,21 @@ impl BlockDims {
     }
 }
 
-/// The parameters, unpacked (views into the packed input).
+/// The parameters, unpacked (views into the packed input), named as the model's `BlockParams`
+/// names them.
 struct Params<'a> {
-    n1w: &'a [f32],
-    n1b: &'a [f32],
-    qkvw: &'a [f32],
-    qkvb: &'a [f32],
-    projw: &'a [f32],
-    projb: &'a [f32],
-    n2w: &'a [f32],
-    n2b: &'a [f32],
-    fc1w: &'a [f32],
-    fc1b: &'a [f32],
-    fc2w: &'a [f32],
-    fc2b: &'a [f32],
+    norm1: Affine<'a>,
+    qkv: Affine<'a>,
+    proj: Affine<'a>,
+    norm2: Affine<'a>,
+    fc1: Affine<'a>,
+    fc2: Affine<'a>,
+}
+
+/// A layer norm's or a linear layer's weight and bias.
+struct Affine<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
 }
 
 /// What the forward pass keeps for the backward pass.
@@ -183,7 +184,15 @@ impl Block {
             at += len;
         }
         let [n1w, n1b, qkvw, qkvb, projw, projb, n2w, n2b, fc1w, fc1b, fc2w, fc2b] = parts;
-        Ok(Params { n1w, n1b, qkvw, qkvb, projw, projb, n2w, n2b, fc1w, fc1b, fc2w, fc2b })
+        let affine = |weight, bias| Affine { weight, bias };
+        Ok(Params {
+            norm1: affine(n1w, n1b),
+            qkv: affine(qkvw, qkvb),
+            proj: affine(projw, projb),
+            norm2: affine(n2w, n2b),
+            fc1: affine(fc1w, fc1b),
+            fc2: affine(fc2w, fc2b),
+        })
     }
 
     fn check(&self, z: &[f32], gate: Option<&[f32]>) -> Result<()> {
@@ -211,16 +220,16 @@ impl Block {
         // The residual stream: z now, z + attention below.
         let mut z2 = copied(z);
         let mut y1 = scratch(rows * d);
-        phase("blk:ln", || layer_norm(&mut z2, None, w.n1w, w.n1b, self.eps, &mut y1));
+        phase("blk:ln", || layer_norm(&mut z2, None, w.norm1.weight, w.norm1.bias, self.eps, &mut y1));
         let (shape, layout, scale) = self.attn(packed);
         let mut o = scratch(rows * inner);
         let (q, kv, kv_raw, yk);
         if packed {
-            q = phase("blk:qkv", || linear_forward(&y1, w.qkvw, w.qkvb, rows));
+            q = phase("blk:qkv", || linear_forward(&y1, w.qkv.weight, w.qkv.bias, rows));
             phase("blk:attention", || attention(&q, &q, &mut o, shape, layout, scale, None));
             (kv, kv_raw, yk) = (Vec::new(), Vec::new(), Vec::new());
         } else {
-            q = phase("blk:qkv", || linear_forward(&y1, &w.qkvw[..inner * d], &w.qkvb[..inner], rows));
+            q = phase("blk:qkv", || linear_forward(&y1, &w.qkv.weight[..inner * d], &w.qkv.bias[..inner], rows));
             yk = if nk == n {
                 Vec::new()
             } else {
@@ -231,7 +240,7 @@ impl Block {
                 });
                 yk
             };
-            let mut kvg = phase("blk:qkv", || linear_forward(if nk == n { &y1 } else { &yk }, &w.qkvw[inner * d..], &w.qkvb[inner..], batch * nk));
+            let mut kvg = phase("blk:qkv", || linear_forward(if nk == n { &y1 } else { &yk }, &w.qkv.weight[inner * d..], &w.qkv.bias[inner..], batch * nk));
             kv_raw = match gate {
                 Some(g) => {
                     let raw = kvg.clone();
@@ -243,16 +252,16 @@ impl Block {
             kv = kvg;
             phase("blk:attention", || attention(&q, &kv, &mut o, shape, layout, scale, None));
         }
-        let a = phase("blk:proj", || linear_forward(&o, w.projw, w.projb, rows));
+        let a = phase("blk:proj", || linear_forward(&o, w.proj.weight, w.proj.bias, rows));
         phase("blk:residual", || add_into(&mut z2, &a));
         drop(a);
         let mut y2 = scratch(rows * d);
-        phase("blk:ln", || layer_norm(&mut z2, None, w.n2w, w.n2b, self.eps, &mut y2));
+        phase("blk:ln", || layer_norm(&mut z2, None, w.norm2.weight, w.norm2.bias, self.eps, &mut y2));
         // fc1's output becomes GELU's derivative there once the GELU is taken (see
         // `gelu_keeping_grad`).
-        let mut gelu_grad = phase("blk:fc1", || linear_forward(&y2, w.fc1w, w.fc1b, rows));
+        let mut gelu_grad = phase("blk:fc1", || linear_forward(&y2, w.fc1.weight, w.fc1.bias, rows));
         let h = phase("blk:gelu", || gelu_keeping_grad(&mut gelu_grad));
-        let mut out = phase("blk:fc2", || linear_forward(&h, w.fc2w, w.fc2b, rows));
+        let mut out = phase("blk:fc2", || linear_forward(&h, w.fc2.weight, w.fc2.bias, rows));
         phase("blk:residual", || add_into(&mut out, &z2));
         debug_assert_eq!(h.len(), rows * hidden);
         // A poisoned lock only means another thread panicked while holding it; the value is
@@ -271,18 +280,18 @@ impl Block {
         let packed = self.packed(gate.is_some());
         // MLP: out = z2 + fc2(GELU(fc1(LN2(z2)))).
         let mut dh = scratch(s.h.len());
-        let (dfc2w, dfc2b) = phase("blk-bwd:fc2", || linear_backward(&s.h, w.fc2w, dout, rows, &mut dh, Acc::Overwrite));
+        let (dfc2w, dfc2b) = phase("blk-bwd:fc2", || linear_backward(&s.h, w.fc2.weight, dout, rows, &mut dh, Acc::Overwrite));
         phase("blk-bwd:gelu", || mul_in_place(&mut dh, &s.gelu_grad));
         let mut dy2 = scratch(rows * d);
-        let (dfc1w, dfc1b) = phase("blk-bwd:fc1", || linear_backward(&s.y2, w.fc1w, &dh, rows, &mut dy2, Acc::Overwrite));
+        let (dfc1w, dfc1b) = phase("blk-bwd:fc1", || linear_backward(&s.y2, w.fc1.weight, &dh, rows, &mut dy2, Acc::Overwrite));
         recycle([dh]);
         // z2 feeds both the residual (gradient dout) and LN2: the sum starts from dout.
         let mut dz2 = copied(dout);
-        let (dn2w, dn2b) = phase("blk-bwd:ln", || layer_norm_backward(&s.z2, &dy2, w.n2w, self.eps, &mut dz2));
+        let (dn2w, dn2b) = phase("blk-bwd:ln", || layer_norm_backward(&s.z2, &dy2, w.norm2.weight, self.eps, &mut dz2));
         recycle([dy2]);
         // Attention: z2 = z + proj(attention(LN1(z))).
         let mut d_o = scratch(rows * inner);
-        let (dprojw, dprojb) = phase("blk-bwd:proj", || linear_backward(&s.o, w.projw, &dz2, rows, &mut d_o, Acc::Overwrite));
+        let (dprojw, dprojb) = phase("blk-bwd:proj", || linear_backward(&s.o, w.proj.weight, &dz2, rows, &mut d_o, Acc::Overwrite));
         let (shape, layout, scale) = self.attn(packed);
         let mut dy1 = scratch(rows * d);
         let (dqkvw, dqkvb, dgate);
@@ -292,7 +301,7 @@ impl Block {
             // SAFETY: `dqkv` is exclusively ours and sized like the packed qkv; the q, k and v
             // columns the backward pass writes are disjoint.
             phase("blk-bwd:attention", || unsafe { attention_backward(&s.q, &s.q, &d_o, dp, dp, shape, layout, scale) });
-            (dqkvw, dqkvb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, w.qkvw, &dqkv, rows, &mut dy1, Acc::Overwrite));
+            (dqkvw, dqkvb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, w.qkv.weight, &dqkv, rows, &mut dy1, Acc::Overwrite));
             recycle([dqkv]);
             dgate = None;
         } else {
@@ -314,12 +323,12 @@ impl Block {
                 scale_values(&mut dkv, g, inner);
                 per_col.chunks_exact(inner).map(|c| c.iter().sum()).collect::<Vec<f32>>()
             });
-            let (dqw, dqb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkvw[..inner * d], &dq, rows, &mut dy1, Acc::Overwrite));
+            let (dqw, dqb) = phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkv.weight[..inner * d], &dq, rows, &mut dy1, Acc::Overwrite));
             let (dkvw, dkvb) = if nk == n {
-                phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkvw[inner * d..], &dkv, rows, &mut dy1, Acc::Add))
+                phase("blk-bwd:qkv", || linear_backward(&s.y1, &w.qkv.weight[inner * d..], &dkv, rows, &mut dy1, Acc::Add))
             } else {
                 let mut dyk = scratch(batch * nk * d);
-                let r = phase("blk-bwd:qkv", || linear_backward(&s.yk, &w.qkvw[inner * d..], &dkv, batch * nk, &mut dyk, Acc::Overwrite));
+                let r = phase("blk-bwd:qkv", || linear_backward(&s.yk, &w.qkv.weight[inner * d..], &dkv, batch * nk, &mut dyk, Acc::Overwrite));
                 // Scatter the kept rows' gradients back (positions are distinct within an image,
                 // so each image's rows can be done in parallel).
                 dy1.par_chunks_mut(n * d).zip(dyk.par_chunks(nk * d)).for_each(|(img, ks)| {
@@ -337,7 +346,7 @@ impl Block {
         }
         // z likewise: the residual's dz2 plus LN1's gradient, added into dz2's buffer.
         let mut dz = dz2;
-        let (dn1w, dn1b) = phase("blk-bwd:ln", || layer_norm_backward(z, &dy1, w.n1w, self.eps, &mut dz));
+        let (dn1w, dn1b) = phase("blk-bwd:ln", || layer_norm_backward(z, &dy1, w.norm1.weight, self.eps, &mut dz));
         recycle([d_o, dy1]);
         let grads = [dn1w, dn1b, dqkvw, dqkvb, dprojw, dprojb, dn2w, dn2b, dfc1w, dfc1b, dfc2w, dfc2b];
         debug_assert!(grads.iter().zip(self.dims.param_lens()).all(|(g, l)| g.len() == l));

@@ -27,22 +27,29 @@ struct Layer {
     heads: usize,
     /// Kept key/value positions, or `None` when every token is kept.
     tokens: Option<Vec<usize>>,
-    ln1_w: Vec<f32>,
-    ln1_b: Vec<f32>,
+    norm1: Norm,
     /// `[D, 3·I]`: the transposed qkv weight, columns q | k | v (panels split at I and 2·I).
-    wqkv: PackedB,
-    bqkv: Vec<f32>,
+    qkv: Dense,
     /// `[I, D]`
-    wproj: PackedB,
-    bproj: Vec<f32>,
-    ln2_w: Vec<f32>,
-    ln2_b: Vec<f32>,
+    proj: Dense,
+    norm2: Norm,
     /// `[D, M]`
-    w1: PackedB,
-    b1: Vec<f32>,
+    fc1: Dense,
     /// `[M, D]`
-    w2: PackedB,
-    b2: Vec<f32>,
+    fc2: Dense,
+}
+
+/// A layer norm's scale and shift, as the engine holds them.
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// A linear layer as the engine holds it: the weight transposed and packed into panels, the bias
+/// (zeros where the checkpoint has none).
+struct Dense {
+    weight: PackedB,
+    bias: Vec<f32>,
 }
 
 fn bias_or_zeros(bias: Option<HostTensor>, n: usize) -> Vec<f32> {
@@ -88,18 +95,12 @@ impl Layer {
         Layer {
             heads: plan.heads.len(),
             tokens: if plan.tokens.len() == n { None } else { Some(plan.tokens.clone()) },
-            ln1_w: p.norm1.weight.data,
-            ln1_b: p.norm1.bias.data,
-            wqkv: pack(p.qkv.weight, 3 * inner, d, &[inner, 2 * inner]),
-            bqkv: bias_or_zeros(p.qkv.bias, 3 * inner),
-            wproj: pack(p.proj.weight, d, inner, &[]),
-            bproj: bias_or_zeros(p.proj.bias, d),
-            ln2_w: p.norm2.weight.data,
-            ln2_b: p.norm2.bias.data,
-            w1: pack(p.fc1.weight, m, d, &[]),
-            b1: bias_or_zeros(p.fc1.bias, m),
-            w2: pack(p.fc2.weight, d, m, &[]),
-            b2: bias_or_zeros(p.fc2.bias, d),
+            norm1: Norm { weight: p.norm1.weight.data, bias: p.norm1.bias.data },
+            qkv: Dense { weight: pack(p.qkv.weight, 3 * inner, d, &[inner, 2 * inner]), bias: bias_or_zeros(p.qkv.bias, 3 * inner) },
+            proj: Dense { weight: pack(p.proj.weight, d, inner, &[]), bias: bias_or_zeros(p.proj.bias, d) },
+            norm2: Norm { weight: p.norm2.weight.data, bias: p.norm2.bias.data },
+            fc1: Dense { weight: pack(p.fc1.weight, m, d, &[]), bias: bias_or_zeros(p.fc1.bias, m) },
+            fc2: Dense { weight: pack(p.fc2.weight, d, m, &[]), bias: bias_or_zeros(p.fc2.bias, d) },
         }
     }
 }
@@ -466,7 +467,7 @@ impl Engine {
     /// one image's rows, whose activations stay in the core's own cache, and the threads do not
     /// meet at every step; a thread that finishes first helps with the other's steps (rayon
     /// steals them). Each image's results are the same, bit for bit, whatever the other images of
-    /// the batch. Each image takes the step-by-step pass, not `rows_rest`: on its one thread, a
+    /// the batch. Each image takes the step-by-step pass, not `rest_split`: on its one thread, a
     /// split by rows would only cut its products into shorter ones (ViT-S at batch 16, alternating
     /// runs on the Zen 4 EPYC: 20.5 against 21.4 img/s, best of 5).
     fn run_split(&self, input: Input, ws: &mut Workspace, want: Want, threads: usize) -> Result<Outputs> {
@@ -508,7 +509,7 @@ impl Engine {
     }
 
     /// The batch through the model on the calling thread's share of the pool; `by_rows`: each
-    /// block with its rows split between the threads (`rows_front`, `rows_rest`), else step by step.
+    /// block with its rows split between the threads (`front_split`, `rest_split`), else step by step.
     fn run_here(&self, input: Input, ws: &mut Workspace, want: Want, observe: Option<AttnObserver>, by_rows: bool) -> Result<Outputs> {
         self.check_input(&input)?;
         let batch = input.batch;
@@ -521,26 +522,26 @@ impl Engine {
         let mut pending_bias: Option<&[f32]> = None;
         let depth = self.layers.len();
         if let (true, Some(first)) = (by_rows, self.layers.first()) {
-            self.rows_front(first, batch, n, None, ws);
+            self.front_split(first, batch, n, None, ws);
         }
         for (li, layer) in self.layers.iter().enumerate() {
             if li + 1 == depth && self.jpm.is_some() {
                 // JPM's b2 branch starts from the input of the last block (b1).
                 let t = ensure(&mut ws.trunk, rows * d);
                 t.copy_from_slice(&ws.x[..rows * d]);
-                // By rows, the previous block's bias is already in: its `rows_rest` went on
+                // By rows, the previous block's bias is already in: its `rest_split` went on
                 // through this block's layer norm, which adds it to x.
                 if let (false, Some(b)) = (by_rows, pending_bias) {
                     t.par_chunks_mut(d).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
                 }
             }
             if by_rows {
-                self.rows_rest(layer, self.layers.get(li + 1), batch, n, ws);
+                self.rest_split(layer, self.layers.get(li + 1), batch, n, ws);
             } else {
                 self.block(li, layer, batch, n, pending_bias, ws, observe);
             }
             // The block's last bias is folded into the next layer norm.
-            pending_bias = Some(&layer.b2);
+            pending_bias = Some(&layer.fc2.bias);
         }
         let xn = ensure(&mut ws.xn, rows * d);
         layer_norm(&mut ws.x[..rows * d], pending_bias, &self.norm_w, &self.norm_b, self.cfg.arch.ln_eps as f32, xn);
@@ -580,13 +581,13 @@ impl Engine {
             }
         });
         if by_rows {
-            self.rows_front(&j.layer, batch * k, t, None, ws);
-            self.rows_rest(&j.layer, None, batch * k, t, ws);
+            self.front_split(&j.layer, batch * k, t, None, ws);
+            self.rest_split(&j.layer, None, batch * k, t, ws);
         } else {
             self.block(self.layers.len(), &j.layer, batch * k, t, None, ws, observe);
         }
         let xn = ensure(&mut ws.xn, rows * d);
-        layer_norm(&mut ws.x[..rows * d], Some(&j.layer.b2), &j.norm_w, &j.norm_b, self.cfg.arch.ln_eps as f32, xn);
+        layer_norm(&mut ws.x[..rows * d], Some(&j.layer.fc2.bias), &j.norm_w, &j.norm_b, self.cfg.arch.ln_eps as f32, xn);
         (0..k).map(|g| (0..batch).flat_map(|b| ws.xn[(b * k + g) * t * d..][..d].iter().copied()).collect()).collect()
     }
 
@@ -671,7 +672,7 @@ impl Engine {
         let threads = rayon::current_num_threads();
         let Workspace { x, xn, qkv, xk, kv, attn, hidden, .. } = ws;
         let (x, xn) = (&mut x[..rows * d], ensure(xn, rows * d));
-        phase("layer_norm", || layer_norm(x, pending_bias, &layer.ln1_w, &layer.ln1_b, eps, xn));
+        phase("layer_norm", || layer_norm(x, pending_bias, &layer.norm1.weight, &layer.norm1.bias, eps, xn));
         let inputs = self.attention_inputs(layer, xn, batch, n, qkv, xk, kv);
         let attn_out = ensure(attn, rows * inner);
         let shape = AttnShape { batch, n, nk: inputs.nk, heads: layer.heads, head_dim: hd };
@@ -679,11 +680,13 @@ impl Engine {
         let sink_ref = sink.as_ref().map(|s| s as ProbsSink);
         phase("attention", || attention(inputs.q, inputs.kv, attn_out, shape, inputs.layout, (hd as f32).powf(-0.5), sink_ref));
         // Residual: x += attn·Wprojᵀ; the bias is folded into the next layer norm.
-        phase("proj", || matmul_packed(Mat::dense(attn_out, rows, inner), &layer.wproj, 0..d, x, d, Acc::Add, threads, Epilogue::None));
-        phase("layer_norm", || layer_norm(x, Some(&layer.bproj), &layer.ln2_w, &layer.ln2_b, eps, xn));
+        phase("proj", || matmul_packed(Mat::dense(attn_out, rows, inner), &layer.proj.weight, 0..d, x, d, Acc::Add, threads, Epilogue::None));
+        phase("layer_norm", || layer_norm(x, Some(&layer.proj.bias), &layer.norm2.weight, &layer.norm2.bias, eps, xn));
         let hidden = ensure(hidden, rows * m);
-        phase("fc1+gelu", || matmul_packed(Mat::dense(xn, rows, d), &layer.w1, 0..m, hidden, m, Acc::Overwrite, threads, Epilogue::BiasGelu(&layer.b1)));
-        phase("fc2", || matmul_packed(Mat::dense(hidden, rows, m), &layer.w2, 0..d, x, d, Acc::Add, threads, Epilogue::None));
+        phase("fc1+gelu", || {
+            matmul_packed(Mat::dense(xn, rows, d), &layer.fc1.weight, 0..m, hidden, m, Acc::Overwrite, threads, Epilogue::BiasGelu(&layer.fc1.bias))
+        });
+        phase("fc2", || matmul_packed(Mat::dense(hidden, rows, m), &layer.fc2.weight, 0..d, x, d, Acc::Add, threads, Epilogue::None));
     }
 
     fn sizes(&self, layer: &Layer, batch: usize, n: usize) -> Sizes {
@@ -691,9 +694,9 @@ impl Engine {
         Sizes { d: a.embed_dim, m: a.mlp_dim, hd: a.head_dim, rows: batch * n, inner: layer.heads * a.head_dim, eps: a.ln_eps as f32 }
     }
 
-    /// The first step of a block split by rows (see `rows_rest`) as a parallel region of its own:
+    /// The first step of a block split by rows (see `rest_split`) as a parallel region of its own:
     /// each thread's rows through the layer norm and the query (or q/k/v) product.
-    fn rows_front(&self, layer: &Layer, batch: usize, n: usize, pending_bias: Option<&[f32]>, ws: &mut Workspace) {
+    fn front_split(&self, layer: &Layer, batch: usize, n: usize, pending_bias: Option<&[f32]>, ws: &mut Workspace) {
         let (d, rows) = (self.cfg.arch.embed_dim, batch * n);
         let bounds = row_bounds(rows);
         let qw = layer.q_width(self.cfg.arch.head_dim);
@@ -703,22 +706,22 @@ impl Engine {
             .into_par_iter()
             .zip(split_rows(xn, &bounds, d))
             .zip(split_rows(q, &bounds, qw))
-            .for_each(|((x, xn), q)| self.front_rows(layer, pending_bias, x, xn, q));
+            .for_each(|((x, xn), q)| self.front_here(layer, pending_bias, x, xn, q));
     }
 
     /// One thread's rows (`x`, `xn` and `q` hold the same rows) through a block's layer norm
     /// (adding the pending bias to `x` first) and its query product — queries, keys and values
     /// when the block keeps every token.
-    fn front_rows(&self, layer: &Layer, pending_bias: Option<&[f32]>, x: &mut [f32], xn: &mut [f32], q: &mut [f32]) {
+    fn front_here(&self, layer: &Layer, pending_bias: Option<&[f32]>, x: &mut [f32], xn: &mut [f32], q: &mut [f32]) {
         let a = &self.cfg.arch;
         let (d, qw) = (a.embed_dim, layer.q_width(a.head_dim));
         let r = x.len() / d;
-        phase("layer_norm", || layer_norm_here(x, pending_bias, &layer.ln1_w, &layer.ln1_b, a.ln_eps as f32, xn));
-        phase("qkv", || matmul_packed(Mat::dense(xn, r, d), &layer.wqkv, 0..qw, q, qw, Acc::Overwrite, 1, Epilogue::Bias(&layer.bqkv[..qw])));
+        phase("layer_norm", || layer_norm_here(x, pending_bias, &layer.norm1.weight, &layer.norm1.bias, a.ln_eps as f32, xn));
+        phase("qkv", || matmul_packed(Mat::dense(xn, r, d), &layer.qkv.weight, 0..qw, q, qw, Acc::Overwrite, 1, Epilogue::Bias(&layer.qkv.bias[..qw])));
     }
 
-    /// A block with the batch's rows split between the threads, once `rows_front` (or the previous
-    /// block's `rows_rest`) has left each row's layer norm and query product: each thread takes its
+    /// A block with the batch's rows split between the threads, once `front_split` (or the previous
+    /// block's `rest_split`) has left each row's layer norm and query product: each thread takes its
     /// own run of rows through attention (reading every row's keys and values), the projection,
     /// the MLP and — given the `next` block — on through that block's layer norm and query
     /// product (into the other q/k/v buffer, since the other threads may still be reading this
@@ -728,7 +731,7 @@ impl Engine {
     /// Why: at batch 1 a step of a small model lasts tens of microseconds, and the steps that
     /// divide poorly by columns (layer norm, attention over 3 heads) or wait for a thread the
     /// pool had put to sleep left ViT-Ti at ~83 % of twice its one-thread speed.
-    fn rows_rest(&self, layer: &Layer, next: Option<&Layer>, batch: usize, n: usize, ws: &mut Workspace) {
+    fn rest_split(&self, layer: &Layer, next: Option<&Layer>, batch: usize, n: usize, ws: &mut Workspace) {
         let Sizes { d, m, hd, rows, inner, eps } = self.sizes(layer, batch, n);
         let bounds = row_bounds(rows);
         let Workspace { x, xn, qkv, qkv_next, xk, kv, attn, hidden, .. } = ws;
@@ -748,8 +751,10 @@ impl Engine {
                         let src = (r / kn) * n + keep[r % kn];
                         dst.copy_from_slice(&xn[src * d..(src + 1) * d]);
                     }
-                    let bias = Epilogue::Bias(&layer.bqkv[inner..]);
-                    phase("q+kv", || matmul_packed(Mat::dense(xk, w[1] - w[0], d), &layer.wqkv, inner..3 * inner, kv, 2 * inner, Acc::Overwrite, 1, bias));
+                    let bias = Epilogue::Bias(&layer.qkv.bias[inner..]);
+                    phase("q+kv", || {
+                        matmul_packed(Mat::dense(xk, w[1] - w[0], d), &layer.qkv.weight, inner..3 * inner, kv, 2 * inner, Acc::Overwrite, 1, bias)
+                    });
                 });
                 (kv, layer.attn_layout(hd), kn)
             }
@@ -769,12 +774,14 @@ impl Engine {
             .for_each(|(((((x, xn), ao), hidden), nq), w)| {
                 let r = w[1] - w[0];
                 phase("attention", || attention_rows(q, kv, ao, shape, layout, scale, w[0]..w[1]));
-                phase("proj", || matmul_packed(Mat::dense(ao, r, inner), &layer.wproj, 0..d, x, d, Acc::Add, 1, Epilogue::None));
-                phase("layer_norm", || layer_norm_here(x, Some(&layer.bproj), &layer.ln2_w, &layer.ln2_b, eps, xn));
-                phase("fc1+gelu", || matmul_packed(Mat::dense(xn, r, d), &layer.w1, 0..m, hidden, m, Acc::Overwrite, 1, Epilogue::BiasGelu(&layer.b1)));
-                phase("fc2", || matmul_packed(Mat::dense(hidden, r, m), &layer.w2, 0..d, x, d, Acc::Add, 1, Epilogue::None));
+                phase("proj", || matmul_packed(Mat::dense(ao, r, inner), &layer.proj.weight, 0..d, x, d, Acc::Add, 1, Epilogue::None));
+                phase("layer_norm", || layer_norm_here(x, Some(&layer.proj.bias), &layer.norm2.weight, &layer.norm2.bias, eps, xn));
+                phase("fc1+gelu", || {
+                    matmul_packed(Mat::dense(xn, r, d), &layer.fc1.weight, 0..m, hidden, m, Acc::Overwrite, 1, Epilogue::BiasGelu(&layer.fc1.bias))
+                });
+                phase("fc2", || matmul_packed(Mat::dense(hidden, r, m), &layer.fc2.weight, 0..d, x, d, Acc::Add, 1, Epilogue::None));
                 if let Some(next) = next {
-                    self.front_rows(next, Some(&layer.b2), x, xn, nq);
+                    self.front_here(next, Some(&layer.fc2.bias), x, xn, nq);
                 }
             });
         if next.is_some() {
@@ -802,7 +809,16 @@ impl Engine {
             None => {
                 let qkv = ensure(qkv, rows * 3 * inner);
                 phase("qkv", || {
-                    matmul_packed(Mat::dense(xn, rows, d), &layer.wqkv, 0..3 * inner, qkv, 3 * inner, Acc::Overwrite, threads, Epilogue::Bias(&layer.bqkv))
+                    matmul_packed(
+                        Mat::dense(xn, rows, d),
+                        &layer.qkv.weight,
+                        0..3 * inner,
+                        qkv,
+                        3 * inner,
+                        Acc::Overwrite,
+                        threads,
+                        Epilogue::Bias(&layer.qkv.bias),
+                    )
                 });
                 let qkv: &'w [f32] = qkv;
                 AttnInputs { q: qkv, kv: qkv, layout: layer.attn_layout(hd), nk: n }
@@ -822,21 +838,21 @@ impl Engine {
                         vec![
                             Product {
                                 a: Mat::dense(xn, rows, d),
-                                b: &layer.wqkv,
+                                b: &layer.qkv.weight,
                                 cols: 0..inner,
                                 c: q,
                                 ldc: inner,
                                 acc: Acc::Overwrite,
-                                epi: Epilogue::Bias(&layer.bqkv[..inner]),
+                                epi: Epilogue::Bias(&layer.qkv.bias[..inner]),
                             },
                             Product {
                                 a: Mat::dense(xk, batch * kn, d),
-                                b: &layer.wqkv,
+                                b: &layer.qkv.weight,
                                 cols: inner..3 * inner,
                                 c: kv,
                                 ldc: 2 * inner,
                                 acc: Acc::Overwrite,
-                                epi: Epilogue::Bias(&layer.bqkv[inner..]),
+                                epi: Epilogue::Bias(&layer.qkv.bias[inner..]),
                             },
                         ],
                         threads,

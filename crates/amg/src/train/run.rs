@@ -15,9 +15,10 @@ use crate::engine::{Engine, Input, Want, Workspace};
 use crate::error::{Error, Result};
 use crate::eval::{eval_model, EvalOptions};
 use crate::fsutil;
+use crate::model::config::{Arch, Jpm, NeckFeat, Sie, Source};
 use crate::model::vit::{Mode, Vit};
 use crate::model::weights::init_random;
-use crate::model::{HeadConfig, HeadKind, ModelFiles};
+use crate::model::{HeadConfig, HeadKind, ModelConfig, ModelFiles};
 use crate::rng::Rng;
 use crate::tensor::{write_safetensors, HostTensor, SafetensorsFile, TensorMap};
 use candle_core::{DType, Device, Tensor};
@@ -210,6 +211,56 @@ fn recover(run: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A model to train from scratch: a preset architecture at an input size, with an LA head or
+/// TransReID's BNNeck and, for TransReID, its overlapping patches, camera embedding and jigsaw
+/// branch. The identity count and the cameras come from the training data.
+#[derive(Debug, Clone)]
+pub struct FromScratch {
+    pub arch: Arch,
+    /// Input height and width.
+    pub input: (usize, usize),
+    /// `Some` for TransReID's BNNeck head (with the feature it retrieves by), `None` for LA.
+    pub bnneck: Option<NeckFeat>,
+    /// Patch stride when the patches overlap (TransReID: `Arch::TRANSREID_STRIDE`).
+    pub stride: Option<usize>,
+    /// A side information embedding over the data's cameras, with this coefficient
+    /// (TransReID: `Sie::TRANSREID_COEFFICIENT`).
+    pub sie: Option<f32>,
+    /// TransReID's jigsaw patch module (`Jpm::transreid()`); needs the BNNeck head.
+    pub jpm: bool,
+}
+
+impl FromScratch {
+    /// The LA-Transformer model of the paper: a preset with LA's part classifiers.
+    pub fn la(arch: Arch, input: (usize, usize)) -> Self {
+        FromScratch { arch, input, bnneck: None, stride: None, sie: None, jpm: false }
+    }
+
+    /// TransReID as its released configurations have it: stride-12 patches, SIE over the cameras,
+    /// JPM, BNNeck retrieving the feature before the BatchNorm.
+    pub fn transreid(arch: Arch, input: (usize, usize)) -> Self {
+        FromScratch { arch, input, bnneck: Some(NeckFeat::Before), stride: Some(Arch::TRANSREID_STRIDE), sie: Some(Sie::TRANSREID_COEFFICIENT), jpm: true }
+    }
+
+    /// The configuration for training on `data` (its identities, and its cameras for SIE).
+    pub fn config(self, data: &Dataset) -> Result<ModelConfig> {
+        let mut arch = self.arch;
+        if self.jpm && self.bnneck.is_none() {
+            return Err(Error::invalid("the jigsaw patch module (JPM) goes with a BNNeck head (TransReID)"));
+        }
+        arch.patch_stride = self.stride.filter(|&s| s != arch.patch_size);
+        // Cameras as the dataset's file names number them (c1 is index 0).
+        arch.sie = self.sie.map(|coefficient| Sie::per_camera(data.num_cameras(), coefficient));
+        arch.jpm = self.jpm.then(Jpm::transreid);
+        let head = match self.bnneck {
+            Some(neck_feat) => HeadConfig::bnneck(data.num_classes, neck_feat),
+            None => HeadConfig::la(data.num_classes),
+        };
+        let (h, w) = self.input;
+        ModelConfig::new(arch, h, w, head, Source { format: "init".into(), ..Default::default() })
+    }
 }
 
 /// What a run starts from. (Made once per run, so the variants' sizes do not matter.)

@@ -60,7 +60,15 @@ pub struct TransReidOptions {
 
 impl Default for TransReidOptions {
     fn default() -> Self {
-        TransReidOptions { sie_coefficient: 3.0, sie_views: 1, neck_feat: NeckFeat::Before, shift: 5, groups: 2, rearrange: true }
+        let jpm = crate::model::config::Jpm::transreid();
+        TransReidOptions {
+            sie_coefficient: crate::model::config::Sie::TRANSREID_COEFFICIENT,
+            sie_views: 1,
+            neck_feat: NeckFeat::Before,
+            shift: jpm.shift,
+            groups: jpm.groups,
+            rearrange: jpm.rearrange,
+        }
     }
 }
 

@@ -64,6 +64,14 @@ fn is_one(v: &usize) -> bool {
 }
 
 impl Sie {
+    /// TransReID's `SIE_COE` in its released configurations.
+    pub const TRANSREID_COEFFICIENT: f32 = 3.0;
+
+    /// One row per camera, no viewpoints (TransReID's person Re-ID configurations).
+    pub fn per_camera(cameras: usize, coefficient: f32) -> Sie {
+        Sie { cameras, views: 1, coefficient }
+    }
+
     /// "6 cameras", or "20 cameras × 8 viewpoints".
     pub fn describe(&self) -> String {
         match self.views {
@@ -95,11 +103,22 @@ pub struct Jpm {
     pub heads: Vec<usize>,
 }
 
+impl Jpm {
+    /// TransReID's released configuration: `SHIFT_NUM` 5, `SHUFFLE_GROUP` 2, `DEVIDE_LENGTH` 4,
+    /// `RE_ARRANGE` true; every b2 head kept.
+    pub fn transreid() -> Jpm {
+        Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] }
+    }
+}
+
 fn yes() -> bool {
     true
 }
 
 impl Arch {
+    /// TransReID's patch stride in its released configurations: 16×16 patches overlapping by 4.
+    pub const TRANSREID_STRIDE: usize = 12;
+
     pub fn preset(name: &str) -> Result<Arch> {
         let (d, h) = match name {
             "tiny" => (192, 3),

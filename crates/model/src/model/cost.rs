@@ -135,8 +135,8 @@ mod tests {
         // Overlapping patches, SIE, JPM (b2 counted with its norm) and five BNNecks.
         let arch = Arch {
             patch_stride: Some(12),
-            sie: Some(Sie { cameras: 6, views: 1, coefficient: 3.0 }),
-            jpm: Some(Jpm { shift: 5, groups: 2, divide: 4, rearrange: true, heads: vec![] }),
+            sie: Some(Sie::per_camera(6, Sie::TRANSREID_COEFFICIENT)),
+            jpm: Some(Jpm::transreid()),
             ..Arch::preset("tiny").unwrap()
         };
         let c = ModelConfig::new(arch, 256, 128, HeadConfig::bnneck(9, NeckFeat::Before), Source::default()).unwrap();
