@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The whole pipeline on built-in synthetic data: benchmark, training, AMG and random pruning,
-    /// one comparison table and a plot (about 7 minutes on 2 cores; --quick about 15 seconds).
+    /// one comparison table and a plot (4–8 minutes on 2 cores; --quick about 15 seconds).
     Demo(demo::Args),
     /// Convert a timm / DeiT / LA-Transformer / AMG-reference / TransReID checkpoint into an amg model directory.
     Import(import::Args),
@@ -62,8 +62,7 @@ enum Cmd {
 
 /// candle's element-wise ops run on a pool of its own whose workers spin 25 000 times after each
 /// op before sleeping; with rayon's threads on the same cores (every product here), that spinning
-/// takes a core from the next product: a training step measured 14 % faster (median of 8 paired
-/// runs, 2 cores) with a short spin. Its size follows --threads like rayon's. The user's own
+/// takes a core from the next product, so the spin is kept short. Its size follows --threads like rayon's. The user's own
 /// settings of these variables win. Called first thing in `main`, before any thread exists.
 fn tune_candle_pool(threads: Option<usize>) {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {

@@ -118,49 +118,18 @@ pub fn run(a: Args) -> Result<()> {
     if !a.resume && a.init.is_none() && a.arch.is_none() {
         bail!("give --init MODEL_DIR, --arch tiny|small|base, or --resume");
     }
-    let options = TrainOptions {
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr.unwrap_or(5e-4),
-        optim: OptimConfig::new(a.optimizer, a.weight_decay),
-        scheduler: a.scheduler,
-        step_size: a.step_size,
-        gamma: a.gamma,
-        warmup_epochs: a.warmup_epochs,
-        label_smoothing: a.label_smoothing,
-        distill: a.distill.get(),
-        dropout: a.dropout as f32,
-        augment: if a.no_augment { None } else { Some(Augment::reid_default()) },
-        seed: a.seed,
-        eval_every: a.eval_every,
-        triplet: (a.loss == LossChoice::CeTriplet).then_some(Triplet { margin: a.triplet_margin }),
-        instances: a.instances.unwrap_or(0),
-    };
     if a.jpm && a.head != HeadChoice::Bnneck {
         bail!("--jpm: the jigsaw patch module goes with --head bnneck (TransReID)");
     }
+    let options = options(&a);
     if !a.resume {
         amg::train::run::check_options(&options, a.teacher.is_some())?;
         amg::train::run::check_new_run_dir(&a.out, a.force)?;
     }
     // The models are read (and an unknown --arch refused) before the dataset, so that their
     // errors come before the dataset's summary.
-    let init = match (&a.init, a.img_size) {
-        (Some(p), Some((h, w))) => {
-            Some(ModelFiles::load(p)?.at_input_size(h, w).map_err(|e| anyhow::anyhow!("--init {} at --img-size {h}x{w}: {e}", p.display()))?)
-        }
-        (p, _) => p.as_deref().map(ModelFiles::load).transpose()?,
-    };
+    let init = init_model(&a)?;
     let arch = if a.resume || init.is_some() { None } else { Some(Arch::preset(a.arch.as_deref().unwrap_or("tiny"))?) };
-    if let Some(m) = &init {
-        if a.loss == LossChoice::CeTriplet && m.config().head.kind != HeadKind::Bnneck {
-            bail!(
-                "--loss ce,triplet: {} has {}; the triplet loss is for BNNeck heads (TransReID)",
-                a.init.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                m.config().describe_head()
-            );
-        }
-    }
     let teacher = match &a.teacher {
         Some(t) => Some((ModelFiles::load(t)?, t.display().to_string())),
         None => None,
@@ -181,8 +150,7 @@ pub fn run(a: Args) -> Result<()> {
             sie: a.sie.then_some(a.sie_coefficient),
             jpm: a.jpm,
         };
-        let cfg = model.config(&data)?;
-        Start::Random(cfg, options)
+        Start::Random(model.config(&data)?, options)
     };
     let req = TrainRequest { data: &data, run: &a.out, start, teacher, force: a.force, progress: true };
     let existed = a.out.exists();
@@ -202,18 +170,57 @@ pub fn run(a: Args) -> Result<()> {
             "no epoch had finished; nothing to resume".into()
         }
     })?;
+    let epochs = amg::text::count(s.epochs_done, "epoch");
     match s.best {
         Some((score, epoch)) => println!(
-            "trained {}; best {} {:.2} % at epoch {epoch} → {} (last epoch → {})",
-            amg::text::count(s.epochs_done, "epoch"),
+            "trained {epochs}; best {} {:.2} % at epoch {epoch} → {} (last epoch → {})",
             s.best_by,
             100.0 * score,
             a.out.join("best").display(),
             a.out.join("last").display()
         ),
-        None => println!("trained {} → {}", amg::text::count(s.epochs_done, "epoch"), a.out.join("last").display()),
+        None => println!("trained {epochs} → {}", a.out.join("last").display()),
     }
     Ok(())
+}
+
+/// The run's options as the arguments give them.
+fn options(a: &Args) -> TrainOptions {
+    TrainOptions {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr.unwrap_or(5e-4),
+        optim: OptimConfig::new(a.optimizer, a.weight_decay),
+        scheduler: a.scheduler,
+        step_size: a.step_size,
+        gamma: a.gamma,
+        warmup_epochs: a.warmup_epochs,
+        label_smoothing: a.label_smoothing,
+        distill: a.distill.get(),
+        dropout: a.dropout as f32,
+        augment: if a.no_augment { None } else { Some(Augment::reid_default()) },
+        seed: a.seed,
+        eval_every: a.eval_every,
+        triplet: (a.loss == LossChoice::CeTriplet).then_some(Triplet { margin: a.triplet_margin }),
+        instances: a.instances.unwrap_or(0),
+    }
+}
+
+/// `--init`'s model, at `--img-size` when given; refused for `--loss ce,triplet` unless its head
+/// is a BNNeck.
+fn init_model(a: &Args) -> Result<Option<ModelFiles>> {
+    let init = match (&a.init, a.img_size) {
+        (Some(p), Some((h, w))) => {
+            Some(ModelFiles::load(p)?.at_input_size(h, w).map_err(|e| anyhow::anyhow!("--init {} at --img-size {h}x{w}: {e}", p.display()))?)
+        }
+        (p, _) => p.as_deref().map(ModelFiles::load).transpose()?,
+    };
+    if let (Some(m), Some(p)) = (&init, &a.init) {
+        if a.loss == LossChoice::CeTriplet && m.config().head.kind != HeadKind::Bnneck {
+            bail!("--loss ce,triplet: {} has {}; the triplet loss is for BNNeck heads (TransReID)", p.display(), m.config().describe_head());
+        }
+    }
+    Ok(init)
 }
 
 amg::choice! {

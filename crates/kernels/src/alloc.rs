@@ -4,9 +4,8 @@
 //! to tens of MB — every step. Left alone, glibc serves them from per-thread arenas, whose heaps
 //! are at most 64 MB and are mapped and unmapped as they fill and empty, and from fresh `mmap`s
 //! above its (dynamic) mmap threshold; either way the memory goes back to the kernel at the end of
-//! the step and comes back as page faults and kernel-zeroed pages in the next: measured at ~370 000
-//! faults (1.5 GB) and ~0.9 s of system time per ViT-Ti 256x128 batch-64 step on 2 cores, and still
-//! ~170 000 per ViT-S 224 batch-32 step with only the thresholds raised. So the process keeps one
+//! the step and comes back as page faults and kernel-zeroed pages in the next — hundreds of
+//! thousands of faults per training step, even with only the thresholds raised. So the process keeps one
 //! arena (every thread allocates from the main heap, which has no size limit), never maps buffers
 //! separately, and never trims: after the first step, buffers are reused and a step faults no page.
 //! The price is that the process keeps its peak heap until it exits, which suits a command-line

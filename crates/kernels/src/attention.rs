@@ -118,10 +118,9 @@ unsafe fn attend(
 
 /// Query blocks per (image, head) for `threads` threads: the fewest (each task multiplies its own
 /// copy of the keys, and a task has fixed costs) that give every thread the same number of tasks,
-/// blocks of at least 32 rows; failing that, enough for ~4 tasks per thread. Measured on ViT-Ti at
-/// batch 1 (3 heads, 2 threads, AMD EPYC), attention's time over 400 passes: 456–493 ms with 2
-/// blocks of 99 rows, 602–626 with 3 blocks of 66 (9 tasks, 5 and 4 per thread), 513 with 4;
-/// ViT-S (6 heads) over 100 passes: 217–220 ms with whole heads, 231–237 with 2 blocks.
+/// blocks of at least 32 rows; failing that, enough for ~4 tasks per thread. Splitting further to
+/// balance the threads exactly cost more than it balanced (a ViT-Ti's 3 heads on 2 threads run
+/// faster as 2 blocks per head than as 3).
 fn query_blocks(pairs: usize, n: usize, threads: usize) -> usize {
     let most = n.div_ceil(32).max(1);
     (1..=most).find(|b| (pairs * b).is_multiple_of(threads)).unwrap_or_else(|| (4 * threads).div_ceil(pairs.max(1)).clamp(1, most))

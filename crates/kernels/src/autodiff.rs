@@ -4,8 +4,7 @@
 //!
 //! Why: candle's composite layer norm, softmax and GELU run as chains of single-threaded,
 //! allocating element-wise ops forward and (worse) backward, and its matmuls on transposed or
-//! batched views copy. Measured on the 6-block toy step of tools/bench/peer_train_toy.py these
-//! made a step 5× slower than PyTorch's. Each op here is one node in candle's graph, runs on the
+//! batched views copy, which made a training step several times slower than PyTorch's. Each op here is one node in candle's graph, runs on the
 //! `kernels` (gemm with strides, vectorised parallel row kernels) and recomputes what it needs in
 //! the backward pass (layer-norm statistics) instead of storing it.
 

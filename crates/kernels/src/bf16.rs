@@ -3,14 +3,11 @@
 //!
 //! Three ways to compute them, the fastest the CPU has (`Unit`):
 //! - the AMX tile unit (Intel Sapphire Rapids and later): `tdpbf16ps`, a 16×32 by 32×16 product
-//!   into a 16×16 float32 tile, reached 555–664 billion multiply-adds per second per core in a
-//!   register-only loop on this project's Intel machines, 184–242 with its operands loaded from
-//!   cache;
+//!   into a 16×16 float32 tile, several times the float32 multiply-add rate;
 //! - AVX-512 BF16 (`vdpbf16ps`: 16 lanes, each the float32 sum of two bfloat16 products): on this
-//!   project's AMD EPYC machines (Zen 5) it runs at twice the multiply-add rate of float32 FMAs
-//!   (254 against 126 billion per second per core, register-only loops of 24 accumulators), so
-//!   bfloat16 products are worth having there; on the Intel machines it reached half the float32
-//!   rate (40 against 83), so it is used on AMD CPUs only (`unit`);
+//!   AMD CPUs (Zen 4 and later) it runs at twice the multiply-add rate of float32 FMAs, so
+//!   bfloat16 products are worth having there; on Intel CPUs it runs at half the float32 rate, so
+//!   it is used on AMD CPUs only (`unit`);
 //! - float32 products of the same bfloat16-rounded operands (CPUs with neither, ARM, and wherever
 //!   the element-wise kernels are asked to run below AVX-512, e.g. `AMG_ISA=portable`): slower
 //!   than plain float32, but the same results up to the order of the float32 additions.
@@ -189,8 +186,7 @@ impl Unit {
 /// The unit `matmul_bf16` uses: AMX where the process can use it; else AVX-512 BF16 on AMD CPUs,
 /// where `vdpbf16ps` runs at twice the float32 multiply-add rate; else the float32 emulation —
 /// also on Intel CPUs that have AVX-512 BF16 without AMX (or without the kernel's permission to use
-/// it), where `vdpbf16ps` reached half the float32 rate on this project's Xeon, slower than the
-/// emulation. Both hardware units need the element-wise kernels at AVX-512 (so `AMG_ISA=avx2` or
+/// it), where `vdpbf16ps` runs at half the float32 rate, slower than the emulation. Both hardware units need the element-wise kernels at AVX-512 (so `AMG_ISA=avx2` or
 /// `portable` turns them off too). Decided once per process (the vendor check is a CPUID, which
 /// a virtual machine may trap: not something to run on every product).
 pub fn unit() -> Unit {
@@ -421,10 +417,9 @@ mod amx {
 /// time (16 accumulators, two B registers).
 ///
 /// Each 32 values of k are summed from zero and then added to the running totals, rather than
-/// accumulated in one chain over the whole of k: on this project's AMD EPYC (Zen 5) the long chain
-/// drifted from the float64 product of the same bfloat16 operands (k = 3072: 2.4e-6 relative at
-/// worst, 1.4e-6 on average and of one sign, against 3.6e-7 for the float32 emulation), enough to
-/// move whole-model features 7e-5 from the emulation's; in chains of 16 steps it stays at 5.4e-7.
+/// accumulated in one chain over the whole of k: the long chain drifts from the float64 product of
+/// the same bfloat16 operands, by one sign, several times as far as the float32 emulation does
+/// (enough to move whole-model features visibly); short chains stay as close as the emulation.
 #[cfg(target_arch = "x86_64")]
 mod dot {
     use std::arch::x86_64::*;

@@ -5,8 +5,7 @@
 //! Why one op: candle's backward pass gives every input of every node a zero tensor of its size and
 //! adds the node's gradient into it (a memset and a single-threaded add), and every node allocates
 //! its output. With the block as ~12 nodes that was ~10 activation-sized zero-and-add passes per
-//! block and step (measured: memset and candle's element-wise add together ~15 % of a ViT-Ti
-//! 256x128 training step). Here the block's intermediate results are kept by the op itself, its
+//! block and step, a large share of a training step. Here the block's intermediate results are kept by the op itself, its
 //! gradients are written once, and the residual sums are in-place parallel adds. The kernels are the
 //! ones the rest of amg uses (gemm, layer norm, attention, GELU: `rows`, `attention`, `autodiff`'s
 //! slice-level functions), so the results are those of per-layer ops up to float summation order.
@@ -99,8 +98,7 @@ struct Grads {
 ///
 /// Why not through candle: the parameters reach the op packed into one tensor, and candle would
 /// hand each parameter its slice of that gradient by zeroing a buffer and adding into it, twice
-/// (the concatenation, then the flattening of each weight) — measured ~10 ms of a ViT-Ti 128x64
-/// batch-32 training step. The model instead gives each parameter a view of its slice
+/// (the concatenation, then the flattening of each weight). The model instead gives each parameter a view of its slice
 /// (`model::vit::Vit::backward`).
 #[derive(Default)]
 pub struct ParamGrads(Mutex<Option<Vec<f32>>>);

@@ -183,11 +183,8 @@ impl Strides {
 /// product into its own packed layout (it does so by default whenever the product has more than
 /// 8 × 6 rows). The inference engine's weights are stored as 64-column row-major panels
 /// (`packed.rs`), which is already the layout the crate's AVX-512 kernel reads, so that copy only
-/// streamed every panel twice per call: 9 % of a ViT-Ti batch-1 pass was spent in it (`perf`).
-/// Read in place, alternating runs on the AMD EPYC: ViT-Ti batch 1 125–128 → 132–135 img/s (6 of
-/// 7 pairs), ViT-B batch 1 10.9–11.5 → 11.9–12.2 (3 of 3); batch 16 and the training steps
-/// (whose products are multi-threaded or strided, and still packed) unchanged within the noise.
-/// Only the copy changes, not the arithmetic: results are identical.
+/// streamed every panel twice per call (a visible share of a batch-1 pass under `perf`). Only
+/// the copy changes, not the arithmetic: results are identical.
 #[cfg(target_arch = "x86_64")]
 fn read_panels_in_place() {
     static ONCE: std::sync::Once = std::sync::Once::new();

@@ -2,11 +2,10 @@
 //! 64-column panels (each k×64, contiguous).
 //!
 //! Why: at batch 1 a ViT's products have ~200 rows. The `gemm` crate then spends a sizeable share
-//! of each call (~13 % of a ViT-S forward pass, measured with `perf`) re-packing the row-major
+//! of each call re-packing the row-major
 //! weight, and its own split of the work between threads leaves cores idle. Here each thread takes
 //! a contiguous run of panels and multiplies all rows by each panel with a single-threaded `gemm`
-//! call, whose operand is already laid out the way its kernel reads it: measured 3–10 % faster
-//! than the row-major product on ViT-S/B shapes at 197 rows (2 threads). Batches use the panels too
+//! call, whose operand is already laid out the way its kernel reads it. Batches use the panels too
 //! on x86_64; elsewhere, where the crate copies each panel per call, products of many rows take
 //! the general product on a rebuilt row-major weight (see `LARGE_M`).
 
@@ -21,8 +20,7 @@ use std::ops::Range;
 const NR: usize = 64;
 /// Above this many rows `matmul_packed` rebuilds the row-major weight and calls the general gemm.
 /// Not on x86_64, where the gemm crate reads the panels in place (`gemm::read_panels_in_place`):
-/// there the panels were faster at every batch size (AMD EPYC, alternating runs at batch 16:
-/// ViT-Ti 3 of 3 and ViT-S and ViT-B 5 of 6 pairs faster, by ~1–9 %). Elsewhere the crate copies
+/// there the panels were faster at every batch size. Elsewhere the crate copies
 /// each panel on every call of more than 48 rows, and above 512 rows the general product won.
 const LARGE_M: Option<usize> = if cfg!(target_arch = "x86_64") { None } else { Some(512) };
 
@@ -220,11 +218,8 @@ fn split<'a>(p: Product<'a>, threads: usize, share: bool, groups: &mut Vec<Vec<T
 /// At most this many result values of a task (256 KiB) are computed before the epilogue (bias,
 /// GELU, see `run_rows`) has run over them, so that the product's operands and results stay in the
 /// core's L2 cache between the two: a batch's rows are taken in chunks of at least
-/// `EPILOGUE_ROWS`. Measured at batch 16 on a 2-core AMD EPYC (Zen 4), four alternating profiles
-/// per model (`AMG_PROFILE=1 amg bench --arch … --batch-size 16`; the machine's speed moved by
-/// ±20 % between them, so within-run ratios): fc1 with its GELU took 1.29–1.33× fc2's time
-/// without chunks and 1.15–1.19× with them (ViT-Ti), 1.17–1.33× against 1.00–1.05× (ViT-S). A
-/// batch-1 product (197 rows) stays whole: splitting it made fc1 slower relative to fc2.
+/// `EPILOGUE_ROWS` (at batch 16 this brought fc1 with its GELU close to fc2's time, profiled with
+/// `AMG_PROFILE=1`). A batch-1 product (197 rows) stays whole: splitting it made fc1 slower.
 const EPILOGUE_BLOCK: usize = 64 * 1024;
 /// The fewest rows per chunk (see `EPILOGUE_BLOCK`).
 const EPILOGUE_ROWS: usize = 192;
@@ -243,11 +238,8 @@ fn run(t: &Task) {
 
 /// Rows `rows` of a task: each panel's product, then at once its epilogue (bias, GELU) over the
 /// block just written (rows × at most 64 columns), while that is still in the core's nearest
-/// caches. Measured on a 2-core AMD EPYC (Zen 4), 2 threads, best of 5×(3–300) calls of each
-/// form: the epilogue over all of a task's columns after all its panels made a ViT-Ti fc1
-/// (197×192 by 192×768) with bias and GELU take 355–370 µs, after each panel 318 µs (the product
-/// alone: 260 µs); with bias only, 303–308 against 269; at batch 16 (3152 rows) 5846 against 5484
-/// µs, ViT-S fc1 21.2 against 19.9 ms. Single-threaded, the bias alone costs ~0.07 ns per value.
+/// caches, rather than over all of a task's columns after all its panels (which was slower at
+/// both batch sizes, docs/performance.md).
 fn run_rows(t: &Task, rows: Range<usize>) {
     let (r0, r1, k) = (rows.start, rows.end, t.a.cols);
     for pn in t.panels {

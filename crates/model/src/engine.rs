@@ -3,9 +3,8 @@
 //! queries and the residual stream keep all N tokens; K and V are computed only from the kept
 //! tokens). Built from the model's typed parameters (`model::params`), one struct per block.
 //!
-//! Why not candle ops here: measured on this project's 2-core AVX-512 machines, a straightforward
-//! candle ViT forward reached 0.38–0.45× ONNX Runtime, its element-wise ops being single-threaded
-//! and its batched small matmuls slow. Calling the same `gemm` crate directly with fused, parallel
+//! Why not candle ops here: a straightforward candle ViT forward ran at well under half ONNX
+//! Runtime's speed, its element-wise ops being single-threaded and its batched small matmuls slow. Calling the same `gemm` crate directly with fused, parallel
 //! element-wise kernels removes that overhead. Training uses candle (autodiff); tests hold both to
 //! timm and to each other.
 
@@ -468,8 +467,7 @@ impl Engine {
     /// meet at every step; a thread that finishes first helps with the other's steps (rayon
     /// steals them). Each image's results are the same, bit for bit, whatever the other images of
     /// the batch. Each image takes the step-by-step pass, not `rest_split`: on its one thread, a
-    /// split by rows would only cut its products into shorter ones (ViT-S at batch 16, alternating
-    /// runs on the Zen 4 EPYC: 20.5 against 21.4 img/s, best of 5).
+    /// split by rows would only cut its products into shorter ones, which was slower.
     fn run_split(&self, input: Input, ws: &mut Workspace, want: Want, threads: usize) -> Result<Outputs> {
         // Checked once up front (and each image again as a batch of one). A model without SIE
         // ignores cameras, whatever their count: an image past the end of the list gets none.
@@ -730,7 +728,7 @@ impl Engine {
     /// and values. Each thread's steps are single-threaded calls of the same kernels.
     /// Why: at batch 1 a step of a small model lasts tens of microseconds, and the steps that
     /// divide poorly by columns (layer norm, attention over 3 heads) or wait for a thread the
-    /// pool had put to sleep left ViT-Ti at ~83 % of twice its one-thread speed.
+    /// pool had put to sleep left two threads well short of twice one thread's speed.
     fn rest_split(&self, layer: &Layer, next: Option<&Layer>, batch: usize, n: usize, ws: &mut Workspace) {
         let Sizes { d, m, hd, rows, inner, eps } = self.sizes(layer, batch, n);
         let bounds = row_bounds(rows);

@@ -225,43 +225,80 @@ pub struct Pose {
     pub swing: f32,
 }
 
-/// Draws `p` with the top of the head at `top`, horizontally centred on `cx`, `height` pixels tall.
-pub fn draw(c: &mut Canvas, p: &Person, pose: Pose, cx: f32, top: f32, height: f32) {
-    let u = height * p.stature;
-    let y = |f: f32| top + f * u;
-    let side = pose.view == View::Side;
-    let (front, back) = (pose.view == View::Front, pose.view == View::Back);
-    let ws = if side { 0.075 } else { 0.13 * p.build } * u;
-    let wh = if side { 0.07 } else { 0.10 * p.build } * u;
-    let (ys, yh, yf) = (y(0.17), y(0.5), y(0.985));
-    let sw = pose.swing * pose.phase.sin();
+/// The body's proportions, as fractions of the person's height `u` (`height × stature`) measured
+/// from the top of the head; widths are half-widths, scaled by `build` in front and back views.
+mod body {
+    /// Heights of the shoulders, the hips and the soles.
+    pub const SHOULDER_Y: f32 = 0.17;
+    pub const HIP_Y: f32 = 0.5;
+    pub const FOOT_Y: f32 = 0.985;
+    /// Shoulder and hip half-widths in front/back view (times `build`) and in side view.
+    pub const SHOULDER_HALF: f32 = 0.13;
+    pub const SHOULDER_HALF_SIDE: f32 = 0.075;
+    pub const HIP_HALF: f32 = 0.10;
+    pub const HIP_HALF_SIDE: f32 = 0.07;
+    /// Leg: the hip joints' offset from the centre line (front/back, times `build`; side), the
+    /// thigh's radius, and how much of the stride a front/back view shows.
+    pub const HIP_JOINT: f32 = 0.05;
+    pub const HIP_JOINT_SIDE: f32 = 0.01;
+    pub const LEG_RADIUS: f32 = 0.038;
+    pub const LEG_SWING_FRONT: f32 = 0.15;
+    /// Arm: its length (shoulder to hand), the upper arm's radius, and how much of the swing shows.
+    pub const ARM_LENGTH: f32 = 0.34;
+    pub const ARM_RADIUS: f32 = 0.029;
+    pub const ARM_SWING_SIDE: f32 = 0.9;
+    pub const ARM_SWING_FRONT: f32 = 0.1;
+    /// Head: its centre's height and its half-width (front/back, side) and half-height; the neck's
+    /// top and half-width.
+    pub const HEAD_Y: f32 = 0.075;
+    pub const HEAD_HALF: f32 = 0.055;
+    pub const HEAD_HALF_SIDE: f32 = 0.05;
+    pub const HEAD_HALF_HEIGHT: f32 = 0.066;
+    pub const NECK_TOP_Y: f32 = 0.125;
+    pub const NECK_HALF: f32 = 0.025;
+    /// Where a skirt ends.
+    pub const SKIRT_HEM_Y: f32 = 0.72;
+}
 
-    // Clothing texture in body coordinates, so it moves and scales with the person.
-    let top_tex = |x: f32, yy: f32| -> Rgb {
-        let (bx, by) = ((x - cx) / u, (yy - top) / u);
+/// Where a person stands and how: the frame every body part is drawn in.
+struct Figure<'a> {
+    p: &'a Person,
+    /// Horizontal centre, top of the head, and the person's height in pixels.
+    cx: f32,
+    top: f32,
+    u: f32,
+    side: bool,
+    front: bool,
+    back: bool,
+    /// Shoulder and hip half-widths, in pixels.
+    shoulder: f32,
+    hip: f32,
+    /// Heights of the shoulders, hips and soles, in pixels.
+    ys: f32,
+    yh: f32,
+    yf: f32,
+    /// The limbs' swing this instant, in radians.
+    swing: f32,
+}
+
+type Limb = ((f32, f32), (f32, f32), (f32, f32));
+
+impl Figure<'_> {
+    fn y(&self, f: f32) -> f32 {
+        self.top + f * self.u
+    }
+
+    /// The top's colour at a pixel, its pattern in body coordinates (so it moves and scales with
+    /// the person).
+    fn top_colour(&self, x: f32, yy: f32) -> Rgb {
+        let p = self.p;
+        let (bx, by) = ((x - self.cx) / self.u, (yy - self.top) / self.u);
+        let first = |cell: i32| if cell.rem_euclid(2) == 0 { p.top } else { p.top2 };
         match p.pattern {
             Pattern::Plain | Pattern::Logo { .. } => p.top,
-            Pattern::HStripes { period } => {
-                if ((by / period).floor() as i32).rem_euclid(2) == 0 {
-                    p.top
-                } else {
-                    p.top2
-                }
-            }
-            Pattern::VStripes { period } => {
-                if ((bx / period).floor() as i32).rem_euclid(2) == 0 {
-                    p.top
-                } else {
-                    p.top2
-                }
-            }
-            Pattern::Checker { period } => {
-                if ((bx / period).floor() as i32 + (by / period).floor() as i32).rem_euclid(2) == 0 {
-                    p.top
-                } else {
-                    p.top2
-                }
-            }
+            Pattern::HStripes { period } => first((by / period).floor() as i32),
+            Pattern::VStripes { period } => first((bx / period).floor() as i32),
+            Pattern::Checker { period } => first((bx / period).floor() as i32 + (by / period).floor() as i32),
             Pattern::TwoTone => {
                 if by < 0.33 {
                     p.top
@@ -270,24 +307,24 @@ pub fn draw(c: &mut Canvas, p: &Person, pose: Pose, cx: f32, top: f32, height: f
                 }
             }
         }
-    };
-    let top_paint = Paint::Texture(&top_tex);
-    let sleeve = Paint::Solid(p.jacket.unwrap_or(p.top));
-    let skin = Paint::Solid(p.skin);
-    let bottom = Paint::Solid(p.bottom);
-    let shoes = Paint::Solid(p.shoes);
+    }
 
-    // Legs: hip joints, knees, feet. In front/back views the swing shows as a small spread.
-    let leg = |dir: f32, phase_sign: f32| -> ((f32, f32), (f32, f32), (f32, f32)) {
-        let hip = (cx + dir * if side { 0.01 * u } else { 0.05 * u * p.build }, yh);
-        let ang = phase_sign * sw * if side { 1.0 } else { 0.15 };
-        let len = yf - yh;
+    /// A leg's hip joint, knee and foot; `dir` the side (−1 left, 1 right), `phase_sign` which way
+    /// it swings. In front/back views the swing shows as a small spread.
+    fn leg(&self, dir: f32, phase_sign: f32) -> Limb {
+        let (u, side) = (self.u, self.side);
+        let hip = (self.cx + dir * if side { body::HIP_JOINT_SIDE * u } else { body::HIP_JOINT * u * self.p.build }, self.yh);
+        let ang = phase_sign * self.swing * if side { 1.0 } else { body::LEG_SWING_FRONT };
+        let len = self.yf - self.yh;
         let knee = (hip.0 + (len * 0.5) * ang.sin() + dir * if side { 0.0 } else { 0.005 * u }, hip.1 + len * 0.5 * ang.cos());
         let foot = (knee.0 + (len * 0.5) * (ang * 0.6).sin(), knee.1 + len * 0.5 * (ang * 0.6).cos());
         (hip, knee, foot)
-    };
-    let lr = 0.038 * u;
-    let draw_leg = |c: &mut Canvas, (hip, knee, foot): ((f32, f32), (f32, f32), (f32, f32))| {
+    }
+
+    fn draw_leg(&self, c: &mut Canvas, (hip, knee, foot): Limb) {
+        let (p, u, side) = (self.p, self.u, self.side);
+        let (bottom, skin) = (Paint::Solid(p.bottom), Paint::Solid(p.skin));
+        let lr = body::LEG_RADIUS * u;
         match p.bottom_kind {
             Bottom::Trousers => {
                 c.capsule(hip, knee, lr, &bottom);
@@ -305,122 +342,162 @@ pub fn draw(c: &mut Canvas, p: &Person, pose: Pose, cx: f32, top: f32, height: f
             }
         }
         let fl = if side { 0.05 * u } else { 0.03 * u };
-        c.ellipse(foot.0 + if side { 0.015 * u } else { 0.0 }, foot.1 - 0.005 * u, fl, 0.018 * u, &shoes);
-    };
-    let (l1, l2) = (leg(-1.0, 1.0), leg(1.0, -1.0));
-    draw_leg(c, l1);
-    draw_leg(c, l2);
-    if p.bottom_kind == Bottom::Skirt {
-        let kw = wh * 1.5;
-        c.polygon(&[(cx - wh, yh - 0.03 * u), (cx + wh, yh - 0.03 * u), (cx + kw, y(0.72)), (cx - kw, y(0.72))], &bottom);
-    } else {
-        // Pelvis.
-        c.polygon(&[(cx - wh, yh - 0.04 * u), (cx + wh, yh - 0.04 * u), (cx + wh * 0.9, yh + 0.05 * u), (cx - wh * 0.9, yh + 0.05 * u)], &bottom);
+        c.ellipse(foot.0 + if side { 0.015 * u } else { 0.0 }, foot.1 - 0.005 * u, fl, 0.018 * u, &Paint::Solid(p.shoes));
     }
 
-    // Arms: shoulder, elbow, hand.
-    let arm = |dir: f32, phase_sign: f32| -> ((f32, f32), (f32, f32), (f32, f32)) {
-        let sh = (cx + dir * if side { 0.0 } else { ws * 0.88 }, ys + 0.025 * u);
-        let ang = -phase_sign * sw * if side { 0.9 } else { 0.1 } + if side { 0.0 } else { dir * 0.12 };
-        let len = 0.34 * u;
+    /// Both legs, then the skirt or the pelvis over them.
+    fn draw_legs(&self, c: &mut Canvas) {
+        let (cx, u, wh, yh) = (self.cx, self.u, self.hip, self.yh);
+        self.draw_leg(c, self.leg(-1.0, 1.0));
+        self.draw_leg(c, self.leg(1.0, -1.0));
+        let bottom = Paint::Solid(self.p.bottom);
+        if self.p.bottom_kind == Bottom::Skirt {
+            let kw = wh * 1.5;
+            let hem = self.y(body::SKIRT_HEM_Y);
+            c.polygon(&[(cx - wh, yh - 0.03 * u), (cx + wh, yh - 0.03 * u), (cx + kw, hem), (cx - kw, hem)], &bottom);
+        } else {
+            c.polygon(&[(cx - wh, yh - 0.04 * u), (cx + wh, yh - 0.04 * u), (cx + wh * 0.9, yh + 0.05 * u), (cx - wh * 0.9, yh + 0.05 * u)], &bottom);
+        }
+    }
+
+    /// An arm's shoulder, elbow and hand (`dir` and `phase_sign` as for `leg`).
+    fn arm(&self, dir: f32, phase_sign: f32) -> Limb {
+        let (u, side, sw) = (self.u, self.side, self.swing);
+        let sh = (self.cx + dir * if side { 0.0 } else { self.shoulder * 0.88 }, self.ys + 0.025 * u);
+        let ang = -phase_sign * sw * if side { body::ARM_SWING_SIDE } else { body::ARM_SWING_FRONT } + if side { 0.0 } else { dir * 0.12 };
+        let len = body::ARM_LENGTH * u;
         let el = (sh.0 + len * 0.5 * ang.sin(), sh.1 + len * 0.5 * ang.cos());
         let ang2 = ang + if side { 0.25 * sw.abs() } else { 0.0 };
         let hand = (el.0 + len * 0.5 * ang2.sin(), el.1 + len * 0.5 * ang2.cos());
         (sh, el, hand)
-    };
-    let ar = 0.029 * u;
-    let draw_arm = |c: &mut Canvas, (sh, el, hand): ((f32, f32), (f32, f32), (f32, f32))| {
+    }
+
+    fn draw_arm(&self, c: &mut Canvas, (sh, el, hand): Limb) {
+        let p = self.p;
+        let ar = body::ARM_RADIUS * self.u;
+        let (sleeve, skin) = (Paint::Solid(p.jacket.unwrap_or(p.top)), Paint::Solid(p.skin));
         c.capsule(el, hand, ar * 0.85, if p.long_sleeves { &sleeve } else { &skin });
         c.capsule(sh, el, ar, &sleeve);
         c.ellipse(hand.0, hand.1, ar * 0.9, ar, &skin);
-    };
-    let (a_far, a_near) = (arm(-1.0, 1.0), arm(1.0, -1.0));
+    }
 
-    // Bag behind the body (backpack seen from the front or side).
-    if let Bag::Backpack(col) = p.bag {
-        if side {
-            c.rect(cx - ws - 0.07 * u, ys + 0.02 * u, cx - ws + 0.02 * u, ys + 0.27 * u, &Paint::Solid(col));
-        }
-    }
-    if side {
-        draw_arm(c, a_far);
-    }
-    // Torso.
-    let torso = [(cx - ws, ys), (cx + ws, ys), (cx + wh, yh), (cx - wh, yh)];
-    c.polygon(&torso, &top_paint);
-    if let Some(j) = p.jacket {
-        let jp = Paint::Solid(j);
-        let f = if side { 0.6 } else { 0.35 };
-        c.polygon(&[(cx - ws, ys), (cx - ws + f * ws, ys), (cx - wh + f * wh, yh), (cx - wh, yh)], &jp);
-        if !side {
-            c.polygon(&[(cx + ws - f * ws, ys), (cx + ws, ys), (cx + wh, yh), (cx + wh - f * wh, yh)], &jp);
-        }
-    }
-    if let (Pattern::Logo { shape }, true) = (p.pattern, front) {
-        let (lx, ly, r) = (cx, ys + 0.11 * u, 0.045 * u);
-        let lp = Paint::Solid(p.top2);
-        match shape {
-            0 => c.ellipse(lx, ly, r, r, &lp),
-            1 => c.rect(lx - r, ly - r, lx + r, ly + r, &lp),
-            _ => c.polygon(&[(lx, ly - r), (lx + r, ly + r), (lx - r, ly + r)], &lp),
-        }
-    }
-    match p.bag {
-        Bag::Backpack(col) if back => c.rect(cx - ws * 0.75, ys + 0.03 * u, cx + ws * 0.75, ys + 0.27 * u, &Paint::Solid(col)),
-        Bag::Backpack(col) if front => {
-            let s = Paint::Solid(scale(col, 0.8));
-            c.rect(cx - ws * 0.65, ys, cx - ws * 0.45, yh - 0.1 * u, &s);
-            c.rect(cx + ws * 0.45, ys, cx + ws * 0.65, yh - 0.1 * u, &s);
-        }
-        Bag::Shoulder(col, s) => {
-            let d = if back { -s } else { s };
-            c.capsule((cx - d * ws * 0.8, ys + 0.01 * u), (cx + d * wh * 1.1, yh - 0.02 * u), 0.012 * u, &Paint::Solid(scale(col, 0.7)));
-            if !side || d > 0.0 {
-                c.rect(cx + d * wh * 1.1 - 0.06 * u, yh - 0.05 * u, cx + d * wh * 1.1 + 0.06 * u, yh + 0.07 * u, &Paint::Solid(col));
+    /// The torso with its jacket, chest logo and whatever bag is in front of it.
+    fn draw_torso(&self, c: &mut Canvas) {
+        let (p, cx, u, side) = (self.p, self.cx, self.u, self.side);
+        let (ws, wh, ys, yh) = (self.shoulder, self.hip, self.ys, self.yh);
+        let top_tex = |x: f32, yy: f32| self.top_colour(x, yy);
+        c.polygon(&[(cx - ws, ys), (cx + ws, ys), (cx + wh, yh), (cx - wh, yh)], &Paint::Texture(&top_tex));
+        if let Some(j) = p.jacket {
+            let jp = Paint::Solid(j);
+            let f = if side { 0.6 } else { 0.35 };
+            c.polygon(&[(cx - ws, ys), (cx - ws + f * ws, ys), (cx - wh + f * wh, yh), (cx - wh, yh)], &jp);
+            if !side {
+                c.polygon(&[(cx + ws - f * ws, ys), (cx + ws, ys), (cx + wh, yh), (cx + wh - f * wh, yh)], &jp);
             }
         }
-        _ => {}
+        if let (Pattern::Logo { shape }, true) = (p.pattern, self.front) {
+            let (lx, ly, r) = (cx, ys + 0.11 * u, 0.045 * u);
+            let lp = Paint::Solid(p.top2);
+            match shape {
+                0 => c.ellipse(lx, ly, r, r, &lp),
+                1 => c.rect(lx - r, ly - r, lx + r, ly + r, &lp),
+                _ => c.polygon(&[(lx, ly - r), (lx + r, ly + r), (lx - r, ly + r)], &lp),
+            }
+        }
+        match p.bag {
+            Bag::Backpack(col) if self.back => c.rect(cx - ws * 0.75, ys + 0.03 * u, cx + ws * 0.75, ys + 0.27 * u, &Paint::Solid(col)),
+            Bag::Backpack(col) if self.front => {
+                // The straps.
+                let s = Paint::Solid(scale(col, 0.8));
+                c.rect(cx - ws * 0.65, ys, cx - ws * 0.45, yh - 0.1 * u, &s);
+                c.rect(cx + ws * 0.45, ys, cx + ws * 0.65, yh - 0.1 * u, &s);
+            }
+            Bag::Shoulder(col, s) => {
+                let d = if self.back { -s } else { s };
+                c.capsule((cx - d * ws * 0.8, ys + 0.01 * u), (cx + d * wh * 1.1, yh - 0.02 * u), 0.012 * u, &Paint::Solid(scale(col, 0.7)));
+                if !side || d > 0.0 {
+                    c.rect(cx + d * wh * 1.1 - 0.06 * u, yh - 0.05 * u, cx + d * wh * 1.1 + 0.06 * u, yh + 0.07 * u, &Paint::Solid(col));
+                }
+            }
+            _ => {}
+        }
     }
+
+    /// Neck, head, hair or cap.
+    fn draw_head(&self, c: &mut Canvas) {
+        let (p, cx, u, side, back) = (self.p, self.cx, self.u, self.side, self.back);
+        let skin = Paint::Solid(p.skin);
+        c.rect(cx - body::NECK_HALF * u, self.y(body::NECK_TOP_Y), cx + body::NECK_HALF * u, self.ys + 0.01 * u, &skin);
+        let (hx, hy) = (cx + if side { 0.01 * u } else { 0.0 }, self.y(body::HEAD_Y));
+        let (hrx, hry) = (if side { body::HEAD_HALF_SIDE } else { body::HEAD_HALF } * u, body::HEAD_HALF_HEIGHT * u);
+        let hair = Paint::Solid(p.hair_color);
+        if p.hair == Hair::Long {
+            // Long hair falls behind the shoulders.
+            let bx = if side { hx - 0.03 * u } else { hx };
+            c.rect(bx - hrx, hy, bx + hrx * if side { 0.4 } else { 1.0 }, self.ys + 0.08 * u, &hair);
+        }
+        c.ellipse(hx, hy, hrx, hry, if back { &hair } else { &skin });
+        match p.hair {
+            Hair::Cap(col) => {
+                let cp = Paint::Solid(col);
+                c.ellipse(hx, hy - 0.02 * u, hrx * 1.05, hry * 0.75, &cp);
+                let brim = if side { (hx, hx + hrx * 1.6) } else { (hx - hrx * 1.1, hx + hrx * 1.1) };
+                if !back {
+                    c.rect(brim.0, hy - 0.015 * u, brim.1, hy + 0.0, &cp);
+                }
+            }
+            _ if !back => {
+                // Hair on top (and at the back of the head in side view).
+                c.polygon(
+                    &[(hx - hrx, hy), (hx - hrx * 0.9, hy - hry * 0.7), (hx, hy - hry * 1.05), (hx + hrx * 0.9, hy - hry * 0.7), (hx + hrx, hy - hry * 0.15)],
+                    &hair,
+                );
+                if side {
+                    c.ellipse(hx - hrx * 0.5, hy, hrx * 0.55, hry * 0.9, &hair);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Draws `p` with the top of the head at `top`, horizontally centred on `cx`, `height` pixels tall,
+/// back to front: legs, the far arm and a backpack seen from the side, torso, arms, a handbag,
+/// head.
+pub fn draw(c: &mut Canvas, p: &Person, pose: Pose, cx: f32, top: f32, height: f32) {
+    let u = height * p.stature;
+    let side = pose.view == View::Side;
+    let f = Figure {
+        p,
+        cx,
+        top,
+        u,
+        side,
+        front: pose.view == View::Front,
+        back: pose.view == View::Back,
+        shoulder: if side { body::SHOULDER_HALF_SIDE } else { body::SHOULDER_HALF * p.build } * u,
+        hip: if side { body::HIP_HALF_SIDE } else { body::HIP_HALF * p.build } * u,
+        ys: top + body::SHOULDER_Y * u,
+        yh: top + body::HIP_Y * u,
+        yf: top + body::FOOT_Y * u,
+        swing: pose.swing * pose.phase.sin(),
+    };
+    f.draw_legs(c);
+    let (far, near) = (f.arm(-1.0, 1.0), f.arm(1.0, -1.0));
     if side {
-        draw_arm(c, a_near);
-    } else {
-        draw_arm(c, a_far);
-        draw_arm(c, a_near);
+        if let Bag::Backpack(col) = p.bag {
+            c.rect(cx - f.shoulder - 0.07 * u, f.ys + 0.02 * u, cx - f.shoulder + 0.02 * u, f.ys + 0.27 * u, &Paint::Solid(col));
+        }
+        f.draw_arm(c, far);
     }
+    f.draw_torso(c);
+    if !side {
+        f.draw_arm(c, far);
+    }
+    f.draw_arm(c, near);
     if let Bag::Handbag(col) = p.bag {
-        let (_, _, hand) = a_near;
+        let (_, _, hand) = near;
         c.rect(hand.0 - 0.04 * u, hand.1, hand.0 + 0.04 * u, hand.1 + 0.09 * u, &Paint::Solid(col));
     }
-
-    // Neck and head.
-    c.rect(cx - 0.025 * u, y(0.125), cx + 0.025 * u, ys + 0.01 * u, &skin);
-    let (hx, hy, hrx, hry) = (cx + if side { 0.01 * u } else { 0.0 }, y(0.075), if side { 0.05 } else { 0.055 } * u, 0.066 * u);
-    let hair = Paint::Solid(p.hair_color);
-    if p.hair == Hair::Long {
-        // Long hair falls behind the shoulders.
-        let bx = if side { hx - 0.03 * u } else { hx };
-        c.rect(bx - hrx, hy, bx + hrx * if side { 0.4 } else { 1.0 }, ys + 0.08 * u, &hair);
-    }
-    c.ellipse(hx, hy, hrx, hry, if back { &hair } else { &skin });
-    match p.hair {
-        Hair::Cap(col) => {
-            let cp = Paint::Solid(col);
-            c.ellipse(hx, hy - 0.02 * u, hrx * 1.05, hry * 0.75, &cp);
-            let brim = if side { (hx, hx + hrx * 1.6) } else { (hx - hrx * 1.1, hx + hrx * 1.1) };
-            if !back {
-                c.rect(brim.0, hy - 0.015 * u, brim.1, hy + 0.0, &cp);
-            }
-        }
-        _ if !back => {
-            // Hair on top (and at the back of the head in side view).
-            c.polygon(
-                &[(hx - hrx, hy), (hx - hrx * 0.9, hy - hry * 0.7), (hx, hy - hry * 1.05), (hx + hrx * 0.9, hy - hry * 0.7), (hx + hrx, hy - hry * 0.15)],
-                &hair,
-            );
-            if side {
-                c.ellipse(hx - hrx * 0.5, hy, hrx * 0.55, hry * 0.9, &hair);
-            }
-        }
-        _ => {}
-    }
+    f.draw_head(c);
 }

@@ -271,8 +271,8 @@ impl<'a> Builder<'a> {
 
     /// `x·Wᵀ + b` on rows `x` `[rows, in]`; the weight is stored transposed (`[in, out]`). A bias-free
     /// Gemm, then Add: ONNX Runtime fuses a 2-D MatMul + Add into a Gemm whose bias is copied into
-    /// the output first, which at batch 16 ran about 10 % slower here than Gemm, then Add (and the
-    /// Add before a GELU becomes one BiasGelu kernel).
+    /// the output first, which ran slower than Gemm, then Add (and the Add before a GELU becomes
+    /// one BiasGelu kernel).
     fn linear(&mut self, name: &str, x: &str, w: &HostTensor, bias: Option<&HostTensor>) -> String {
         let wt = self.init(&format!("{name}.weight_t"), &[w.shape[1], w.shape[0]], transpose(w));
         let y = self.node("Gemm", name, &[x, &wt], vec![]);

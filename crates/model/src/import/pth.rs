@@ -375,274 +375,331 @@ impl<'a> Machine<'a> {
                     self.u8()?; // the protocol number
                 }
                 op::FRAME => {
-                    self.len64()?; // FRAME: a hint only
+                    self.len64()?; // a hint only
                 }
                 op::STOP => {
                     let root = self.pop()?;
                     return Ok((root, std::mem::take(&mut self.mutables)));
                 }
                 op::MARK => self.marks.push(self.stack.len()),
-                op::NONE => self.push(Value::None)?,
-                op::NEWTRUE => self.push(Value::Bool(true))?,
-                op::NEWFALSE => self.push(Value::Bool(false))?,
-                op::BININT => {
-                    let v = i32::from_le_bytes(self.array()?);
-                    self.push(Value::Int(v.into()))?
-                }
-                op::BININT1 => {
-                    let v = self.u8()?;
-                    self.push(Value::Int(v.into()))?
-                }
-                op::BININT2 => {
-                    let v = self.u16()?;
-                    self.push(Value::Int(v.into()))?
-                }
-                op::LONG1 => {
-                    let n = usize::from(self.u8()?);
-                    if n > 8 {
-                        return Err(self.err("integer wider than 64 bits"));
-                    }
-                    let b = self.take(n)?;
-                    let mut le = [0u8; 8];
-                    le[..n].copy_from_slice(b);
-                    if b.last().is_some_and(|&hi| hi & 0x80 != 0) {
-                        le[n..].fill(0xff); // sign-extend
-                    }
-                    self.push(Value::Int(i64::from_le_bytes(le)))?
-                }
-                op::INT | op::LONG => {
-                    let s = self.line()?;
-                    let s = s.trim_end_matches('L');
-                    let v = match s {
-                        "01" => Value::Bool(true),
-                        "00" => Value::Bool(false),
-                        _ => Value::Int(s.parse().map_err(|_| self.err(format!("bad integer {s:?}")))?),
-                    };
+                op::NONE
+                | op::NEWTRUE
+                | op::NEWFALSE
+                | op::BININT
+                | op::BININT1
+                | op::BININT2
+                | op::LONG1
+                | op::INT
+                | op::LONG
+                | op::BINFLOAT
+                | op::FLOAT
+                | op::BINUNICODE
+                | op::SHORT_BINUNICODE
+                | op::BINUNICODE8
+                | op::UNICODE
+                | op::BINSTRING
+                | op::BINBYTES
+                | op::SHORT_BINSTRING
+                | op::SHORT_BINBYTES
+                | op::BINBYTES8
+                | op::BYTEARRAY8 => {
+                    let v = self.literal(code)?;
                     self.push(v)?
                 }
-                op::BINFLOAT => {
-                    let v = f64::from_be_bytes(self.array()?);
-                    self.push(Value::Float(v))?
-                }
-                op::FLOAT => {
-                    let s = self.line()?;
-                    let v = s.trim().parse().map_err(|_| self.err(format!("bad float {s:?}")))?;
-                    self.push(Value::Float(v))?
-                }
-                op::BINUNICODE => {
-                    let n = self.len32()?;
-                    let v = self.text(n)?;
+                op::EMPTY_DICT
+                | op::EMPTY_LIST
+                | op::EMPTY_SET
+                | op::EMPTY_TUPLE
+                | op::LIST
+                | op::FROZENSET
+                | op::TUPLE
+                | op::TUPLE1
+                | op::TUPLE2
+                | op::TUPLE3
+                | op::DICT => {
+                    let v = self.new_container(code)?;
                     self.push(v)?
                 }
-                op::SHORT_BINUNICODE => {
-                    let n = usize::from(self.u8()?);
-                    let v = self.text(n)?;
+                op::APPEND | op::APPENDS | op::ADDITEMS | op::SETITEM | op::SETITEMS => self.fill_container(code)?,
+                op::POP | op::POP_MARK | op::DUP | op::PUT | op::BINPUT | op::LONG_BINPUT | op::MEMOIZE | op::GET | op::BINGET | op::LONG_BINGET => {
+                    self.stack_and_memo(code)?
+                }
+                op::GLOBAL | op::STACK_GLOBAL | op::BINPERSID | op::PERSID | op::REDUCE | op::NEWOBJ | op::NEWOBJ_EX | op::BUILD => {
+                    let v = self.object(code)?;
                     self.push(v)?
                 }
-                op::BINUNICODE8 => {
-                    let n = self.len64()?;
-                    let v = self.text(n)?;
-                    self.push(v)?
-                }
-                op::UNICODE => {
-                    let s = self.line()?;
-                    self.charge(s.len() + CONTAINER)?;
-                    self.push(Value::str(s))?
-                }
-                op::BINSTRING | op::BINBYTES => {
-                    let n = self.len32()?;
-                    let v = self.bytes(n)?;
-                    self.push(v)?
-                }
-                op::SHORT_BINSTRING | op::SHORT_BINBYTES => {
-                    let n = usize::from(self.u8()?);
-                    let v = self.bytes(n)?;
-                    self.push(v)?
-                }
-                op::BINBYTES8 | op::BYTEARRAY8 => {
-                    let n = self.len64()?;
-                    let v = self.bytes(n)?;
-                    self.push(v)?
-                }
-                op::EMPTY_DICT => {
-                    self.container(0)?;
-                    let d = self.register(Value::dict());
-                    self.push(d)?
-                }
-                op::EMPTY_LIST | op::EMPTY_SET => {
-                    self.container(0)?; // EMPTY_SET, kept as a list
-                    let l = self.register(Value::list(Vec::new()));
-                    self.push(l)?
-                }
-                op::EMPTY_TUPLE => {
-                    self.container(0)?;
-                    self.push(Value::Tuple(Rc::new(Vec::new())))?
-                }
-                op::LIST | op::FROZENSET => {
-                    let items = self.pop_mark()?; // FROZENSET, kept as a list
-                    self.container(items.len())?;
-                    let l = self.register(Value::list(items));
-                    self.push(l)?
-                }
-                op::TUPLE => {
-                    let items = self.pop_mark()?;
-                    self.container(items.len())?;
-                    self.push(Value::Tuple(Rc::new(items)))?
-                }
-                op::TUPLE1 => {
-                    let a = self.pop()?;
-                    self.container(1)?;
-                    self.push(Value::Tuple(Rc::new(vec![a])))?
-                }
-                op::TUPLE2 => {
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.container(2)?;
-                    self.push(Value::Tuple(Rc::new(vec![a, b])))?
-                }
-                op::TUPLE3 => {
-                    let c = self.pop()?;
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.container(3)?;
-                    self.push(Value::Tuple(Rc::new(vec![a, b, c])))?
-                }
-                op::DICT => {
-                    let items = self.pop_mark()?;
-                    self.container(items.len())?;
-                    let d = self.register(Value::dict());
-                    set_items(&d, items);
-                    self.push(d)?
-                }
-                op::APPEND => {
-                    self.charge(VALUE)?;
-                    let v = self.pop()?;
-                    match self.top()? {
-                        Value::List(l) => l.borrow_mut().push(v),
-                        _ => return Err(self.err("APPEND to a non-list")),
-                    }
-                }
-                op::APPENDS | op::ADDITEMS => {
-                    // APPENDS, ADDITEMS (to a set, kept as a list)
-                    let items = self.pop_mark()?;
-                    self.charge(items.len().saturating_mul(VALUE))?;
-                    match self.top()? {
-                        Value::List(l) => l.borrow_mut().extend(items),
-                        Value::Opaque(_) => {}
-                        _ => return Err(self.err("APPENDS to a non-list")),
-                    }
-                }
-                op::SETITEM => {
-                    self.charge(2 * VALUE)?;
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    match self.top()? {
-                        Value::Dict(d) => d.borrow_mut().push((k, v)),
-                        Value::Opaque(_) => {}
-                        _ => return Err(self.err("SETITEM on a non-dict")),
-                    }
-                }
-                op::SETITEMS => {
-                    let items = self.pop_mark()?;
-                    self.charge(items.len().saturating_mul(VALUE))?;
-                    match self.top()? {
-                        d @ Value::Dict(_) => set_items(d, items),
-                        Value::Opaque(_) => {}
-                        _ => return Err(self.err("SETITEMS on a non-dict")),
-                    }
-                }
-                op::POP => {
-                    self.pop()?;
-                }
-                op::POP_MARK => {
-                    self.pop_mark()?;
-                }
-                op::DUP => {
-                    let v = self.top()?.clone();
-                    self.push(v)?
-                }
-                op::PUT => {
-                    let s = self.line()?;
-                    let i = self.index(s)?;
-                    self.memo_put(i)?
-                }
-                op::BINPUT => {
-                    let i = self.u8()?;
-                    self.memo_put(i.into())?
-                }
-                op::LONG_BINPUT => {
-                    let i = self.u32()?;
-                    self.memo_put(i)?
-                }
-                op::MEMOIZE => {
-                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo full"))?;
-                    self.memo_put(i)?
-                }
-                op::GET => {
-                    let s = self.line()?;
-                    let i = self.index(s)?;
-                    let v = self.memo_get(i)?;
-                    self.push(v)?
-                }
-                op::BINGET => {
-                    let i = self.u8()?;
-                    let v = self.memo_get(i.into())?;
-                    self.push(v)?
-                }
-                op::LONG_BINGET => {
-                    let i = self.u32()?;
-                    let v = self.memo_get(i)?;
-                    self.push(v)?
-                }
-                op::GLOBAL => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    let v = self.global(module, name)?;
-                    self.push(v)?
-                }
-                op::STACK_GLOBAL => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    let v = match (&module, &name) {
-                        (Value::Str(m), Value::Str(n)) => self.global(m, n)?,
-                        _ => return Err(self.err("STACK_GLOBAL needs two strings")),
-                    };
-                    self.push(v)?
-                }
-                op::BINPERSID => {
-                    let pid = self.pop()?;
-                    let v = self.persistent_load(&pid)?;
-                    self.push(v)?
-                }
-                op::PERSID => return Err(self.err("text persistent ids are not used by torch.save")),
-                op::REDUCE => {
-                    let args = self.pop()?;
-                    let func = self.pop()?;
-                    let v = self.reduce(&func, &args)?;
-                    self.push(v)?
-                }
-                op::NEWOBJ | op::NEWOBJ_EX => {
-                    // NEWOBJ (cls, args), NEWOBJ_EX (cls, args, kwargs): nothing is instantiated.
-                    if code == op::NEWOBJ_EX {
-                        self.pop()?;
-                    }
-                    self.pop()?;
-                    let cls = self.pop()?;
-                    let v = match &cls {
-                        Value::Global(g) if code == op::NEWOBJ && &**g == "collections.OrderedDict" => self.register(Value::dict()),
-                        Value::Global(g) => Value::Opaque(g.clone()),
-                        other => self.opaque(other.describe())?,
-                    };
-                    self.push(v)?
-                }
-                op::BUILD => {
-                    let state = self.pop()?;
-                    let obj = self.pop()?;
-                    let v = self.build(obj, &state)?;
-                    self.push(v)?
-                }
-                other => return Err(self.err(format!("unsupported pickle opcode 0x{other:02x}"))),
+                other => return Err(self.unsupported(other)),
             }
+        }
+    }
+
+    fn unsupported(&self, code: u8) -> String {
+        self.err(format!("unsupported pickle opcode 0x{code:02x}"))
+    }
+
+    /// The value a literal opcode stands for: None, a boolean, a number, a string or bytes.
+    fn literal(&mut self, code: u8) -> Step<Value> {
+        Ok(match code {
+            op::NONE => Value::None,
+            op::NEWTRUE => Value::Bool(true),
+            op::NEWFALSE => Value::Bool(false),
+            op::BININT => Value::Int(i32::from_le_bytes(self.array()?).into()),
+            op::BININT1 => Value::Int(self.u8()?.into()),
+            op::BININT2 => Value::Int(self.u16()?.into()),
+            op::LONG1 => {
+                let n = usize::from(self.u8()?);
+                if n > 8 {
+                    return Err(self.err("integer wider than 64 bits"));
+                }
+                let b = self.take(n)?;
+                let mut le = [0u8; 8];
+                le[..n].copy_from_slice(b);
+                if b.last().is_some_and(|&hi| hi & 0x80 != 0) {
+                    le[n..].fill(0xff); // sign-extend
+                }
+                Value::Int(i64::from_le_bytes(le))
+            }
+            op::INT | op::LONG => {
+                let s = self.line()?;
+                let s = s.trim_end_matches('L');
+                match s {
+                    "01" => Value::Bool(true),
+                    "00" => Value::Bool(false),
+                    _ => Value::Int(s.parse().map_err(|_| self.err(format!("bad integer {s:?}")))?),
+                }
+            }
+            op::BINFLOAT => Value::Float(f64::from_be_bytes(self.array()?)),
+            op::FLOAT => {
+                let s = self.line()?;
+                Value::Float(s.trim().parse().map_err(|_| self.err(format!("bad float {s:?}")))?)
+            }
+            op::BINUNICODE => {
+                let n = self.len32()?;
+                self.text(n)?
+            }
+            op::SHORT_BINUNICODE => {
+                let n = usize::from(self.u8()?);
+                self.text(n)?
+            }
+            op::BINUNICODE8 => {
+                let n = self.len64()?;
+                self.text(n)?
+            }
+            op::UNICODE => {
+                let s = self.line()?;
+                self.charge(s.len() + CONTAINER)?;
+                Value::str(s)
+            }
+            op::BINSTRING | op::BINBYTES => {
+                let n = self.len32()?;
+                self.bytes(n)?
+            }
+            op::SHORT_BINSTRING | op::SHORT_BINBYTES => {
+                let n = usize::from(self.u8()?);
+                self.bytes(n)?
+            }
+            op::BINBYTES8 | op::BYTEARRAY8 => {
+                let n = self.len64()?;
+                self.bytes(n)?
+            }
+            other => return Err(self.unsupported(other)),
+        })
+    }
+
+    /// A new list, tuple or dict: empty, or from the items since the last mark or on the stack.
+    /// Sets and frozensets are kept as lists.
+    fn new_container(&mut self, code: u8) -> Step<Value> {
+        Ok(match code {
+            op::EMPTY_DICT => {
+                self.container(0)?;
+                self.register(Value::dict())
+            }
+            op::EMPTY_LIST | op::EMPTY_SET => {
+                self.container(0)?;
+                self.register(Value::list(Vec::new()))
+            }
+            op::EMPTY_TUPLE => {
+                self.container(0)?;
+                Value::Tuple(Rc::new(Vec::new()))
+            }
+            op::LIST | op::FROZENSET => {
+                let items = self.pop_mark()?;
+                self.container(items.len())?;
+                self.register(Value::list(items))
+            }
+            op::TUPLE => {
+                let items = self.pop_mark()?;
+                self.container(items.len())?;
+                Value::Tuple(Rc::new(items))
+            }
+            op::TUPLE1 => {
+                let a = self.pop()?;
+                self.container(1)?;
+                Value::Tuple(Rc::new(vec![a]))
+            }
+            op::TUPLE2 => {
+                let b = self.pop()?;
+                let a = self.pop()?;
+                self.container(2)?;
+                Value::Tuple(Rc::new(vec![a, b]))
+            }
+            op::TUPLE3 => {
+                let c = self.pop()?;
+                let b = self.pop()?;
+                let a = self.pop()?;
+                self.container(3)?;
+                Value::Tuple(Rc::new(vec![a, b, c]))
+            }
+            op::DICT => {
+                let items = self.pop_mark()?;
+                self.container(items.len())?;
+                let d = self.register(Value::dict());
+                set_items(&d, items);
+                d
+            }
+            other => return Err(self.unsupported(other)),
+        })
+    }
+
+    /// Items added to the list or dict on top of the stack (to a set: kept as a list; to an
+    /// opaque object: dropped).
+    fn fill_container(&mut self, code: u8) -> Step<()> {
+        match code {
+            op::APPEND => {
+                self.charge(VALUE)?;
+                let v = self.pop()?;
+                match self.top()? {
+                    Value::List(l) => l.borrow_mut().push(v),
+                    _ => return Err(self.err("APPEND to a non-list")),
+                }
+            }
+            op::APPENDS | op::ADDITEMS => {
+                let items = self.pop_mark()?;
+                self.charge(items.len().saturating_mul(VALUE))?;
+                match self.top()? {
+                    Value::List(l) => l.borrow_mut().extend(items),
+                    Value::Opaque(_) => {}
+                    _ => return Err(self.err("APPENDS to a non-list")),
+                }
+            }
+            op::SETITEM => {
+                self.charge(2 * VALUE)?;
+                let v = self.pop()?;
+                let k = self.pop()?;
+                match self.top()? {
+                    Value::Dict(d) => d.borrow_mut().push((k, v)),
+                    Value::Opaque(_) => {}
+                    _ => return Err(self.err("SETITEM on a non-dict")),
+                }
+            }
+            op::SETITEMS => {
+                let items = self.pop_mark()?;
+                self.charge(items.len().saturating_mul(VALUE))?;
+                match self.top()? {
+                    d @ Value::Dict(_) => set_items(d, items),
+                    Value::Opaque(_) => {}
+                    _ => return Err(self.err("SETITEMS on a non-dict")),
+                }
+            }
+            other => return Err(self.unsupported(other)),
+        }
+        Ok(())
+    }
+
+    /// The stack and the memo: pop, duplicate, put the top in the memo, push a memo entry.
+    fn stack_and_memo(&mut self, code: u8) -> Step<()> {
+        match code {
+            op::POP => {
+                self.pop()?;
+            }
+            op::POP_MARK => {
+                self.pop_mark()?;
+            }
+            op::DUP => {
+                let v = self.top()?.clone();
+                self.push(v)?
+            }
+            op::PUT => {
+                let s = self.line()?;
+                let i = self.index(s)?;
+                self.memo_put(i)?
+            }
+            op::BINPUT => {
+                let i = self.u8()?;
+                self.memo_put(i.into())?
+            }
+            op::LONG_BINPUT => {
+                let i = self.u32()?;
+                self.memo_put(i)?
+            }
+            op::MEMOIZE => {
+                let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo full"))?;
+                self.memo_put(i)?
+            }
+            op::GET | op::BINGET | op::LONG_BINGET => {
+                let i = match code {
+                    op::GET => {
+                        let s = self.line()?;
+                        self.index(s)?
+                    }
+                    op::BINGET => self.u8()?.into(),
+                    _ => self.u32()?,
+                };
+                let v = self.memo_get(i)?;
+                self.push(v)?
+            }
+            other => return Err(self.unsupported(other)),
+        }
+        Ok(())
+    }
+
+    /// Globals, persistent ids (tensor storages) and the calls that would build objects: the
+    /// values torch.save uses are rebuilt (`reduce`, `build`), anything else is kept opaque and
+    /// never instantiated.
+    fn object(&mut self, code: u8) -> Step<Value> {
+        match code {
+            op::GLOBAL => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.global(module, name)
+            }
+            op::STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                match (&module, &name) {
+                    (Value::Str(m), Value::Str(n)) => self.global(m, n),
+                    _ => Err(self.err("STACK_GLOBAL needs two strings")),
+                }
+            }
+            op::BINPERSID => {
+                let pid = self.pop()?;
+                self.persistent_load(&pid)
+            }
+            op::PERSID => Err(self.err("text persistent ids are not used by torch.save")),
+            op::REDUCE => {
+                let args = self.pop()?;
+                let func = self.pop()?;
+                self.reduce(&func, &args)
+            }
+            op::NEWOBJ | op::NEWOBJ_EX => {
+                // NEWOBJ (cls, args), NEWOBJ_EX (cls, args, kwargs): nothing is instantiated.
+                if code == op::NEWOBJ_EX {
+                    self.pop()?;
+                }
+                self.pop()?;
+                let cls = self.pop()?;
+                match &cls {
+                    Value::Global(g) if code == op::NEWOBJ && &**g == "collections.OrderedDict" => Ok(self.register(Value::dict())),
+                    Value::Global(g) => Ok(Value::Opaque(g.clone())),
+                    other => self.opaque(other.describe()),
+                }
+            }
+            op::BUILD => {
+                let state = self.pop()?;
+                let obj = self.pop()?;
+                self.build(obj, &state)
+            }
+            other => Err(self.unsupported(other)),
         }
     }
 
