@@ -101,10 +101,41 @@ fn run(cli: Cli) -> Result<()> {
 /// The command line as clap reads it, with one change: a value may start with '-' when it is a
 /// number (`--tokens -0.1` is the value -0.1, then refused by the option's range check, not an
 /// unknown flag `-0`).
-fn parse() -> Cli {
-    let cmd = Cli::command().allow_negative_numbers(true).mut_subcommands(|s| s.allow_negative_numbers(true));
-    let matches = cmd.get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+/// Also the subcommand's definition, whose flags error messages are written in.
+fn parse() -> (Cli, clap::Command) {
+    let mut cmd = Cli::command().allow_negative_numbers(true).mut_subcommands(|s| s.allow_negative_numbers(true));
+    let matches = cmd.get_matches_mut();
+    let sub = matches.subcommand_name().and_then(|n| cmd.find_subcommand(n)).cloned().unwrap_or_else(|| cmd.clone());
+    (Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()), sub)
+}
+
+/// The library names a call's options in its own words, in backticks (`batch_size`, `force`):
+/// here each becomes the flag that sets it (--batch-size, --force), where the command has one by
+/// that name. Other backticked names (tensor keys, file names) are left as they are.
+fn in_flags(message: &str, cmd: &clap::Command) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('`') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('`') else {
+            rest = &rest[open..];
+            break;
+        };
+        let name = &after[..close];
+        let long = name.replace('_', "-");
+        if cmd.get_arguments().any(|a| a.get_long() == Some(long.as_str())) {
+            out.push_str("--");
+            out.push_str(&long);
+        } else {
+            out.push('`');
+            out.push_str(name);
+            out.push('`');
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether the error is a stop the user asked for (Ctrl-C / SIGTERM).
@@ -113,7 +144,7 @@ fn interrupted(e: &anyhow::Error) -> bool {
 }
 
 fn main() {
-    let cli = parse();
+    let (cli, cmd) = parse();
     tune_candle_pool(cli.threads);
     // args_os: a file name that is not UTF-8 is recorded lossily, not a panic.
     amg::model::config::set_command(std::env::args_os().enumerate().map(|(i, a)| if i == 0 { "amg".into() } else { a.to_string_lossy().into_owned() }));
@@ -127,11 +158,26 @@ fn main() {
             if hint == "interrupted" {
                 eprintln!("interrupted: nothing was written (any earlier output is as it was)");
             } else {
-                eprintln!("interrupted: {hint}");
+                eprintln!("interrupted: {}", in_flags(&hint, &cmd));
             }
             std::process::exit(130);
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", in_flags(&format!("{e:#}"), &cmd));
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_named_by_the_library_become_the_commands_flags() {
+        let train = Cli::command().find_subcommand("train").cloned().unwrap();
+        assert_eq!(in_flags("`batch_size` must be at least 2", &train), "--batch-size must be at least 2");
+        assert_eq!(in_flags("give `resume` or `force`; key `blocks.0.attn` stays", &train), "give --resume or --force; key `blocks.0.attn` stays");
+        assert_eq!(in_flags("an unclosed ` quote", &train), "an unclosed ` quote");
+        // A name the command has no flag for is left as the library wrote it.
+        assert_eq!(in_flags("`gemm_size` 9000", &train), "`gemm_size` 9000");
     }
 }

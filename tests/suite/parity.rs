@@ -66,7 +66,7 @@ fn resampled_position_embedding_matches_timm() {
 fn non_square_pth_under_model_key_matches_timm() {
     let mut o = opts(SourceFormat::Timm, "ckpt_timm_b.pth");
     let err = import(&o).unwrap_err().to_string();
-    assert!(err.contains("--checkpoint-img-size"), "{err}");
+    assert!(err.contains("`checkpoint_img_size`"), "{err}");
     o.checkpoint_img_size = Some((64, 32));
     o.heads = Some(2);
     let files = import(&o).unwrap();
@@ -327,5 +327,5 @@ fn transreid_sie_with_viewpoints_matches_the_reference() {
     // A table that is not a whole number of cameras × viewpoints is refused, naming the tensor.
     o.transreid.sie_views = 4;
     let e = import(&o).unwrap_err().to_string();
-    assert!(e.contains("sie_embed") && e.contains("--sie-views 4"), "{e}");
+    assert!(e.contains("sie_embed") && e.contains("`sie_views` 4"), "{e}");
 }

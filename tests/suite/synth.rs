@@ -32,7 +32,7 @@ fn deterministic_per_seed() {
     assert_eq!(a, b, "same seed, same bytes");
     assert_ne!(a, c, "another seed, another benchmark");
     // The output is not overwritten without --force.
-    assert!(generate(&o, &dir.join("a"), false, false).unwrap_err().to_string().contains("--force"));
+    assert!(generate(&o, &dir.join("a"), false, false).unwrap_err().to_string().contains("`force`"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

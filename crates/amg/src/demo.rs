@@ -189,7 +189,7 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
 fn start_output(out: &Path, settings: &DemoSettings) -> Result<fsutil::Aside> {
     fsutil::clear_stale(out)?;
     if out.exists() && !fsutil::is_absent_or_empty(out)? && !out.join(MARKER).is_file() {
-        return Err(Error::file(out, "exists, is not empty and is not an earlier `amg demo` output: choose another --out"));
+        return Err(Error::file(out, "exists, is not empty and is not an earlier `amg demo` output: choose another `out`"));
     }
     let aside = fsutil::Aside::new(out)?;
     fsutil::write_bytes_atomic(&out.join(MARKER), serde_json::to_string_pretty(settings).expect("serialisable").as_bytes())?;

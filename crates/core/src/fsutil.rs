@@ -87,7 +87,7 @@ pub fn check_output_file(path: &Path, force: bool) -> Result<()> {
         return Err(Error::file(path, "is a directory; give a file name"));
     }
     if path.exists() && !force {
-        return Err(Error::file(path, "exists: pass --force to replace it"));
+        return Err(Error::file(path, "exists: give `force` to replace it"));
     }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
@@ -114,7 +114,7 @@ pub fn publish_dir(ready: &Path, dir: &Path, force: bool) -> Result<()> {
         return Err(Error::file(dir, "exists and is a file; the output must be a directory"));
     }
     if !is_absent_or_empty(dir)? && !force {
-        return Err(Error::file(dir, "exists and is not empty; choose another --out or pass --force to replace it"));
+        return Err(Error::file(dir, "exists and is not empty; choose another `out` or give `force` to replace it"));
     }
     swap_in(ready, dir)
 }
@@ -196,7 +196,7 @@ pub fn write_dir_atomic(dir: &Path, force: bool, fill: impl FnOnce(&Path) -> Res
         return Err(Error::file(dir, "exists and is a file; the output must be a directory"));
     }
     if !is_absent_or_empty(dir)? && !force {
-        return Err(Error::file(dir, "exists and is not empty; choose another --out or pass --force to replace it"));
+        return Err(Error::file(dir, "exists and is not empty; choose another `out` or give `force` to replace it"));
     }
     if let Some(parent) = dir.parent() {
         if !parent.as_os_str().is_empty() {

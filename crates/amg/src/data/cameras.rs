@@ -36,17 +36,17 @@ pub fn cameras_for(cfg: &ModelConfig, paths: &[PathBuf], given: &SideInfo) -> Re
     let Some(sie) = &cfg.arch.sie else {
         return match (given.camera, given.view) {
             (None, None) => Ok(None),
-            _ => Err(Error::invalid("--camera / --view: this model has no side information embedding (SIE); it takes no camera")),
+            _ => Err(Error::invalid("`camera` / `view`: this model has no side information embedding (SIE); it takes no camera")),
         };
     };
     let view = match (sie.views, given.view) {
         (1, None) => 0,
-        (1, Some(_)) => return Err(Error::invalid("--view: the model's SIE has no viewpoints (its table is per camera)")),
+        (1, Some(_)) => return Err(Error::invalid("`view`: the model's SIE has no viewpoints (its table is per camera)")),
         (v, Some(w)) if w < v => w,
-        (v, Some(w)) => return Err(Error::invalid(format!("--view {w}: the model's SIE has {v} viewpoints, indices 0..{}", v - 1))),
+        (v, Some(w)) => return Err(Error::invalid(format!("`view` {w}: the model's SIE has {v} viewpoints, indices 0..{}", v - 1))),
         (v, None) => {
             return Err(Error::invalid(format!(
-                "the model's SIE has {v} viewpoints per camera: give --view INDEX (the dataset layouts amg reads carry no viewpoint)"
+                "the model's SIE has {v} viewpoints per camera: give `view` INDEX (the dataset layouts amg reads carry no viewpoint)"
             )))
         }
     };
@@ -54,7 +54,7 @@ pub fn cameras_for(cfg: &ModelConfig, paths: &[PathBuf], given: &SideInfo) -> Re
     let row = |c: usize| c * sie.views + view;
     if let Some(c) = given.camera {
         if c >= known {
-            return Err(Error::invalid(format!("--camera {c}: the model's SIE knows {known} cameras, indices 0..{} (c1..c{known} in file names)", known - 1)));
+            return Err(Error::invalid(format!("`camera` {c}: the model's SIE knows {known} cameras, indices 0..{} (c1..c{known} in file names)", known - 1)));
         }
         return Ok(Some(vec![row(c); paths.len()]));
     }
@@ -71,7 +71,7 @@ pub fn cameras_for(cfg: &ModelConfig, paths: &[PathBuf], given: &SideInfo) -> Re
             None => {
                 return Err(Error::file(
                     p,
-                    "the model has a side information embedding (SIE) and needs each image's camera: name the file as Market/Duke do (0002_c3s1_000451_03.jpg is camera c3) or give --camera INDEX (0 is c1)",
+                    "the model has a side information embedding (SIE) and needs each image's camera: name the file as Market/Duke do (0002_c3s1_000451_03.jpg is camera c3) or give `camera` INDEX (0 is c1)",
                 ))
             }
         }
@@ -107,7 +107,7 @@ mod tests {
         let paths = vec![PathBuf::from("0001_c3s1_000001_00.jpg"), PathBuf::from("0001_c1s1_000001_00.jpg")];
         // camera · views + view
         assert_eq!(cameras_for(&cfg, &paths, &SideInfo { camera: None, view: Some(1) }).unwrap(), Some(vec![5, 1]));
-        assert!(cameras_for(&cfg, &paths, &SideInfo::FROM_NAMES).unwrap_err().to_string().contains("--view"));
+        assert!(cameras_for(&cfg, &paths, &SideInfo::FROM_NAMES).unwrap_err().to_string().contains("`view`"));
         assert!(cameras_for(&cfg, &paths, &SideInfo { camera: Some(3), view: Some(0) }).is_err());
         assert!(cameras_for(&cfg, &paths, &SideInfo { camera: None, view: Some(2) }).is_err());
     }

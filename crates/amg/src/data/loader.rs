@@ -121,7 +121,7 @@ pub fn augmented_input(img: &Rgb8, spec: &InputSpec, aug: &Augment, rng: &mut Rn
 /// unless `skip_bad`.
 pub fn for_each_batch(paths: &[PathBuf], order: &[usize], spec: &InputSpec, opts: &LoaderOptions, mut consume: impl FnMut(Batch) -> Result<()>) -> Result<()> {
     if opts.batch_size == 0 {
-        return Err(Error::invalid("--batch-size must be at least 1"));
+        return Err(Error::invalid("`batch_size` must be at least 1"));
     }
     let img_len = 3 * spec.height * spec.width;
     let views = if opts.views == Views::WithMirror { 2 } else { 1 };

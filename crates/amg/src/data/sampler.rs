@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 pub fn identity_order(labels: &[usize], instances: usize, batch_size: usize, seed: u64, epoch: usize) -> Result<Vec<usize>> {
     if instances == 0 || !batch_size.is_multiple_of(instances) || batch_size < 2 * instances {
         return Err(Error::invalid(format!(
-            "--instances {instances} with --batch-size {batch_size}: the batch must be a multiple of the images per identity, with at least 2 identities"
+            "`instances` {instances} with `batch_size` {batch_size}: the batch must be a multiple of the images per identity, with at least 2 identities"
         )));
     }
     let per_batch = batch_size / instances;
@@ -23,7 +23,7 @@ pub fn identity_order(labels: &[usize], instances: usize, batch_size: usize, see
     }
     if by_id.len() < per_batch {
         return Err(Error::invalid(format!(
-            "--batch-size {batch_size} with --instances {instances} needs {per_batch} identities per batch, but the training split has {}",
+            "`batch_size` {batch_size} with `instances` {instances} needs {per_batch} identities per batch, but the training split has {}",
             by_id.len()
         )));
     }

@@ -74,7 +74,7 @@ impl Scores {
 /// Both AMG analyses.
 pub fn analyze(files: &ModelFiles, data: &Dataset, o: &AnalyzeOptions) -> Result<Scores> {
     if o.batch_size == 0 {
-        return Err(Error::invalid("--batch-size must be at least 1"));
+        return Err(Error::invalid("`batch_size` must be at least 1"));
     }
     let images = o.limit.unwrap_or(usize::MAX).min(data.train.len());
     let mut rng = Rng::new(0);

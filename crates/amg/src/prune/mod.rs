@@ -90,16 +90,16 @@ impl PruneOptions {
     /// Checks the options before any work: budgets are fractions, at least one iteration, and a
     /// teacher only with distillation.
     pub fn check(&self, has_teacher: bool) -> Result<()> {
-        for (flag, r) in [("--heads", self.heads), ("--tokens", self.tokens)] {
+        for (flag, r) in [("`heads`", self.heads), ("`tokens`", self.tokens)] {
             if !(0.0..1.0).contains(&r) {
                 return Err(Error::invalid(format!("{flag} {r}: expected a fraction in [0, 1)")));
             }
         }
         if self.iters == 0 {
-            return Err(Error::invalid("--iters must be at least 1"));
+            return Err(Error::invalid("`iters` must be at least 1"));
         }
         if has_teacher && self.distill == Distill::None {
-            return Err(Error::invalid("--teacher is used for distillation: add --distill soft (or hard)"));
+            return Err(Error::invalid("`teacher` is used for distillation: add `distill` soft (or hard)"));
         }
         Ok(())
     }
@@ -161,14 +161,14 @@ pub fn check_output(out: &Path, force: bool, resume: bool) -> Result<()> {
         return Err(Error::file(out, "exists and is a file; the output must be a directory"));
     }
     if !force && !crate::fsutil::is_absent_or_empty(out)? {
-        return Err(Error::file(out, "exists and is not empty; choose another --out or pass --force to replace it"));
+        return Err(Error::file(out, "exists and is not empty; choose another `out` or give `force` to replace it"));
     }
     let work = partial_dir(out);
     if resume && !resumable(out) {
-        return Err(Error::file(&work, "nothing to resume: no interrupted run here (start the run without --resume)"));
+        return Err(Error::file(&work, "nothing to resume: no interrupted run here (start the run without `resume`)"));
     }
     if !resume && !force && work.exists() {
-        return Err(Error::file(&work, "holds an interrupted run of `amg prune`: add --resume to continue it, or --force to start over (or delete it)"));
+        return Err(Error::file(&work, "holds an interrupted run of `amg prune`: add `resume` to continue it, or `force` to start over (or delete it)"));
     }
     Ok(())
 }
@@ -212,7 +212,7 @@ impl Progress {
     fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(PROGRESS_FILE);
         if !path.is_file() {
-            return Err(Error::file(dir, "nothing to resume: no progress.json (start the run without --resume)"));
+            return Err(Error::file(dir, "nothing to resume: no progress.json (start the run without `resume`)"));
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("not a pruning run's progress: {e}")))
@@ -232,7 +232,7 @@ impl Progress {
         if differ.is_empty() {
             Ok(())
         } else {
-            Err(Error::file(dir, format!("--resume continues the same run, but this command differs: {}", differ.join("; "))))
+            Err(Error::file(dir, format!("`resume` continues the same run, but this command differs: {}", differ.join("; "))))
         }
     }
 }
@@ -343,7 +343,7 @@ pub fn prune(req: PruneRequest, log: &mut dyn FnMut(&str), finish: Finish) -> Re
     let n_heads = (o.heads * (cfg.attention_heads().len() * cfg.arch.num_heads) as f64).floor() as usize;
     let n_tokens = (o.tokens * (depth * cfg.num_patches()) as f64).floor() as usize;
     if n_heads == 0 && n_tokens == 0 {
-        return Err(Error::invalid("nothing to prune: give --heads and/or --tokens budgets large enough to remove something"));
+        return Err(Error::invalid("nothing to prune: give `heads` and/or `tokens` budgets large enough to remove something"));
     }
     let teacher = if o.distill != Distill::None { Some(teacher.unwrap_or_else(|| model.clone())) } else { None };
     let key = run_key(o, &model, teacher.as_ref(), data);

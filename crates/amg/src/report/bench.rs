@@ -354,7 +354,7 @@ pub fn bench_gemm(size: usize, iters: usize, progress: bool) -> Result<GemmBench
     use crate::kernels::packed::{matmul_packed, PackedB};
     let n = size;
     if n > 8192 {
-        return Err(crate::Error::invalid(format!("--gemm-size {n}: at most 8192 (three {n}x{n} float32 matrices must fit in memory)")));
+        return Err(crate::Error::invalid(format!("`gemm_size` {n}: at most 8192 (three {n}x{n} float32 matrices must fit in memory)")));
     }
     let len = n * n;
     let mut rng = Rng::new(0);

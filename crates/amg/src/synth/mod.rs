@@ -52,20 +52,20 @@ pub struct World {
 impl World {
     pub fn new(opts: &SynthOptions) -> Result<World> {
         if opts.ids < 4 {
-            return Err(Error::invalid("--ids must be at least 4 (half are for training, half for testing)"));
+            return Err(Error::invalid("`ids` must be at least 4 (half are for training, half for testing)"));
         }
         if opts.ids > 9998 {
-            return Err(Error::invalid("--ids must be at most 9998 (identities are written with 4 digits)"));
+            return Err(Error::invalid("`ids` must be at most 9998 (identities are written with 4 digits)"));
         }
         if opts.cams < 2 || opts.cams > 9 {
-            return Err(Error::invalid("--cams must be between 2 and 9 (Re-ID needs matches across cameras)"));
+            return Err(Error::invalid("`cams` must be between 2 and 9 (Re-ID needs matches across cameras)"));
         }
         if opts.images_per_id < 2 {
-            return Err(Error::invalid("--images-per-id must be at least 2"));
+            return Err(Error::invalid("`images_per_id` must be at least 2"));
         }
         let (h, w) = opts.size;
         if h < 32 || w < 16 || h > 1024 || w > 1024 {
-            return Err(Error::invalid(format!("--size {h}x{w}: expected between 32x16 and 1024x1024")));
+            return Err(Error::invalid(format!("`size` {h}x{w}: expected between 32x16 and 1024x1024")));
         }
         let rng = Rng::new(opts.seed);
         let cams = (0..opts.cams).map(|k| Camera::new(k, &mut rng.fork(1_000 + k as u64))).collect();

@@ -105,7 +105,7 @@ pub fn model_loss(
         crate::model::HeadKind::Bnneck => bnneck_loss(&out.logits, &out.parts, labels, teacher, cfg),
         _ => {
             if cfg.triplet.is_some() {
-                return Err(Error::invalid("--loss ce,triplet: the triplet loss is for BNNeck heads (TransReID); an LA head trains with cross-entropy"));
+                return Err(Error::invalid("`loss` ce,triplet: the triplet loss is for BNNeck heads (TransReID); an LA head trains with cross-entropy"));
             }
             la_loss(&out.logits, labels, teacher, cfg)
         }
@@ -215,7 +215,7 @@ pub fn soft_distillation(student: &Tensor, teacher: &Tensor, tau: f64) -> Result
 /// Σ over parts of the cross entropy, plus the distillation term when a teacher's logits are given.
 pub fn la_loss(student: &[Tensor], labels: &Tensor, teacher: Option<&[Tensor]>, cfg: &LossConfig) -> Result<Loss> {
     if student.is_empty() {
-        return Err(Error::invalid("the model has no classifier head: it cannot be trained (import an LA-Transformer or use --arch)"));
+        return Err(Error::invalid("the model has no classifier head: it cannot be trained (import an LA-Transformer or use `arch`)"));
     }
     let mut total: Option<Tensor> = None;
     let (mut ce_sum, mut kd_sum) = (0.0, 0.0);

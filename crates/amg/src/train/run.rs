@@ -31,7 +31,7 @@ crate::choice! {
     #[serde(rename_all = "lowercase")]
     pub enum Scheduler {
         /// Multiply the learning rate by `gamma` every `step_size` epochs (StepLR).
-        Step = "step" => "multiply the learning rate by --gamma every --step-size epochs (StepLR)",
+        Step = "step" => "multiply the learning rate by gamma every step size of epochs (StepLR)",
         /// Cosine decay to zero over the run.
         Cosine = "cosine" => "cosine decay to zero over the run",
     }
@@ -366,10 +366,10 @@ pub fn check_new_run_dir(run: &Path, force: bool) -> Result<()> {
         return Err(Error::file(run, "exists and is a file; the run directory must be a directory"));
     }
     if run.join("last").exists() && !force {
-        return Err(Error::file(run, "already holds a run (last/): pass --resume to continue it or --force to start over"));
+        return Err(Error::file(run, "already holds a run (last/): give `resume` to continue it or `force` to start over"));
     }
     if !force && !fsutil::is_absent_or_empty(run)? {
-        return Err(Error::file(run, "exists and is not empty (and holds no training run): choose another --out or pass --force"));
+        return Err(Error::file(run, "exists and is not empty (and holds no training run): choose another `out` or give `force`"));
     }
     Ok(())
 }
@@ -377,17 +377,17 @@ pub fn check_new_run_dir(run: &Path, force: bool) -> Result<()> {
 /// Checks a new run's options before any work: distillation needs a teacher, BatchNorm a batch.
 pub fn check_options(o: &TrainOptions, has_teacher: bool) -> Result<()> {
     if o.distill != Distill::None && !has_teacher {
-        return Err(Error::invalid(format!("--distill {} needs --teacher MODEL_DIR", o.distill.name())));
+        return Err(Error::invalid(format!("`distill` {} needs a `teacher` model", o.distill.name())));
     }
     if o.batch_size < 2 {
-        return Err(Error::invalid("--batch-size must be at least 2 (BatchNorm in training mode needs a batch)"));
+        return Err(Error::invalid("`batch_size` must be at least 2 (BatchNorm in training mode needs a batch)"));
     }
     if o.triplet.is_some() && o.instances < 2 {
-        return Err(Error::invalid("--loss ce,triplet needs positives in every batch: give --instances K (≥ 2 images per identity; TransReID uses 4)"));
+        return Err(Error::invalid("`loss` ce,triplet needs positives in every batch: give `instances` K (≥ 2 images per identity; TransReID uses 4)"));
     }
     if o.instances > 0 && (!o.batch_size.is_multiple_of(o.instances) || o.batch_size < 2 * o.instances) {
         return Err(Error::invalid(format!(
-            "--instances {}: --batch-size {} must be a multiple of it holding at least 2 identities",
+            "`instances` {}: `batch_size` {} must be a multiple of it holding at least 2 identities",
             o.instances, o.batch_size
         )));
     }
@@ -411,7 +411,7 @@ fn begin(
             let last = run.join("last");
             let state_path = last.join(STATE_FILE);
             if !state_path.is_file() {
-                return Err(Error::file(run, "nothing to resume: no last/train_state.json (start a run without --resume first)"));
+                return Err(Error::file(run, "nothing to resume: no last/train_state.json (start a run without `resume` first)"));
             }
             let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
             let mut state: TrainState = serde_json::from_str(&text).map_err(|e| Error::file(&state_path, format!("invalid training state: {e}")))?;
@@ -481,7 +481,7 @@ fn begin(
 fn teacher_engine(o: &TrainOptions, teacher: Option<(ModelFiles, String)>, student: &ModelFiles, data: &Dataset) -> Result<Option<Engine>> {
     match (&o.distill, teacher) {
         (Distill::None, _) => Ok(None),
-        (_, None) => Err(Error::invalid("distillation needs --teacher MODEL_DIR")),
+        (_, None) => Err(Error::invalid("distillation needs a `teacher` model")),
         (_, Some((t, name))) => {
             let same_head = t.config().head.kind == student.config().head.kind && t.config().num_necks() == student.config().num_necks();
             if !same_head || t.config().head.num_classes != data.num_classes || t.config().input != student.config().input {
@@ -555,7 +555,7 @@ impl EpochRunner<'_> {
                 let value = loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !value.is_finite() {
                     return Err(Error::invalid(format!(
-                        "the loss became {value} at epoch {}, batch {}: training stopped; the last good checkpoint is {} (try a lower --lr)",
+                        "the loss became {value} at epoch {}, batch {}: training stopped; the last good checkpoint is {} (try a lower `lr`)",
                         epoch + 1,
                         batches + 1,
                         run.join("last").display()

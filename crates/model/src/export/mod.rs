@@ -39,7 +39,7 @@ pub fn export(req: &ExportRequest) -> Result<u64> {
         ExportFormat::Onnx => fsutil::write_bytes_atomic(req.out, &onnx::export_onnx(req.model, req.outputs)?)?,
         ExportFormat::Pytorch => {
             if req.outputs.logits {
-                return Err(Error::invalid("--outputs applies to ONNX graphs; a PyTorch checkpoint holds the whole model"));
+                return Err(Error::invalid("`outputs` applies to ONNX graphs; a PyTorch checkpoint holds the whole model"));
             }
             pytorch::export_pytorch(req.model, req.out)?
         }

@@ -45,7 +45,7 @@ pub fn export_onnx(files: &ModelFiles, outputs: OnnxOutputs) -> Result<Vec<u8>> 
     files.check()?;
     let has_classifiers = files.has_classifiers();
     if outputs.logits && !has_classifiers {
-        return Err(Error::invalid("--outputs logits: this model has no classifier head (retrieval only)"));
+        return Err(Error::invalid("`outputs` logits: this model has no classifier head (retrieval only)"));
     }
     let weight_bytes: u64 = files.params.entries().iter().map(|(_, t)| 4 * t.numel() as u64).sum();
     if weight_bytes > PROTOBUF_LIMIT - (64 << 20) {

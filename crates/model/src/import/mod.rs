@@ -199,8 +199,8 @@ impl<'a> Checkpoint<'a> {
             let timm = SourceFormat::Timm.scheme().key(&probe.patch_embed.weight);
             let la = SourceFormat::LaTransformer.scheme().key(&probe.patch_embed.weight);
             let hint = match (req.format, tensors.contains_key(&timm), tensors.contains_key(&la)) {
-                (SourceFormat::Timm | SourceFormat::Deit, _, true) => " (its keys start with `model.`: try --from la-transformer or --from amg)",
-                (_, true, _) => " (its keys have no `model.` prefix: try --from timm)",
+                (SourceFormat::Timm | SourceFormat::Deit, _, true) => " (its keys start with `model.`: try `from` la-transformer or `from` amg)",
+                (_, true, _) => " (its keys have no `model.` prefix: try `from` timm)",
                 _ => "",
             };
             return Err(Error::tensor(path, pe, format!("missing: not a {} checkpoint{hint}", req.format)));
@@ -306,13 +306,13 @@ impl<'a> Checkpoint<'a> {
         let transreid_small = req.format == SourceFormat::TransReid && !qkv_bias && self.amg_config.is_none();
         let recorded = self.amg_config.as_ref().map(|c| c.arch.num_heads).or((transreid_small && d == 768).then_some(8));
         let (num_heads, head_dim) = match req.heads.or(recorded) {
-            Some(h) if h == 0 || d % h != 0 => return Err(Error::invalid(format!("--heads {h}: embed_dim {d} is not divisible by it"))),
+            Some(h) if h == 0 || d % h != 0 => return Err(Error::invalid(format!("`heads` {h}: embed_dim {d} is not divisible by it"))),
             Some(h) if req.format.may_be_pruned() && recorded.is_none() && d / h != 64 => {
-                return Err(Error::invalid(format!("--heads {h}: the AMG reference code uses 64-dim heads, so a {d}-wide model has {} heads", d / 64)))
+                return Err(Error::invalid(format!("`heads` {h}: the AMG reference code uses 64-dim heads, so a {d}-wide model has {} heads", d / 64)))
             }
             Some(h) => (h, d / h),
             None if d % 64 == 0 => (d / 64, 64),
-            None => return Err(Error::invalid(format!("embed_dim {d} is not a multiple of 64: give the number of heads with --heads"))),
+            None => return Err(Error::invalid(format!("embed_dim {d} is not a multiple of 64: give the number of heads with `heads`"))),
         };
         if transreid_small {
             // TransReID's ViT-S scales attention logits by embed_dim^-0.5, not head_dim^-0.5:
@@ -354,7 +354,7 @@ impl<'a> Checkpoint<'a> {
         }
         if let Some(s) = req.stride {
             if s == 0 || s > p {
-                return Err(Error::invalid(format!("--stride {s}: expected 1 to the patch size {p}")));
+                return Err(Error::invalid(format!("`stride` {s}: expected 1 to the patch size {p}")));
             }
         }
         let patches = shape[1] - prefix;
@@ -366,7 +366,7 @@ impl<'a> Checkpoint<'a> {
                 if !fits(size, s) {
                     let (gh, gw) = grid_of(size.0.max(p), size.1.max(p), p, s);
                     return Err(Error::invalid(format!(
-                        "--checkpoint-img-size {}x{} at stride {s} gives a {gh}x{gw} grid, but the checkpoint's position embedding has {patches} patches",
+                        "`checkpoint_img_size` {}x{} at stride {s} gives a {gh}x{gw} grid, but the checkpoint's position embedding has {patches} patches",
                         size.0, size.1
                     )));
                 }
@@ -385,14 +385,14 @@ impl<'a> Checkpoint<'a> {
                     [(size, s)] => {
                         let (gh, gw) = grid_of(size.0, size.1, p, *s);
                         notes.push(format!(
-                            "trained at {}x{} with stride {s}, as the position embedding's {patches} patches ({gh}x{gw}) say; give --checkpoint-img-size and --stride otherwise",
+                            "trained at {}x{} with stride {s}, as the position embedding's {patches} patches ({gh}x{gw}) say; give `checkpoint_img_size` and `stride` otherwise",
                             size.0, size.1
                         ));
                         (*size, *s)
                     }
                     _ => {
                         return Err(Error::invalid(format!(
-                            "the checkpoint's position embedding has {patches} patches, which TransReID's usual 256x128 and 384x128 inputs at stride {} do not give: give its input size with --checkpoint-img-size HxW and its stride with --stride",
+                            "the checkpoint's position embedding has {patches} patches, which TransReID's usual 256x128 and 384x128 inputs at stride {} do not give: give its input size with `checkpoint_img_size` HxW and its stride with `stride`",
                             strides.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" or ")
                         )))
                     }
@@ -402,7 +402,7 @@ impl<'a> Checkpoint<'a> {
                 let sq = (patches as f64).sqrt().round() as usize;
                 if sq * sq != patches {
                     return Err(Error::invalid(format!(
-                        "the checkpoint's position embedding has {patches} patches, not a square grid: give its input size with --checkpoint-img-size HxW"
+                        "the checkpoint's position embedding has {patches} patches, not a square grid: give its input size with `checkpoint_img_size` HxW"
                     )));
                 }
                 let s = req.stride.unwrap_or(p);
@@ -413,7 +413,7 @@ impl<'a> Checkpoint<'a> {
         let model_size = req.img_size.unwrap_or(ck_size);
         let (h, w) = model_size;
         if h < p || w < p || (stride == p && (h % p != 0 || w % p != 0)) {
-            return Err(Error::invalid(format!("--img-size {h}x{w} must be a positive multiple of the patch size {p} in both dimensions")));
+            return Err(Error::invalid(format!("`img_size` {h}x{w} must be a positive multiple of the patch size {p} in both dimensions")));
         }
         Ok(Grids { checkpoint: grid_of(ck_size.0, ck_size.1, p, stride), model: grid_of(h, w, p, stride), model_size, stride })
     }
@@ -443,13 +443,13 @@ impl<'a> Checkpoint<'a> {
         }
         let coefficient = req.transreid.sie_coefficient;
         if !coefficient.is_finite() {
-            return Err(Error::invalid(format!("--sie-coefficient {coefficient}: expected a finite number")));
+            return Err(Error::invalid(format!("`sie_coefficient` {coefficient}: expected a finite number")));
         }
         // TransReID's table has a row per camera, or per (camera, viewpoint) when its configuration
         // set SIE_VIEW: the rows alone cannot tell, so viewpoints are a request (`--sie-views`).
         let views = req.transreid.sie_views;
         if views == 0 || !shape[0].is_multiple_of(views) {
-            return Err(Error::tensor(self.path, self.name(key), format!("has {} rows, not a whole number of cameras × --sie-views {views}", shape[0])));
+            return Err(Error::tensor(self.path, self.name(key), format!("has {} rows, not a whole number of cameras × `sie_views` {views}", shape[0])));
         }
         arch.sie = Some(crate::model::config::Sie { cameras: shape[0] / views, views, coefficient });
         Ok(())
@@ -515,7 +515,7 @@ impl<'a> Checkpoint<'a> {
                 return Err(Error::tensor(
                     self.path,
                     self.name(&qkv),
-                    format!("has {kept_heads} heads of {head_dim}, not {num_heads}: a head-pruned checkpoint is imported with --from amg (or give --heads)"),
+                    format!("has {kept_heads} heads of {head_dim}, not {num_heads}: a head-pruned checkpoint is imported with `from` amg (or give `heads`)"),
                 ));
             }
             cfg.layers[l].heads = (0..kept_heads).collect();
@@ -534,7 +534,7 @@ impl<'a> Checkpoint<'a> {
             }
             if kept.len() != ck_n {
                 if !pruned_ok {
-                    return Err(Error::tensor(self.path, &ti, "prunes tokens: import token-pruned checkpoints with --from amg"));
+                    return Err(Error::tensor(self.path, &ti, "prunes tokens: import token-pruned checkpoints with `from` amg"));
                 }
                 if grids.model != grids.checkpoint {
                     let p = cfg.arch.patch_size;

@@ -39,7 +39,7 @@ impl Calibration<'_> {
     pub fn images(&self) -> Result<(Vec<PathBuf>, Vec<u32>)> {
         let n = self.options.limit.unwrap_or(usize::MAX).min(self.data.train.len());
         if n == 0 {
-            return Err(Error::invalid("--limit 0: the calibration pass needs at least one image"));
+            return Err(Error::invalid("`limit` 0: the calibration pass needs at least one image"));
         }
         let s = &self.data.train[..n];
         Ok((s.iter().map(|x| x.path.clone()).collect(), s.iter().map(|x| x.label as u32).collect()))
