@@ -31,8 +31,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// The whole pipeline on built-in synthetic data: benchmark, training, AMG and random pruning,
-    /// one comparison table and a plot (4–8 minutes on 2 cores; --quick about 15 seconds).
+    /// The whole pipeline on built-in synthetic data: benchmark, base, AMG and random pruning, control,
+    /// one comparison table and a plot (a few minutes on 2 cores from the converged base the
+    /// repository ships; --quick, from a tiny model trained from scratch, about 30 seconds).
     Demo(demo::Args),
     /// Convert a timm / DeiT / LA-Transformer / AMG-reference / TransReID checkpoint into an amg model directory.
     Import(import::Args),

@@ -326,6 +326,15 @@ impl FineTune<'_> {
     }
 }
 
+/// The control a pruned model is held against: the unpruned `model` fine-tuned exactly as `prune`
+/// fine-tunes its result at the end — the same options, epochs, seed and teacher (the model itself
+/// when the options distil) — so that what differs between the two comes from what was removed,
+/// not from the extra training. Writes the run under `run` and returns its last epoch.
+pub fn fine_tune_unpruned(model: &ModelFiles, data: &Dataset, o: &PruneOptions, run: &Path, log: &mut dyn FnMut(&str)) -> Result<ModelFiles> {
+    let teacher = (o.distill != Distill::None).then_some(model);
+    FineTune { data, o, teacher }.run(model.clone(), run, o.final_epochs, true, log)
+}
+
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     crate::fsutil::write_bytes_atomic(path, serde_json::to_string_pretty(value).expect("serialisable").as_bytes())
 }
