@@ -60,8 +60,8 @@ impl World {
         if opts.cams < 2 || opts.cams > 9 {
             return Err(Error::invalid("`cams` must be between 2 and 9 (Re-ID needs matches across cameras)"));
         }
-        if opts.images_per_id < 2 {
-            return Err(Error::invalid("`images_per_id` must be at least 2"));
+        if !(2..=1000).contains(&opts.images_per_id) {
+            return Err(Error::invalid("`images_per_id` must be between 2 and 1000"));
         }
         let (h, w) = opts.size;
         if h < 32 || w < 16 || h > 1024 || w > 1024 {
