@@ -95,8 +95,9 @@ impl DemoSettings {
         let field = |k: &str| o[k].as_u64().filter(|&v| v > 0).ok_or_else(|| Error::file(&recorded, format!("`options.{k}`: expected a positive integer")));
         let (h, w) = (o["size"][0].as_u64(), o["size"][1].as_u64());
         let (Some(h), Some(w)) = (h, w) else { return Err(Error::file(&recorded, "`options.size`: expected [height, width]")) };
-        let model = ModelFiles::load(base)?;
-        let input = (model.config().input.height, model.config().input.width);
+        // Only the input size here; `run` loads (and checks) the whole model before any work.
+        let config = crate::model::ModelConfig::load(&base.join(crate::model::dir::CONFIG_FILE))?;
+        let input = (config.input.height, config.input.width);
         let cap = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Ok(DemoSettings {
             quick: false,
@@ -208,10 +209,12 @@ pub fn table(rows: &[DemoRow]) -> String {
 pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Result<DemoResult> {
     let t0 = std::time::Instant::now();
     // An earlier demo's output is moved aside, and put back if this run fails or is interrupted.
+    // A given base is read and checked first, so that a damaged one is refused before any work.
+    let given = settings.base.as_deref().map(|dir| ModelFiles::load(dir).map(|m| (dir.to_path_buf(), m))).transpose()?;
     let aside = start_output(out, settings)?;
     let data = benchmark(out, settings, log)?;
-    let (base_dir, base) = match &settings.base {
-        Some(dir) => load_base(dir, &data, log)?,
+    let (base_dir, base) = match given {
+        Some((dir, base)) => check_base(dir, base, &data, log)?,
         None => train_base(out, settings, &data, log)?,
     };
     let pruned = prune_both(out, settings, &data, &base, log)?;
@@ -277,9 +280,8 @@ fn benchmark(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> 
     Dataset::open(&data_dir, None)
 }
 
-/// Step 2 with a base: the converged model, checked against the benchmark's identities.
-fn load_base(dir: &Path, data: &Dataset, log: &mut dyn FnMut(&str)) -> Result<(PathBuf, ModelFiles)> {
-    let base = ModelFiles::load(dir)?;
+/// Step 2 with a base: the model given, checked against the benchmark's identities.
+fn check_base(dir: PathBuf, base: ModelFiles, data: &Dataset, log: &mut dyn FnMut(&str)) -> Result<(PathBuf, ModelFiles)> {
     let c = base.config();
     log(&format!(
         "2/6 the base: a ViT-Ti at {}x{} trained on the benchmark's {} training identities ({})",
@@ -289,9 +291,9 @@ fn load_base(dir: &Path, data: &Dataset, log: &mut dyn FnMut(&str)) -> Result<(P
         dir.display()
     ));
     if c.head.num_classes != data.num_classes {
-        return Err(Error::file(dir, format!("has {} classes, but the benchmark has {} training identities", c.head.num_classes, data.num_classes)));
+        return Err(Error::file(&dir, format!("has {} classes, but the benchmark has {} training identities", c.head.num_classes, data.num_classes)));
     }
-    Ok((dir.to_path_buf(), base))
+    Ok((dir, base))
 }
 
 /// Step 2: a ViT-Ti (or TransReID-Ti) trained from scratch, under `out/train`; returns its final
