@@ -1,5 +1,4 @@
 use amg::data::Dataset;
-use amg::model::ModelFiles;
 use amg::prune::analyze::{analyze, AnalyzeOptions};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -29,7 +28,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     amg::fsutil::check_output_file(&a.out, a.force)?;
-    let files = ModelFiles::load(&a.model)?;
+    let files = crate::args::float_model(&a.model, "`amg analyze`")?;
     let data = Dataset::open(&a.data, None)?;
     eprint!("{}", data.summary());
     let s = analyze(&files, &data, &AnalyzeOptions { batch_size: a.batch_size, limit: a.limit, progress: true })?;

@@ -1,7 +1,8 @@
-use crate::args::{at_least_one, size};
+use crate::args::{at_least_one, choice, size};
 use amg::engine::Precision;
+use amg::model::quant::{ActivationScales, Quantization, WEIGHT_SCHEME};
 use amg::model::{Arch, HeadConfig, ModelConfig, ModelFiles, Source};
-use amg::report::bench::{bench_gemm, bench_la_step, bench_model, bench_toy_step};
+use amg::report::bench::{bench_gemm, bench_gemm_int8, bench_la_step, bench_model, bench_toy_step};
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 
@@ -46,18 +47,39 @@ pub struct Args {
     /// gallery (without), at the model's input size.
     #[arg(long)]
     data: Option<PathBuf>,
-    // Inference only; with bf16 the report also says how far the features are from float32's.
-    #[command(flatten)]
-    precision: crate::args::PrecisionArg,
+    /// Number format: f32; bf16 (bfloat16 weights and inputs of the blocks' products, float32
+    /// sums); int8 (the blocks' products in INT8 with dynamic scales: a float32 model is quantized
+    /// in memory for the measurement; with --gemm, the INT8 products' ceiling). An INT8 model
+    /// directory runs in INT8 whatever this says.
+    #[arg(long, value_parser = choice::<BenchPrecision>(), default_value = "f32")]
+    precision: BenchPrecision,
+}
+
+amg::choice! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum BenchPrecision {
+        F32 = "f32" => "float32",
+        Bf16 = "bf16" => "bfloat16 products, float32 sums",
+        Int8 = "int8" => "INT8 products (dynamic activation scales)",
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.precision.precision != Precision::F32 && (a.gemm || a.train) {
-        return Err(anyhow!("--precision {} measures inference: it does not go with --gemm or --train", amg::choice::Choice::name(a.precision.precision)));
+    if a.precision != BenchPrecision::F32 && a.train {
+        return Err(anyhow!("--precision {} measures inference: it does not go with --train", amg::choice::Choice::name(a.precision)));
     }
     if a.gemm {
-        let r = bench_gemm(a.gemm_size, a.iters, !a.json)?;
-        println!("{}", if a.json { serde_json::to_string(&r)? } else { r.text() });
+        match a.precision {
+            BenchPrecision::F32 => {
+                let r = bench_gemm(a.gemm_size, a.iters, !a.json)?;
+                println!("{}", if a.json { serde_json::to_string(&r)? } else { r.text() });
+            }
+            BenchPrecision::Int8 => {
+                let r = bench_gemm_int8(a.gemm_size, a.iters, !a.json)?;
+                println!("{}", if a.json { serde_json::to_string(&r)? } else { r.text() });
+            }
+            BenchPrecision::Bf16 => return Err(anyhow!("--gemm measures float32 or int8 products (--precision f32 or int8)")),
+        }
         return Ok(());
     }
     if a.train {
@@ -81,8 +103,29 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => return Err(anyhow!("give --model DIR or --arch tiny|small|base")),
     };
     let data = a.data.as_ref().map(|root| amg::data::Dataset::open(root, None)).transpose()?;
-    a.precision.warn_if_emulated();
-    let r = bench_model(files, &label, a.batch_size, a.iters, data.as_ref(), a.precision.precision, !a.json)?;
+    let precision = match a.precision {
+        BenchPrecision::Bf16 => Precision::Bf16,
+        _ => Precision::F32,
+    };
+    crate::args::PrecisionArg { precision }.warn_if_emulated();
+    // INT8 of a float32 model: its products quantized in memory, as `amg quantize` would with
+    // dynamic scales (an INT8 directory already is).
+    let files = if a.precision == BenchPrecision::Int8 && files.config().quantization.is_none() {
+        let fingerprint = files.fingerprint();
+        let (config, params) = files.into_parts();
+        let q = Quantization {
+            weights: WEIGHT_SCHEME.into(),
+            activations: ActivationScales::Dynamic,
+            calibration_images: None,
+            float_model: label.clone(),
+            float_fingerprint: fingerprint,
+        };
+        ModelFiles::int8(config, params, q, None)?
+    } else {
+        files
+    };
+    let label = if a.precision == BenchPrecision::Int8 { format!("{label} INT8") } else { label };
+    let r = bench_model(files, &label, a.batch_size, a.iters, data.as_ref(), precision, !a.json)?;
     println!("{}", if a.json { serde_json::to_string(&r)? } else { r.text() });
     Ok(())
 }

@@ -1,4 +1,4 @@
-use amg::model::ModelConfig;
+use amg::model::{ModelConfig, ModelFiles};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -14,10 +14,15 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = ModelConfig::load(&a.model.join(amg::model::dir::CONFIG_FILE))?;
+    // An INT8 model's scales are in its tensors: loaded (and checked) only for those.
+    let files = cfg.quantization.is_some().then(|| ModelFiles::load(&a.model)).transpose()?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&amg::report::inspect::inspection(&cfg))?);
+        println!("{}", serde_json::to_string_pretty(&amg::report::inspect::inspection(&cfg, files.as_ref()))?);
     } else {
         print!("{}", amg::report::inspect::render(&cfg));
+        if let Some(f) = &files {
+            print!("{}", amg::report::inspect::render_int8(f));
+        }
     }
     Ok(())
 }

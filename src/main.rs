@@ -11,6 +11,7 @@ mod export;
 mod import;
 mod inspect;
 mod prune;
+mod quantize;
 mod search;
 mod synth;
 mod train;
@@ -55,6 +56,8 @@ enum Cmd {
     Analyze(analyze::Args),
     /// Prune heads and key tokens (AMG), fine-tune with distillation, iterate; or apply a plan.
     Prune(prune::Args),
+    /// Write an INT8 model (int8 weights per channel, int8 products) and report the accuracy it keeps.
+    Quantize(quantize::Args),
     /// Pictures: head entropy, token importance, kept tokens, attention maps over an image.
     Viz(viz::Args),
     /// Evaluate Re-ID accuracy (CMC, mAP, mINP) on a dataset's query/gallery, or on feature files.
@@ -94,6 +97,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train(a) => train::run(a),
         Cmd::Analyze(a) => analyze::run(a),
         Cmd::Prune(a) => prune::run(a),
+        Cmd::Quantize(a) => quantize::run(a),
         Cmd::Viz(a) => viz::run(a),
         Cmd::Eval(a) => eval::run(a),
     }

@@ -21,6 +21,7 @@ mod parity;
 mod precision;
 mod prune;
 mod pytorch_export;
+mod quantize;
 mod synth;
 mod train;
 mod user_files;

@@ -21,6 +21,7 @@ pub mod draw;
 pub mod embed;
 pub mod eval;
 pub mod prune;
+pub mod quantize;
 pub mod report;
 pub mod synth;
 pub mod train;

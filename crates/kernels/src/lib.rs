@@ -22,6 +22,7 @@ pub mod autodiff;
 pub mod bf16;
 pub mod block;
 pub mod gemm;
+pub mod int8;
 pub mod math;
 pub mod optim;
 pub mod packed;
@@ -38,15 +39,15 @@ pub enum Isa {
 }
 
 /// The widest instruction set the element-wise kernels use: the best the CPU has, or the one the
-/// environment variable `AMG_ISA` (`avx512`, `avx2`, `portable`) asks for — never more than the CPU
-/// has. Tests run every path this way; on other architectures it is always `Portable`.
+/// environment variable `AMG_ISA` (`avx512`, `avxvnni`, `avx2`, `portable`) asks for — never more
+/// than the CPU has (`avxvnni` matters to the INT8 products, `int8::unit`; here it is `avx2`). Tests run every path this way; on other architectures it is always `Portable`.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         let best = detect();
         match std::env::var("AMG_ISA").ok().as_deref() {
             Some("portable") => Isa::Portable,
-            Some("avx2") if best != Isa::Portable => Isa::Avx2,
+            Some("avx2" | "avxvnni") if best != Isa::Portable => Isa::Avx2,
             _ => best,
         }
     })

@@ -11,10 +11,12 @@
 
 use super::bf16::{matmul_bf16, PackedBf16};
 use super::gemm::{gemm_raw, matmul_then, Acc, Epilogue, Mat, Strides};
+use super::int8::{matmul_i8, PackedI8};
 use super::part_bounds;
 use super::SendPtr;
 use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Columns per panel: the `gemm` crate's AVX-512 kernel width.
 const NR: usize = 64;
@@ -39,6 +41,11 @@ pub struct PackedB {
     panels: Vec<Panel>,
     /// For `--precision bf16`: the weight in bfloat16 tiles instead (`data` and `panels` empty).
     bf16: Option<PackedBf16>,
+    /// For an INT8 model: the weight in int8 panels instead (`data` and `panels` empty).
+    int8: Option<PackedI8>,
+    /// While calibrating INT8 input scales: the largest |value| of any left operand so far (its
+    /// float32 bits; non-negative floats order as their bits do).
+    input_max: Option<AtomicU32>,
 }
 
 #[derive(Clone, Copy)]
@@ -69,14 +76,32 @@ impl PackedB {
                 data[pn.offset + p * NR..pn.offset + p * NR + pn.width].copy_from_slice(&b[p * n + pn.col..p * n + pn.col + pn.width]);
             }
         }
-        PackedB { k, n, parts: bounds, data, panels, bf16: None }
+        PackedB { k, n, parts: bounds, data, panels, bf16: None, int8: None, input_max: None }
     }
 
     /// Packs the row-major k×n matrix `b` for bfloat16 products (see `kernels::bf16`): products
     /// with this weight round their left operand to bfloat16 and accumulate in float32.
     pub fn new_bf16(b: &[f32], k: usize, n: usize, parts: &[usize]) -> PackedB {
         let packed = PackedBf16::new(b, k, n, parts);
-        PackedB { k, n, parts: part_bounds(parts, n), data: Vec::new(), panels: Vec::new(), bf16: Some(packed) }
+        PackedB { k, n, parts: part_bounds(parts, n), data: Vec::new(), panels: Vec::new(), bf16: Some(packed), int8: None, input_max: None }
+    }
+
+    /// An INT8 weight (see `kernels::int8`): `q` `[n out][k in]` with its per-output `scales`, the
+    /// left operand quantized per row or with `input_scale`.
+    pub fn new_int8(q: &[i8], scales: &[f32], k: usize, n: usize, parts: &[usize], input_scale: Option<f32>) -> PackedB {
+        let packed = PackedI8::new(q, scales, k, n, parts, input_scale);
+        PackedB { k, n, parts: part_bounds(parts, n), data: Vec::new(), panels: Vec::new(), bf16: None, int8: Some(packed), input_max: None }
+    }
+
+    /// From now on, records the largest |value| of the left operands of products with this
+    /// weight (`input_max`): the calibration of an INT8 model's static input scales.
+    pub fn observe_inputs(&mut self) {
+        self.input_max = Some(AtomicU32::new(0));
+    }
+
+    /// The largest |value| of a left operand seen since `observe_inputs`.
+    pub fn input_max(&self) -> Option<f32> {
+        self.input_max.as_ref().map(|m| f32::from_bits(m.load(Ordering::Relaxed)))
     }
 
     /// Columns `cols` of the weight as a row-major k×cols.len() matrix, written into `out`.
@@ -93,6 +118,9 @@ impl PackedB {
     /// The weight back as a row-major k×n matrix (rounded to bfloat16 for a bfloat16 weight).
     pub fn to_row_major(&self) -> Vec<f32> {
         if let Some(b) = &self.bf16 {
+            return b.to_row_major();
+        }
+        if let Some(b) = &self.int8 {
             return b.to_row_major();
         }
         let mut out = Vec::new();
@@ -140,9 +168,18 @@ pub fn matmul_packed_many(products: Vec<Product>, threads: usize) {
     // Several products: their panel runs already give the threads enough to share.
     let share = products.len() == 1;
     for p in products {
+        if let Some(max) = &p.b.input_max {
+            let a = p.a;
+            let seen = (0..a.rows).map(|r| a.data[r * a.ld..r * a.ld + a.cols].iter().fold(0f32, |m, v| m.max(v.abs()))).fold(0f32, f32::max);
+            max.fetch_max(seen.to_bits(), Ordering::Relaxed);
+        }
         if let Some(b) = &p.b.bf16 {
             // Cut into tasks of its own; runs before the float32 ones.
             matmul_bf16(p.a, b, p.cols, p.c, p.ldc, p.acc, threads, p.epi);
+            continue;
+        }
+        if let Some(b) = &p.b.int8 {
+            matmul_i8(p.a, b, p.cols, p.c, p.ldc, p.acc, threads, p.epi);
             continue;
         }
         split(p, threads, share, &mut groups);

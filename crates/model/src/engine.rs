@@ -16,6 +16,7 @@ use crate::kernels::prof::phase;
 use crate::kernels::rows::{layer_norm, layer_norm_here};
 use crate::model::head::{la_blend, normalise_parts};
 use crate::model::params::{BlockParams, NeckParams, PartParams, VitParams};
+use crate::model::quant::{InputScales, QBlock};
 use crate::model::{LayerPlan, ModelConfig, ModelFiles};
 use crate::tensor::HostTensor;
 use rayon::prelude::*;
@@ -80,26 +81,25 @@ impl Layer {
 
     /// Packs one block's weights, consuming them (so loading holds one copy of each at a time).
     /// `n`: the tokens the block runs on (a plan keeping all of them needs no gather).
-    fn new(p: BlockParams<HostTensor>, plan: &LayerPlan, cfg: &ModelConfig, n: usize, precision: Precision) -> Layer {
+    /// `q`: the block's products in INT8 (an INT8 model), which then replace `p`'s float32 weights.
+    fn new(p: BlockParams<HostTensor>, q: Option<&QBlock>, plan: &LayerPlan, cfg: &ModelConfig, n: usize, precision: Precision) -> Layer {
         let (d, m) = (cfg.arch.embed_dim, cfg.arch.mlp_dim);
         let inner = plan.heads.len() * cfg.arch.head_dim;
-        // Weights are [out, in]; the products want [in, out].
-        let pack = |w: HostTensor, out: usize, inp: usize, parts: &[usize]| {
-            let t = transpose(&w.data, out, inp);
-            match precision {
-                Precision::F32 => PackedB::new(&t, inp, out, parts),
-                Precision::Bf16 => PackedB::new_bf16(&t, inp, out, parts),
-            }
+        // Weights are [out, in]; the float products want [in, out], the INT8 ones take [out, in].
+        let pack = |i: usize, w: HostTensor, out: usize, inp: usize, parts: &[usize]| match (q.map(|q| &q[i]), precision) {
+            (Some(ql), _) => PackedB::new_int8(&ql.weight, &ql.scale, inp, out, parts, ql.input_scale),
+            (None, Precision::F32) => PackedB::new(&transpose(&w.data, out, inp), inp, out, parts),
+            (None, Precision::Bf16) => PackedB::new_bf16(&transpose(&w.data, out, inp), inp, out, parts),
         };
         Layer {
             heads: plan.heads.len(),
             tokens: if plan.tokens.len() == n { None } else { Some(plan.tokens.clone()) },
             norm1: Norm { weight: p.norm1.weight.data, bias: p.norm1.bias.data },
-            qkv: Dense { weight: pack(p.qkv.weight, 3 * inner, d, &[inner, 2 * inner]), bias: bias_or_zeros(p.qkv.bias, 3 * inner) },
-            proj: Dense { weight: pack(p.proj.weight, d, inner, &[]), bias: bias_or_zeros(p.proj.bias, d) },
+            qkv: Dense { weight: pack(0, p.qkv.weight, 3 * inner, d, &[inner, 2 * inner]), bias: bias_or_zeros(p.qkv.bias, 3 * inner) },
+            proj: Dense { weight: pack(1, p.proj.weight, d, inner, &[]), bias: bias_or_zeros(p.proj.bias, d) },
             norm2: Norm { weight: p.norm2.weight.data, bias: p.norm2.bias.data },
-            fc1: Dense { weight: pack(p.fc1.weight, m, d, &[]), bias: bias_or_zeros(p.fc1.bias, m) },
-            fc2: Dense { weight: pack(p.fc2.weight, d, m, &[]), bias: bias_or_zeros(p.fc2.bias, d) },
+            fc1: Dense { weight: pack(2, p.fc1.weight, m, d, &[]), bias: bias_or_zeros(p.fc1.bias, m) },
+            fc2: Dense { weight: pack(3, p.fc2.weight, d, m, &[]), bias: bias_or_zeros(p.fc2.bias, d) },
         }
     }
 }
@@ -347,12 +347,20 @@ impl Engine {
     }
 
     /// As `new`, with the transformer blocks' products in `precision` (see `Precision`).
+    /// An INT8 model's products run in INT8 whatever `precision` (which must then be float32).
     pub fn with_precision(files: ModelFiles, precision: Precision) -> Result<Self> {
         files.check()?;
-        let ModelFiles { config: cfg, params } = files;
+        let ModelFiles { config: cfg, params, int8 } = files;
+        if int8.is_some() && precision != Precision::F32 {
+            return Err(Error::invalid(format!(
+                "this is an INT8 model: its products run in int8, the rest in float32, so `precision` {} does not apply",
+                crate::choice::Choice::name(precision)
+            )));
+        }
+        let (q_blocks, q_jpm) = int8.map_or((Vec::new(), None), |i| (i.blocks, i.jpm));
         let (d, p, n) = (cfg.arch.embed_dim, cfg.arch.patch_size, cfg.num_tokens());
         let VitParams { patch_embed, cls_token, dist_token, pos_embed, sie_embed, blocks, norm, jpm, parts, necks } = params;
-        let layers = blocks.into_iter().zip(&cfg.layers).map(|(b, plan)| Layer::new(b, plan, &cfg, n, precision)).collect();
+        let layers = blocks.into_iter().zip(&cfg.layers).enumerate().map(|(i, (b, plan))| Layer::new(b, q_blocks.get(i), plan, &cfg, n, precision)).collect();
         let parts = parts.into_iter().map(|part| Part::new(part, d)).collect();
         let necks = necks.into_iter().map(|neck| Neck::new(neck, d)).collect();
         let jpm = match (jpm, &cfg.arch.jpm) {
@@ -360,7 +368,7 @@ impl Engine {
                 let t = cfg.jpm_tokens();
                 let plan = LayerPlan { heads: j.heads.clone(), tokens: (0..t).collect() };
                 Some(JpmBranch {
-                    layer: Layer::new(b2.block, &plan, &cfg, t, precision),
+                    layer: Layer::new(b2.block, q_jpm.as_ref(), &plan, &cfg, t, precision),
                     norm_w: b2.norm.weight.data,
                     norm_b: b2.norm.bias.data,
                     groups: cfg.jpm_groups(),
@@ -385,6 +393,31 @@ impl Engine {
             spare: Mutex::new(Vec::new()),
             precision,
         })
+    }
+
+    /// A float32 model prepared to calibrate INT8 input scales: its runs record, for every
+    /// block product, the largest |value| of its input (`input_scales`).
+    pub fn calibrating(files: ModelFiles) -> Result<Self> {
+        files.require_float("calibrating INT8 scales")?;
+        let mut e = Engine::new(files)?;
+        for l in e.layers.iter_mut().chain(e.jpm.as_mut().map(|j| &mut j.layer)) {
+            for d in [&mut l.qkv, &mut l.proj, &mut l.fc1, &mut l.fc2] {
+                d.weight.observe_inputs();
+            }
+        }
+        Ok(e)
+    }
+
+    /// After runs of a `calibrating` engine: each product's input scale, max|x| / 127 (1 for a
+    /// product whose inputs were all 0), in `BlockParams::products` order.
+    pub fn input_scales(&self) -> InputScales {
+        let of = |l: &Layer| {
+            [&l.qkv, &l.proj, &l.fc1, &l.fc2].map(|d| match d.weight.input_max() {
+                Some(m) if m > 0.0 && m.is_finite() => m / crate::kernels::int8::QMAX,
+                _ => 1.0,
+            })
+        };
+        InputScales { blocks: self.layers.iter().map(of).collect(), jpm: self.jpm.as_ref().map(|j| of(&j.layer)) }
     }
 
     pub fn config(&self) -> &ModelConfig {

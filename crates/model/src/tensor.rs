@@ -57,6 +57,11 @@ pub struct RawTensor {
 }
 
 impl RawTensor {
+    /// A float32 tensor's bytes.
+    pub fn from_f32(t: &HostTensor) -> RawTensor {
+        RawTensor { dtype: DType::F32, shape: t.shape.clone(), bytes: t.data.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -246,6 +251,53 @@ impl safetensors::View for F32View<'_> {
     fn data_len(&self) -> usize {
         self.data.len() * 4
     }
+}
+
+/// A tensor of any type as safetensors writes it.
+struct RawView<'a>(&'a RawTensor);
+
+impl safetensors::View for RawView<'_> {
+    fn dtype(&self) -> StDtype {
+        match self.0.dtype {
+            DType::F64 => StDtype::F64,
+            DType::F32 => StDtype::F32,
+            DType::F16 => StDtype::F16,
+            DType::BF16 => StDtype::BF16,
+            DType::I64 => StDtype::I64,
+            DType::I32 => StDtype::I32,
+            DType::I16 => StDtype::I16,
+            DType::I8 => StDtype::I8,
+            DType::U8 => StDtype::U8,
+            DType::Bool => StDtype::BOOL,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.0.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.0.bytes.len()
+    }
+}
+
+/// Writes tensors of any type (and string metadata) to a safetensors file, atomically.
+pub fn write_raw_safetensors(path: &Path, tensors: BTreeMap<String, RawTensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let views = tensors.iter().map(|(k, t)| (k.clone(), RawView(t)));
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot serialise tensors: {e}")))?;
+    fsutil::write_bytes_atomic(path, &bytes)
+}
+
+/// Every tensor as float32; a non-float tensor is an error naming it (`path`: the file they came
+/// from).
+pub fn raw_to_f32(raw: BTreeMap<String, RawTensor>, path: &Path) -> Result<TensorMap> {
+    raw.into_iter()
+        .map(|(name, t)| {
+            let data = t.to_f32().ok_or_else(|| Error::tensor(path, &name, format!("expected a float tensor, found {}", t.dtype.name())))?;
+            Ok((name, HostTensor { shape: t.shape, data }))
+        })
+        .collect()
 }
 
 /// Writes float32 tensors (and string metadata) to a safetensors file, atomically.

@@ -347,6 +347,65 @@ impl GemmBench {
     }
 }
 
+/// The ceiling of INT8 products: `size`³ products of float32 rows (quantized per row, in the
+/// timing) by an int8 weight, on the unit INT8 models use here.
+#[derive(Debug, Clone, Serialize)]
+pub struct Int8GemmBench {
+    pub size: usize,
+    pub threads: usize,
+    pub iters: usize,
+    pub unit: crate::kernels::int8::Unit,
+    pub best_gops: f64,
+    pub median_gops: f64,
+}
+
+impl Int8GemmBench {
+    pub fn text(&self) -> String {
+        format!(
+            "int8 products {n}x{n}x{n} on {}, {} threads: {:.0} GOP/s best, {:.0} median (of {}; the rows' quantization included); ceiling {:.0} GOP/s",
+            self.unit.describe(),
+            self.threads,
+            self.best_gops,
+            self.median_gops,
+            self.iters,
+            self.best_gops,
+            n = self.size
+        )
+    }
+}
+
+/// Times `iters` `size`³ INT8 products after one warm-up (see `Int8GemmBench`).
+pub fn bench_gemm_int8(size: usize, iters: usize, progress: bool) -> Result<Int8GemmBench> {
+    use crate::kernels::gemm::{Acc, Epilogue, Mat};
+    use crate::kernels::int8::{matmul_i8, quantize_weight, unit, PackedI8};
+    let n = size;
+    if n > 8192 {
+        return Err(crate::Error::invalid(format!("`gemm_size` {n}: at most 8192")));
+    }
+    let mut rng = Rng::new(0);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
+    let w: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
+    let (q, s) = quantize_weight(&w, n, n);
+    drop(w);
+    let packed = PackedI8::new(&q, &s, n, n, &[], None);
+    let mut c = vec![0f32; n * n];
+    let threads = rayon::current_num_threads();
+    let ops = 2.0 * (n as f64).powi(3);
+    let pb = crate::progress::bar(iters as u64, "int8 gemm", "products", progress);
+    let mut gops = Vec::new();
+    for i in 0..=iters {
+        let t = std::time::Instant::now();
+        matmul_i8(Mat::dense(&a, n, n), &packed, 0..n, &mut c, n, Acc::Overwrite, threads, Epilogue::None);
+        if i > 0 {
+            gops.push(ops / t.elapsed().as_secs_f64() / 1e9);
+            pb.inc(1);
+        }
+        crate::interrupt::check()?;
+    }
+    pb.finish_and_clear();
+    Ok(Int8GemmBench { size: n, threads, iters, unit: unit(), best_gops: gops.iter().cloned().fold(0.0, f64::max), median_gops: median(gops) })
+}
+
 /// Times `iters` `size`³ float32 products of each kind, the two kinds alternating, after one
 /// warm-up of each.
 pub fn bench_gemm(size: usize, iters: usize, progress: bool) -> Result<GemmBench> {

@@ -2,7 +2,7 @@
 
 use super::human;
 use crate::model::cost::{model_cost, ModelCost};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, ModelFiles};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -10,10 +10,71 @@ use std::fmt::Write;
 pub struct Inspection<'a> {
     pub config: &'a ModelConfig,
     pub cost: ModelCost,
+    /// An INT8 model's scales, per block (JPM's b2 last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Vec<BlockScales>>,
 }
 
-pub fn inspection(cfg: &ModelConfig) -> Inspection<'_> {
-    Inspection { config: cfg, cost: model_cost(cfg) }
+/// One block's INT8 scales: per product (qkv, proj, fc1, fc2) the smallest and largest weight
+/// scale, and the input scale when it is static.
+#[derive(Serialize)]
+pub struct BlockScales {
+    pub layer: String,
+    pub products: Vec<ProductScales>,
+}
+
+#[derive(Serialize)]
+pub struct ProductScales {
+    pub product: &'static str,
+    pub weight_scale_min: f32,
+    pub weight_scale_max: f32,
+    pub input_scale: Option<f32>,
+}
+
+/// `files`: the model's tensors, for an INT8 model's scales (the rest needs only `cfg`).
+pub fn inspection<'a>(cfg: &'a ModelConfig, files: Option<&ModelFiles>) -> Inspection<'a> {
+    Inspection { config: cfg, cost: model_cost(cfg), int8: files.and_then(int8_scales) }
+}
+
+fn int8_scales(files: &ModelFiles) -> Option<Vec<BlockScales>> {
+    let q = files.int8_params()?;
+    let block = |layer: String, b: &crate::model::quant::QBlock| BlockScales {
+        layer,
+        products: ["qkv", "proj", "fc1", "fc2"]
+            .into_iter()
+            .zip(b)
+            .map(|(product, l)| ProductScales {
+                product,
+                weight_scale_min: l.scale.iter().copied().fold(f32::INFINITY, f32::min),
+                weight_scale_max: l.scale.iter().copied().fold(0.0, f32::max),
+                input_scale: l.input_scale,
+            })
+            .collect(),
+    };
+    let mut out: Vec<BlockScales> = q.blocks.iter().enumerate().map(|(i, b)| block(i.to_string(), b)).collect();
+    out.extend(q.jpm.as_ref().map(|b| block("b2".into(), b)));
+    Some(out)
+}
+
+/// The INT8 section of `amg inspect`: the scheme, then each block's scales.
+pub fn render_int8(files: &ModelFiles) -> String {
+    let (Some(q), Some(blocks)) = (&files.config().quantization, int8_scales(files)) else { return String::new() };
+    let mut s = String::new();
+    let _ = writeln!(s, "\nINT8: {}", q.describe());
+    let _ = writeln!(s, "  weight scales per output channel (smallest–largest){}", if q.calibration_images.is_some() { "; × input scale" } else { "" });
+    let _ = writeln!(s, "{:>5} {:>24} {:>24} {:>24} {:>24}", "layer", "qkv", "proj", "fc1", "fc2");
+    for b in &blocks {
+        let cells: Vec<String> = b
+            .products
+            .iter()
+            .map(|p| {
+                let w = format!("{:.2e}–{:.2e}", p.weight_scale_min, p.weight_scale_max);
+                p.input_scale.map_or(w.clone(), |x| format!("{w} × {x:.2e}"))
+            })
+            .collect();
+        let _ = writeln!(s, "{:>5} {:>24} {:>24} {:>24} {:>24}", b.layer, cells[0], cells[1], cells[2], cells[3]);
+    }
+    s
 }
 
 pub fn render(cfg: &ModelConfig) -> String {

@@ -143,7 +143,7 @@ pub fn import(req: &ImportRequest) -> Result<ModelFiles> {
     let params = ck.tensors(&cfg, grids, &mut notes)?;
     ck.check_unused()?;
     cfg.source.notes = notes;
-    let files = ModelFiles { config: cfg, params };
+    let files = ModelFiles { config: cfg, params, int8: None };
     files.params.check(&files.config, ck.path)?;
     Ok(files)
 }

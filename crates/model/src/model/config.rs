@@ -285,6 +285,9 @@ pub struct ModelConfig {
     pub layers: Vec<LayerPlan>,
     pub head: HeadConfig,
     pub source: Source,
+    /// An INT8 model's scheme (`model::quant`); absent for float32 models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<super::quant::Quantization>,
 }
 
 impl ModelConfig {
@@ -298,6 +301,7 @@ impl ModelConfig {
             arch,
             head,
             source,
+            quantization: None,
         };
         cfg.check_input()?;
         let n = cfg.num_tokens();

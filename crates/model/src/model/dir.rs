@@ -2,10 +2,11 @@
 
 use super::config::{HeadConfig, HeadKind, ModelConfig};
 use super::params::VitParams;
+use super::quant::Int8Params;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::resample::resample_pos_embed_for;
-use crate::tensor::{write_named_safetensors, HostTensor, SafetensorsFile};
+use crate::tensor::{write_named_safetensors, write_raw_safetensors, HostTensor, RawTensor, SafetensorsFile};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -19,14 +20,49 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub struct ModelFiles {
     pub(crate) config: ModelConfig,
     pub(crate) params: VitParams<HostTensor>,
+    /// An INT8 model's integers and scales (`config.quantization` says so); `params` then hold the
+    /// float32 weights they stand for.
+    pub(crate) int8: Option<Int8Params>,
 }
 
 impl ModelFiles {
     /// A model from a configuration and its tensors, checked against each other.
     pub fn new(config: ModelConfig, params: VitParams<HostTensor>) -> Result<Self> {
-        let m = ModelFiles { config, params };
+        let m = ModelFiles { config, params, int8: None };
         m.check()?;
         Ok(m)
+    }
+
+    /// An INT8 model: a float32 model's products quantized (`Int8Params::quantize`), its
+    /// configuration recording the scheme.
+    pub fn int8(
+        mut config: ModelConfig,
+        mut params: VitParams<HostTensor>,
+        quantization: super::quant::Quantization,
+        inputs: Option<&super::quant::InputScales>,
+    ) -> Result<Self> {
+        let int8 = Int8Params::quantize(&mut params, inputs);
+        config.quantization = Some(quantization);
+        let m = ModelFiles { config, params, int8: Some(int8) };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// The INT8 products, for an INT8 model.
+    pub fn int8_params(&self) -> Option<&Int8Params> {
+        self.int8.as_ref()
+    }
+
+    /// `Ok` for a float32 model; for an INT8 one, an error saying that `what` needs the float32
+    /// model it was made from, and naming it.
+    pub fn require_float(&self, what: &str) -> Result<()> {
+        match &self.config.quantization {
+            None => Ok(()),
+            Some(q) => Err(Error::invalid(format!(
+                "{what} needs a float32 model, and this is an INT8 model (made by `amg quantize`): use the float32 model it was made from, {} (fingerprint {})",
+                q.float_model, q.float_fingerprint
+            ))),
+        }
     }
     pub fn config(&self) -> &ModelConfig {
         &self.config
@@ -44,6 +80,8 @@ impl ModelFiles {
     pub fn has_classifiers(&self) -> bool {
         !self.params.parts.is_empty() || self.params.necks.iter().any(|n| n.classifier.is_some())
     }
+    /// The configuration and float32 parameters (of an INT8 model: the weights its products
+    /// multiply by; its integers are dropped).
     pub fn into_parts(self) -> (ModelConfig, VitParams<HostTensor>) {
         (self.config, self.params)
     }
@@ -56,9 +94,17 @@ impl ModelFiles {
         }
         let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
         let wpath = dir.join(WEIGHTS_FILE);
-        let tensors = SafetensorsFile::open(&wpath)?.all_f32()?;
+        let file = SafetensorsFile::open(&wpath)?;
+        let (tensors, int8) = match &config.quantization {
+            None => (file.all_f32()?, None),
+            Some(q) => {
+                let mut raw = file.all_raw()?;
+                let int8 = Int8Params::take_from(&config, q, &mut raw, &wpath)?;
+                (crate::tensor::raw_to_f32(raw, &wpath)?, Some(int8))
+            }
+        };
         let params = VitParams::from_map(&config, tensors, &wpath)?;
-        Ok(ModelFiles { config, params }) // checked by `validate` and `from_map`
+        Ok(ModelFiles { config, params, int8 }) // checked by `validate`, `from_map` and `take_from`
     }
 
     /// What identifies the function the model computes: a 64-bit hash (16 hex digits) of its
@@ -78,6 +124,11 @@ impl ModelFiles {
             t.shape.iter().for_each(|&d| eat(d as u32));
             t.data.iter().for_each(|v| eat(v.to_bits()));
         }
+        // An INT8 model: its scheme and every integer and scale (a float32 model hashes as before).
+        if let (Some(q), Some(i)) = (&c.quantization, &self.int8) {
+            serde_json::to_string(q).expect("the scheme serialises").bytes().for_each(|b| eat(u32::from(b)));
+            i.hash_into(&mut eat);
+        }
         format!("{h:016x}")
     }
 
@@ -86,7 +137,18 @@ impl ModelFiles {
     /// for surgery and tests; nothing runs a model that has not passed this.
     pub fn check(&self) -> Result<()> {
         self.config.validate()?;
-        self.params.check(&self.config, Path::new("(model in memory)"))
+        let here = Path::new("(model in memory)");
+        self.params.check(&self.config, here)?;
+        self.check_int8(here)
+    }
+
+    fn check_int8(&self, path: &Path) -> Result<()> {
+        match (&self.config.quantization, &self.int8) {
+            (None, None) => Ok(()),
+            (Some(q), Some(i)) => i.check(q, &self.params, path),
+            (Some(_), None) => Err(Error::file(path, "config.json describes an INT8 model but there are no INT8 weights")),
+            (None, Some(_)) => Err(Error::file(path, "INT8 weights for a model config.json calls float32")),
+        }
     }
 
     /// The same model at another input size, as fine-tuning at a new resolution starts (an
@@ -141,6 +203,7 @@ impl ModelFiles {
     pub fn save_with(&self, dir: &Path, force: bool, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         self.config.validate()?;
         self.params.check(&self.config, &dir.join(WEIGHTS_FILE))?;
+        self.check_int8(&dir.join(WEIGHTS_FILE))?;
         fsutil::write_dir_atomic(dir, force, |tmp| {
             self.write_into(tmp)?;
             extra(tmp)
@@ -151,7 +214,17 @@ impl ModelFiles {
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         let meta = HashMap::from([("format".to_string(), "amg-model".to_string())]);
         let named = self.params.entries().into_iter().map(|(k, t)| (k.to_string(), t));
-        write_named_safetensors(&dir.join(WEIGHTS_FILE), named, Some(meta))?;
+        match &self.int8 {
+            None => write_named_safetensors(&dir.join(WEIGHTS_FILE), named, Some(meta))?,
+            Some(i) => {
+                // The products' weights as int8 with their scales, in place of their float32 form.
+                let mut raw = i.tensors(&self.params);
+                for (name, t) in named {
+                    raw.entry(name).or_insert_with(|| RawTensor::from_f32(t));
+                }
+                write_raw_safetensors(&dir.join(WEIGHTS_FILE), raw, Some(meta))?
+            }
+        }
         fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), self.config.to_json().as_bytes())
     }
 }

@@ -5,6 +5,7 @@ pub mod cost;
 pub mod dir;
 pub mod head;
 pub mod params;
+pub mod quant;
 pub mod surgery;
 pub mod vit;
 pub mod weights;

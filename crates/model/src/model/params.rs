@@ -171,6 +171,15 @@ pub struct BlockParams<T> {
 }
 
 impl<T> BlockParams<T> {
+    /// The block's four products, the ones an INT8 model quantizes (`model::quant`): qkv,
+    /// projection, fc1, fc2.
+    pub fn products(&self) -> [&Linear<T>; 4] {
+        [&self.qkv, &self.proj, &self.fc1, &self.fc2]
+    }
+    pub fn products_mut(&mut self) -> [&mut Linear<T>; 4] {
+        [&mut self.qkv, &mut self.proj, &mut self.fc1, &mut self.fc2]
+    }
+
     pub fn try_map<'a, U>(&'a self, k: &Key, f: &mut MapFn<'_, 'a, T, U>) -> Result<BlockParams<U>> {
         let (attn, mlp) = (k.pp("attn"), k.pp("mlp"));
         Ok(BlockParams {

@@ -105,6 +105,7 @@ impl Plan {
 
 /// Applies a plan: a new model whose removed heads are physically gone.
 pub fn apply_plan(model: &ModelFiles, plan: &Plan) -> Result<ModelFiles> {
+    model.require_float("pruning")?;
     let plan = plan.checked(&model.config)?;
     let mut out = model.clone();
     let hd = model.config.arch.head_dim;

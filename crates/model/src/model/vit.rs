@@ -76,6 +76,7 @@ struct PendingBlock {
 
 impl Vit {
     pub fn new(files: &ModelFiles, device: &Device) -> Result<Self> {
+        files.require_float("training (the differentiable model)")?;
         files.check()?;
         let params = files.params.try_map(&mut |_, t| Ok(Var::from_tensor(&Tensor::from_slice(&t.data, t.shape.as_slice(), device)?)?))?;
         Ok(Vit { cfg: files.config.clone(), params, device: device.clone(), pending: Mutex::new(Vec::new()) })
@@ -122,7 +123,7 @@ impl Vit {
 
     /// The current weights as a model (for saving).
     pub fn to_files(&self) -> Result<ModelFiles> {
-        Ok(ModelFiles { config: self.cfg.clone(), params: self.params.try_map(&mut |_, v| to_host(v.as_tensor()))? })
+        Ok(ModelFiles { config: self.cfg.clone(), params: self.params.try_map(&mut |_, v| to_host(v.as_tensor()))?, int8: None })
     }
 
     /// The learned parameters by name, for the optimiser (its state is saved under these names).
