@@ -104,7 +104,9 @@ fn an_int8_model_keeps_its_features_and_every_command_runs_it() {
         &amg(&["embed", "--model", s(&q), "--images", s(&query), "--out", s(&dir.join("bf16.safetensors")), "--precision", "bf16"]),
         &["INT8", "--precision"],
     );
-    for gone in ["scores.json", "pruned", "run", "again", "bf16.safetensors"] {
+    fails_with(&amg(&["export", "--model", s(&q), "--format", "pytorch", "--out", s(&dir.join("q.pth"))]), &["INT8", "ONNX"]);
+    ok(&amg(&["export", "--model", s(&q), "--format", "onnx", "--out", s(&dir.join("q.onnx"))]));
+    for gone in ["scores.json", "pruned", "run", "again", "bf16.safetensors", "q.pth"] {
         assert!(!dir.join(gone).exists(), "{gone} was written");
     }
 

@@ -38,6 +38,11 @@ pub fn export(req: &ExportRequest) -> Result<u64> {
     match req.format {
         ExportFormat::Onnx => fsutil::write_bytes_atomic(req.out, &onnx::export_onnx(req.model, req.outputs)?)?,
         ExportFormat::Pytorch => {
+            if req.model.config().quantization.is_some() {
+                return Err(Error::invalid(
+                    "a PyTorch checkpoint holds float32 weights, and this is an INT8 model: export it as ONNX (QDQ form), or export the float32 model it was made from",
+                ));
+            }
             if req.outputs.logits {
                 return Err(Error::invalid("`outputs` applies to ONNX graphs; a PyTorch checkpoint holds the whole model"));
             }

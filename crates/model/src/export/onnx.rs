@@ -8,10 +8,18 @@
 //! weights), and a token-pruned layer gathers its kept rows of the normed input before the key/value
 //! projection, so the runtime does none of the removed work (docs/method.md §3.4).
 //!
+//! An INT8 model (`model::quant`) is written in the QDQ form: each block product's input goes
+//! through QuantizeLinear → DequantizeLinear with amg's scale (calibrated: a constant; per token:
+//! computed in the graph from the row's max|x|, a per-axis scale), its int8 weight through
+//! DequantizeLinear with the per-output-channel scales, then MatMul and the bias. Runtimes that
+//! quantize (ONNX Runtime, TensorRT, OpenVINO) run products of constant scales on their int8
+//! kernels; per-token scales they compute as written, in float (docs/int8.md).
+//!
 //! The protobuf messages are `onnx-protobuf`'s, written by the `protobuf` crate.
 
 use crate::error::{Error, Result};
 use crate::model::params::{BlockParams, JpmParams, Key, PartParams, VitParams};
+use crate::model::quant::QBlock;
 use crate::model::{HeadKind, ModelConfig, ModelFiles};
 use crate::tensor::HostTensor;
 use onnx_protobuf::attribute_proto::AttributeType;
@@ -64,13 +72,14 @@ pub fn export_onnx(files: &ModelFiles, outputs: OnnxOutputs) -> Result<Vec<u8>> 
             trunk = Some(x.clone());
         }
         let keep = (plan.tokens.len() != n).then_some(plan.tokens.as_slice());
-        x = g.block(&x, block, bkeys, plan.heads.len(), keep, n);
+        let q = files.int8.as_ref().map(|i| &i.blocks[l]);
+        x = g.block(&x, block, bkeys, q, plan.heads.len(), keep, n);
     }
     let tokens = g.layer_norm(&key_name(&keys.norm.weight.up()), &x, &files.params.norm.weight, &files.params.norm.bias);
     let tokens = g.unrows(&tokens, "tokens", n, cfg.arch.embed_dim);
     if cfg.head.kind == HeadKind::Bnneck {
         let locals = match (trunk, &files.params.jpm, &keys.jpm) {
-            (Some(t), Some(p), Some(k)) => Some(g.jpm_locals(&t, p, k)),
+            (Some(t), Some(p), Some(k)) => Some(g.jpm_locals(&t, p, k, files.int8.as_ref().and_then(|i| i.jpm.as_ref()))),
             _ => None,
         };
         let (features, logits) = g.necks(&tokens, locals.as_deref(), &files.params, outputs.logits);
@@ -285,6 +294,88 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// A block product: `linear`, or for an INT8 model `qlinear`.
+    fn product(&mut self, name: &str, x: &str, w: &HostTensor, bias: Option<&HostTensor>, q: Option<QRows>) -> String {
+        match q {
+            None => self.linear(name, x, w, bias),
+            Some(q) => self.qlinear(name, x, &q, bias),
+        }
+    }
+
+    /// An int8 initializer.
+    fn init_i8(&mut self, name: &str, shape: &[usize], data: &[i8]) -> String {
+        self.inits.push(TensorProto {
+            name: name.into(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::INT8 as i32,
+            raw_data: data.iter().map(|&v| v as u8).collect(),
+            ..Default::default()
+        });
+        name.into()
+    }
+
+    /// An INT8 product in QDQ form on rows `x` `[rows, in]`: the input quantized and dequantized
+    /// with its scale (a constant, or each row's max|x| / 127, 1 for a row of zeros, computed in
+    /// the graph), the int8 weight `[in, out]` dequantized per output channel, MatMul, then the
+    /// bias.
+    fn qlinear(&mut self, name: &str, x: &str, q: &QRows, bias: Option<&HostTensor>) -> String {
+        let xd = match q.input_scale {
+            Some(scale) => {
+                // Clipped to ±127·s first: QuantizeLinear saturates at -128, amg's symmetric
+                // scheme at -127.
+                let lo = self.init(&format!("{name}/x_min"), &[], vec![-crate::kernels::int8::QMAX * scale]);
+                let hi = self.init(&format!("{name}/x_max"), &[], vec![crate::kernels::int8::QMAX * scale]);
+                let clipped = self.node("Clip", &format!("{name}/x_clipped"), &[x, &lo, &hi], vec![]);
+                let s = self.init(&format!("{name}/x_scale"), &[], vec![scale]);
+                let zp = self.init_i8(&format!("{name}/x_zero_point"), &[], &[0]);
+                let xq = self.node("QuantizeLinear", &format!("{name}/x_quantized"), &[&clipped, &s, &zp], vec![]);
+                self.node("DequantizeLinear", &format!("{name}/x_dequantized"), &[&xq, &s, &zp], vec![])
+            }
+            None => {
+                // QuantizeLinear takes only constant (or per-axis constant) scales in the
+                // runtimes; each row's own scale is written out with plain operators instead.
+                let abs = self.node("Abs", &format!("{name}/x_abs"), &[x], vec![]);
+                let max = self.node("ReduceMax", &format!("{name}/x_absmax"), &[&abs], vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)]);
+                let qmax = self.init(&format!("{name}/qmax"), &[], vec![crate::kernels::int8::QMAX]);
+                let s = self.node("Div", &format!("{name}/x_scale_raw"), &[&max, &qmax], vec![]);
+                let zero = self.init(&format!("{name}/zero"), &[], vec![0.0]);
+                let one = self.init(&format!("{name}/one"), &[], vec![1.0]);
+                let is_zero = self.node("Equal", &format!("{name}/x_all_zero"), &[&s, &zero], vec![]);
+                let s = self.node("Where", &format!("{name}/x_scale"), &[&is_zero, &one, &s], vec![]);
+                let scaled = self.node("Div", &format!("{name}/x_scaled"), &[x, &s], vec![]);
+                let rounded = self.node("Round", &format!("{name}/x_rounded"), &[&scaled], vec![]);
+                let lo = self.init(&format!("{name}/qmin"), &[], vec![-crate::kernels::int8::QMAX]);
+                let xq = self.node("Clip", &format!("{name}/x_quantized"), &[&rounded, &lo, &qmax], vec![]);
+                self.node("Mul", &format!("{name}/x_dequantized"), &[&xq, &s], vec![])
+            }
+        };
+        let (out, inp) = (q.scale.len(), q.weight.len() / q.scale.len().max(1));
+        let ws = self.init(&format!("{name}.weight_scale"), &[out], q.scale.to_vec());
+        let wz = self.init_i8(&format!("{name}.weight_zero_point"), &[out], &vec![0; out]);
+        let y = if q.input_scale.is_some() {
+            // Gemm on the weight [in, out]: the pattern runtimes turn into an int8 product (ONNX
+            // Runtime: QGemm; a MatMul without a QuantizeLinear after it stayed in float).
+            let wt: Vec<i8> = (0..inp).flat_map(|k| (0..out).map(move |j| q.weight[j * inp + k])).collect();
+            let wq = self.init_i8(&format!("{name}.weight_q_t"), &[inp, out], &wt);
+            let wd = self.node("DequantizeLinear", &format!("{name}.weight_dequantized"), &[&wq, &ws, &wz], vec![attr_int("axis", 1)]);
+            self.node("Gemm", name, &[&xd, &wd], vec![])
+        } else {
+            // Per-token scales: Gemm on the weight [out, in]. (ONNX Runtime fuses a dequantized
+            // weight into a MatMul as MatMulNBits, which quantizes the input again, per block of
+            // the row, unless asked not to: features 2e-3 away from the scheme on the fixtures.)
+            let wq = self.init_i8(&format!("{name}.weight_q"), &[out, inp], q.weight);
+            let wd = self.node("DequantizeLinear", &format!("{name}.weight_dequantized"), &[&wq, &ws, &wz], vec![attr_int("axis", 0)]);
+            self.node("Gemm", name, &[&xd, &wd], vec![attr_int("transB", 1)])
+        };
+        match bias {
+            Some(b) => {
+                let b = self.init(&format!("{name}.bias"), &b.shape, b.data.clone());
+                self.node("Add", &format!("{name}+bias"), &[&y, &b], vec![])
+            }
+            None => y,
+        }
+    }
+
     fn layer_norm(&mut self, name: &str, x: &str, w: &HostTensor, b: &HostTensor) -> String {
         let w = self.init(&format!("{name}.weight"), &w.shape, w.data.clone());
         let b = self.init(&format!("{name}.bias"), &b.shape, b.data.clone());
@@ -374,7 +465,18 @@ impl<'a> Builder<'a> {
 
     /// One pre-norm block with `heads` heads on the token rows `x` `[B·n, D]`; `keep`: the kept
     /// key/value positions when not all.
-    fn block(&mut self, x: &str, p: &BlockParams<HostTensor>, k: &BlockParams<Key>, heads: usize, keep: Option<&[usize]>, n: usize) -> String {
+    /// One block; `q`: its products in INT8 (QDQ, see `qlinear`).
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &mut self,
+        x: &str,
+        p: &BlockParams<HostTensor>,
+        k: &BlockParams<Key>,
+        qb: Option<&QBlock>,
+        heads: usize,
+        keep: Option<&[usize]>,
+        n: usize,
+    ) -> String {
         let a = &self.cfg.arch;
         let (hd, d) = (a.head_dim, a.embed_dim);
         let inner = heads * hd;
@@ -385,24 +487,31 @@ impl<'a> Builder<'a> {
         // together), so runtimes fuse the key transpose and the scale into the score product.
         let (q, key, value) = if let Some(keep) = keep {
             // Queries from every token; keys and values from the kept tokens only.
-            let q = self.linear(&format!("{qkv}.q"), &y, &row_range(&p.qkv.weight, 0, inner), p.qkv.bias.as_ref().map(|b| row_range(b, 0, inner)).as_ref());
+            let q = self.product(
+                &format!("{qkv}.q"),
+                &y,
+                &row_range(&p.qkv.weight, 0, inner),
+                p.qkv.bias.as_ref().map(|b| row_range(b, 0, inner)).as_ref(),
+                qrows(qb, 0, 0..inner),
+            );
             let [q] = self.split_heads(&format!("{attn}/q"), &q, n, heads, hd);
             let idx: Vec<i64> = keep.iter().map(|&t| t as i64).collect();
             let idx = self.init_i64(&format!("{qkv}/kept_tokens"), &[idx.len()], &idx);
             let per_image = self.unrows(&y, &format!("{qkv}/per_image"), n, d);
             let kept = self.node("Gather", &format!("{qkv}/gather_kept"), &[&per_image, &idx], vec![attr_int("axis", 1)]);
             let kept = self.rows(&kept, &format!("{qkv}/kept_rows"));
-            let kv = self.linear(
+            let kv = self.product(
                 &format!("{qkv}.kv"),
                 &kept,
                 &row_range(&p.qkv.weight, inner, 3 * inner),
                 p.qkv.bias.as_ref().map(|b| row_range(b, inner, 3 * inner)).as_ref(),
+                qrows(qb, 0, inner..3 * inner),
             );
             let [kk, v] = self.split_heads(&format!("{attn}/k|v"), &kv, keep.len(), heads, hd);
             (q, kk, v)
         } else {
             // Every token kept: one product for q | k | v.
-            let all = self.linear(&qkv, &y, &p.qkv.weight, p.qkv.bias.as_ref());
+            let all = self.product(&qkv, &y, &p.qkv.weight, p.qkv.bias.as_ref(), qrows(qb, 0, 0..3 * inner));
             let [q, kk, v] = self.split_heads(&format!("{attn}/q|k|v"), &all, n, heads, hd);
             (q, kk, v)
         };
@@ -415,20 +524,20 @@ impl<'a> Builder<'a> {
         let o = self.node("Transpose", &format!("{attn}/merge_t"), &[&o], vec![attr_ints("perm", &[0, 2, 1, 3])]);
         let merge = self.init_i64(&format!("{attn}/merge_shape"), &[2], &[-1, inner as i64]);
         let o = self.node("Reshape", &format!("{attn}/merge_heads"), &[&o, &merge], vec![]);
-        let o = self.linear(&key_name(&k.proj.weight.up()), &o, &p.proj.weight, p.proj.bias.as_ref());
+        let o = self.product(&key_name(&k.proj.weight.up()), &o, &p.proj.weight, p.proj.bias.as_ref(), qrows(qb, 1, 0..d));
         let block = key_name(&k.norm1.weight.up().up());
         let x = self.node("Add", &format!("{block}/residual1"), &[x, &o], vec![]);
         let y = self.layer_norm(&key_name(&k.norm2.weight.up()), &x, &p.norm2.weight, &p.norm2.bias);
         let fc1 = key_name(&k.fc1.weight.up());
-        let h = self.linear(&fc1, &y, &p.fc1.weight, p.fc1.bias.as_ref());
+        let h = self.product(&fc1, &y, &p.fc1.weight, p.fc1.bias.as_ref(), qrows(qb, 2, 0..p.fc1.weight.shape[0]));
         let h = self.gelu(&format!("{fc1}/gelu"), &h);
-        let h = self.linear(&key_name(&k.fc2.weight.up()), &h, &p.fc2.weight, p.fc2.bias.as_ref());
+        let h = self.product(&key_name(&k.fc2.weight.up()), &h, &p.fc2.weight, p.fc2.bias.as_ref(), qrows(qb, 3, 0..d));
         self.node("Add", &format!("{block}/residual2"), &[&x, &h], vec![])
     }
 
     /// JPM's b2 branch on the trunk rows `[B·N, D]` (the last block's input): every local group
     /// gathered behind the class token, b2 and its norm, each group's class token: `[B, k, D]`.
-    fn jpm_locals(&mut self, trunk: &str, p: &JpmParams<HostTensor>, k: &JpmParams<Key>) -> String {
+    fn jpm_locals(&mut self, trunk: &str, p: &JpmParams<HostTensor>, k: &JpmParams<Key>, q: Option<&QBlock>) -> String {
         let cfg = self.cfg;
         let (n, d, t) = (cfg.num_tokens(), cfg.arch.embed_dim, cfg.jpm_tokens());
         let groups = cfg.jpm_groups();
@@ -438,7 +547,7 @@ impl<'a> Builder<'a> {
         let idx = self.init_i64("jpm/group_positions", &[idx.len()], &idx);
         let local = self.node("Gather", "jpm/shift_shuffle_groups", &[&per_image, &idx], vec![attr_int("axis", 1)]);
         let local = self.rows(&local, "jpm/local_rows");
-        let local = self.block(&local, &p.block, &k.block, heads, None, t);
+        let local = self.block(&local, &p.block, &k.block, q, heads, None, t);
         let local = self.layer_norm(&key_name(&k.norm.weight.up()), &local, &p.norm.weight, &p.norm.bias);
         let local = self.unrows(&local, "jpm/local_sequences", t, d);
         let zero = self.init_i64("jpm/class_token_index", &[], &[0]);
@@ -596,6 +705,21 @@ fn transpose(w: &HostTensor) -> Vec<f32> {
 }
 
 /// Rows `from..to` of a `[r, c]` (or `[r]`) tensor.
+/// Rows (output channels) of one of a block's INT8 products.
+struct QRows<'a> {
+    /// `[rows, in]`
+    weight: &'a [i8],
+    scale: &'a [f32],
+    input_scale: Option<f32>,
+}
+
+/// Output channels `rows` of product `i` (`BlockParams::products` order) of an INT8 block.
+fn qrows(q: Option<&QBlock>, i: usize, rows: std::ops::Range<usize>) -> Option<QRows<'_>> {
+    let l = &q?[i];
+    let inp = l.weight.len() / l.scale.len().max(1);
+    Some(QRows { weight: &l.weight[rows.start * inp..rows.end * inp], scale: &l.scale[rows.clone()], input_scale: l.input_scale })
+}
+
 fn row_range(t: &HostTensor, from: usize, to: usize) -> HostTensor {
     let c: usize = t.shape[1..].iter().product();
     let mut shape = t.shape.clone();
