@@ -14,6 +14,11 @@ tools/bench/peer_sgemm.py, measured before each model and kept at their best) an
 With --baseline, a second amg binary (an earlier build, say) is measured in the same alternation
 and gets its own columns. With --precision bf16, amg runs `--precision bf16` and PyTorch runs under
 bfloat16 autocast (tools/bench/peer_infer.py, PEER_PRECISION=bf16); ONNX Runtime stays float32.
+With --precision int8, amg's INT8 (`amg bench --precision int8`: dynamic per-token scales) and
+float32 run against ONNX Runtime's float32 model and its own INT8 models of it, `quantize_static`
+(QDQ, per channel) and `quantize_dynamic` (tools/bench/peer_int8.py), at 224x224 and, for ViT-S,
+256x128 too; the table adds amg's int8/float32 speed-up and its ratio to the faster ONNX Runtime
+INT8 model, with the machine's int8 ceiling (`amg bench --gemm --precision int8`).
 
 Each round also gives a paired ratio — amg against the faster peer measured right after it in the
 same round — and the tables add the median and range of those: the neighbours of this project's
@@ -44,8 +49,9 @@ ap.add_argument("--batches", default="1,16")
 ap.add_argument("--iters", type=int, default=0, help="amg timed iterations (default: scaled to the model)")
 ap.add_argument("--rounds", type=int, default=3, help="alternate amg and the peers this many times and keep each one's best (this VM's neighbours make single runs vary by ±10 %%)")
 ap.add_argument("--train", action="store_true", help="compare training steps instead of inference")
-ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
-                help="inference: amg with this --precision, and PyTorch under bfloat16 autocast for bf16 (ONNX Runtime stays float32)")
+ap.add_argument("--precision", default="f32", choices=["f32", "bf16", "int8"],
+                help="inference: amg with this --precision, and PyTorch under bfloat16 autocast for bf16 (ONNX Runtime stays float32); "
+                     "int8: amg's INT8 and float32 against ONNX Runtime's own INT8 models (tools/bench/peer_int8.py)")
 args = ap.parse_args()
 if args.train and args.precision != "f32":
     ap.error("--precision measures inference; training runs in float32")
@@ -99,6 +105,49 @@ if args.train:
         mid = f" {best[args.baseline]:.1f} | {best[args.baseline] / a:.2f}× |" if args.baseline else ""
         print(f"| {name} | {a:.1f} |{mid} {t:.1f} | {t / a:.2f}× | {paired(ratios)} |")
     sys.exit(0)
+
+if args.precision == "int8":
+    here = os.path.dirname(os.path.abspath(__file__))
+    cells = [(a, "224x224") for a in args.archs.split(",")] + ([("small", "256x128")] if "small" in args.archs.split(",") else [])
+
+    def amg_run(arch, size, b, iters, precision):
+        cmd = [args.amg, "bench", "--arch", arch, "--img-size", size, "--batch-size", str(b), "--iters", str(iters), "--precision", precision, "--json"]
+        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["img_per_s"]
+
+    ceil = {"f32": 0.0, "int8": 0.0}
+    rows = []
+    for arch, size in cells:
+        g = json.loads(subprocess.run([args.amg, "bench", "--gemm", "--json"], check=True, capture_output=True, text=True).stdout)
+        ceil["f32"] = max(ceil["f32"], g["general_best_gflops"], g["packed_best_gflops"])
+        g = json.loads(subprocess.run([args.amg, "bench", "--gemm", "--precision", "int8", "--json"], check=True, capture_output=True, text=True).stdout)
+        ceil["int8"] = max(ceil["int8"], g["best_gops"])
+        unit = g["unit"]
+        for b in [int(x) for x in args.batches.split(",")]:
+            iters = args.iters or max(5, {"tiny": 60, "small": 30, "base": 10}[arch] // max(1, b // 4))
+            best = {"int8": 0.0, "f32": 0.0, "float32": 0.0, "quantize_static": 0.0, "quantize_dynamic": 0.0}
+            ratios = []
+            for _ in range(args.rounds):
+                q = amg_run(arch, size, b, iters, "int8")
+                best["int8"] = max(best["int8"], q)
+                best["f32"] = max(best["f32"], amg_run(arch, size, b, iters, "f32"))
+                out = subprocess.run([sys.executable, os.path.join(here, "peer_int8.py"), f"vit_{arch}_patch16_224", str(b), size],
+                                     check=True, capture_output=True, text=True).stdout
+                got = {k: float(v) for k, v in re.findall(r"onnxruntime \S+ (\w+) .*?([\d.]+) img/s", out)}
+                for k, v in got.items():
+                    best[k] = max(best[k], v)
+                ratios.append(q / max(got["quantize_static"], got["quantize_dynamic"]))
+            rows.append((arch, size, b, best, ratios))
+            print(f"{arch} {size} b={b}: {best}", file=sys.stderr, flush=True)
+    print(f"Ceilings: float32 products {ceil['f32']:.0f} GFLOP/s (`amg bench --gemm`), int8 products {ceil['int8']:.0f} GOP/s on {unit} "
+          f"(`amg bench --gemm --precision int8`), best of {len(cells)} measurements each.\n")
+    print("| model | input | batch | amg INT8 img/s | amg f32 img/s | INT8 / f32 | ORT f32 | ORT quantize_static | ORT quantize_dynamic | amg INT8 / faster ORT INT8 | per round, median (range) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arch, size, b, best, ratios in rows:
+        ort_best = max(best["quantize_static"], best["quantize_dynamic"])
+        print(f"| ViT-{arch}/16 | {size} | {b} | {best['int8']:.2f} | {best['f32']:.2f} | {best['int8'] / best['f32']:.2f}× | {best['float32']:.2f} | "
+              f"{best['quantize_static']:.2f} | {best['quantize_dynamic']:.2f} | {best['int8'] / ort_best:.2f}× | {paired(ratios)} |")
+    sys.exit(0)
+
 
 def amg_bench(binary, arch, b, iters):
     cmd = [binary, "bench", "--arch", arch, "--batch-size", str(b), "--iters", str(iters), "--precision", args.precision, "--json"]

@@ -153,7 +153,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// The summary `amg quantize` prints.
 pub fn summary(r: &QuantizeReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "INT8 model: {} ({})", r.out, r.quantization.describe());
+    let _ = writeln!(s, "INT8 model {} from {}: {}", r.out, r.model, r.quantization.scheme());
     let _ = writeln!(s, "  feature cosine int8 vs float32 over {} images: min {:.5}, mean {:.5}", r.images, r.min_cosine, r.mean_cosine);
     let _ = writeln!(s, "             Rank-1      mAP     mINP");
     for (name, m) in [("float32", &r.float32), ("int8", &r.int8)] {

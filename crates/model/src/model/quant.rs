@@ -47,12 +47,18 @@ pub struct Quantization {
 }
 
 impl Quantization {
-    pub fn describe(&self) -> String {
+    /// The scheme in words: weights, then activation scales.
+    pub fn scheme(&self) -> String {
         let acts = match (self.activations, self.calibration_images) {
             (ActivationScales::Static, Some(n)) => format!("static activation scales calibrated on {n} images"),
             (a, _) => format!("{} activation scales", a.name()),
         };
-        format!("{} weights, {acts}; from {} (fingerprint {})", self.weights, self.float_model, self.float_fingerprint)
+        format!("{} weights, {acts}", self.weights)
+    }
+
+    /// The scheme and the float32 model it was made from.
+    pub fn describe(&self) -> String {
+        format!("{}; from {} (fingerprint {})", self.scheme(), self.float_model, self.float_fingerprint)
     }
 }
 
