@@ -9,6 +9,31 @@ use amg::rng::Rng;
 use amg::tensor::{HostTensor, SafetensorsFile, TensorMap};
 use std::path::{Path, PathBuf};
 
+/// Runs the `amg` binary under test.
+pub fn amg(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_amg")).args(args).output().expect("run amg")
+}
+
+/// The stdout of a run that must have succeeded.
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "amg failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A run that must have failed, its stderr naming each of `needles`.
+pub fn fails_with(out: &std::process::Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
 }

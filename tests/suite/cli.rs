@@ -3,29 +3,6 @@
 use crate::common;
 
 use common::*;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn amg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_amg")).args(args).output().expect("run amg")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "amg failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn import_inspect_embed() {

@@ -10,28 +10,6 @@ use amg::rng::Rng;
 use amg::tensor::{write_raw_safetensors, DType, SafetensorsFile};
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn amg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_amg")).args(args).output().expect("run amg")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "amg failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn features(path: &Path) -> Vec<f32> {
     SafetensorsFile::open(path).unwrap().all_f32().unwrap().remove("features").unwrap().data

@@ -12,10 +12,11 @@ float32.
 import os
 import sys
 import tempfile
-import time
 
 import torch
 import timm
+
+from common import median_time
 
 arch, batch = sys.argv[1], int(sys.argv[2])
 reps = int(os.environ.get("PEER_REPS", "7"))
@@ -24,21 +25,9 @@ model = timm.create_model(arch, pretrained=False, num_classes=0).eval()
 x = torch.randn(batch, 3, 224, 224)
 
 
-def median_time(f):
-    f()
-    f()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
-
-
 bf16 = os.environ.get("PEER_PRECISION", "f32") == "bf16"
 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-    t = median_time(lambda: model(x))
+    t = median_time(lambda: model(x), reps)
 print(f"torch {torch.__version__}{' bf16-autocast' if bf16 else ''} {arch} b={batch}: {t * 1e3:.1f} ms/batch, {batch / t:.2f} img/s")
 
 try:
@@ -48,7 +37,7 @@ try:
     torch.onnx.export(model, x, path, input_names=["images"], output_names=["features"], opset_version=17, dynamo=False)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     xn = x.numpy()
-    t = median_time(lambda: session.run(None, {"images": xn}))
+    t = median_time(lambda: session.run(None, {"images": xn}), reps)
     print(f"onnxruntime {ort.__version__} {arch} b={batch}: {t * 1e3:.1f} ms/batch, {batch / t:.2f} img/s")
 except Exception as e:  # the table then shows ORT as nan
     print("onnxruntime failed:", e)

@@ -11,13 +11,14 @@ Prints one line per model: "onnxruntime <version> <kind> <arch> <size> b=<batch>
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import onnxruntime as ort
 import timm
 import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+from common import median_time
 
 arch, batch = sys.argv[1], int(sys.argv[2])
 h, w = (int(v) for v in (sys.argv[3] if len(sys.argv) > 3 else "224x224").split("x"))
@@ -46,20 +47,8 @@ dynamic = os.path.join(work, "dynamic.onnx")
 quantize_dynamic(f32, dynamic, per_channel=True, weight_type=QuantType.QInt8)
 
 
-def median_time(f):
-    f()
-    f()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
-
-
 xn = x.numpy()
 for kind, path in [("float32", f32), ("quantize_static", static), ("quantize_dynamic", dynamic)]:
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    t = median_time(lambda: session.run(None, {"images": xn}))
+    t = median_time(lambda: session.run(None, {"images": xn}), reps)
     print(f"onnxruntime {ort.__version__} {kind} {arch} {h}x{w} b={batch}: {t * 1e3:.1f} ms/batch, {batch / t:.2f} img/s")

@@ -224,13 +224,7 @@ pub fn matmul_bf16(a: Mat, b: &PackedBf16, cols: Range<usize>, c: &mut [f32], ld
 pub fn matmul_bf16_on(unit: Unit, a: Mat, b: &PackedBf16, cols: Range<usize>, c: &mut [f32], ldc: usize, acc: Acc, threads: usize, epi: Epilogue) {
     assert!(Unit::available().contains(&unit), "bfloat16 unit {unit:?} not available on this CPU");
     let (m, k) = (a.rows, a.cols);
-    assert_eq!(k, b.k, "inner dimensions differ");
-    assert!(b.parts.contains(&cols.start) && b.parts.contains(&cols.end) && cols.start <= cols.end, "column range {cols:?} not on a part boundary");
-    let n = cols.len();
-    assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "destination out of bounds");
-    if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = epi {
-        assert_eq!(bias.len(), n, "bias length");
-    }
+    let n = super::check_product(&a, b.k, &b.parts, &cols, c, ldc, &epi);
     if m == 0 || n == 0 {
         return;
     }

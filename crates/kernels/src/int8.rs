@@ -78,13 +78,15 @@ impl Unit {
             let mut units = Vec::new();
             #[cfg(target_arch = "x86_64")]
             {
-                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                // The kernels are compiled with FMA too (the epilogue's float steps).
+                let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+                if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
                     units.push(Unit::Avx512Vnni);
                 }
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni") {
+                if avx2 && is_x86_feature_detected!("avxvnni") {
                     units.push(Unit::AvxVnni);
                 }
-                if is_x86_feature_detected!("avx2") {
+                if avx2 {
                     units.push(Unit::Avx2);
                 }
             }
@@ -270,14 +272,7 @@ pub fn matmul_i8(a: Mat, b: &PackedI8, cols: Range<usize>, c: &mut [f32], ldc: u
 pub fn matmul_i8_on(unit: Unit, a: Mat, b: &PackedI8, cols: Range<usize>, c: &mut [f32], ldc: usize, acc: Acc, threads: usize, epi: Epilogue) {
     assert!(Unit::available().contains(&unit), "{} is not available on this CPU", unit.describe());
     let (m, k) = (a.rows, a.cols);
-    assert_eq!(k, b.k, "inner dimensions differ");
-    assert!(b.parts.contains(&cols.start) && b.parts.contains(&cols.end) && cols.start <= cols.end, "column range {cols:?} not on a part boundary");
-    let n = cols.len();
-    assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "destination out of bounds");
-    assert!(m == 0 || (m - 1) * a.ld + k <= a.data.len(), "left operand out of bounds");
-    if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = epi {
-        assert_eq!(bias.len(), n, "bias length");
-    }
+    let n = super::check_product(&a, b.k, &b.parts, &cols, c, ldc, &epi);
     if m == 0 || n == 0 {
         return;
     }
@@ -337,10 +332,6 @@ struct Job<'a> {
     acc: Acc,
     epi: Epilogue<'a>,
 }
-
-// SAFETY: `Job` is only shared between the threads of one product, which write disjoint blocks of
-// `c` through its pointer (see `matmul_i8_on`); the rest is shared, read-only data.
-unsafe impl Sync for Job<'_> {}
 
 impl Job<'_> {
     /// Rows `rows` × panel `p`: the int32 sums tile by tile on the job's unit, then `store`.

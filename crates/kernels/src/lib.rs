@@ -137,6 +137,24 @@ pub(crate) fn rows_per_task(rows: usize, row_len: usize) -> usize {
     rows.div_ceil(4 * threads).max(min_rows)
 }
 
+/// The checks a product with a packed weight (`k` rows, column boundaries `parts`) makes before it
+/// touches memory: inner dimensions agree, the column range starts and ends on a boundary, the left
+/// operand and the destination (`m` rows, `ldc` apart) hold what the product reads and writes, a
+/// bias has one value per column. Panics otherwise (the callers' inputs come from checked models).
+/// Returns the product's column count.
+pub(crate) fn check_product(a: &gemm::Mat, k: usize, parts: &[usize], cols: &std::ops::Range<usize>, c: &[f32], ldc: usize, epi: &gemm::Epilogue) -> usize {
+    let m = a.rows;
+    assert_eq!(a.cols, k, "inner dimensions differ");
+    assert!(parts.contains(&cols.start) && parts.contains(&cols.end) && cols.start <= cols.end, "column range {cols:?} not on a part boundary");
+    let n = cols.len();
+    assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "destination out of bounds");
+    assert!(m == 0 || (m - 1) * a.ld + k <= a.data.len(), "left operand out of bounds");
+    if let gemm::Epilogue::Bias(bias) | gemm::Epilogue::BiasGelu(bias) = epi {
+        assert_eq!(bias.len(), n, "bias length");
+    }
+    n
+}
+
 /// The column boundaries a product may start or end at: `parts` inside 0..n, with 0 and n, sorted.
 pub(crate) fn part_bounds(parts: &[usize], n: usize) -> Vec<usize> {
     let mut bounds: Vec<usize> = parts.iter().copied().filter(|&p| p > 0 && p < n).collect();

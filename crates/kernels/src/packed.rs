@@ -202,14 +202,7 @@ pub fn matmul_packed_many(products: Vec<Product>, threads: usize) {
 fn split<'a>(p: Product<'a>, threads: usize, share: bool, groups: &mut Vec<Vec<Task<'a>>>) {
     let Product { a, b, cols, c, ldc, acc, epi } = p;
     let (m, k) = (a.rows, a.cols);
-    assert_eq!(k, b.k, "inner dimensions differ");
-    assert!(b.parts.contains(&cols.start) && b.parts.contains(&cols.end) && cols.start <= cols.end, "column range {cols:?} not on a part boundary");
-    let n = cols.len();
-    assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "destination out of bounds");
-    assert!(m == 0 || (m - 1) * a.ld + k <= a.data.len(), "left operand out of bounds");
-    if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = epi {
-        assert_eq!(bias.len(), n, "bias length");
-    }
+    let n = super::check_product(&a, b.k, &b.parts, &cols, c, ldc, &epi);
     if m == 0 || n == 0 {
         return;
     }
