@@ -420,6 +420,9 @@ trait Dot {
 /// As `Job::run`, and the CPU has `D`'s features; `w` is panel p's first byte.
 #[inline(always)]
 unsafe fn panel<D: Dot, const MR: usize, const NV: usize>(job: &Job, p: usize, w: *const i8, rows: Range<usize>) {
+    // A tile's columns divide a panel's, and its rows the row padding: every load and store
+    // below stays inside its panel row, tile row and padded operand.
+    const { assert!(NR % (NV * D::LANES) == 0 && ROW_PAD % MR == 0) };
     let kp = job.kp;
     let width = job.b.panels[p].width;
     let nc = NV * D::LANES;
@@ -637,7 +640,7 @@ mod x86 {
     #[target_feature(enable = "avx2,avxvnni,fma")]
     pub(super) unsafe fn panel_avxvnni(job: &Job, p: usize, w: *const i8, rows: Range<usize>) {
         // SAFETY: forwarded.
-        unsafe { panel::<AvxVnni, 4, 3>(job, p, w, rows) }
+        unsafe { panel::<AvxVnni, 6, 2>(job, p, w, rows) }
     }
 
     /// # Safety
