@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # amg on ARM: cross-builds for aarch64 (edge boards: Jetson, Raspberry Pi 4/5, Graviton) and runs the
 # parity tests — amg against the committed PyTorch references, the inference engine against the
-# differentiable model, the training gradients, the model directory and PyTorch round trips — on
+# differentiable model, the training gradients, the model directory and PyTorch round trips, INT8
+# against its PyTorch reference (and every INT8 unit, SDOT included, in the kernels' tests) — on
 # the aarch64 build under qemu-user. Installs what it needs: the Rust target, Debian's
 # gcc-aarch64-linux-gnu (linker) and qemu-user.
 #   tools/arm.sh            build + tests
@@ -19,7 +20,7 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 cargo build --release --target "$target"
 cargo test --release --target "$target" --workspace --lib
-cargo test --release --target "$target" --test suite -- parity:: engine_vs_autodiff:: candle_model:: gradients:: model_dir:: pytorch_export::
+cargo test --release --target "$target" --test suite -- parity:: engine_vs_autodiff:: candle_model:: gradients:: model_dir:: pytorch_export:: quantize::int8_
 if [ "${STATIC:-0}" = 1 ]; then
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target"
     aarch64-linux-gnu-strip -o target/$target/release/amg-static target/$target/release/amg

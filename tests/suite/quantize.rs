@@ -154,6 +154,19 @@ fn int8_directories_round_trip_and_damaged_ones_are_refused() {
         assert!(c > 0.95, "case {case}: int8 vs the float32 model of its weights, cosine {c}");
     }
 
+    // Too few calibrated scales for the model: an error naming the product, not a panic.
+    let files = random_pruned_model(&mut Rng::new(7199));
+    let (cfg, params) = files.into_parts();
+    let q = Quantization {
+        weights: WEIGHT_SCHEME.into(),
+        activations: ActivationScales::Static,
+        calibration_images: Some(1),
+        float_model: "f".into(),
+        float_fingerprint: "0".into(),
+    };
+    let e = ModelFiles::int8(cfg, params, q, Some(&InputScales { blocks: Vec::new(), jpm: None })).unwrap_err().to_string();
+    assert!(e.contains("blocks.0.attn.qkv.input_scale") && e.contains("missing"), "{e}");
+
     // Damage, one thing at a time.
     let good = dir.join("m1"); // static scales
     let raw = SafetensorsFile::open(&good.join("model.safetensors")).unwrap().all_raw().unwrap();

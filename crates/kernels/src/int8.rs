@@ -422,7 +422,7 @@ trait Dot {
 unsafe fn panel<D: Dot, const MR: usize, const NV: usize>(job: &Job, p: usize, w: *const i8, rows: Range<usize>) {
     // A tile's columns divide a panel's, and its rows the row padding: every load and store
     // below stays inside its panel row, tile row and padded operand.
-    const { assert!(NR % (NV * D::LANES) == 0 && ROW_PAD % MR == 0) };
+    const { assert!(NR.is_multiple_of(NV * D::LANES) && ROW_PAD.is_multiple_of(MR)) };
     let kp = job.kp;
     let width = job.b.panels[p].width;
     let nc = NV * D::LANES;

@@ -36,11 +36,13 @@ impl ModelFiles {
     /// An INT8 model: a float32 model's products quantized (`Int8Params::quantize`), its
     /// configuration recording the scheme.
     pub fn int8(
-        mut config: ModelConfig,
-        mut params: VitParams<HostTensor>,
+        config: ModelConfig,
+        params: VitParams<HostTensor>,
         quantization: super::quant::Quantization,
         inputs: Option<&super::quant::InputScales>,
     ) -> Result<Self> {
+        // The float32 model is checked first: its shapes are what the quantization reads.
+        let ModelFiles { mut config, mut params, .. } = ModelFiles::new(config, params)?;
         let int8 = Int8Params::quantize(&mut params, inputs);
         config.quantization = Some(quantization);
         let m = ModelFiles { config, params, int8: Some(int8) };

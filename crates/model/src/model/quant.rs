@@ -119,7 +119,8 @@ impl Int8Params {
     /// weights the INT8 products multiply by. `inputs`: calibrated input scales (static), or none
     /// (dynamic).
     pub fn quantize(params: &mut VitParams<HostTensor>, inputs: Option<&InputScales>) -> Int8Params {
-        let blocks: Vec<QBlock> = params.blocks.iter().enumerate().map(|(i, b)| quantize_block(b, inputs.map(|s| s.blocks[i]))).collect();
+        // A block without a calibrated scale gets none, which the model's check then refuses.
+        let blocks: Vec<QBlock> = params.blocks.iter().enumerate().map(|(i, b)| quantize_block(b, inputs.and_then(|s| s.blocks.get(i).copied()))).collect();
         let jpm = params.jpm.as_ref().map(|j| quantize_block(&j.block, inputs.and_then(|s| s.jpm)));
         for (b, q) in params.blocks.iter_mut().zip(&blocks) {
             dequantize_into(b, q);
