@@ -28,7 +28,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     amg::fsutil::check_output_file(&a.out, a.force)?;
-    let files = crate::args::float_model(&a.model, "`amg analyze`")?;
+    let files = amg::model::ModelFiles::load_float(&a.model, "`amg analyze`")?;
     let data = Dataset::open(&a.data, None)?;
     eprint!("{}", data.summary());
     let s = analyze(&files, &data, &AnalyzeOptions { batch_size: a.batch_size, limit: a.limit, progress: true })?;

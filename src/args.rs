@@ -130,14 +130,6 @@ impl SideInfoArgs {
 }
 
 /// A count ≥ 1 (epochs, iterations, batch size, images).
-/// The model at `path`, refused with an error naming it and `what` when it is an INT8 model
-/// (`what` needs the float32 model it was made from).
-pub fn float_model(path: &std::path::Path, what: &str) -> anyhow::Result<amg::model::ModelFiles> {
-    let files = amg::model::ModelFiles::load(path)?;
-    files.require_float(what).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(files)
-}
-
 pub fn at_least_one(s: &str) -> Result<usize, String> {
     let v: usize = number(s).map_err(|_| format!("`{s}` is not a whole number ≥ 1"))?;
     if v >= 1 {

@@ -71,7 +71,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let files = crate::args::float_model(&a.model, "`amg prune`")?;
+    let files = amg::model::ModelFiles::load_float(&a.model, "`amg prune`")?;
     if let Some(plan) = &a.plan {
         let plan = Plan::load(plan)?;
         let pruned = amg::prune::prune_with_plan(&files, &plan, &a.out, a.force)?;

@@ -211,11 +211,11 @@ fn options(a: &Args) -> TrainOptions {
 fn init_model(a: &Args) -> Result<Option<ModelFiles>> {
     let init = match (&a.init, a.img_size) {
         (Some(p), Some((h, w))) => Some(
-            crate::args::float_model(p, "`amg train --init`")?
+            amg::model::ModelFiles::load_float(p, "`amg train --init`")?
                 .at_input_size(h, w)
                 .map_err(|e| anyhow::anyhow!("--init {} at --img-size {h}x{w}: {e}", p.display()))?,
         ),
-        (p, _) => p.as_deref().map(|p| crate::args::float_model(p, "`amg train --init`")).transpose()?,
+        (p, _) => p.as_deref().map(|p| amg::model::ModelFiles::load_float(p, "`amg train --init`")).transpose()?,
     };
     if let (Some(m), Some(p)) = (&init, &a.init) {
         if a.loss == LossChoice::CeTriplet && m.config().head.kind != HeadKind::Bnneck {

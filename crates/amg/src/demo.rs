@@ -210,15 +210,7 @@ pub fn run(out: &Path, settings: &DemoSettings, log: &mut dyn FnMut(&str)) -> Re
     let t0 = std::time::Instant::now();
     // An earlier demo's output is moved aside, and put back if this run fails or is interrupted.
     // A given base is read and checked first, so that a damaged one is refused before any work.
-    let given = settings
-        .base
-        .as_deref()
-        .map(|dir| {
-            let m = ModelFiles::load(dir)?;
-            m.require_float("`amg demo --base`").map_err(|e| crate::Error::invalid(format!("{}: {e}", dir.display())))?;
-            Ok::<_, crate::Error>((dir.to_path_buf(), m))
-        })
-        .transpose()?;
+    let given = settings.base.as_deref().map(|dir| ModelFiles::load_float(dir, "`amg demo --base`").map(|m| (dir.to_path_buf(), m))).transpose()?;
     let aside = start_output(out, settings)?;
     let data = benchmark(out, settings, log)?;
     let (base_dir, base) = match given {

@@ -6,8 +6,8 @@ use crate::choice::Choice;
 use crate::data::{Dataset, Sample};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::eval::metrics::{evaluate_features, Labels, Metrics};
-use crate::eval::{extract, EvalOptions, MAX_RANK};
+use crate::eval::metrics::Metrics;
+use crate::eval::{evaluate_split, extract, EvalOptions};
 use crate::fsutil;
 use crate::model::quant::{ActivationScales, Quantization, WEIGHT_SCHEME};
 use crate::model::ModelFiles;
@@ -107,13 +107,8 @@ pub fn quantize(model_dir: &Path, data: &Dataset, out: &Path, opts: &QuantizeOpt
     let cos: Vec<f64> = ff.chunks_exact(dim).zip(fq.chunks_exact(dim)).map(|(a, b)| cosine(a, b)).collect();
     let (worst, min_cosine) = cos.iter().copied().enumerate().fold((0, f64::INFINITY), |(wi, wv), (i, v)| if v < wv { (i, v) } else { (wi, wv) });
     let mean_cosine = cos.iter().sum::<f64>() / cos.len() as f64;
-    let nq = data.query.len();
-    let metrics = |f: &[f32]| -> Result<Metrics> {
-        let (qp, qc): (Vec<i64>, Vec<i64>) = data.query.iter().map(|s| (s.pid, s.camid)).unzip();
-        let (gp, gc): (Vec<i64>, Vec<i64>) = data.gallery.iter().map(|s| (s.pid, s.camid)).unzip();
-        let l = Labels { q_pids: &qp, q_cams: &qc, g_pids: &gp, g_cams: &gc };
-        evaluate_features(&f[..nq * dim], &f[nq * dim..], dim, &l, MAX_RANK).map_err(Error::invalid)
-    };
+    let nq = data.query.len() * dim;
+    let metrics = |f: &[f32]| evaluate_split(&f[..nq], &f[nq..], dim, data);
     let (float32, int8_metrics) = (metrics(&ff)?, metrics(&fq)?);
 
     let float_bytes = std::fs::metadata(model_dir.join(crate::model::dir::WEIGHTS_FILE)).map(|m| m.len()).unwrap_or(0);

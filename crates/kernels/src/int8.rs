@@ -140,19 +140,26 @@ pub fn quantize_row(x: &[f32], fixed: Option<f32>, q: &mut [i8]) -> f32 {
 }
 
 super::simd_fn! {
+    /// The largest |value| of `x` (0 for an empty slice; NaNs are passed over).
+    pub fn abs_max(x: &[f32]) -> f32 {
+        // Sixteen running maxima, so that the loop vectorises.
+        let mut m = [0f32; 16];
+        let mut chunks = x.chunks_exact(16);
+        for c in &mut chunks {
+            for i in 0..16 {
+                m[i] = m[i].max(c[i].abs());
+            }
+        }
+        chunks.remainder().iter().fold(m.iter().fold(0f32, |a, &b| a.max(b)), |a, v| a.max(v.abs()))
+    }
+}
+
+super::simd_fn! {
     fn quantize_row_simd(x: &[f32], fixed: Option<f32>, q: &mut [i8]) -> f32 {
         let s = match fixed {
             Some(s) => s,
             None => {
-                // Sixteen running maxima, so that the loop vectorises.
-                let mut m = [0f32; 16];
-                let mut chunks = x.chunks_exact(16);
-                for c in &mut chunks {
-                    for i in 0..16 {
-                        m[i] = m[i].max(c[i].abs());
-                    }
-                }
-                let max = chunks.remainder().iter().fold(m.iter().fold(0f32, |a, &b| a.max(b)), |a, v| a.max(v.abs()));
+                let max = abs_max(x);
                 if max > 0.0 && max.is_finite() {
                     max / QMAX
                 } else {
@@ -714,15 +721,7 @@ mod tests {
     use super::*;
     use crate::gemm::Mat;
 
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::test_values as rand;
 
     /// The scheme written out directly: quantize, exact integer sums (i64), then the float steps.
     fn reference(a: &[f32], m: usize, k: usize, q: &[i8], s: &[f32], n: usize, fixed: Option<f32>) -> Vec<f32> {

@@ -163,3 +163,15 @@ pub(crate) fn part_bounds(parts: &[usize], n: usize) -> Vec<usize> {
     bounds.dedup();
     bounds
 }
+
+/// Deterministic values in [-0.5, 0.5) for the kernels' tests (an LCG: no dependency).
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}

@@ -11,7 +11,7 @@
 
 use super::bf16::{matmul_bf16, PackedBf16};
 use super::gemm::{gemm_raw, matmul_then, Acc, Epilogue, Mat, Strides};
-use super::int8::{matmul_i8, PackedI8};
+use super::int8::{abs_max, matmul_i8, PackedI8};
 use super::part_bounds;
 use super::SendPtr;
 use rayon::prelude::*;
@@ -170,7 +170,7 @@ pub fn matmul_packed_many(products: Vec<Product>, threads: usize) {
     for p in products {
         if let Some(max) = &p.b.input_max {
             let a = p.a;
-            let seen = (0..a.rows).map(|r| a.data[r * a.ld..r * a.ld + a.cols].iter().fold(0f32, |m, v| m.max(v.abs()))).fold(0f32, f32::max);
+            let seen = (0..a.rows).map(|r| abs_max(&a.data[r * a.ld..r * a.ld + a.cols])).fold(0f32, f32::max);
             max.fetch_max(seen.to_bits(), Ordering::Relaxed);
         }
         if let Some(b) = &p.b.bf16 {
@@ -308,15 +308,7 @@ mod tests {
     use super::*;
     use crate::gemm::matmul;
 
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::test_values as rand;
 
     #[test]
     fn equals_the_general_product_on_every_shape_edge() {

@@ -57,9 +57,15 @@ pub struct RawTensor {
 }
 
 impl RawTensor {
-    /// A float32 tensor's bytes.
-    pub fn from_f32(t: &HostTensor) -> RawTensor {
-        RawTensor { dtype: DType::F32, shape: t.shape.clone(), bytes: t.data.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    /// Float32 values of the given shape, as a file stores them.
+    pub fn f32(shape: Vec<usize>, data: &[f32]) -> RawTensor {
+        RawTensor { dtype: DType::F32, shape, bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+
+    /// As a float32 host tensor; a non-float tensor is an error naming it (`name` in `path`).
+    pub fn into_host(self, path: &Path, name: &str) -> Result<HostTensor> {
+        let data = self.to_f32().ok_or_else(|| Error::tensor(path, name, format!("expected a float tensor, found {}", self.dtype.name())))?;
+        Ok(HostTensor { shape: self.shape, data })
     }
 
     pub fn numel(&self) -> usize {
@@ -221,9 +227,8 @@ impl SafetensorsFile {
     pub fn all_f32(&self) -> Result<TensorMap> {
         let mut out = TensorMap::new();
         for (name, view) in self.parsed().tensors() {
-            let raw = self.view_to_raw(&name, view)?;
-            let data = raw.to_f32().ok_or_else(|| Error::tensor(&self.path, &name, format!("expected a float tensor, found {}", raw.dtype.name())))?;
-            out.insert(name, HostTensor { shape: raw.shape, data });
+            let t = self.view_to_raw(&name, view)?.into_host(&self.path, &name)?;
+            out.insert(name, t);
         }
         Ok(out)
     }
@@ -292,12 +297,7 @@ pub fn write_raw_safetensors(path: &Path, tensors: BTreeMap<String, RawTensor>, 
 /// Every tensor as float32; a non-float tensor is an error naming it (`path`: the file they came
 /// from).
 pub fn raw_to_f32(raw: BTreeMap<String, RawTensor>, path: &Path) -> Result<TensorMap> {
-    raw.into_iter()
-        .map(|(name, t)| {
-            let data = t.to_f32().ok_or_else(|| Error::tensor(path, &name, format!("expected a float tensor, found {}", t.dtype.name())))?;
-            Ok((name, HostTensor { shape: t.shape, data }))
-        })
-        .collect()
+    raw.into_iter().map(|(name, t)| Ok((name.clone(), t.into_host(path, &name)?))).collect()
 }
 
 /// Writes float32 tensors (and string metadata) to a safetensors file, atomically.

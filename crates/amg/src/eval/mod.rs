@@ -70,10 +70,15 @@ fn labels(s: &[Sample]) -> (Vec<i64>, Vec<i64>) {
 pub fn eval_model(engine: &Engine, data: &Dataset, opts: &EvalOptions) -> Result<Metrics> {
     let q = extract(engine, &data.query, opts, "query")?;
     let g = extract(engine, &data.gallery, opts, "gallery")?;
+    evaluate_split(&q, &g, engine.config().feature_dim(), data)
+}
+
+/// The standard protocol on features `[n, dim]` of `data`'s query and gallery images, in order.
+pub fn evaluate_split(q: &[f32], g: &[f32], dim: usize, data: &Dataset) -> Result<Metrics> {
     let (qp, qc) = labels(&data.query);
     let (gp, gc) = labels(&data.gallery);
     let l = Labels { q_pids: &qp, q_cams: &qc, g_pids: &gp, g_cams: &gc };
-    evaluate_features(&q, &g, engine.config().feature_dim(), &l, MAX_RANK).map_err(Error::invalid)
+    evaluate_features(q, g, dim, &l, MAX_RANK).map_err(Error::invalid)
 }
 
 /// The raw-pixel baseline: each image bicubic-resized to `h`×`w`, normalised, flattened and scaled

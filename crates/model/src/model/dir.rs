@@ -55,6 +55,14 @@ impl ModelFiles {
         self.int8.as_ref()
     }
 
+    /// Loads the model in `dir` and refuses an INT8 one with `require_float`'s error, prefixed by
+    /// the directory.
+    pub fn load_float(dir: &Path, what: &str) -> Result<Self> {
+        let m = ModelFiles::load(dir)?;
+        m.require_float(what).map_err(|e| Error::invalid(format!("{}: {e}", dir.display())))?;
+        Ok(m)
+    }
+
     /// `Ok` for a float32 model; for an INT8 one, an error saying that `what` needs the float32
     /// model it was made from, and naming it.
     pub fn require_float(&self, what: &str) -> Result<()> {
@@ -222,7 +230,7 @@ impl ModelFiles {
                 // The products' weights as int8 with their scales, in place of their float32 form.
                 let mut raw = i.tensors(&self.params);
                 for (name, t) in named {
-                    raw.entry(name).or_insert_with(|| RawTensor::from_f32(t));
+                    raw.entry(name).or_insert_with(|| RawTensor::f32(t.shape.clone(), &t.data));
                 }
                 write_raw_safetensors(&dir.join(WEIGHTS_FILE), raw, Some(meta))?
             }

@@ -168,9 +168,9 @@ impl Int8Params {
                 let base = kl.weight.up().to_string();
                 let bytes = ql.weight.iter().map(|&v| v as u8).collect();
                 out.insert(format!("{base}.weight"), RawTensor { dtype: DType::I8, shape: lin.weight.shape.clone(), bytes });
-                out.insert(format!("{base}.weight_scale"), f32_raw(vec![ql.scale.len()], &ql.scale));
+                out.insert(format!("{base}.weight_scale"), RawTensor::f32(vec![ql.scale.len()], &ql.scale));
                 if let Some(s) = ql.input_scale {
-                    out.insert(format!("{base}.input_scale"), f32_raw(vec![1], &[s]));
+                    out.insert(format!("{base}.input_scale"), RawTensor::f32(vec![1], &[s]));
                 }
             }
         }
@@ -204,7 +204,7 @@ impl Int8Params {
                 let input_scale = take_f32(raw, &iname, &[1], path)?.map(|v| v[0]);
                 let ql = QLinear { weight: w.bytes.iter().map(|&b| b as i8).collect(), scale, input_scale };
                 check_linear(&ql, &shape.weight, q.activations, path, &base)?;
-                raw.insert(wname, f32_raw(shape.weight.clone(), &ql.dequantized()));
+                raw.insert(wname, RawTensor::f32(shape.weight.clone(), &ql.dequantized()));
                 out.push(ql);
             }
             Ok(out.try_into().expect("four products"))
@@ -225,10 +225,6 @@ impl Int8Params {
             eat(ql.input_scale.map_or(0, f32::to_bits));
         }
     }
-}
-
-fn f32_raw(shape: Vec<usize>, v: &[f32]) -> RawTensor {
-    RawTensor { dtype: DType::F32, shape, bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
 }
 
 /// Removes a float32 tensor of the given shape from `raw`: `None` if absent, an error naming it if
